@@ -1,0 +1,91 @@
+//! Identifiers that cross module boundaries: WhatsApp call ids and phone numbers (masked in logs).
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Meta's call identifier (`wacid.…`). Opaque: never parsed, only compared and echoed.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct CallId(String);
+
+impl CallId {
+    pub fn new(id: impl Into<String>) -> Self {
+        Self(id.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for CallId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for CallId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CallId({})", self.0)
+    }
+}
+
+/// A WhatsApp user's phone number as Meta sends it: digits, no `+`.
+///
+/// `Display` and `Debug` mask the middle digits (`+9198****3421`) so the number cannot leak into
+/// logs; [`PhoneNumber::as_str`] gives the full value for the Graph API and the store.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct PhoneNumber(String);
+
+impl PhoneNumber {
+    /// Accepts the digits with or without a leading `+`; keeps only the digits.
+    pub fn new(number: impl AsRef<str>) -> Self {
+        Self(number.as_ref().chars().filter(char::is_ascii_digit).collect())
+    }
+
+    /// The full number, digits only. Never log this.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// `+` and the first four digits, `****`, the last four digits; short numbers are all stars.
+    pub fn masked(&self) -> String {
+        let digits = &self.0;
+        if digits.len() <= 8 {
+            return format!("+{}", "*".repeat(digits.len()));
+        }
+        format!("+{}****{}", &digits[..4], &digits[digits.len() - 4..])
+    }
+}
+
+impl fmt::Display for PhoneNumber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.masked())
+    }
+}
+
+impl fmt::Debug for PhoneNumber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PhoneNumber({})", self.masked())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phone_numbers_are_masked_when_displayed() {
+        let number = PhoneNumber::new("+919812343421");
+        assert_eq!(number.to_string(), "+9198****3421");
+        assert_eq!(format!("{number:?}"), "PhoneNumber(+9198****3421)");
+        assert_eq!(number.as_str(), "919812343421");
+    }
+
+    #[test]
+    fn short_numbers_are_fully_masked() {
+        assert_eq!(PhoneNumber::new("12345").to_string(), "+*****");
+    }
+}

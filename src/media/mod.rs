@@ -1,0 +1,3 @@
+//! Media: PeerConnection set-up, Opus codec, playback buffer and 20 ms pacer.
+
+pub mod codec;
