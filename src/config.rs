@@ -1,1 +1,508 @@
-//! (being written)
+//! Every setting, read from the environment (or a map in tests) and validated at start.
+//!
+//! All invalid values are reported together; `main` exits with code 64 (EX_USAGE) on any.
+//! Each key is documented in `.env.example`.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::ops::RangeInclusive;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use secrecy::SecretString;
+
+use crate::realtime::client::Provider;
+
+pub const PORT: &str = "PORT";
+pub const BIND_ADDR: &str = "BIND_ADDR";
+pub const WHATSAPP_APP_SECRET: &str = "WHATSAPP_APP_SECRET";
+pub const WHATSAPP_VERIFY_TOKEN: &str = "WHATSAPP_VERIFY_TOKEN";
+pub const WHATSAPP_GRAPH_URL: &str = "WHATSAPP_GRAPH_URL";
+pub const WHATSAPP_GRAPH_VERSION: &str = "WHATSAPP_GRAPH_VERSION";
+pub const WHATSAPP_PHONE_NUMBER_ID: &str = "WHATSAPP_PHONE_NUMBER_ID";
+pub const WHATSAPP_ACCESS_TOKEN: &str = "WHATSAPP_ACCESS_TOKEN";
+pub const GRAPH_TIMEOUT: &str = "GRAPH_TIMEOUT";
+pub const MAX_CONCURRENT_CALLS: &str = "MAX_CONCURRENT_CALLS";
+pub const MAX_CALL_DURATION: &str = "MAX_CALL_DURATION";
+pub const ANSWER_DEADLINE: &str = "ANSWER_DEADLINE";
+pub const OPENAI_API_KEY: &str = "OPENAI_API_KEY";
+pub const OPENAI_REALTIME_URL: &str = "OPENAI_REALTIME_URL";
+pub const OPENAI_REALTIME_MODEL: &str = "OPENAI_REALTIME_MODEL";
+pub const OPENAI_VOICE: &str = "OPENAI_VOICE";
+pub const AZURE_OPENAI_ENDPOINT: &str = "AZURE_OPENAI_ENDPOINT";
+pub const AZURE_OPENAI_API_KEY: &str = "AZURE_OPENAI_API_KEY";
+pub const AZURE_OPENAI_DEPLOYMENT: &str = "AZURE_OPENAI_DEPLOYMENT";
+pub const ASSISTANT_INSTRUCTIONS: &str = "ASSISTANT_INSTRUCTIONS";
+pub const ASSISTANT_INSTRUCTIONS_FILE: &str = "ASSISTANT_INSTRUCTIONS_FILE";
+pub const WEBRTC_PUBLIC_IP: &str = "WEBRTC_PUBLIC_IP";
+pub const WEBRTC_UDP_PORTS: &str = "WEBRTC_UDP_PORTS";
+pub const WEBRTC_LOOPBACK: &str = "WEBRTC_LOOPBACK";
+pub const STUN_URLS: &str = "STUN_URLS";
+pub const LOG_FORMAT: &str = "LOG_FORMAT";
+
+/// Every key, for `.env.example` checks and `--help`.
+pub const ALL_KEYS: &[&str] = &[
+    PORT,
+    BIND_ADDR,
+    WHATSAPP_APP_SECRET,
+    WHATSAPP_VERIFY_TOKEN,
+    WHATSAPP_GRAPH_URL,
+    WHATSAPP_GRAPH_VERSION,
+    WHATSAPP_PHONE_NUMBER_ID,
+    WHATSAPP_ACCESS_TOKEN,
+    GRAPH_TIMEOUT,
+    MAX_CONCURRENT_CALLS,
+    MAX_CALL_DURATION,
+    ANSWER_DEADLINE,
+    OPENAI_API_KEY,
+    OPENAI_REALTIME_URL,
+    OPENAI_REALTIME_MODEL,
+    OPENAI_VOICE,
+    AZURE_OPENAI_ENDPOINT,
+    AZURE_OPENAI_API_KEY,
+    AZURE_OPENAI_DEPLOYMENT,
+    ASSISTANT_INSTRUCTIONS,
+    ASSISTANT_INSTRUCTIONS_FILE,
+    WEBRTC_PUBLIC_IP,
+    WEBRTC_UDP_PORTS,
+    WEBRTC_LOOPBACK,
+    STUN_URLS,
+    LOG_FORMAT,
+];
+
+const DEFAULT_INSTRUCTIONS: &str = "You are a friendly phone assistant answering a WhatsApp voice \
+call for a business. Keep every answer to one or two short sentences, speak naturally, and ask one \
+question at a time.";
+
+/// Where settings come from: the process environment in production, a map in tests.
+pub trait EnvSource {
+    fn get(&self, key: &str) -> Option<String>;
+}
+
+/// The process environment.
+pub struct ProcessEnv;
+
+impl EnvSource for ProcessEnv {
+    fn get(&self, key: &str) -> Option<String> {
+        std::env::var(key).ok()
+    }
+}
+
+impl EnvSource for HashMap<String, String> {
+    fn get(&self, key: &str) -> Option<String> {
+        HashMap::get(self, key).cloned()
+    }
+}
+
+/// An environment with overrides (command-line flags) on top.
+pub struct Layered<'a> {
+    pub overrides: &'a HashMap<String, String>,
+    pub base: &'a dyn EnvSource,
+}
+
+impl EnvSource for Layered<'_> {
+    fn get(&self, key: &str) -> Option<String> {
+        self.overrides
+            .get(key)
+            .cloned()
+            .or_else(|| self.base.get(key))
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+/// The validated configuration of one bridge process.
+#[derive(Clone)]
+pub struct Config {
+    pub port: u16,
+    pub bind_addr: IpAddr,
+    pub app_secret: SecretString,
+    pub verify_token: SecretString,
+    pub graph_url: String,
+    pub graph_version: String,
+    pub phone_number_id: String,
+    pub access_token: SecretString,
+    pub graph_timeout: Duration,
+    pub max_concurrent_calls: usize,
+    pub max_call_duration: Duration,
+    pub answer_deadline: Duration,
+    pub ai_provider: Provider,
+    pub voice: Option<String>,
+    pub instructions: String,
+    pub public_ip: Option<IpAddr>,
+    pub udp_ports: Option<RangeInclusive<u16>>,
+    pub loopback: bool,
+    pub stun_urls: Vec<String>,
+    pub log_format: LogFormat,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Secrets are left out on purpose.
+        f.debug_struct("Config")
+            .field("port", &self.port)
+            .field("bind_addr", &self.bind_addr)
+            .field("graph_url", &self.graph_url)
+            .field("graph_version", &self.graph_version)
+            .field("phone_number_id", &self.phone_number_id)
+            .field("max_concurrent_calls", &self.max_concurrent_calls)
+            .field("loopback", &self.loopback)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Every problem found, one line each.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  {}", .0.join("\n  "))]
+pub struct ConfigError(pub Vec<String>);
+
+/// Collects values and problems while reading.
+struct Reader<'a> {
+    env: &'a dyn EnvSource,
+    problems: Vec<String>,
+}
+
+impl Reader<'_> {
+    fn raw(&self, key: &str) -> Option<String> {
+        self.env
+            .get(key)
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+    }
+
+    fn string(&self, key: &str, default: &str) -> String {
+        self.raw(key).unwrap_or_else(|| default.to_owned())
+    }
+
+    fn required(&mut self, key: &str) -> String {
+        self.raw(key).unwrap_or_else(|| {
+            self.problems.push(format!("{key} is required"));
+            String::new()
+        })
+    }
+
+    fn parsed<T: std::str::FromStr>(&mut self, key: &str, default: T, what: &str) -> T {
+        match self.raw(key) {
+            None => default,
+            Some(value) => value.parse().unwrap_or_else(|_| {
+                self.problems
+                    .push(format!("{key}={value:?} is not {what}"));
+                default
+            }),
+        }
+    }
+
+    fn duration(&mut self, key: &str, default: Duration) -> Duration {
+        match self.raw(key) {
+            None => default,
+            Some(value) => parse_duration(&value).unwrap_or_else(|| {
+                self.problems.push(format!(
+                    "{key}={value:?} is not a duration (write e.g. 250ms, 30s, 5m)"
+                ));
+                default
+            }),
+        }
+    }
+}
+
+/// `250ms`, `30s`, `5m`, `1h`, or bare seconds.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    match unit.trim() {
+        "ms" => Some(Duration::from_millis(number)),
+        "" | "s" => Some(Duration::from_secs(number)),
+        "m" => Some(Duration::from_secs(number * 60)),
+        "h" => Some(Duration::from_secs(number * 3600)),
+        _ => None,
+    }
+}
+
+fn parse_port_range(text: &str) -> Option<RangeInclusive<u16>> {
+    let (low, high) = text.split_once('-')?;
+    let (low, high): (u16, u16) = (low.trim().parse().ok()?, high.trim().parse().ok()?);
+    (low > 0 && low <= high).then_some(low..=high)
+}
+
+fn parse_bool(text: &str) -> Option<bool> {
+    match text.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Some(true),
+        "0" | "false" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+impl Config {
+    pub fn from_env(env: &dyn EnvSource) -> Result<Self, ConfigError> {
+        let mut r = Reader {
+            env,
+            problems: Vec::new(),
+        };
+        let port = r.parsed(PORT, 8080u16, "a port number");
+        let bind_addr = r.parsed(BIND_ADDR, IpAddr::from([0, 0, 0, 0]), "an IP address");
+        let app_secret = SecretString::from(r.required(WHATSAPP_APP_SECRET));
+        let verify_token = SecretString::from(r.required(WHATSAPP_VERIFY_TOKEN));
+        let graph_url = r
+            .string(WHATSAPP_GRAPH_URL, "https://graph.facebook.com")
+            .trim_end_matches('/')
+            .to_owned();
+        if !(graph_url.starts_with("http://") || graph_url.starts_with("https://")) {
+            r.problems
+                .push(format!("{WHATSAPP_GRAPH_URL}={graph_url:?} is not an http(s) URL"));
+        }
+        let graph_version = r.string(WHATSAPP_GRAPH_VERSION, "v23.0");
+        let phone_number_id = r.required(WHATSAPP_PHONE_NUMBER_ID);
+        let access_token = SecretString::from(r.required(WHATSAPP_ACCESS_TOKEN));
+        let graph_timeout = r.duration(GRAPH_TIMEOUT, Duration::from_secs(10));
+        let max_concurrent_calls = r.parsed(MAX_CONCURRENT_CALLS, 100usize, "a number of calls");
+        if max_concurrent_calls == 0 {
+            r.problems
+                .push(format!("{MAX_CONCURRENT_CALLS} must be at least 1"));
+        }
+        let max_call_duration = r.duration(MAX_CALL_DURATION, Duration::from_secs(3600));
+        let answer_deadline = r.duration(ANSWER_DEADLINE, Duration::from_secs(20));
+
+        let ai_provider = read_provider(&mut r);
+        let voice = r.raw(OPENAI_VOICE);
+        let instructions = match (r.raw(ASSISTANT_INSTRUCTIONS), r.raw(ASSISTANT_INSTRUCTIONS_FILE)) {
+            (Some(text), _) => text,
+            (None, Some(path)) => std::fs::read_to_string(PathBuf::from(&path))
+                .map(|text| text.trim().to_owned())
+                .unwrap_or_else(|err| {
+                    r.problems.push(format!(
+                        "{ASSISTANT_INSTRUCTIONS_FILE}={path:?} cannot be read: {err}"
+                    ));
+                    String::new()
+                }),
+            (None, None) => DEFAULT_INSTRUCTIONS.to_owned(),
+        };
+
+        let public_ip = match r.raw(WEBRTC_PUBLIC_IP) {
+            None => None,
+            Some(value) => match value.parse() {
+                Ok(ip) => Some(ip),
+                Err(_) => {
+                    r.problems
+                        .push(format!("{WEBRTC_PUBLIC_IP}={value:?} is not an IP address"));
+                    None
+                }
+            },
+        };
+        let udp_ports = match r.raw(WEBRTC_UDP_PORTS) {
+            None => None,
+            Some(value) => {
+                let range = parse_port_range(&value);
+                if range.is_none() {
+                    r.problems.push(format!(
+                        "{WEBRTC_UDP_PORTS}={value:?} is not a port range like 40000-40999"
+                    ));
+                }
+                range
+            }
+        };
+        let loopback = match r.raw(WEBRTC_LOOPBACK) {
+            None => false,
+            Some(value) => parse_bool(&value).unwrap_or_else(|| {
+                r.problems
+                    .push(format!("{WEBRTC_LOOPBACK}={value:?} is not true or false"));
+                false
+            }),
+        };
+        let stun_urls = r
+            .raw(STUN_URLS)
+            .map(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        for url in &stun_urls {
+            if !url.starts_with("stun:") {
+                r.problems
+                    .push(format!("{STUN_URLS} entry {url:?} does not start with stun:"));
+            }
+        }
+        let log_format = match r.string(LOG_FORMAT, "pretty").as_str() {
+            "json" => LogFormat::Json,
+            "pretty" => LogFormat::Pretty,
+            other => {
+                r.problems
+                    .push(format!("{LOG_FORMAT}={other:?} is not json or pretty"));
+                LogFormat::Pretty
+            }
+        };
+
+        if !r.problems.is_empty() {
+            return Err(ConfigError(r.problems));
+        }
+        Ok(Self {
+            port,
+            bind_addr,
+            app_secret,
+            verify_token,
+            graph_url,
+            graph_version,
+            phone_number_id,
+            access_token,
+            graph_timeout,
+            max_concurrent_calls,
+            max_call_duration,
+            answer_deadline,
+            ai_provider,
+            voice,
+            instructions,
+            public_ip,
+            udp_ports,
+            loopback,
+            stun_urls,
+            log_format,
+        })
+    }
+}
+
+/// Azure when its endpoint is set, OpenAI otherwise.
+fn read_provider(r: &mut Reader<'_>) -> Provider {
+    if let Some(endpoint) = r.raw(AZURE_OPENAI_ENDPOINT) {
+        if !(endpoint.starts_with("https://") || endpoint.starts_with("http://")) {
+            r.problems.push(format!(
+                "{AZURE_OPENAI_ENDPOINT}={endpoint:?} is not an http(s) URL"
+            ));
+        }
+        let api_key = SecretString::from(r.required(AZURE_OPENAI_API_KEY));
+        let deployment = r.required(AZURE_OPENAI_DEPLOYMENT);
+        return Provider::Azure {
+            endpoint: endpoint.trim_end_matches('/').to_owned(),
+            deployment,
+            api_key,
+        };
+    }
+    let url = r.string(OPENAI_REALTIME_URL, "wss://api.openai.com/v1/realtime");
+    if !(url.starts_with("wss://") || url.starts_with("ws://")) {
+        r.problems
+            .push(format!("{OPENAI_REALTIME_URL}={url:?} is not a ws(s) URL"));
+    }
+    if r.raw(OPENAI_API_KEY).is_none() {
+        r.problems.push(format!(
+            "{OPENAI_API_KEY} is required (or set {AZURE_OPENAI_ENDPOINT}, {AZURE_OPENAI_API_KEY} and {AZURE_OPENAI_DEPLOYMENT})"
+        ));
+    }
+    Provider::OpenAi {
+        url,
+        model: r.string(OPENAI_REALTIME_MODEL, "gpt-realtime"),
+        api_key: SecretString::from(r.raw(OPENAI_API_KEY).unwrap_or_default()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn minimal() -> HashMap<String, String> {
+        env(&[
+            (WHATSAPP_APP_SECRET, "secret"),
+            (WHATSAPP_VERIFY_TOKEN, "verify"),
+            (WHATSAPP_PHONE_NUMBER_ID, "106540352242922"),
+            (WHATSAPP_ACCESS_TOKEN, "token"),
+            (OPENAI_API_KEY, "sk-test"),
+        ])
+    }
+
+    #[test]
+    fn minimal_settings_get_the_documented_defaults() {
+        let config = Config::from_env(&minimal()).expect("valid");
+        assert_eq!(config.port, 8080);
+        assert_eq!(config.max_concurrent_calls, 100);
+        assert_eq!(config.graph_url, "https://graph.facebook.com");
+        assert_eq!(config.graph_version, "v23.0");
+        assert_eq!(config.answer_deadline, Duration::from_secs(20));
+        assert!(!config.loopback);
+        match config.ai_provider {
+            Provider::OpenAi { url, model, .. } => {
+                assert_eq!(url, "wss://api.openai.com/v1/realtime");
+                assert_eq!(model, "gpt-realtime");
+            }
+            Provider::Azure { .. } => panic!("expected OpenAI"),
+        }
+    }
+
+    #[test]
+    fn azure_is_used_when_its_endpoint_is_set() {
+        let mut vars = minimal();
+        vars.extend(env(&[
+            (AZURE_OPENAI_ENDPOINT, "https://res.openai.azure.com/"),
+            (AZURE_OPENAI_API_KEY, "k"),
+            (AZURE_OPENAI_DEPLOYMENT, "rt"),
+        ]));
+        let config = Config::from_env(&vars).expect("valid");
+        match config.ai_provider {
+            Provider::Azure {
+                endpoint,
+                deployment,
+                ..
+            } => {
+                assert_eq!(endpoint, "https://res.openai.azure.com");
+                assert_eq!(deployment, "rt");
+            }
+            Provider::OpenAi { .. } => panic!("expected Azure"),
+        }
+    }
+
+    #[test]
+    fn every_invalid_value_is_reported_at_once() {
+        let vars = env(&[
+            (PORT, "eighty"),
+            (MAX_CONCURRENT_CALLS, "-1"),
+            (WEBRTC_UDP_PORTS, "40999-40000"),
+            (WEBRTC_LOOPBACK, "maybe"),
+            (GRAPH_TIMEOUT, "soon"),
+        ]);
+        let err = Config::from_env(&vars).expect_err("invalid");
+        let text = err.to_string();
+        for key in [
+            PORT,
+            MAX_CONCURRENT_CALLS,
+            WEBRTC_UDP_PORTS,
+            WEBRTC_LOOPBACK,
+            GRAPH_TIMEOUT,
+            WHATSAPP_APP_SECRET,
+            OPENAI_API_KEY,
+        ] {
+            assert!(text.contains(key), "{key} missing from: {text}");
+        }
+    }
+
+    #[test]
+    fn durations_and_port_ranges_parse() {
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("30s"), Some(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
+        assert_eq!(parse_duration("12"), Some(Duration::from_secs(12)));
+        assert_eq!(parse_duration("fast"), None);
+        assert_eq!(parse_port_range("40000-40999"), Some(40000..=40999));
+        assert_eq!(parse_port_range("40000"), None);
+    }
+
+    #[test]
+    fn secrets_are_not_in_debug_output() {
+        let config = Config::from_env(&minimal()).expect("valid");
+        let text = format!("{config:?}");
+        assert!(!text.contains("secret") && !text.contains("sk-test") && !text.contains("token\""));
+    }
+}

@@ -1,1 +1,182 @@
-//! (being written)
+//! The Prometheus metrics of one bridge process, registered once; labels come from enums only
+//! (never phone numbers or call ids).
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+/// All metrics; cheap to clone (every field is an `Arc` inside).
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub active_calls: IntGauge,
+    pub max_calls: IntGauge,
+    /// Ended calls by direction and `CallEnd` outcome.
+    pub calls: IntCounterVec,
+    /// Calls refused at admission, by reason.
+    pub rejections: IntCounterVec,
+    /// Webhook deliveries by result (ok, unauthorized, too_large, bad_request, at_capacity…).
+    pub webhook_requests: IntCounterVec,
+    /// Graph API requests by action and HTTP status class.
+    pub graph_requests: IntCounterVec,
+    /// Webhook received → `accept` returned 200.
+    pub call_setup_seconds: Histogram,
+    pub barge_ins: IntCounter,
+    /// 20 ms audio frames by direction (`in`: caller → AI, `out`: AI → caller).
+    pub audio_frames: IntCounterVec,
+    /// Caller frames filled by loss concealment (PLC or FEC).
+    pub concealed_frames: IntCounter,
+    /// Pacer polls that came a whole frame or more late.
+    pub late_pacer_ticks: IntCounter,
+    /// AI `error` events and session failures by code.
+    pub ai_errors: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let active_calls = IntGauge::new(
+            "whatsapp_bridge_active_calls",
+            "Calls admitted and not yet ended",
+        )
+        .expect("valid metric");
+        let max_calls = IntGauge::new(
+            "whatsapp_bridge_max_calls",
+            "Maximum concurrent calls (MAX_CONCURRENT_CALLS)",
+        )
+        .expect("valid metric");
+        let calls = IntCounterVec::new(
+            Opts::new("whatsapp_bridge_calls_total", "Ended calls by direction and outcome"),
+            &["direction", "outcome"],
+        )
+        .expect("valid metric");
+        let rejections = IntCounterVec::new(
+            Opts::new(
+                "whatsapp_bridge_call_rejections_total",
+                "Calls refused at admission, by reason",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let webhook_requests = IntCounterVec::new(
+            Opts::new(
+                "whatsapp_bridge_webhook_requests_total",
+                "Webhook requests by result",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        let graph_requests = IntCounterVec::new(
+            Opts::new(
+                "whatsapp_bridge_graph_requests_total",
+                "Graph API call actions by action and result",
+            ),
+            &["action", "result"],
+        )
+        .expect("valid metric");
+        let call_setup_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "whatsapp_bridge_call_setup_seconds",
+                "Time from the connect webhook to a successful accept",
+            )
+            .buckets(vec![
+                0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0,
+            ]),
+        )
+        .expect("valid metric");
+        let barge_ins = IntCounter::new(
+            "whatsapp_bridge_barge_ins_total",
+            "Times the caller interrupted queued AI audio",
+        )
+        .expect("valid metric");
+        let audio_frames = IntCounterVec::new(
+            Opts::new(
+                "whatsapp_bridge_audio_frames_total",
+                "20 ms audio frames by direction",
+            ),
+            &["direction"],
+        )
+        .expect("valid metric");
+        let concealed_frames = IntCounter::new(
+            "whatsapp_bridge_concealed_frames_total",
+            "Caller audio frames filled by packet loss concealment",
+        )
+        .expect("valid metric");
+        let late_pacer_ticks = IntCounter::new(
+            "whatsapp_bridge_late_pacer_ticks_total",
+            "Outgoing audio ticks that ran a frame or more late",
+        )
+        .expect("valid metric");
+        let ai_errors = IntCounterVec::new(
+            Opts::new(
+                "whatsapp_bridge_ai_errors_total",
+                "Realtime AI error events and session failures by code",
+            ),
+            &["code"],
+        )
+        .expect("valid metric");
+        for collector in [
+            Box::new(active_calls.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(max_calls.clone()),
+            Box::new(calls.clone()),
+            Box::new(rejections.clone()),
+            Box::new(webhook_requests.clone()),
+            Box::new(graph_requests.clone()),
+            Box::new(call_setup_seconds.clone()),
+            Box::new(barge_ins.clone()),
+            Box::new(audio_frames.clone()),
+            Box::new(concealed_frames.clone()),
+            Box::new(late_pacer_ticks.clone()),
+            Box::new(ai_errors.clone()),
+        ] {
+            registry.register(collector).expect("metric registered once");
+        }
+        Self {
+            registry,
+            active_calls,
+            max_calls,
+            calls,
+            rejections,
+            webhook_requests,
+            graph_requests,
+            call_setup_seconds,
+            barge_ins,
+            audio_frames,
+            concealed_frames,
+            late_pacer_ticks,
+            ai_errors,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        let encoder = TextEncoder::new();
+        if let Err(err) = encoder.encode(&self.registry.gather(), &mut buffer) {
+            tracing::warn!(%err, "encoding metrics");
+        }
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rendered_text_carries_the_counters() {
+        let metrics = Metrics::new();
+        metrics.max_calls.set(3);
+        metrics.rejections.with_label_values(&["at_capacity"]).inc();
+        let text = metrics.render();
+        assert!(text.contains("whatsapp_bridge_max_calls 3"));
+        assert!(text.contains("whatsapp_bridge_call_rejections_total{reason=\"at_capacity\"} 1"));
+    }
+}

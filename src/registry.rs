@@ -1,1 +1,418 @@
-//! (being written)
+//! Admission: a capacity semaphore in front of the map of live calls, one live call per caller,
+//! and tombstones of ended or refused call ids so late or repeated webhooks change nothing.
+//!
+//! A call that is admitted gets an [`Admission`] guard holding its permit and its registry
+//! entry; dropping the guard (on every exit path of the call task, panics included) releases
+//! both.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::call::{CallCommand, CallDirection};
+use crate::ids::{CallId, PhoneNumber};
+use crate::metrics::Metrics;
+
+/// How long an ended or refused call id is remembered (whatsapp-calling §6: at least 10 min).
+pub const TOMBSTONE_TTL: Duration = Duration::from_secs(600);
+/// Commands queued to one call (terminate webhook, admin hang-up, BIC answer). They are rare;
+/// a full queue means the call task is stuck, and the command is dropped with a warning.
+pub const CALL_COMMAND_CAPACITY: usize = 8;
+
+/// Why a call was refused at admission (metrics label and webhook error code).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefusalReason {
+    AtCapacity,
+    CallerBusy,
+    Draining,
+    NoUdpPort,
+}
+
+impl RefusalReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AtCapacity => "at_capacity",
+            Self::CallerBusy => "caller_busy",
+            Self::Draining => "draining",
+            Self::NoUdpPort => "no_udp_port",
+        }
+    }
+}
+
+/// The outcome of trying to admit a call.
+pub enum AdmitResult {
+    Admitted(Admission),
+    /// The call is already live: a duplicate delivery.
+    Duplicate,
+    /// The call already ended, was refused, or was terminated before this connect arrived.
+    Tombstoned,
+    Refused(Refusal),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub reason: RefusalReason,
+    pub active_calls: usize,
+    pub max_calls: usize,
+}
+
+/// What others may do with a live call: send it commands or cancel it.
+#[derive(Clone, Debug)]
+pub struct CallHandle {
+    pub commands: mpsc::Sender<CallCommand>,
+    pub cancel: CancellationToken,
+    pub direction: CallDirection,
+    pub phone: Option<PhoneNumber>,
+    pub started: Instant,
+}
+
+/// A live call summary for `/health` and admin listings.
+#[derive(Clone, Debug)]
+pub struct CallSummary {
+    pub call_id: CallId,
+    pub direction: CallDirection,
+    pub phone: Option<PhoneNumber>,
+    pub started: Instant,
+}
+
+#[derive(Default)]
+struct Tombstones {
+    ids: HashSet<CallId>,
+    order: VecDeque<(Instant, CallId)>,
+}
+
+impl Tombstones {
+    fn insert(&mut self, call_id: CallId, now: Instant) {
+        self.prune(now);
+        if self.ids.insert(call_id.clone()) {
+            self.order.push_back((now + TOMBSTONE_TTL, call_id));
+        }
+    }
+
+    fn contains(&self, call_id: &CallId) -> bool {
+        self.ids.contains(call_id)
+    }
+
+    fn prune(&mut self, now: Instant) {
+        while let Some((expiry, _)) = self.order.front() {
+            if *expiry > now {
+                break;
+            }
+            if let Some((_, id)) = self.order.pop_front() {
+                self.ids.remove(&id);
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct Live {
+    calls: HashMap<CallId, CallHandle>,
+    phones: HashSet<PhoneNumber>,
+    tombstones: Tombstones,
+}
+
+struct Inner {
+    semaphore: Arc<Semaphore>,
+    max_calls: usize,
+    live: Mutex<Live>,
+    draining: AtomicBool,
+    metrics: Metrics,
+    /// Cancelled on shutdown; every call's token is a child of it.
+    root: CancellationToken,
+}
+
+/// The registry of live calls; cheap to clone.
+#[derive(Clone)]
+pub struct Registry {
+    inner: Arc<Inner>,
+}
+
+impl Registry {
+    pub fn new(max_calls: usize, metrics: Metrics, root: CancellationToken) -> Self {
+        metrics.max_calls.set(max_calls as i64);
+        Self {
+            inner: Arc::new(Inner {
+                semaphore: Arc::new(Semaphore::new(max_calls)),
+                max_calls,
+                live: Mutex::new(Live::default()),
+                draining: AtomicBool::new(false),
+                metrics,
+                root,
+            }),
+        }
+    }
+
+    pub fn max_calls(&self) -> usize {
+        self.inner.max_calls
+    }
+
+    pub fn active_calls(&self) -> usize {
+        self.inner.live.lock().calls.len()
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.inner.draining.load(Ordering::Acquire)
+    }
+
+    /// New calls are refused from now on; live calls go on.
+    pub fn begin_drain(&self) {
+        self.inner.draining.store(true, Ordering::Release);
+    }
+
+    /// Tries to admit a call, never waiting. On success the returned guard owns the permit and
+    /// the registry entry, and `commands` receives what webhooks and admins send to the call.
+    pub fn admit(
+        &self,
+        call_id: &CallId,
+        direction: CallDirection,
+        phone: Option<&PhoneNumber>,
+    ) -> (AdmitResult, Option<mpsc::Receiver<CallCommand>>) {
+        let now = Instant::now();
+        let mut live = self.inner.live.lock();
+        if live.calls.contains_key(call_id) {
+            return (AdmitResult::Duplicate, None);
+        }
+        if live.tombstones.contains(call_id) {
+            return (AdmitResult::Tombstoned, None);
+        }
+        let refuse = |reason: RefusalReason, live: &mut Live| {
+            live.tombstones.insert(call_id.clone(), now);
+            self.count_refusal(reason);
+            AdmitResult::Refused(Refusal {
+                reason,
+                active_calls: live.calls.len(),
+                max_calls: self.inner.max_calls,
+            })
+        };
+        if self.is_draining() {
+            return (refuse(RefusalReason::Draining, &mut live), None);
+        }
+        if let Some(phone) = phone
+            && live.phones.contains(phone)
+        {
+            return (refuse(RefusalReason::CallerBusy, &mut live), None);
+        }
+        let Ok(permit) = self.inner.semaphore.clone().try_acquire_owned() else {
+            return (refuse(RefusalReason::AtCapacity, &mut live), None);
+        };
+        let (tx, rx) = mpsc::channel(CALL_COMMAND_CAPACITY);
+        let cancel = self.inner.root.child_token();
+        live.calls.insert(
+            call_id.clone(),
+            CallHandle {
+                commands: tx,
+                cancel: cancel.clone(),
+                direction,
+                phone: phone.cloned(),
+                started: now,
+            },
+        );
+        if let Some(phone) = phone {
+            live.phones.insert(phone.clone());
+        }
+        self.inner.metrics.active_calls.set(live.calls.len() as i64);
+        drop(live);
+        let admission = Admission {
+            call_id: call_id.clone(),
+            phone: phone.cloned(),
+            cancel,
+            _permit: permit,
+            registry: self.clone(),
+        };
+        (AdmitResult::Admitted(admission), Some(rx))
+    }
+
+    /// Records a refusal that happened after admission was possible (e.g. no UDP port).
+    pub fn count_refusal(&self, reason: RefusalReason) {
+        self.inner
+            .metrics
+            .rejections
+            .with_label_values(&[reason.as_str()])
+            .inc();
+    }
+
+    /// The live call's handle, if any.
+    pub fn get(&self, call_id: &CallId) -> Option<CallHandle> {
+        self.inner.live.lock().calls.get(call_id).cloned()
+    }
+
+    /// Remembers a call id as ended (a terminate for a call not (yet) known), so that a
+    /// `connect` arriving after it is not answered.
+    pub fn tombstone(&self, call_id: &CallId) {
+        self.inner
+            .live
+            .lock()
+            .tombstones
+            .insert(call_id.clone(), Instant::now());
+    }
+
+    pub fn list(&self) -> Vec<CallSummary> {
+        self.inner
+            .live
+            .lock()
+            .calls
+            .iter()
+            .map(|(id, handle)| CallSummary {
+                call_id: id.clone(),
+                direction: handle.direction,
+                phone: handle.phone.clone(),
+                started: handle.started,
+            })
+            .collect()
+    }
+
+    fn release(&self, call_id: &CallId, phone: Option<&PhoneNumber>) {
+        let mut live = self.inner.live.lock();
+        live.calls.remove(call_id);
+        if let Some(phone) = phone {
+            live.phones.remove(phone);
+        }
+        live.tombstones.insert(call_id.clone(), Instant::now());
+        self.inner.metrics.active_calls.set(live.calls.len() as i64);
+    }
+}
+
+/// A live call's permit and registry entry; both are released when this is dropped.
+pub struct Admission {
+    call_id: CallId,
+    phone: Option<PhoneNumber>,
+    cancel: CancellationToken,
+    registry: Registry,
+    /// Released after the registry entry (fields drop after `drop` runs).
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Admission {
+    pub fn call_id(&self) -> &CallId {
+        &self.call_id
+    }
+
+    pub fn phone(&self) -> Option<&PhoneNumber> {
+        self.phone.as_ref()
+    }
+
+    /// Cancelled on shutdown or admin hang-up.
+    pub fn cancel_token(&self) -> &CancellationToken {
+        &self.cancel
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.registry.release(&self.call_id, self.phone.as_ref());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registry(max: usize) -> Registry {
+        Registry::new(max, Metrics::new(), CancellationToken::new())
+    }
+
+    fn admit(registry: &Registry, id: &str, phone: &str) -> AdmitResult {
+        registry
+            .admit(
+                &CallId::new(id),
+                CallDirection::Inbound,
+                Some(&PhoneNumber::new(phone)),
+            )
+            .0
+    }
+
+    #[test]
+    fn calls_beyond_capacity_are_refused_and_the_slot_returns_on_drop() {
+        let registry = registry(1);
+        let AdmitResult::Admitted(first) = admit(&registry, "wacid.1", "4470001") else {
+            panic!("first call should be admitted");
+        };
+        match admit(&registry, "wacid.2", "4470002") {
+            AdmitResult::Refused(refusal) => {
+                assert_eq!(refusal.reason, RefusalReason::AtCapacity);
+                assert_eq!((refusal.active_calls, refusal.max_calls), (1, 1));
+            }
+            _ => panic!("second call should be refused"),
+        }
+        drop(first);
+        assert_eq!(registry.active_calls(), 0);
+        assert!(matches!(
+            admit(&registry, "wacid.3", "4470003"),
+            AdmitResult::Admitted(_)
+        ));
+    }
+
+    #[test]
+    fn a_duplicate_connect_is_recognised_and_a_refused_one_stays_refused() {
+        let registry = registry(1);
+        let _live = admit(&registry, "wacid.1", "4470001");
+        assert!(matches!(
+            admit(&registry, "wacid.1", "4470001"),
+            AdmitResult::Duplicate
+        ));
+        assert!(matches!(
+            admit(&registry, "wacid.2", "4470002"),
+            AdmitResult::Refused(_)
+        ));
+        assert!(matches!(
+            admit(&registry, "wacid.2", "4470002"),
+            AdmitResult::Tombstoned
+        ));
+    }
+
+    #[test]
+    fn one_live_call_per_caller() {
+        let registry = registry(5);
+        let _live = admit(&registry, "wacid.1", "4470001");
+        match admit(&registry, "wacid.2", "4470001") {
+            AdmitResult::Refused(refusal) => assert_eq!(refusal.reason, RefusalReason::CallerBusy),
+            _ => panic!("same caller twice should be refused"),
+        }
+    }
+
+    #[test]
+    fn a_terminate_before_connect_blocks_the_late_connect() {
+        let registry = registry(5);
+        registry.tombstone(&CallId::new("wacid.1"));
+        assert!(matches!(
+            admit(&registry, "wacid.1", "4470001"),
+            AdmitResult::Tombstoned
+        ));
+        assert_eq!(registry.active_calls(), 0);
+    }
+
+    #[test]
+    fn the_permit_and_entry_are_released_when_a_task_panics() {
+        let registry = registry(1);
+        let AdmitResult::Admitted(admission) = admit(&registry, "wacid.1", "4470001") else {
+            panic!("admitted");
+        };
+        let result = std::thread::spawn(move || {
+            let _owned = admission;
+            panic!("call task bug");
+        })
+        .join();
+        assert!(result.is_err());
+        assert_eq!(registry.active_calls(), 0);
+        assert!(matches!(
+            admit(&registry, "wacid.2", "4470001"),
+            AdmitResult::Admitted(_)
+        ));
+    }
+
+    #[test]
+    fn draining_refuses_new_calls() {
+        let registry = registry(5);
+        registry.begin_drain();
+        match admit(&registry, "wacid.1", "4470001") {
+            AdmitResult::Refused(refusal) => assert_eq!(refusal.reason, RefusalReason::Draining),
+            _ => panic!("refused while draining"),
+        }
+    }
+}

@@ -1,1 +1,88 @@
-//! (being written)
+//! One call from offer to hang-up: the sans-IO call flow ([`flow`]) and the task that owns the
+//! call's PeerConnection, AI session, codecs and timers ([`task`]).
+
+pub mod flow;
+pub mod task;
+
+use std::fmt;
+
+/// Who placed the call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CallDirection {
+    /// A WhatsApp user called the business (UIC).
+    Inbound,
+    /// The business called the user (BIC), e.g. a reminder.
+    Outbound,
+}
+
+impl CallDirection {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Inbound => "inbound",
+            Self::Outbound => "outbound",
+        }
+    }
+}
+
+/// Why a call ended: the log line, the metrics label and what Meta must be told.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CallEnd {
+    /// Meta sent a `terminate` webhook (the user hung up, or Meta ended it).
+    RemoteTerminated,
+    /// The caller's media went away (ICE/DTLS failed or the connection closed).
+    CallerGone,
+    /// The AI session failed or closed.
+    AiFailed,
+    /// `MAX_CALL_DURATION` was reached.
+    MaxDuration,
+    /// An operator hung up.
+    AdminHangup,
+    /// The process is shutting down.
+    Shutdown,
+    /// Not connected within the answer deadline.
+    AnswerTimeout,
+    /// The Graph API refused a call action.
+    GraphFailed,
+    /// WebRTC or SDP set-up failed.
+    SetupFailed,
+}
+
+impl CallEnd {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::RemoteTerminated => "remote_terminated",
+            Self::CallerGone => "caller_gone",
+            Self::AiFailed => "ai_failed",
+            Self::MaxDuration => "max_duration",
+            Self::AdminHangup => "admin_hangup",
+            Self::Shutdown => "shutdown",
+            Self::AnswerTimeout => "answer_timeout",
+            Self::GraphFailed => "graph_failed",
+            Self::SetupFailed => "setup_failed",
+        }
+    }
+
+    /// Whether the bridge ended the call (and so must tell Meta with `reject` or `terminate`).
+    pub fn ended_by_bridge(self) -> bool {
+        !matches!(self, Self::RemoteTerminated)
+    }
+}
+
+impl fmt::Display for CallEnd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What webhooks and operators send to a live call.
+#[derive(Debug)]
+pub enum CallCommand {
+    /// A `terminate` webhook arrived for this call.
+    RemoteTerminated,
+    /// End the call (admin hang-up).
+    Hangup(CallEnd),
+    /// Meta's SDP answer to our offer (a BIC `connect` webhook).
+    RemoteAnswer(String),
+    /// The callee picked up (BIC `ACCEPTED` status).
+    RemoteAccepted,
+}

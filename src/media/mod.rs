@@ -1,3 +1,6 @@
 //! Media: PeerConnection set-up, Opus codec, playback buffer and 20 ms pacer.
 
 pub mod codec;
+pub mod peer;
+pub mod playback;
+pub mod ports;

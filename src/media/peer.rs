@@ -1,0 +1,318 @@
+//! One WebRTC PeerConnection for one call, set up the way Meta requires (whatsapp-calling §8).
+//!
+//! Audio only: Opus on PT 111 and telephone-event on PT 126, one outgoing SSRC for the whole
+//! call, DTLS client when answering (`a=setup:active`), no mDNS, a short ICE check interval,
+//! RTCP sender/receiver reports on. Events from the connection (state changes, the caller's
+//! track) are forwarded into a bounded channel read by the call task that owns this peer.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rtc::ice::mdns::MulticastDnsMode;
+use rtc::interceptor::Registry;
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::configuration::interceptor_registry::configure_rtcp_reports;
+use rtc::peer_connection::configuration::media_engine::{
+    MIME_TYPE_OPUS, MIME_TYPE_TELEPHONE_EVENT, MediaEngine,
+};
+use rtc::peer_connection::transport::{RTCDtlsRole, RTCIceCandidateType};
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
+    RtpCodecKind,
+};
+use tokio::sync::mpsc;
+use webrtc::media_stream::track_local::TrackLocal;
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+use webrtc::media_stream::track_remote::TrackRemote;
+use webrtc::peer_connection::{
+    PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
+    RTCIceGatheringState, RTCIceServer, RTCPeerConnectionState, RTCSessionDescription,
+    SettingEngineBuilder,
+};
+
+use super::ports::{PortLease, PortPool};
+
+/// Opus payload type, as Meta offers it.
+pub const OPUS_PAYLOAD_TYPE: u8 = 111;
+/// RFC 4733 telephone-event payload type at 8 kHz, as Meta offers it.
+pub const TELEPHONE_EVENT_PAYLOAD_TYPE: u8 = 126;
+/// Events queued from the connection's driver to the call task. Few and small (state changes
+/// and one track); if the call task is gone the events are dropped, which is what we want.
+const PEER_EVENT_CAPACITY: usize = 16;
+/// How long candidate gathering may take before the SDP is sent without waiting further.
+const GATHERING_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Network settings shared by every call of the process.
+#[derive(Clone, Debug, Default)]
+pub struct PeerSettings {
+    /// Use only 127.0.0.1 (tests, demo).
+    pub loopback: bool,
+    /// Address advertised instead of the local one, behind 1:1 NAT.
+    pub public_ip: Option<IpAddr>,
+    pub stun_urls: Vec<String>,
+    /// When set, each call binds one port from this pool.
+    pub ports: Option<PortPool>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    #[error("every UDP port of WEBRTC_UDP_PORTS is in use")]
+    NoFreePort,
+    #[error("webrtc: {0}")]
+    WebRtc(String),
+    #[error("no local description after negotiation")]
+    NoLocalDescription,
+}
+
+impl From<webrtc::error::Error> for PeerError {
+    fn from(err: webrtc::error::Error) -> Self {
+        Self::WebRtc(err.to_string())
+    }
+}
+
+/// What the connection tells its call task.
+pub enum PeerEvent {
+    State(RTCPeerConnectionState),
+    /// The caller's audio track; read it with `TrackRemote::poll`.
+    Track(Arc<dyn TrackRemote>),
+    GatheringComplete,
+}
+
+/// Forwards driver callbacks into the call task's channel without ever blocking the driver.
+struct EventForwarder {
+    tx: mpsc::Sender<PeerEvent>,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for EventForwarder {
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        let _ = self.tx.try_send(PeerEvent::State(state));
+    }
+
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        if state == RTCIceGatheringState::Complete {
+            let _ = self.tx.try_send(PeerEvent::GatheringComplete);
+        }
+    }
+
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        // A track is delivered once; wait for room rather than lose it.
+        let _ = self.tx.send(PeerEvent::Track(track)).await;
+    }
+}
+
+/// One call's PeerConnection, its outgoing track and (when a port range is set) its port.
+pub struct MediaPeer {
+    pc: Arc<dyn PeerConnection>,
+    track: Arc<TrackLocalStaticRTP>,
+    ssrc: u32,
+    events: mpsc::Receiver<PeerEvent>,
+    /// Events that arrived while waiting for gathering, delivered before newer ones.
+    pending: std::collections::VecDeque<PeerEvent>,
+    gathering_complete: bool,
+    /// Released when the peer is dropped, after the connection is closed.
+    _port: Option<PortLease>,
+}
+
+impl MediaPeer {
+    pub async fn new(settings: &PeerSettings) -> Result<Self, PeerError> {
+        let port = match &settings.ports {
+            Some(pool) => Some(pool.lease().ok_or(PeerError::NoFreePort)?),
+            None => None,
+        };
+        let port_number = port.as_ref().map_or(0, PortLease::port);
+        let bind_ip = if settings.loopback {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        } else {
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+        };
+
+        let mut media_engine = MediaEngine::default();
+        media_engine.register_codec(opus_codec(), RtpCodecKind::Audio)?;
+        media_engine.register_codec(
+            RTCRtpCodecParameters {
+                rtp_codec: RTCRtpCodec {
+                    mime_type: MIME_TYPE_TELEPHONE_EVENT.to_owned(),
+                    clock_rate: 8000,
+                    channels: 1,
+                    sdp_fmtp_line: String::new(),
+                    rtcp_feedback: vec![],
+                },
+                payload_type: TELEPHONE_EVENT_PAYLOAD_TYPE,
+                ..Default::default()
+            },
+            RtpCodecKind::Audio,
+        )?;
+        let registry = configure_rtcp_reports(Registry::new());
+
+        let mut setting_engine = SettingEngineBuilder::new()
+            .with_multicast_dns_mode(MulticastDnsMode::Disabled)
+            .with_answering_dtls_role(RTCDtlsRole::Client)
+            .with_ice_connection_attempts(Some(Duration::from_millis(20)), Some(25))
+            .with_ice_timeouts(
+                Some(Duration::from_secs(4)),
+                Some(Duration::from_secs(8)),
+                Some(Duration::from_secs(1)),
+            );
+        if settings.loopback {
+            setting_engine = setting_engine.with_include_loopback_candidate(true);
+        }
+        if let Some(ip) = settings.public_ip {
+            setting_engine =
+                setting_engine.with_nat_1to1_ips(vec![ip.to_string()], RTCIceCandidateType::Host);
+        }
+        let ice_servers = if settings.stun_urls.is_empty() || settings.loopback {
+            vec![]
+        } else {
+            vec![RTCIceServer {
+                urls: settings.stun_urls.clone(),
+                ..Default::default()
+            }]
+        };
+
+        let (tx, events) = mpsc::channel(PEER_EVENT_CAPACITY);
+        let pc = PeerConnectionBuilder::new()
+            .with_configuration(
+                RTCConfigurationBuilder::new()
+                    .with_ice_servers(ice_servers)
+                    .build(),
+            )
+            .with_media_engine(media_engine)
+            .with_interceptor_registry(registry)
+            .with_setting_engine(setting_engine.build())
+            .with_handler(Arc::new(EventForwarder { tx }))
+            .with_udp_addrs(vec![SocketAddr::new(bind_ip, port_number)])
+            .build()
+            .await?;
+        let pc: Arc<dyn PeerConnection> = Arc::new(pc);
+
+        let ssrc = rand::random::<u32>() | 1;
+        let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+            "bridge".to_owned(),
+            "bridge-audio".to_owned(),
+            "bridge-audio".to_owned(),
+            RtpCodecKind::Audio,
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    ssrc: Some(ssrc),
+                    ..Default::default()
+                },
+                active: true,
+                codec: opus_codec().rtp_codec,
+                ..Default::default()
+            }],
+        )));
+        if let Err(err) = pc.add_track(track.clone() as Arc<dyn TrackLocal>).await {
+            let _ = pc.close().await;
+            return Err(err.into());
+        }
+
+        Ok(Self {
+            pc,
+            track,
+            ssrc,
+            events,
+            pending: Default::default(),
+            gathering_complete: false,
+            _port: port,
+        })
+    }
+
+    /// Applies the caller's offer and returns our complete answer (all candidates gathered).
+    pub async fn answer(&mut self, offer_sdp: &str) -> Result<String, PeerError> {
+        self.pc
+            .set_remote_description(RTCSessionDescription::offer(offer_sdp.to_owned())?)
+            .await?;
+        let answer = self.pc.create_answer(None).await?;
+        self.pc.set_local_description(answer).await?;
+        self.local_sdp_after_gathering().await
+    }
+
+    /// Makes our offer for a call we place; returns it with all candidates gathered.
+    pub async fn offer(&mut self) -> Result<String, PeerError> {
+        let offer = self.pc.create_offer(None).await?;
+        self.pc.set_local_description(offer).await?;
+        self.local_sdp_after_gathering().await
+    }
+
+    /// Applies the callee's answer to our offer.
+    pub async fn apply_answer(&self, answer_sdp: &str) -> Result<(), PeerError> {
+        self.pc
+            .set_remote_description(RTCSessionDescription::answer(answer_sdp.to_owned())?)
+            .await?;
+        Ok(())
+    }
+
+    /// Meta takes no trickled candidates: wait until gathering is complete (bounded), keeping
+    /// any other event for the call task.
+    async fn local_sdp_after_gathering(&mut self) -> Result<String, PeerError> {
+        let deadline = tokio::time::Instant::now() + GATHERING_TIMEOUT;
+        let mut held = Vec::new();
+        while !self.gathering_complete {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Ok(Some(PeerEvent::GatheringComplete)) => self.gathering_complete = true,
+                Ok(Some(other)) => held.push(other),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        // Keep what arrived meanwhile (a state change or the track) for the call task.
+        self.pending.extend(held);
+        self.pc
+            .local_description()
+            .await
+            .map(|description| description.sdp)
+            .ok_or(PeerError::NoLocalDescription)
+    }
+
+    /// The next event of this connection (cancellation-safe). `None` once the connection is gone.
+    pub async fn next_event(&mut self) -> Option<PeerEvent> {
+        if let Some(event) = self.pending.pop_front() {
+            return Some(event);
+        }
+        self.events.recv().await
+    }
+
+    /// Sends one Opus frame on the outgoing track.
+    pub async fn write_opus(
+        &self,
+        sequence_number: u16,
+        timestamp: u32,
+        payload: bytes::Bytes,
+    ) -> Result<(), PeerError> {
+        let packet = rtc::rtp::Packet {
+            header: rtc::rtp::Header {
+                version: 2,
+                payload_type: OPUS_PAYLOAD_TYPE,
+                sequence_number,
+                timestamp,
+                ssrc: self.ssrc,
+                ..Default::default()
+            },
+            payload,
+        };
+        self.track.write_rtp(packet).await?;
+        Ok(())
+    }
+
+    /// Closes the connection (a handle drop is not a close).
+    pub async fn close(&self) {
+        if let Err(err) = self.pc.close().await {
+            tracing::debug!(%err, "closing peer connection");
+        }
+    }
+}
+
+fn opus_codec() -> RTCRtpCodecParameters {
+    RTCRtpCodecParameters {
+        rtp_codec: RTCRtpCodec {
+            mime_type: MIME_TYPE_OPUS.to_owned(),
+            clock_rate: 48000,
+            channels: 2,
+            sdp_fmtp_line: "minptime=20;useinbandfec=1".to_owned(),
+            rtcp_feedback: vec![],
+        },
+        payload_type: OPUS_PAYLOAD_TYPE,
+        ..Default::default()
+    }
+}
