@@ -34,6 +34,7 @@ pub const AZURE_OPENAI_API_KEY: &str = "AZURE_OPENAI_API_KEY";
 pub const AZURE_OPENAI_DEPLOYMENT: &str = "AZURE_OPENAI_DEPLOYMENT";
 pub const ASSISTANT_INSTRUCTIONS: &str = "ASSISTANT_INSTRUCTIONS";
 pub const ASSISTANT_INSTRUCTIONS_FILE: &str = "ASSISTANT_INSTRUCTIONS_FILE";
+pub const ASSISTANT_GREETING: &str = "ASSISTANT_GREETING";
 pub const WEBRTC_PUBLIC_IP: &str = "WEBRTC_PUBLIC_IP";
 pub const WEBRTC_UDP_PORTS: &str = "WEBRTC_UDP_PORTS";
 pub const WEBRTC_LOOPBACK: &str = "WEBRTC_LOOPBACK";
@@ -63,12 +64,17 @@ pub const ALL_KEYS: &[&str] = &[
     AZURE_OPENAI_DEPLOYMENT,
     ASSISTANT_INSTRUCTIONS,
     ASSISTANT_INSTRUCTIONS_FILE,
+    ASSISTANT_GREETING,
     WEBRTC_PUBLIC_IP,
     WEBRTC_UDP_PORTS,
     WEBRTC_LOOPBACK,
     STUN_URLS,
     LOG_FORMAT,
 ];
+
+/// The instructions for the AI's first words once a call is answered.
+pub const DEFAULT_GREETING: &str =
+    "Greet the caller in one short sentence and ask how you can help.";
 
 const DEFAULT_INSTRUCTIONS: &str = "You are a friendly phone assistant answering a WhatsApp voice \
 call for a business. Keep every answer to one or two short sentences, speak naturally, and ask one \
@@ -133,6 +139,8 @@ pub struct Config {
     pub ai_provider: Provider,
     pub voice: Option<String>,
     pub instructions: String,
+    /// What the AI is asked to say first; `None` (`ASSISTANT_GREETING=off`): it waits for the caller.
+    pub greeting: Option<String>,
     pub public_ip: Option<IpAddr>,
     pub udp_ports: Option<RangeInclusive<u16>>,
     pub loopback: bool,
@@ -285,6 +293,11 @@ impl Config {
             (None, None) => DEFAULT_INSTRUCTIONS.to_owned(),
         };
 
+        let greeting = match r.raw(ASSISTANT_GREETING) {
+            None => Some(DEFAULT_GREETING.to_owned()),
+            Some(text) if text.eq_ignore_ascii_case("off") => None,
+            Some(text) => Some(text),
+        };
         let public_ip = match r.raw(WEBRTC_PUBLIC_IP) {
             None => None,
             Some(value) => match value.parse() {
@@ -361,6 +374,7 @@ impl Config {
             ai_provider,
             voice,
             instructions,
+            greeting,
             public_ip,
             udp_ports,
             loopback,

@@ -1,1 +1,143 @@
-fn main() {}
+//! The `whatsapp-voice-bridge` binary: `serve` (the default) and `demo`.
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use whatsapp_voice_bridge::app::App;
+use whatsapp_voice_bridge::config::{self, Config, LogFormat, ProcessEnv};
+use whatsapp_voice_bridge::demo::{self, DemoOptions};
+
+/// Exit code for invalid configuration (EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(
+    name = "whatsapp-voice-bridge",
+    version,
+    about = "Answers WhatsApp voice calls over WebRTC and bridges them to a realtime speech AI"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the webhook and answer calls (settings from the environment; see .env.example).
+    Serve {
+        /// HTTP port (overrides PORT).
+        #[arg(long)]
+        port: Option<u16>,
+        /// Any setting as KEY=VALUE (overrides the environment); repeatable.
+        #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+        set: Vec<(String, String)>,
+    },
+    /// Run the bridge locally with simulated callers and a simulated AI: no credentials, no network.
+    Demo(DemoOptions),
+}
+
+fn parse_key_value(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not KEY=VALUE"))?;
+    if !config::ALL_KEYS.contains(&key) {
+        return Err(format!("{key} is not a setting"));
+    }
+    Ok((key.to_owned(), value.to_owned()))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command.unwrap_or(Command::Serve {
+        port: None,
+        set: Vec::new(),
+    }) {
+        Command::Serve { port, set } => {
+            let mut overrides: HashMap<String, String> = set.into_iter().collect();
+            if let Some(port) = port {
+                overrides.insert(config::PORT.to_owned(), port.to_string());
+            }
+            let env = config::Layered {
+                overrides: &overrides,
+                base: &ProcessEnv,
+            };
+            let config = match Config::from_env(&env) {
+                Ok(config) => config,
+                Err(err) => {
+                    eprintln!("{err}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            init_tracing(config.log_format);
+            runtime.block_on(serve(config))
+        }
+        Command::Demo(options) => {
+            init_tracing_for_demo();
+            runtime.block_on(demo::run(options))
+        }
+    }
+}
+
+async fn serve(config: Config) -> ExitCode {
+    let app = match App::build(config).await {
+        Ok(app) => app,
+        Err(err) => {
+            tracing::error!(%err, "cannot start");
+            return ExitCode::FAILURE;
+        }
+    };
+    match app.run_until_stopped(shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(%err, "server failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,webrtc=warn,rtc=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Pretty => builder.init(),
+    }
+}
+
+/// The demo prints its own progress; the bridge's logs only show warnings unless RUST_LOG says otherwise.
+fn init_tracing_for_demo() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,webrtc=error,rtc=error"));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+}

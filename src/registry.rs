@@ -125,6 +125,8 @@ struct Inner {
     metrics: Metrics,
     /// Cancelled on shutdown; every call's token is a child of it.
     root: CancellationToken,
+    /// Notified whenever a call leaves the registry.
+    released: tokio::sync::Notify,
 }
 
 /// The registry of live calls; cheap to clone.
@@ -144,6 +146,7 @@ impl Registry {
                 draining: AtomicBool::new(false),
                 metrics,
                 root,
+                released: tokio::sync::Notify::new(),
             }),
         }
     }
@@ -275,6 +278,24 @@ impl Registry {
         }
         live.tombstones.insert(call_id.clone(), Instant::now());
         self.inner.metrics.active_calls.set(live.calls.len() as i64);
+        drop(live);
+        self.inner.released.notify_waiters();
+    }
+
+    /// Waits until no call is live; false if `timeout` passed first.
+    pub async fn wait_idle(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let released = self.inner.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            if self.active_calls() == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, released).await.is_err() {
+                return self.active_calls() == 0;
+            }
+        }
     }
 }
 

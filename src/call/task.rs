@@ -1,1 +1,733 @@
-//! (being written)
+//! The call task: one per call, sole owner of the call's PeerConnection, AI session, codecs,
+//! playback queue and timers. One `select!` loop drives it; everything with timing is decided by
+//! the sans-IO [`CallFlow`] and [`Pacer`]. Others reach the call only through its
+//! [`CallHandle`](crate::registry::CallHandle).
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
+use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, info, info_span, warn};
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::peer_connection::RTCPeerConnectionState;
+
+use super::flow::{Action, CallFlow};
+use super::{CallCommand, CallDirection, CallEnd};
+use crate::ids::{CallId, PhoneNumber};
+use crate::media::codec::{
+    EncoderSettings, MAX_OPUS_PACKET, OpusEncoder, RTP_TIMESTAMP_STEP, SAMPLES_PER_FRAME,
+};
+use crate::media::peer::{MediaPeer, OPUS_PAYLOAD_TYPE, PeerEvent, PeerProfile, PeerSettings};
+use crate::media::playback::{Pacer, PlaybackBuffer};
+use crate::media::ports::PortLease;
+use crate::media::uplink::UplinkDecoder;
+use crate::metrics::Metrics;
+use crate::realtime::client::{RealtimeConfig, RealtimeError, RealtimeSession};
+use crate::realtime::events::{self, ServerEvent};
+use crate::registry::Admission;
+use crate::whatsapp::graph::{GraphAction, GraphClient, GraphError};
+use crate::whatsapp::sdp;
+
+/// Bound on the `reject`/`terminate` sent at the end (the client retries inside it).
+const END_SIGNAL_TIMEOUT: Duration = Duration::from_secs(12);
+/// Bound on closing the AI socket and the PeerConnection at the end.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What every call shares: clients, settings and metrics. Cheap to clone.
+#[derive(Clone)]
+pub struct CallContext {
+    pub graph: GraphClient,
+    pub realtime: RealtimeConfig,
+    pub peer: PeerSettings,
+    pub encoder: EncoderSettings,
+    pub metrics: Metrics,
+    pub answer_deadline: Duration,
+    pub max_call_duration: Duration,
+    /// Instructions for the AI's first words once the call is answered; `None`: wait for the caller.
+    pub greeting: Option<String>,
+}
+
+/// An admitted inbound call, ready to be answered.
+pub struct InboundCall {
+    pub admission: Admission,
+    pub commands: mpsc::Receiver<CallCommand>,
+    pub offer_sdp: String,
+    pub caller_name: Option<String>,
+    /// The call's UDP port, when `WEBRTC_UDP_PORTS` is set.
+    pub port: Option<PortLease>,
+    /// When the `connect` webhook arrived (the answer deadline and setup time count from here).
+    pub received_at: Instant,
+}
+
+/// Spawns the task of an admitted inbound call on `tracker`.
+pub fn spawn_inbound(context: CallContext, call: InboundCall, tracker: &TaskTracker) {
+    let call_id = call.admission.call_id().clone();
+    let span = info_span!("call", call_id = %call_id, direction = "inbound");
+    tracker.spawn(
+        async move {
+            // A panic in the task is a bug; it must not take the process down, and the
+            // admission (owned by the task) is released by unwinding.
+            if AssertUnwindSafe(run_inbound(context, call))
+                .catch_unwind()
+                .await
+                .is_err()
+            {
+                warn!(call_id = %call_id, "call task panicked");
+            }
+        }
+        .instrument(span),
+    );
+}
+
+type AiConnect = Pin<Box<dyn Future<Output = Result<RealtimeSession, RealtimeError>> + Send>>;
+type GraphOp = Pin<Box<dyn Future<Output = (GraphAction, Result<(), GraphError>)> + Send>>;
+
+async fn run_inbound(context: CallContext, call: InboundCall) {
+    let InboundCall {
+        admission,
+        commands,
+        offer_sdp,
+        caller_name,
+        port,
+        received_at,
+    } = call;
+    let flow = CallFlow::new(
+        CallDirection::Inbound,
+        received_at,
+        context.answer_deadline,
+        context.max_call_duration,
+    );
+    let caller_context = caller_context(admission.phone(), caller_name.as_deref());
+    let mut task = match CallTask::new(context, admission, commands, flow, port).await {
+        Ok(task) => task,
+        Err((context, admission, mut flow, err)) => {
+            warn!(%err, "media set-up failed");
+            let actions = flow.end(CallEnd::SetupFailed);
+            signal_end(&context.graph, admission.call_id(), &actions).await;
+            record_end(&context.metrics, &flow, CallDirection::Inbound, received_at);
+            return;
+        }
+    };
+    task.start_ai(caller_context);
+    let end = task.answer_and_run(&offer_sdp, received_at).await;
+    task.finish(end, received_at).await;
+}
+
+/// The AI learns who is calling (name only; numbers stay out of prompts and logs).
+fn caller_context(phone: Option<&PhoneNumber>, name: Option<&str>) -> String {
+    let mut context = String::new();
+    if let Some(name) = name.filter(|n| !n.trim().is_empty()) {
+        context.push_str(&format!("The caller's WhatsApp profile name is {name}."));
+    }
+    if phone.is_none() {
+        context.push_str(" The caller's number is hidden.");
+    }
+    context.trim().to_owned()
+}
+
+/// Everything one call owns while it runs.
+struct CallTask {
+    context: CallContext,
+    admission: Admission,
+    commands: mpsc::Receiver<CallCommand>,
+    flow: CallFlow,
+    peer: MediaPeer,
+    /// Our answer, byte-identical in `pre_accept` and `accept` (§5.2).
+    answer_sdp: Arc<String>,
+    ai: Option<RealtimeSession>,
+    ai_connect: Option<AiConnect>,
+    graph_op: Option<GraphOp>,
+    remote_track: Option<Arc<dyn TrackRemote>>,
+    uplink: UplinkDecoder,
+    uplink_pcm: Vec<i16>,
+    playback: PlaybackBuffer,
+    encoder: OpusEncoder,
+    frame: Vec<i16>,
+    packet: Vec<u8>,
+    pacer: Option<Pacer>,
+    sequence_number: u16,
+    timestamp: u32,
+    greeted: bool,
+    concealed_seen: u64,
+}
+
+type NewTaskError = (CallContext, Admission, CallFlow, String);
+
+/// How answering the offer ended.
+enum Early {
+    Answered(Result<String, crate::media::peer::PeerError>),
+    AiFailed(RealtimeError),
+    Ended(CallEnd),
+}
+
+impl CallTask {
+    async fn new(
+        context: CallContext,
+        admission: Admission,
+        commands: mpsc::Receiver<CallCommand>,
+        flow: CallFlow,
+        port: Option<PortLease>,
+    ) -> Result<Self, NewTaskError> {
+        let codecs = UplinkDecoder::new(true)
+            .and_then(|uplink| Ok((uplink, OpusEncoder::new(context.encoder)?)));
+        let (uplink, encoder) = match codecs {
+            Ok(codecs) => codecs,
+            Err(err) => return Err((context, admission, flow, err.to_string())),
+        };
+        let peer = match MediaPeer::new(&context.peer, PeerProfile::Bridge, port).await {
+            Ok(peer) => peer,
+            Err(err) => return Err((context, admission, flow, err.to_string())),
+        };
+        Ok(Self {
+            context,
+            admission,
+            commands,
+            flow,
+            peer,
+            answer_sdp: Arc::new(String::new()),
+            ai: None,
+            ai_connect: None,
+            graph_op: None,
+            remote_track: None,
+            uplink,
+            uplink_pcm: Vec::with_capacity(SAMPLES_PER_FRAME * 8),
+            playback: PlaybackBuffer::new(),
+            encoder,
+            frame: vec![0; SAMPLES_PER_FRAME],
+            packet: vec![0; MAX_OPUS_PACKET],
+            pacer: None,
+            sequence_number: rand::random(),
+            timestamp: rand::random(),
+            greeted: false,
+            concealed_seen: 0,
+        })
+    }
+
+    /// Starts connecting to the AI; the connection is driven by the select loop, in parallel
+    /// with answering the offer.
+    fn start_ai(&mut self, caller_context: String) {
+        let config = self.context.realtime.clone();
+        self.ai_connect = Some(Box::pin(async move {
+            RealtimeSession::connect(&config, &caller_context).await
+        }));
+    }
+
+    /// Answers the offer (while the AI connects), then runs the call until it ends.
+    async fn answer_and_run(&mut self, offer_sdp: &str, received_at: Instant) -> CallEnd {
+        if let Err(err) = sdp::inspect(offer_sdp) {
+            warn!(%err, "unusable offer");
+            return self.end(CallEnd::SetupFailed).await;
+        }
+        let early = {
+            let answering = self.peer.answer(offer_sdp);
+            tokio::pin!(answering);
+            loop {
+                tokio::select! {
+                    result = &mut answering => break Early::Answered(result),
+                    Some(result) = poll_opt(&mut self.ai_connect) => {
+                        self.ai_connect = None;
+                        match result {
+                            Ok(session) => self.ai = Some(session),
+                            Err(err) => break Early::AiFailed(err),
+                        }
+                    }
+                    command = self.commands.recv() => {
+                        if let Some(end) = command_end(command) {
+                            break Early::Ended(end);
+                        }
+                    }
+                    () = self.admission.cancel_token().cancelled() => {
+                        break Early::Ended(CallEnd::Shutdown);
+                    }
+                }
+            }
+        };
+        let answer = match early {
+            Early::Answered(answer) => answer,
+            Early::AiFailed(err) => return self.ai_failed(err).await,
+            Early::Ended(end) => return self.end(end).await,
+        };
+        match answer {
+            Ok(answer) => self.answer_sdp = Arc::new(sdp::normalize_answer(&answer)),
+            Err(err) => {
+                warn!(%err, "answering the offer failed");
+                return self.end(CallEnd::SetupFailed).await;
+            }
+        }
+        let actions = self.flow.sdp_ready();
+        if let Some(end) = self.apply(actions, received_at).await {
+            return end;
+        }
+        self.run(received_at).await
+    }
+
+    async fn run(&mut self, received_at: Instant) -> CallEnd {
+        loop {
+            let wake = self.next_wake();
+            tokio::select! {
+                () = self.admission.cancel_token().cancelled() => {
+                    return self.end(CallEnd::Shutdown).await;
+                }
+                command = self.commands.recv() => {
+                    if let Some(end) = command_end(command) {
+                        return self.end(end).await;
+                    }
+                }
+                event = self.peer.next_event() => {
+                    if let Some(end) = self.on_peer_event(event, received_at).await {
+                        return end;
+                    }
+                }
+                event = poll_track(&self.remote_track) => match event {
+                    Some(event) => {
+                        if let Some(end) = self.on_track_event(event).await {
+                            return end;
+                        }
+                    }
+                    None => self.remote_track = None,
+                },
+                Some(result) = poll_opt(&mut self.ai_connect) => {
+                    self.ai_connect = None;
+                    match result {
+                        Ok(session) => {
+                            debug!("AI session ready");
+                            self.ai = Some(session);
+                            if let Some(end) = self.maybe_greet().await {
+                                return end;
+                            }
+                        }
+                        Err(err) => return self.ai_failed(err).await,
+                    }
+                }
+                event = poll_ai(&mut self.ai) => {
+                    if let Some(end) = self.on_ai_event(event).await {
+                        return end;
+                    }
+                }
+                Some((action, result)) = poll_opt(&mut self.graph_op) => {
+                    self.graph_op = None;
+                    if let Some(end) = self.on_graph_result(action, result, received_at).await {
+                        return end;
+                    }
+                }
+                () = tokio::time::sleep_until(wake.into()) => {
+                    if let Some(end) = self.on_tick().await {
+                        return end;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The earliest of the pacer's next frame and the flow's next timer.
+    fn next_wake(&self) -> Instant {
+        let far = Instant::now() + Duration::from_secs(3600);
+        let pacer = self.pacer.as_ref().map(Pacer::deadline);
+        let flow = self.flow.next_deadline();
+        [pacer, flow].into_iter().flatten().min().unwrap_or(far)
+    }
+
+    async fn on_tick(&mut self) -> Option<CallEnd> {
+        let now = Instant::now();
+        let actions = self.flow.on_timer(now);
+        if let Some(end) = self.apply(actions, now).await {
+            return Some(end);
+        }
+        self.send_due_frames(now).await
+    }
+
+    /// Sends the frames the pacer says are due: AI audio when queued, encoded silence otherwise,
+    /// so the caller's leg is never silent at the RTP level (§7.4).
+    async fn send_due_frames(&mut self, now: Instant) -> Option<CallEnd> {
+        let Some(pacer) = self.pacer.as_mut() else {
+            return None;
+        };
+        let due = pacer.poll(now);
+        if due.skipped > 0 || due.frames > 1 {
+            self.context.metrics.late_pacer_ticks.inc();
+            self.timestamp = self
+                .timestamp
+                .wrapping_add(RTP_TIMESTAMP_STEP * due.skipped);
+        }
+        for _ in 0..due.frames {
+            self.playback.pop_frame(&mut self.frame);
+            let length = match self.encoder.encode(&self.frame, &mut self.packet) {
+                Ok(length) => length,
+                Err(err) => {
+                    warn!(%err, "opus encode failed");
+                    continue;
+                }
+            };
+            let payload = bytes::Bytes::copy_from_slice(&self.packet[..length]);
+            if let Err(err) = self
+                .peer
+                .write_opus(self.sequence_number, self.timestamp, payload)
+                .await
+            {
+                debug!(%err, "writing RTP failed");
+            }
+            self.sequence_number = self.sequence_number.wrapping_add(1);
+            self.timestamp = self.timestamp.wrapping_add(RTP_TIMESTAMP_STEP);
+            self.context
+                .metrics
+                .audio_frames
+                .with_label_values(&["out"])
+                .inc();
+        }
+        None
+    }
+
+    async fn on_peer_event(
+        &mut self,
+        event: Option<PeerEvent>,
+        received_at: Instant,
+    ) -> Option<CallEnd> {
+        match event {
+            None => Some(self.end(CallEnd::CallerGone).await),
+            Some(PeerEvent::Track(track)) => {
+                debug!("caller track arrived");
+                self.remote_track = Some(track);
+                None
+            }
+            Some(PeerEvent::GatheringComplete) => None,
+            Some(PeerEvent::State(state)) => {
+                debug!(?state, "peer connection state");
+                match state {
+                    RTCPeerConnectionState::Connected => {
+                        let actions = self.flow.media_connected(Instant::now());
+                        self.apply(actions, received_at).await
+                    }
+                    RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
+                        Some(self.end(CallEnd::CallerGone).await)
+                    }
+                    _ => None,
+                }
+            }
+        }
+    }
+
+    async fn on_track_event(&mut self, event: TrackRemoteEvent) -> Option<CallEnd> {
+        match event {
+            TrackRemoteEvent::OnRtpPacket(packet) => {
+                if packet.header.payload_type != OPUS_PAYLOAD_TYPE {
+                    // DTMF (PT 126) or anything unexpected: not audio for the AI.
+                    return None;
+                }
+                self.uplink_pcm.clear();
+                self.uplink.push(
+                    packet.header.sequence_number,
+                    &packet.payload,
+                    &mut self.uplink_pcm,
+                );
+                let frames = (self.uplink_pcm.len() / SAMPLES_PER_FRAME) as u64;
+                let metrics = &self.context.metrics;
+                metrics.audio_frames.with_label_values(&["in"]).inc_by(frames);
+                let concealed = self.uplink.stats().concealed + self.uplink.stats().fec_recovered;
+                if concealed > self.concealed_seen {
+                    metrics.concealed_frames.inc_by(concealed - self.concealed_seen);
+                    self.concealed_seen = concealed;
+                }
+                // The AI hears the caller only once the call is answered.
+                if self.pacer.is_some()
+                    && !self.uplink_pcm.is_empty()
+                    && let Some(ai) = self.ai.as_mut()
+                    && let Err(err) = ai.send_audio(&self.uplink_pcm).await
+                {
+                    return Some(self.ai_failed(err).await);
+                }
+                None
+            }
+            TrackRemoteEvent::OnEnded => {
+                debug!("caller track ended");
+                self.remote_track = None;
+                None
+            }
+            _ => None,
+        }
+    }
+
+    async fn on_ai_event(
+        &mut self,
+        event: Option<Result<ServerEvent, RealtimeError>>,
+    ) -> Option<CallEnd> {
+        let event = match event {
+            None => {
+                warn!("AI session closed");
+                return Some(self.end_ai(CallEnd::AiFailed, "closed").await);
+            }
+            Some(Err(err)) => return Some(self.ai_failed(err).await),
+            Some(Ok(event)) => event,
+        };
+        match event {
+            ServerEvent::AudioDelta {
+                response_id,
+                item_id,
+                content_index,
+                pcm,
+            } => {
+                self.playback
+                    .push(&response_id, &item_id, content_index, &pcm);
+            }
+            ServerEvent::SpeechStarted { .. } => {
+                let truncations = self.playback.barge_in();
+                if !truncations.is_empty() {
+                    self.context.metrics.barge_ins.inc();
+                    debug!(count = truncations.len(), "barge-in: playback dropped");
+                }
+                for truncation in truncations {
+                    let event = events::truncate(
+                        &truncation.item_id,
+                        truncation.content_index,
+                        truncation.audio_end_ms,
+                    );
+                    if let Some(ai) = self.ai.as_mut()
+                        && let Err(err) = ai.send_text(event).await
+                    {
+                        return Some(self.ai_failed(err).await);
+                    }
+                }
+            }
+            ServerEvent::Error { code, message, .. } => {
+                let code = code.unwrap_or_else(|| "unknown".to_owned());
+                warn!(code = %code, message = %message, "AI error event");
+                self.context
+                    .metrics
+                    .ai_errors
+                    .with_label_values(&[code.as_str()])
+                    .inc();
+            }
+            ServerEvent::ResponseDone {
+                response_id,
+                status,
+                ..
+            } => debug!(%response_id, %status, "AI response done"),
+            other => tracing::trace!(?other, "AI event"),
+        }
+        None
+    }
+
+    async fn on_graph_result(
+        &mut self,
+        action: GraphAction,
+        result: Result<(), GraphError>,
+        received_at: Instant,
+    ) -> Option<CallEnd> {
+        self.count_graph(action, &result);
+        if let Err(err) = result {
+            warn!(action = action.as_str(), %err, "Graph API action failed");
+            return Some(self.end(CallEnd::GraphFailed).await);
+        }
+        let now = Instant::now();
+        let actions = match action {
+            GraphAction::PreAccept => self.flow.signalled(now),
+            GraphAction::Accept => {
+                self.context
+                    .metrics
+                    .call_setup_seconds
+                    .observe(now.duration_since(received_at).as_secs_f64());
+                info!(
+                    setup_ms = now.duration_since(received_at).as_millis() as u64,
+                    "call accepted"
+                );
+                self.flow.accepted(now)
+            }
+            _ => vec![],
+        };
+        self.apply(actions, received_at).await
+    }
+
+    fn count_graph(&self, action: GraphAction, result: &Result<(), GraphError>) {
+        let outcome = match result {
+            Ok(()) => "ok",
+            Err(err) if err.is_retryable() => "retryable_error",
+            Err(_) => "error",
+        };
+        self.context
+            .metrics
+            .graph_requests
+            .with_label_values(&[action.as_str(), outcome])
+            .inc();
+    }
+
+    /// Carries out the flow's actions. Returns the end once the flow says the call is over.
+    async fn apply(&mut self, actions: Vec<Action>, _received_at: Instant) -> Option<CallEnd> {
+        for action in actions {
+            match action {
+                Action::PreAccept | Action::Accept => {
+                    let graph = self.context.graph.clone();
+                    let call_id = self.admission.call_id().clone();
+                    let answer = self.answer_sdp.clone();
+                    let pre = action == Action::PreAccept;
+                    self.graph_op = Some(Box::pin(async move {
+                        if pre {
+                            (
+                                GraphAction::PreAccept,
+                                graph.pre_accept(&call_id, &answer).await,
+                            )
+                        } else {
+                            (
+                                GraphAction::Accept,
+                                graph.accept(&call_id, &answer, None).await,
+                            )
+                        }
+                    }));
+                }
+                Action::StartMedia => {
+                    // RTP starts at once (§7.1 step 7): the first frame is due now.
+                    self.pacer = Some(Pacer::new(Instant::now()));
+                    if let Some(end) = self.maybe_greet().await {
+                        return Some(end);
+                    }
+                }
+                Action::Connect => {
+                    // Outbound calls are placed by the reminder scheduler, which sends
+                    // `connect` itself before handing the call over; nothing to do here.
+                }
+                Action::Reject | Action::Terminate => {
+                    signal_end(&self.context.graph, self.admission.call_id(), &[action]).await;
+                }
+                Action::Finish(end) => return Some(end),
+            }
+        }
+        None
+    }
+
+    /// Once answered and the AI is ready, let it speak first (if a greeting is configured).
+    async fn maybe_greet(&mut self) -> Option<CallEnd> {
+        if self.greeted || self.pacer.is_none() {
+            return None;
+        }
+        let Some(ai) = self.ai.as_mut() else {
+            return None;
+        };
+        self.greeted = true;
+        let Some(greeting) = self.context.greeting.as_deref() else {
+            return None;
+        };
+        if let Err(err) = ai.send_text(events::response_create(Some(greeting))).await {
+            return Some(self.ai_failed(err).await);
+        }
+        None
+    }
+
+    async fn ai_failed(&mut self, err: RealtimeError) -> CallEnd {
+        warn!(%err, "AI session failed");
+        self.end_ai(CallEnd::AiFailed, "session_failed").await
+    }
+
+    async fn end_ai(&mut self, end: CallEnd, code: &str) -> CallEnd {
+        self.context
+            .metrics
+            .ai_errors
+            .with_label_values(&[code])
+            .inc();
+        self.ai = None;
+        self.end(end).await
+    }
+
+    /// Ends the call through the flow, which decides whether Meta must be told.
+    async fn end(&mut self, reason: CallEnd) -> CallEnd {
+        let actions = self.flow.end(reason);
+        self.apply(actions, Instant::now()).await.unwrap_or(reason)
+    }
+
+    /// Releases everything the call owns; the admission goes last.
+    async fn finish(mut self, end: CallEnd, received_at: Instant) {
+        self.graph_op = None;
+        self.ai_connect = None;
+        if let Some(mut ai) = self.ai.take() {
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, ai.close()).await;
+        }
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.peer.close()).await;
+        self.remote_track = None;
+        debug_assert_eq!(self.flow.end_reason(), Some(end));
+        record_end(
+            &self.context.metrics,
+            &self.flow,
+            CallDirection::Inbound,
+            received_at,
+        );
+        drop(self.admission);
+    }
+}
+
+/// What a command from outside means for the call.
+fn command_end(command: Option<CallCommand>) -> Option<CallEnd> {
+    match command {
+        Some(CallCommand::RemoteTerminated) => Some(CallEnd::RemoteTerminated),
+        Some(CallCommand::Hangup(end)) => Some(end),
+        // Only outbound calls get these; an inbound call ignores them.
+        Some(CallCommand::RemoteAnswer(_)) | Some(CallCommand::RemoteAccepted) => None,
+        // Every sender is gone: the registry entry was removed, which only happens at the end.
+        None => Some(CallEnd::Shutdown),
+    }
+}
+
+/// Sends `reject` or `terminate` for the call, bounded in time. Failures are logged only: the
+/// call is over for us either way, and Meta ends it on its side when media stops.
+async fn signal_end(graph: &GraphClient, call_id: &CallId, actions: &[Action]) {
+    for action in actions {
+        let (name, result) = match action {
+            Action::Reject => (
+                "reject",
+                tokio::time::timeout(END_SIGNAL_TIMEOUT, graph.reject(call_id)).await,
+            ),
+            Action::Terminate => (
+                "terminate",
+                tokio::time::timeout(END_SIGNAL_TIMEOUT, graph.terminate(call_id)).await,
+            ),
+            _ => continue,
+        };
+        match result {
+            Ok(Ok(())) => debug!(action = name, "Meta told the call ended"),
+            Ok(Err(err)) => warn!(action = name, %err, "telling Meta the call ended failed"),
+            Err(_) => warn!(action = name, "telling Meta the call ended timed out"),
+        }
+    }
+}
+
+/// The one line and the metrics of an ended call.
+fn record_end(metrics: &Metrics, flow: &CallFlow, direction: CallDirection, started: Instant) {
+    let end = flow.end_reason().unwrap_or(CallEnd::SetupFailed);
+    let duration = flow
+        .active_since()
+        .map(|since| since.elapsed())
+        .unwrap_or_default();
+    metrics
+        .calls
+        .with_label_values(&[direction.as_str(), end.as_str()])
+        .inc();
+    info!(
+        reason = end.as_str(),
+        duration_ms = duration.as_millis() as u64,
+        total_ms = started.elapsed().as_millis() as u64,
+        "call ended"
+    );
+}
+
+/// Polls an optional future; pending forever when there is none (a disabled select branch).
+async fn poll_opt<T>(future: &mut Option<Pin<Box<dyn Future<Output = T> + Send>>>) -> Option<T> {
+    match future.as_mut() {
+        Some(future) => Some(future.await),
+        None => std::future::pending().await,
+    }
+}
+
+async fn poll_track(track: &Option<Arc<dyn TrackRemote>>) -> Option<TrackRemoteEvent> {
+    match track {
+        Some(track) => track.poll().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn poll_ai(ai: &mut Option<RealtimeSession>) -> Option<Result<ServerEvent, RealtimeError>> {
+    match ai.as_mut() {
+        Some(ai) => ai.next_event().await,
+        None => std::future::pending().await,
+    }
+}

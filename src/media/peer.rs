@@ -33,6 +33,7 @@ use webrtc::peer_connection::{
 
 use super::ports::{PortLease, PortPool};
 
+
 /// Opus payload type, as Meta offers it.
 pub const OPUS_PAYLOAD_TYPE: u8 = 111;
 /// RFC 4733 telephone-event payload type at 8 kHz, as Meta offers it.
@@ -42,6 +43,15 @@ pub const TELEPHONE_EVENT_PAYLOAD_TYPE: u8 = 126;
 const PEER_EVENT_CAPACITY: usize = 16;
 /// How long candidate gathering may take before the SDP is sent without waiting further.
 const GATHERING_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Which side of a WhatsApp call this peer plays.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerProfile {
+    /// The bridge: answers Meta's offers (or offers for outbound calls) per §8.2 / §8.6.
+    Bridge,
+    /// The simulated WhatsApp side: offers like Meta (§8.1: wideband Opus with FEC).
+    SimulatedPhone,
+}
 
 /// Network settings shared by every call of the process.
 #[derive(Clone, Debug, Default)]
@@ -116,11 +126,13 @@ pub struct MediaPeer {
 }
 
 impl MediaPeer {
-    pub async fn new(settings: &PeerSettings) -> Result<Self, PeerError> {
-        let port = match &settings.ports {
-            Some(pool) => Some(pool.lease().ok_or(PeerError::NoFreePort)?),
-            None => None,
-        };
+    /// Builds the connection. `port` is this call's leased port when a range is configured
+    /// (leased at admission, so a full range refuses the call before anything is spawned).
+    pub async fn new(
+        settings: &PeerSettings,
+        profile: PeerProfile,
+        port: Option<PortLease>,
+    ) -> Result<Self, PeerError> {
         let port_number = port.as_ref().map_or(0, PortLease::port);
         let bind_ip = if settings.loopback {
             IpAddr::V4(Ipv4Addr::LOCALHOST)
@@ -129,7 +141,7 @@ impl MediaPeer {
         };
 
         let mut media_engine = MediaEngine::default();
-        media_engine.register_codec(opus_codec(), RtpCodecKind::Audio)?;
+        media_engine.register_codec(opus_codec(profile), RtpCodecKind::Audio)?;
         media_engine.register_codec(
             RTCRtpCodecParameters {
                 rtp_codec: RTCRtpCodec {
@@ -199,7 +211,7 @@ impl MediaPeer {
                     ..Default::default()
                 },
                 active: true,
-                codec: opus_codec().rtp_codec,
+                codec: opus_codec(profile).rtp_codec,
                 ..Default::default()
             }],
         )));
@@ -303,16 +315,95 @@ impl MediaPeer {
     }
 }
 
-fn opus_codec() -> RTCRtpCodecParameters {
+fn opus_codec(profile: PeerProfile) -> RTCRtpCodecParameters {
+    let fmtp = match profile {
+        PeerProfile::Bridge => "minptime=20;useinbandfec=1",
+        PeerProfile::SimulatedPhone => {
+            "maxaveragebitrate=20000;maxplaybackrate=16000;minptime=20;sprop-maxcapturerate=16000;useinbandfec=1"
+        }
+    };
     RTCRtpCodecParameters {
         rtp_codec: RTCRtpCodec {
             mime_type: MIME_TYPE_OPUS.to_owned(),
             clock_rate: 48000,
             channels: 2,
-            sdp_fmtp_line: "minptime=20;useinbandfec=1".to_owned(),
+            sdp_fmtp_line: fmtp.to_owned(),
             rtcp_feedback: vec![],
         },
         payload_type: OPUS_PAYLOAD_TYPE,
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use webrtc::media_stream::track_remote::TrackRemoteEvent;
+
+    async fn wait_connected(peer: &mut MediaPeer) -> Option<Arc<dyn TrackRemote>> {
+        let mut track = None;
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), peer.next_event()).await {
+                Ok(Some(PeerEvent::State(RTCPeerConnectionState::Connected))) => return track,
+                Ok(Some(PeerEvent::Track(t))) => track = Some(t),
+                Ok(Some(_)) => {}
+                other => panic!("not connected: {}", other.is_ok()),
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_phone_and_the_bridge_connect_on_loopback_and_exchange_rtp() {
+        let settings = PeerSettings {
+            loopback: true,
+            ..Default::default()
+        };
+        let mut phone = MediaPeer::new(&settings, PeerProfile::SimulatedPhone, None)
+            .await
+            .expect("phone peer");
+        let mut bridge = MediaPeer::new(&settings, PeerProfile::Bridge, None)
+            .await
+            .expect("bridge peer");
+        let offer = phone.offer().await.expect("offer");
+        assert!(offer.contains("a=setup:actpass"), "{offer}");
+        let answer = bridge.answer(&offer).await.expect("answer");
+        assert!(answer.contains("a=setup:active"), "{answer}");
+        assert!(answer.contains("a=candidate:"), "{answer}");
+        phone.apply_answer(&answer).await.expect("apply answer");
+
+        let (_, _) = tokio::join!(wait_connected(&mut phone), wait_connected(&mut bridge));
+        // The bridge sends; the phone's track appears with the first packets.
+        let sender = async {
+            for i in 0..50u16 {
+                bridge
+                    .write_opus(i, u32::from(i) * 960, bytes::Bytes::from_static(&[0xf8, 0xff, 0xfe]))
+                    .await
+                    .expect("write");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        let receiver = async {
+            let track = loop {
+                match tokio::time::timeout(Duration::from_secs(5), phone.next_event()).await {
+                    Ok(Some(PeerEvent::Track(track))) => break track,
+                    Ok(Some(_)) => {}
+                    _ => panic!("no track at the phone"),
+                }
+            };
+            let mut packets = 0;
+            while packets < 10 {
+                match tokio::time::timeout(Duration::from_secs(5), track.poll()).await {
+                    Ok(Some(TrackRemoteEvent::OnRtpPacket(packet))) => {
+                        assert_eq!(packet.header.payload_type, OPUS_PAYLOAD_TYPE);
+                        packets += 1;
+                    }
+                    Ok(Some(_)) => {}
+                    _ => panic!("no rtp at the phone"),
+                }
+            }
+        };
+        tokio::join!(sender, receiver);
+        phone.close().await;
+        bridge.close().await;
     }
 }

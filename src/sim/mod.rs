@@ -6,3 +6,4 @@ pub mod graph_double;
 pub mod phone;
 pub mod realtime_ai;
 pub mod webhooks;
+pub mod stack;
