@@ -1,3 +1,455 @@
-//! (being written by helper C; placeholder constants)
+//! Opus codec layer: 20 ms frames of 24 kHz mono PCM16 to and from Opus packets, with loss concealment.
+//!
+//! libopus encodes from and decodes to 24 kHz natively, which is the rate the realtime AI speaks,
+//! so the bridge path needs no resampler. The RTP clock stays 48 kHz whatever the PCM rate.
+
+use opus::{Application, Channels};
+
+/// Sample rate of the PCM on the AI side (PCM16 mono, 24 kHz).
 pub const PCM_SAMPLE_RATE: u32 = 24_000;
+/// Duration of one Opus frame, as negotiated (`a=ptime:20`).
+pub const FRAME_MS: u32 = 20;
+/// Samples in one 20 ms frame at [`PCM_SAMPLE_RATE`].
 pub const SAMPLES_PER_FRAME: usize = 480;
+/// The Opus RTP clock, whatever the codec's internal rate (RFC 7587).
+pub const RTP_CLOCK_RATE: u32 = 48_000;
+/// RTP timestamp increment per 20 ms frame at [`RTP_CLOCK_RATE`].
+pub const RTP_TIMESTAMP_STEP: u32 = 960;
+/// Largest Opus packet for one frame (RFC 6716 §3.4); a buffer this size always fits one encoded frame.
+pub const MAX_OPUS_PACKET: usize = 1275;
+
+/// Longest audio one Opus packet can carry (120 ms) at [`PCM_SAMPLE_RATE`]; a decode buffer this
+/// size never fails for want of room.
+pub const MAX_PACKET_SAMPLES: usize = SAMPLES_PER_FRAME * 6;
+
+/// Payloads above this size are refused before reaching libopus. No real Opus packet comes near it
+/// (a UDP datagram cannot carry more), and it keeps lengths far inside what the C API accepts.
+const MAX_PAYLOAD_BYTES: usize = 65_535;
+
+const _: () = assert!(SAMPLES_PER_FRAME == (PCM_SAMPLE_RATE * FRAME_MS / 1000) as usize);
+const _: () = assert!(RTP_TIMESTAMP_STEP == RTP_CLOCK_RATE * FRAME_MS / 1000);
+
+/// Upper limit of the encoded audio band. Meta offers wideband (16 kHz audio), so more is wasted bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Bandwidth {
+    /// 4 kHz audio band.
+    Narrowband,
+    /// 6 kHz audio band.
+    Mediumband,
+    /// 8 kHz audio band (16 kHz sampling): what WhatsApp uses.
+    Wideband,
+    /// 12 kHz audio band: the most a 24 kHz encoder can carry.
+    Superwideband,
+    /// 20 kHz audio band; clamped to [`Bandwidth::Superwideband`] by a 24 kHz encoder.
+    Fullband,
+}
+
+impl From<Bandwidth> for opus::Bandwidth {
+    fn from(bandwidth: Bandwidth) -> Self {
+        match bandwidth {
+            Bandwidth::Narrowband => opus::Bandwidth::Narrowband,
+            Bandwidth::Mediumband => opus::Bandwidth::Mediumband,
+            Bandwidth::Wideband => opus::Bandwidth::Wideband,
+            Bandwidth::Superwideband => opus::Bandwidth::Superwideband,
+            Bandwidth::Fullband => opus::Bandwidth::Fullband,
+        }
+    }
+}
+
+/// Encoder tuning. The defaults match Meta's offer (`maxaveragebitrate=20000`, wideband,
+/// `useinbandfec=1`) at complexity 5, which sets the bridge's capacity (see STACK.md).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EncoderSettings {
+    /// Target bitrate in bit/s (libopus accepts 500..=512_000). Meta caps at 20 kbit/s.
+    pub bitrate_bps: i32,
+    /// 0 (cheapest) ..= 10 (best). Encoding is most of the CPU a call costs.
+    pub complexity: i32,
+    /// Upper limit of the encoded audio band.
+    pub max_bandwidth: Bandwidth,
+    /// Allow a low-rate copy of each frame in the next packet, so the receiver can rebuild a lost
+    /// one. libopus only sends it when the bitrate left after the loss allowance pays for it: at
+    /// 20 kbit/s wideband that means `expected_loss_percent` ≥ 6, and then it narrows the band to
+    /// medium/narrowband to make room; at 5 % it sends none (28 kbit/s keeps wideband with FEC).
+    /// Measured with libopus 1.6.1.
+    pub inband_fec: bool,
+    /// Expected packet loss (0..=100); libopus spends FEC bits in proportion (see `inband_fec`).
+    pub expected_loss_percent: i32,
+}
+
+impl Default for EncoderSettings {
+    fn default() -> Self {
+        Self {
+            bitrate_bps: 20_000,
+            complexity: 5,
+            max_bandwidth: Bandwidth::Wideband,
+            inband_fec: true,
+            expected_loss_percent: 5,
+        }
+    }
+}
+
+/// Failures of the codec layer. None of them is fatal to a call: a bad packet is concealed.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    /// libopus refused a setting or a packet, or failed internally.
+    #[error("opus {operation} failed: {source}")]
+    Opus {
+        operation: &'static str,
+        #[source]
+        source: opus::Error,
+    },
+    /// The PCM handed to the encoder is not one 20 ms frame.
+    #[error("expected {expected} PCM samples per frame, got {actual}")]
+    FrameLength { expected: usize, actual: usize },
+    /// An empty payload is not a packet (libopus would read it as a loss).
+    #[error("empty Opus packet")]
+    EmptyPacket,
+    /// A payload larger than any datagram can carry.
+    #[error("Opus packet of {0} bytes is larger than any real packet")]
+    PacketTooLarge(usize),
+    /// The output buffer cannot hold one 20 ms frame.
+    #[error("output buffer of {actual} samples is shorter than one frame ({expected})")]
+    OutputTooSmall { expected: usize, actual: usize },
+}
+
+fn opus_error(operation: &'static str) -> impl FnOnce(opus::Error) -> CodecError {
+    move |source| CodecError::Opus { operation, source }
+}
+
+/// Encodes 20 ms frames of 24 kHz mono PCM16 into Opus packets (VOIP application, mono,
+/// constrained VBR, so the rate stays close to the target whatever the content).
+pub struct OpusEncoder {
+    /// The libopus encoder; its state carries prediction and FEC history from frame to frame.
+    inner: opus::Encoder,
+}
+
+impl std::fmt::Debug for OpusEncoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpusEncoder").finish_non_exhaustive()
+    }
+}
+
+impl OpusEncoder {
+    pub fn new(settings: EncoderSettings) -> Result<Self, CodecError> {
+        let mut inner = opus::Encoder::new(PCM_SAMPLE_RATE, Channels::Mono, Application::Voip)
+            .map_err(opus_error("encoder create"))?;
+        inner
+            .set_bitrate(opus::Bitrate::Bits(settings.bitrate_bps))
+            .map_err(opus_error("set bitrate"))?;
+        inner
+            .set_complexity(settings.complexity)
+            .map_err(opus_error("set complexity"))?;
+        inner
+            .set_max_bandwidth(settings.max_bandwidth.into())
+            .map_err(opus_error("set max bandwidth"))?;
+        inner.set_vbr(true).map_err(opus_error("set vbr"))?;
+        inner
+            .set_vbr_constraint(true)
+            .map_err(opus_error("set vbr constraint"))?;
+        inner
+            .set_inband_fec(settings.inband_fec)
+            .map_err(opus_error("set inband fec"))?;
+        inner
+            .set_packet_loss_perc(settings.expected_loss_percent)
+            .map_err(opus_error("set packet loss"))?;
+        tracing::debug!(?settings, "opus encoder created");
+        Ok(Self { inner })
+    }
+
+    /// `pcm` must be exactly [`SAMPLES_PER_FRAME`] samples; writes into `out`, returns the packet
+    /// length. An `out` of [`MAX_OPUS_PACKET`] bytes always suffices.
+    pub fn encode(&mut self, pcm: &[i16], out: &mut [u8]) -> Result<usize, CodecError> {
+        if pcm.len() != SAMPLES_PER_FRAME {
+            return Err(CodecError::FrameLength {
+                expected: SAMPLES_PER_FRAME,
+                actual: pcm.len(),
+            });
+        }
+        self.inner.encode(pcm, out).map_err(opus_error("encode"))
+    }
+}
+
+/// Decodes Opus packets straight to 24 kHz mono PCM16, with loss concealment.
+/// Stereo packets (Meta signals `opus/48000/2`) are mixed down to mono by libopus.
+pub struct OpusDecoder {
+    /// The libopus decoder; PLC and FEC both extrapolate from its state, so calls must follow
+    /// the packet order.
+    inner: opus::Decoder,
+}
+
+impl std::fmt::Debug for OpusDecoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpusDecoder").finish_non_exhaustive()
+    }
+}
+
+impl OpusDecoder {
+    pub fn new() -> Result<Self, CodecError> {
+        let inner = opus::Decoder::new(PCM_SAMPLE_RATE, Channels::Mono)
+            .map_err(opus_error("decoder create"))?;
+        Ok(Self { inner })
+    }
+
+    /// Decodes one packet into `out` and returns the samples written: [`SAMPLES_PER_FRAME`] for a
+    /// 20 ms packet, up to [`MAX_PACKET_SAMPLES`] for the longest. An `out` too short for the
+    /// packet is an error, not a truncation.
+    pub fn decode(&mut self, packet: &[u8], out: &mut [i16]) -> Result<usize, CodecError> {
+        check_packet(packet)?;
+        // No packet needs more room than this; capping it also keeps the length within the C API's
+        // `int`, beyond which the `opus` crate panics.
+        let room = out.len().min(MAX_PACKET_SAMPLES);
+        self.inner
+            .decode(packet, &mut out[..room], false)
+            .map_err(opus_error("decode"))
+    }
+
+    /// Packet loss concealment: synthesises one 20 ms frame continuing the last decoded audio
+    /// (fading to silence over consecutive losses). Writes [`SAMPLES_PER_FRAME`] samples.
+    pub fn conceal(&mut self, out: &mut [i16]) -> Result<usize, CodecError> {
+        let frame = frame_slot(out)?;
+        // An empty packet is libopus' signal for a loss; the frame size tells it how much to make.
+        self.inner
+            .decode(&[], frame, false)
+            .map_err(opus_error("conceal"))
+    }
+
+    /// Rebuilds the frame lost just before `next_packet` from the in-band FEC data `next_packet`
+    /// carries. Writes [`SAMPLES_PER_FRAME`] samples. Call it before decoding `next_packet` itself.
+    /// When the packet carries no FEC data, libopus conceals instead (PLC), silently.
+    pub fn recover_fec(
+        &mut self,
+        next_packet: &[u8],
+        out: &mut [i16],
+    ) -> Result<usize, CodecError> {
+        check_packet(next_packet)?;
+        let frame = frame_slot(out)?;
+        self.inner
+            .decode(next_packet, frame, true)
+            .map_err(opus_error("fec decode"))
+    }
+
+    /// Forgets all history, as after a long interruption, so the next packet starts cleanly.
+    pub fn reset(&mut self) -> Result<(), CodecError> {
+        self.inner.reset_state().map_err(opus_error("reset"))
+    }
+}
+
+fn check_packet(packet: &[u8]) -> Result<(), CodecError> {
+    match packet.len() {
+        0 => Err(CodecError::EmptyPacket),
+        n if n > MAX_PAYLOAD_BYTES => Err(CodecError::PacketTooLarge(n)),
+        _ => Ok(()),
+    }
+}
+
+/// The first 20 ms of `out`: PLC and FEC produce exactly as much audio as the slot they are given.
+fn frame_slot(out: &mut [i16]) -> Result<&mut [i16], CodecError> {
+    let actual = out.len();
+    out.get_mut(..SAMPLES_PER_FRAME)
+        .ok_or(CodecError::OutputTooSmall {
+            expected: SAMPLES_PER_FRAME,
+            actual,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::audio::{dominant_frequency, rms, tone};
+
+    /// Codec delay plus settling: comparisons skip the first 10 ms of output.
+    const SKIP: usize = SAMPLES_PER_FRAME / 2;
+
+    fn encode_all(pcm: &[i16], settings: EncoderSettings) -> Vec<Vec<u8>> {
+        let mut encoder = OpusEncoder::new(settings).expect("valid settings");
+        let mut buf = [0u8; MAX_OPUS_PACKET];
+        pcm.chunks_exact(SAMPLES_PER_FRAME)
+            .map(|frame| {
+                let n = encoder.encode(frame, &mut buf).expect("encode");
+                buf[..n].to_vec()
+            })
+            .collect()
+    }
+
+    fn decode_all(packets: &[Vec<u8>]) -> Vec<i16> {
+        let mut decoder = OpusDecoder::new().expect("decoder");
+        let mut out = Vec::new();
+        let mut frame = [0i16; MAX_PACKET_SAMPLES];
+        for packet in packets {
+            let n = decoder.decode(packet, &mut frame).expect("decode");
+            out.extend_from_slice(&frame[..n]);
+        }
+        out
+    }
+
+    fn error_energy(a: &[i16], b: &[i16]) -> f64 {
+        a.iter()
+            .zip(b)
+            .map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2))
+            .sum()
+    }
+
+    #[test]
+    fn codec_types_can_move_between_threads() {
+        fn assert_send<T: Send>() {}
+        assert_send::<OpusEncoder>();
+        assert_send::<OpusDecoder>();
+    }
+
+    #[test]
+    fn a_700_hz_tone_survives_an_opus_round_trip() {
+        let input = tone(700.0, 1000, PCM_SAMPLE_RATE, 10_000);
+        let packets = encode_all(&input, EncoderSettings::default());
+        assert_eq!(packets.len(), 50);
+        // Wideband at 20 kbit/s: about 50 bytes a packet, never near the 1275 cap.
+        let total: usize = packets.iter().map(Vec::len).sum();
+        assert!(total * 8 < 30_000, "{total} bytes for 1 s");
+
+        let output = decode_all(&packets);
+        assert_eq!(output.len(), input.len());
+        let candidates = [300.0, 500.0, 700.0, 900.0, 1100.0, 1500.0];
+        assert_eq!(
+            dominant_frequency(&output[SKIP..], PCM_SAMPLE_RATE, &candidates),
+            Some(700.0)
+        );
+        let (rms_in, rms_out) = (rms(&input[SKIP..]), rms(&output[SKIP..]));
+        let ratio = rms_out / rms_in;
+        assert!((0.8..1.2).contains(&ratio), "in {rms_in} out {rms_out}");
+    }
+
+    #[test]
+    fn concealment_produces_one_frame_even_before_any_packet() {
+        let mut decoder = OpusDecoder::new().unwrap();
+        let mut out = [1i16; MAX_PACKET_SAMPLES];
+        assert_eq!(decoder.conceal(&mut out).unwrap(), SAMPLES_PER_FRAME);
+        assert!(out[..SAMPLES_PER_FRAME].iter().all(|&s| s == 0));
+        assert!(out[SAMPLES_PER_FRAME..].iter().all(|&s| s == 1));
+    }
+
+    #[test]
+    fn concealment_continues_the_tone_after_packets() {
+        let input = tone(700.0, 200, PCM_SAMPLE_RATE, 10_000);
+        let packets = encode_all(&input, EncoderSettings::default());
+        let mut decoder = OpusDecoder::new().unwrap();
+        let mut out = [0i16; SAMPLES_PER_FRAME];
+        for packet in &packets {
+            decoder.decode(packet, &mut out).unwrap();
+        }
+        assert_eq!(decoder.conceal(&mut out).unwrap(), SAMPLES_PER_FRAME);
+        assert!(
+            rms(&out) > 1000.0,
+            "PLC should extrapolate, got {}",
+            rms(&out)
+        );
+    }
+
+    #[test]
+    fn fec_recovers_a_dropped_frame_better_than_concealment_when_the_encoder_sends_it() {
+        // Pitch changes every 60 ms, so PLC (which extrapolates the previous frame) guesses wrong.
+        let input = crate::sim::audio::speech_like(
+            &[220.0, 330.0, 180.0, 290.0, 400.0, 250.0, 310.0, 200.0],
+            60,
+            0,
+            PCM_SAMPLE_RATE,
+        );
+        // At the default 5 % libopus sends no FEC at 20 kbit/s (see `EncoderSettings::inband_fec`).
+        let settings = EncoderSettings {
+            expected_loss_percent: 10,
+            ..EncoderSettings::default()
+        };
+        let packets = encode_all(&input, settings);
+        let reference = decode_all(&packets);
+
+        let mut plc_error = 0.0;
+        let mut fec_error = 0.0;
+        // Drop every 5th packet, starting at the fifth; compare each decoder's output for the
+        // dropped frames with the loss-free decode of the same packets.
+        let mut plc = OpusDecoder::new().unwrap();
+        let mut fec = OpusDecoder::new().unwrap();
+        let mut a = [0i16; SAMPLES_PER_FRAME];
+        let mut b = [0i16; SAMPLES_PER_FRAME];
+        for (i, packet) in packets.iter().enumerate() {
+            let want = &reference[i * SAMPLES_PER_FRAME..(i + 1) * SAMPLES_PER_FRAME];
+            if i % 5 == 4 && i + 1 < packets.len() {
+                assert_eq!(plc.conceal(&mut a).unwrap(), SAMPLES_PER_FRAME);
+                let next = &packets[i + 1];
+                assert_eq!(fec.recover_fec(next, &mut b).unwrap(), SAMPLES_PER_FRAME);
+                plc_error += error_energy(&a, want);
+                fec_error += error_energy(&b, want);
+            } else {
+                plc.decode(packet, &mut a).unwrap();
+                fec.decode(packet, &mut b).unwrap();
+            }
+        }
+        assert!(plc_error > 0.0);
+        assert!(
+            fec_error < plc_error / 2.0,
+            "fec error {fec_error:.3e} vs plc error {plc_error:.3e}"
+        );
+    }
+
+    #[test]
+    fn encoder_rejects_a_frame_of_the_wrong_length() {
+        let mut encoder = OpusEncoder::new(EncoderSettings::default()).unwrap();
+        let mut out = [0u8; MAX_OPUS_PACKET];
+        let err = encoder.encode(&[0; 479], &mut out).unwrap_err();
+        assert!(matches!(
+            err,
+            CodecError::FrameLength {
+                expected: 480,
+                actual: 479
+            }
+        ));
+    }
+
+    #[test]
+    fn encoder_rejects_out_of_range_settings() {
+        let settings = EncoderSettings {
+            complexity: 11,
+            ..EncoderSettings::default()
+        };
+        assert!(matches!(
+            OpusEncoder::new(settings),
+            Err(CodecError::Opus { .. })
+        ));
+    }
+
+    #[test]
+    fn decoder_refuses_bad_packets_and_small_buffers_without_panicking() {
+        let mut decoder = OpusDecoder::new().unwrap();
+        let mut out = [0i16; MAX_PACKET_SAMPLES];
+        assert!(matches!(
+            decoder.decode(&[], &mut out),
+            Err(CodecError::EmptyPacket)
+        ));
+        // TOC code 3 announces a frame count byte that is missing.
+        assert!(matches!(
+            decoder.decode(&[0x03], &mut out),
+            Err(CodecError::Opus { .. })
+        ));
+        assert!(matches!(
+            decoder.decode(&vec![0u8; 70_000], &mut out),
+            Err(CodecError::PacketTooLarge(70_000))
+        ));
+        let mut short = [0i16; 100];
+        assert!(matches!(
+            decoder.conceal(&mut short),
+            Err(CodecError::OutputTooSmall { .. })
+        ));
+        // A valid 20 ms packet does not fit in 10 ms of room.
+        let packets = encode_all(&tone(700.0, 20, PCM_SAMPLE_RATE, 5000), Default::default());
+        let mut half = [0i16; SAMPLES_PER_FRAME / 2];
+        assert!(decoder.decode(&packets[0], &mut half).is_err());
+        assert_eq!(
+            decoder.decode(&packets[0], &mut out).unwrap(),
+            SAMPLES_PER_FRAME
+        );
+    }
+
+    #[test]
+    fn silence_encodes_to_small_packets_and_decodes_to_near_silence() {
+        let packets = encode_all(&[0; SAMPLES_PER_FRAME * 10], EncoderSettings::default());
+        assert!(packets.iter().all(|p| !p.is_empty() && p.len() < 60));
+        assert!(rms(&decode_all(&packets)) < 10.0);
+    }
+}

@@ -4,3 +4,4 @@ pub mod codec;
 pub mod peer;
 pub mod playback;
 pub mod ports;
+pub mod uplink;
