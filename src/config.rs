@@ -514,6 +514,18 @@ mod tests {
     }
 
     #[test]
+    fn env_example_lists_every_key_once() {
+        let example = include_str!("../.env.example");
+        for key in ALL_KEYS {
+            let lines = example
+                .lines()
+                .filter(|line| line.starts_with(&format!("{key}=")))
+                .count();
+            assert_eq!(lines, 1, "{key} in .env.example");
+        }
+    }
+
+    #[test]
     fn secrets_are_not_in_debug_output() {
         let config = Config::from_env(&minimal()).expect("valid");
         let text = format!("{config:?}");

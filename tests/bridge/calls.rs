@@ -1,0 +1,145 @@
+//! Whole calls through real WebRTC on loopback: audio both ways, the Meta signalling order and
+//! SDP rules, barge-in.
+
+use std::time::{Duration, Instant};
+
+use whatsapp_voice_bridge::sim::audio;
+use whatsapp_voice_bridge::sim::realtime_ai::AiMode;
+use whatsapp_voice_bridge::whatsapp::sdp;
+
+use crate::support::*;
+
+const PITCHES: [f32; 4] = [300.0, 520.0, 760.0, 1000.0];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_callers_speech_reaches_the_ai_and_its_echo_comes_back_after_a_clean_meta_handshake() {
+    let stack = echo_stack(5).await;
+    let call = answered_call(&stack, "echo", 10).await;
+
+    // Signalling: pre_accept, then accept, with one valid answer.
+    let actions = stack.graph.actions_for(&call.call_id);
+    let names: Vec<&str> = actions.iter().map(|a| a.action.as_str()).collect();
+    assert_eq!(names, ["pre_accept", "accept"]);
+    let offer = stack
+        .graph
+        .offer_for(&call.call_id)
+        .expect("the phone registered its offer");
+    let answer = actions[0].sdp.clone().expect("answer SDP");
+    assert_eq!(actions[1].sdp.as_deref(), Some(answer.as_str()), "accept SDP identical");
+    sdp::validate_answer(&offer, &answer).expect("answer follows Meta's rules");
+    assert_eq!(answer.matches("a=fingerprint:").count(), 1);
+    assert!(answer.contains("a=fingerprint:sha-256 "));
+    assert!(answer.contains("a=setup:active\r\n"));
+    // No RTP before accept returned.
+    let first_rtp = call.recording().lock().first_rtp_at.expect("RTP arrived");
+    assert!(first_rtp >= actions[1].responded_at, "RTP before accept");
+
+    // The caller speaks three pitched syllables.
+    let expected = [300.0, 760.0, 520.0];
+    let speech = audio::speech_like(&expected, 260, 120, SAMPLE_RATE);
+    let heard_before = call.recording().lock().received.len();
+    call.say(speech).await;
+
+    // The echo comes back to the phone with the same pitches in order.
+    let echoed = call
+        .wait_until(WAIT, |r| {
+            pitches_in_order(&r.received[heard_before..], &PITCHES, &expected)
+        })
+        .await;
+    assert!(echoed, "the AI's echo reached the phone recognisably");
+
+    // The AI heard 24 kHz PCM carrying the same pitches.
+    let session = stack.ai.sessions().into_iter().next().expect("an AI session");
+    assert_eq!(session.appended_before_configured_ms, 0);
+    assert!(pitches_in_order(&session.input_audio, &PITCHES, &expected));
+
+    call.hang_up().await.expect("hang up");
+    assert!(stack.wait_idle(WAIT).await);
+    let metrics = stack.metrics.render();
+    assert!(metrics.contains("whatsapp_bridge_calls_total{direction=\"inbound\",outcome=\"remote_terminated\"} 1"));
+    stack.stop().await.expect("stop");
+}
+
+/// Where AI tone audio starts and ends in the phone's recording, in samples (10 ms windows).
+fn tone_span(samples: &[i16], hz: f32) -> Option<(usize, usize)> {
+    let window = (SAMPLE_RATE / 100) as usize;
+    let toned: Vec<usize> = samples
+        .chunks(window)
+        .enumerate()
+        .filter(|(_, chunk)| {
+            chunk.len() == window
+                && audio::rms(chunk) > 500.0
+                && audio::goertzel(chunk, SAMPLE_RATE, hz) > 0.05
+        })
+        .map(|(i, _)| i)
+        .collect();
+    Some((*toned.first()? * window, (*toned.last()? + 1) * window))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_talking_over_the_ai_stops_its_audio_and_truncates_what_was_not_heard() {
+    let tone_hz = 440.0;
+    let stack = stack(
+        5,
+        AiMode::Tone {
+            hz: tone_hz,
+            duration: Duration::from_secs(8),
+        },
+        Some("Say hello."),
+    )
+    .await;
+    let call = answered_call(&stack, "barge", 20).await;
+
+    // The AI greets with a long tone; after about a second of it the caller talks.
+    assert!(
+        call.wait_until(WAIT, |r| tone_span(&r.received, tone_hz)
+            .is_some_and(|(start, end)| end - start >= SAMPLE_RATE as usize))
+            .await,
+        "the greeting plays"
+    );
+    call.say(audio::speech_like(&[300.0, 760.0], 300, 100, SAMPLE_RATE))
+        .await;
+
+    // The bridge flushes the queue and truncates the item at what was played.
+    let truncation = loop {
+        let session = stack.ai.sessions().into_iter().next().expect("session");
+        if let Some(truncation) = session.truncations.first() {
+            break truncation.clone();
+        }
+        assert!(call.speaking_until() + WAIT > Instant::now(), "no truncate");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(truncation.accepted, "the AI accepted the truncate: {truncation:?}");
+    // Let anything still in flight arrive, then measure what the phone got.
+    let settled = truncation.at + Duration::from_millis(300);
+    call.wait_until(WAIT, |_| Instant::now() >= settled).await;
+    let recording = call.recording();
+    let recording = recording.lock();
+    let (start, end) = tone_span(&recording.received, tone_hz).expect("tone heard");
+    let heard_ms = ((end - start) / (SAMPLE_RATE as usize / 1000)) as i64;
+    let truncated_ms = truncation.audio_end_ms as i64;
+    assert!(
+        (heard_ms - truncated_ms).abs() <= 40,
+        "phone heard {heard_ms} ms, truncate says {truncated_ms} ms"
+    );
+    // The tone stopped at the phone within 100 ms of the bridge learning of the speech (the
+    // truncate is sent right after the flush).
+    let last_tone_arrival = recording
+        .arrivals
+        .iter()
+        .filter(|(_, offset)| *offset < end)
+        .map(|(at, _)| *at)
+        .max()
+        .expect("arrivals");
+    assert!(
+        last_tone_arrival <= truncation.at + Duration::from_millis(100),
+        "tone went on for {:?} after the truncate",
+        last_tone_arrival.saturating_duration_since(truncation.at)
+    );
+    assert!(truncated_ms < 8000, "the tone was cut, not played out");
+    drop(recording);
+    call.hang_up().await.expect("hang up");
+    assert!(stack.wait_idle(WAIT).await);
+    assert!(stack.metrics.render().contains("whatsapp_bridge_barge_ins_total 1"));
+    stack.stop().await.expect("stop");
+}

@@ -1,0 +1,37 @@
+//! The binary itself: the demo on a fresh set-up, and bad configuration.
+
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_whatsapp-voice-bridge");
+
+#[test]
+fn the_demo_places_three_calls_and_exits_zero() {
+    let output = Command::new(BIN)
+        .arg("demo")
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("demo runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "demo failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("3 of 3 callers heard back what they said"), "{stdout}");
+}
+
+#[test]
+fn invalid_settings_are_all_reported_with_exit_code_64() {
+    let output = Command::new(BIN)
+        .arg("serve")
+        .env_clear()
+        .env("PORT", "eighty")
+        .env("WEBRTC_UDP_PORTS", "9-1")
+        .output()
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for key in ["PORT", "WEBRTC_UDP_PORTS", "WHATSAPP_APP_SECRET", "OPENAI_API_KEY"] {
+        assert!(stderr.contains(key), "{key} not reported: {stderr}");
+    }
+}

@@ -1,0 +1,7 @@
+//! Integration tests: the real bridge on loopback with its doubles (simulated Meta and AI).
+
+mod calls;
+mod cleanup;
+mod cli;
+mod support;
+mod webhook;

@@ -1,0 +1,100 @@
+//! Shared helpers: a local stack per test, webhook bodies, audio checks.
+
+use std::time::Duration;
+
+use whatsapp_voice_bridge::ids::{CallId, PhoneNumber};
+use whatsapp_voice_bridge::sim::audio;
+use whatsapp_voice_bridge::sim::phone::{PhoneCall, post_webhook, unix_now};
+use whatsapp_voice_bridge::sim::realtime_ai::{AiDoubleConfig, AiMode};
+use whatsapp_voice_bridge::sim::stack::{APP_SECRET, LocalStack, StackOptions};
+use whatsapp_voice_bridge::sim::webhooks::{self, BusinessLine};
+
+pub const SAMPLE_RATE: u32 = 24_000;
+pub const WAIT: Duration = Duration::from_secs(15);
+
+/// A bridge whose AI echoes each caller turn and never greets.
+pub async fn echo_stack(max_calls: usize) -> LocalStack {
+    stack(max_calls, AiMode::Echo, None).await
+}
+
+pub async fn stack(max_calls: usize, mode: AiMode, greeting: Option<&str>) -> LocalStack {
+    LocalStack::start(StackOptions {
+        max_calls,
+        ai: AiDoubleConfig {
+            mode,
+            ..AiDoubleConfig::default()
+        },
+        greeting: greeting.map(str::to_owned),
+        ..StackOptions::default()
+    })
+    .await
+    .expect("local stack starts")
+}
+
+pub fn call_id(tag: &str) -> CallId {
+    CallId::new(format!("wacid.TEST-{tag}-{}", rand::random::<u32>()))
+}
+
+pub fn user(n: u32) -> PhoneNumber {
+    PhoneNumber::new(format!("4477009{:05}", n))
+}
+
+/// Dials and waits until the bridge accepted the call and media flows.
+pub async fn answered_call(stack: &LocalStack, tag: &str, n: u32) -> PhoneCall {
+    let id = call_id(tag);
+    let call = PhoneCall::dial(stack.phone_settings(), id.clone(), user(n), "Test Caller")
+        .await
+        .expect("dial");
+    assert_eq!(call.reply.status, 200, "webhook reply: {}", call.reply.body);
+    assert!(
+        stack.graph.wait_for(&id, "accept", WAIT).await.is_some(),
+        "the bridge accepted the call"
+    );
+    assert!(
+        call.wait_until(WAIT, |r| r.packets_received > 0).await,
+        "audio reached the phone"
+    );
+    call
+}
+
+/// A connect webhook body for a call with a placeholder offer (for tests of the HTTP layer
+/// that never get as far as media).
+pub fn connect_body(call_id: &CallId, user: &PhoneNumber, offer: &str) -> String {
+    webhooks::connect_offer(
+        &BusinessLine::default(),
+        call_id,
+        user,
+        "Test Caller",
+        offer,
+        unix_now(),
+    )
+}
+
+pub fn terminate_body(call_id: &CallId, user: &PhoneNumber) -> String {
+    webhooks::terminate(&BusinessLine::default(), call_id, user, unix_now(), None, false)
+}
+
+pub async fn post_signed(stack: &LocalStack, body: String) -> (u16, String) {
+    let reply = post_webhook(stack.http(), &stack.bridge_url, APP_SECRET, body)
+        .await
+        .expect("webhook POST");
+    (reply.status, reply.body)
+}
+
+pub async fn health(stack: &LocalStack) -> serde_json::Value {
+    stack
+        .http()
+        .get(format!("{}/health", stack.bridge_url))
+        .send()
+        .await
+        .expect("health")
+        .json()
+        .await
+        .expect("health JSON")
+}
+
+/// Whether the expected pitches appear in order in the recording.
+pub fn pitches_in_order(samples: &[i16], candidates: &[f32], expected: &[f32]) -> bool {
+    let segments = audio::tone_sequence(samples, SAMPLE_RATE, candidates, 40);
+    whatsapp_voice_bridge::demo::contains_in_order(&segments, expected)
+}

@@ -1,0 +1,235 @@
+//! The HTTP surface: signature, body limit, verification handshake, tolerant parsing,
+//! idempotency and capacity.
+
+use std::time::Duration;
+
+use whatsapp_voice_bridge::sim::phone::PhoneCall;
+use whatsapp_voice_bridge::sim::stack::{APP_SECRET, VERIFY_TOKEN};
+use whatsapp_voice_bridge::whatsapp::signature;
+
+use crate::support::*;
+
+/// Meta's fixture offer with its candidates moved to a dead loopback port, so that nothing is
+/// ever sent off this machine.
+fn loopback_offer() -> String {
+    let fixture: serde_json::Value =
+        serde_json::from_str(include_str!("../fixtures/connect_uic.json")).expect("fixture");
+    let sdp = fixture["entry"][0]["changes"][0]["value"]["calls"][0]["session"]["sdp"]
+        .as_str()
+        .expect("sdp")
+        .to_owned();
+    sdp.lines()
+        .filter(|line| !line.contains("2001:db8"))
+        .map(|line| line.replace("203.0.113.49 3484", "127.0.0.1 9"))
+        .map(|line| line.replace("203.0.113.49", "127.0.0.1"))
+        .collect::<Vec<_>>()
+        .join("\r\n")
+        + "\r\n"
+}
+
+async fn post_raw(
+    stack: &whatsapp_voice_bridge::sim::stack::LocalStack,
+    body: Vec<u8>,
+    signature: Option<String>,
+) -> reqwest::Response {
+    let mut request = stack
+        .http()
+        .post(format!("{}/webhook", stack.bridge_url))
+        .header("content-type", "application/json")
+        .body(body);
+    if let Some(signature) = signature {
+        request = request.header("x-hub-signature-256", signature);
+    }
+    request.send().await.expect("POST")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_valid_signature_starts_a_call_and_a_bad_missing_or_stale_one_is_refused_before_parsing() {
+    let stack = echo_stack(5).await;
+
+    // Valid: the call is answered.
+    let call = answered_call(&stack, "signed", 1).await;
+    call.hang_up().await.expect("hang up");
+    assert!(stack.wait_idle(WAIT).await);
+
+    let id = call_id("unsigned");
+    let body = connect_body(&id, &user(2), &loopback_offer());
+    let good = signature::sign(APP_SECRET.as_bytes(), body.as_bytes());
+    let wrong_secret = signature::sign(b"not-the-secret", body.as_bytes());
+    // Stale body: signed before one byte changed.
+    let mut stale = body.clone().into_bytes();
+    let position = stale.len() / 2;
+    stale[position] ^= 0x01;
+    for (case, bytes, header) in [
+        ("bad", body.clone().into_bytes(), Some(wrong_secret)),
+        ("missing", body.clone().into_bytes(), None),
+        ("stale body", stale, Some(good.clone())),
+        ("malformed", body.clone().into_bytes(), Some("sha256=xyz".to_owned())),
+    ] {
+        let response = post_raw(&stack, bytes, header).await;
+        assert_eq!(response.status().as_u16(), 401, "{case}");
+    }
+    assert_eq!(stack.registry.active_calls(), 0);
+    assert!(stack.graph.actions_for(&id).is_empty(), "no Graph request");
+    let metrics = stack.metrics.render();
+    assert!(metrics.contains("whatsapp_bridge_webhook_requests_total{result=\"unauthorized\"} 4"));
+    stack.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn a_body_over_one_mebibyte_gets_413() {
+    let stack = echo_stack(5).await;
+    let body = vec![b' '; 2 << 20];
+    let signature = signature::sign(APP_SECRET.as_bytes(), &body);
+    let response = post_raw(&stack, body, Some(signature)).await;
+    assert_eq!(response.status().as_u16(), 413);
+    assert_eq!(stack.registry.active_calls(), 0);
+    stack.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn the_verification_handshake_echoes_the_challenge_only_for_the_right_token() {
+    let stack = echo_stack(5).await;
+    let get = |query: String| {
+        let url = format!("{}/webhook?{query}", stack.bridge_url);
+        let http = stack.http().clone();
+        async move { http.get(url).send().await.expect("GET") }
+    };
+    let ok = get(format!(
+        "hub.mode=subscribe&hub.challenge=1158201444&hub.verify_token={VERIFY_TOKEN}"
+    ))
+    .await;
+    assert_eq!(ok.status().as_u16(), 200);
+    assert_eq!(ok.text().await.expect("body"), "1158201444");
+    let wrong =
+        get("hub.mode=subscribe&hub.challenge=1158201444&hub.verify_token=wrong".into()).await;
+    assert_eq!(wrong.status().as_u16(), 403);
+    let missing = get("hub.mode=subscribe".into()).await;
+    assert_eq!(missing.status().as_u16(), 400);
+    stack.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn unknown_events_and_other_objects_are_acknowledged_and_ignored() {
+    let stack = echo_stack(5).await;
+    let unknown_event = r#"{"object":"whatsapp_business_account","entry":[{"id":"1","changes":[{"field":"calls","value":{"messaging_product":"whatsapp","metadata":{"display_phone_number":"15550001111","phone_number_id":"106540352242922"},"calls":[{"id":"wacid.X","event":"call_created","from":"1","to":"2","timestamp":"1760681506","new_field":{"a":1}}]}}]}]}"#;
+    let other_object = r#"{"object":"page","entry":[]}"#;
+    for body in [unknown_event, other_object] {
+        let (status, _) = post_signed(&stack, body.to_owned()).await;
+        assert_eq!(status, 200);
+    }
+    let (status, _) = post_signed(&stack, "not json".to_owned()).await;
+    assert_eq!(status, 400);
+    assert_eq!(stack.registry.active_calls(), 0);
+    assert!(stack.graph.actions().is_empty());
+    stack.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_connect_makes_one_call_and_a_terminate_before_connect_blocks_it() {
+    let stack = echo_stack(5).await;
+
+    // The same connect delivered twice: one call, one pre_accept.
+    let id = call_id("dup");
+    let body = connect_body(&id, &user(3), &loopback_offer());
+    let (first, _) = post_signed(&stack, body.clone()).await;
+    let (second, _) = post_signed(&stack, body).await;
+    assert_eq!((first, second), (200, 200));
+    assert_eq!(stack.registry.active_calls(), 1);
+    assert!(stack.graph.wait_for(&id, "pre_accept", WAIT).await.is_some());
+    let (status, _) = post_signed(&stack, terminate_body(&id, &user(3))).await;
+    assert_eq!(status, 200);
+    assert!(stack.wait_idle(WAIT).await);
+    let pre_accepts = stack
+        .graph
+        .actions_for(&id)
+        .iter()
+        .filter(|a| a.action == "pre_accept")
+        .count();
+    assert_eq!(pre_accepts, 1);
+    // Meta ended it: the bridge must not answer the terminate with a terminate.
+    assert!(
+        stack
+            .graph
+            .actions_for(&id)
+            .iter()
+            .all(|a| a.action != "terminate" && a.action != "reject")
+    );
+
+    // terminate first, connect after: nothing is answered.
+    let late = call_id("late");
+    let (status, _) = post_signed(&stack, terminate_body(&late, &user(4))).await;
+    assert_eq!(status, 200);
+    let (status, _) = post_signed(&stack, connect_body(&late, &user(4), &loopback_offer())).await;
+    assert_eq!(status, 200);
+    // Admission is decided inside the webhook request, so this is final.
+    assert_eq!(stack.registry.active_calls(), 0);
+    assert!(stack.graph.actions_for(&late).is_empty());
+    stack.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_capacity_calls_are_rejected_with_503_and_the_slots_come_back() {
+    let stack = echo_stack(3).await;
+    let dials = (0..5u32).map(|n| {
+        let settings = stack.phone_settings();
+        async move {
+            PhoneCall::dial(settings, call_id(&format!("cap{n}")), user(100 + n), "Caller")
+                .await
+                .expect("dial")
+        }
+    });
+    let calls = futures_util::future::join_all(dials).await;
+    let (live, refused): (Vec<_>, Vec<_>) = calls.into_iter().partition(|c| c.reply.status == 200);
+    assert_eq!(live.len(), 3);
+    assert_eq!(refused.len(), 2);
+    for call in &refused {
+        assert_eq!(call.reply.status, 503);
+        let body: serde_json::Value = serde_json::from_str(&call.reply.body).expect("JSON");
+        assert_eq!(body["error"], "at_capacity");
+        assert_eq!(body["active_calls"], 3);
+        assert_eq!(body["max_calls"], 3);
+        assert!(
+            stack.graph.wait_for(&call.call_id, "reject", WAIT).await.is_some(),
+            "refused call rejected at the Graph API"
+        );
+        // A redelivery of the refused connect: 200 and nothing more.
+        let (status, _) =
+            post_signed(&stack, connect_body(&call.call_id, &call.user, &loopback_offer())).await;
+        assert_eq!(status, 200);
+        let rejects = stack
+            .graph
+            .actions_for(&call.call_id)
+            .iter()
+            .filter(|a| a.action == "reject")
+            .count();
+        assert_eq!(rejects, 1);
+    }
+    assert_eq!(health(&stack).await["active_calls"], 3);
+
+    // The same phone calling again while live: caller_busy.
+    let busy = PhoneCall::dial(stack.phone_settings(), call_id("busy"), live[0].user.clone(), "Caller")
+        .await
+        .expect("dial");
+    assert_eq!(busy.reply.status, 503);
+    let body: serde_json::Value = serde_json::from_str(&busy.reply.body).expect("JSON");
+    assert_eq!(body["error"], "caller_busy");
+
+    for call in live {
+        call.hang_up().await.expect("hang up");
+    }
+    assert!(stack.wait_idle(WAIT).await);
+    let health = health(&stack).await;
+    assert_eq!(health["active_calls"], 0);
+    assert_eq!(health["status"], "healthy");
+    let again = answered_call(&stack, "after", 200).await;
+    again.hang_up().await.expect("hang up");
+    assert!(stack.wait_idle(WAIT).await);
+    let metrics = stack.metrics.render();
+    assert!(metrics.contains("whatsapp_bridge_call_rejections_total{reason=\"at_capacity\"} 2"));
+    assert!(metrics.contains("whatsapp_bridge_call_rejections_total{reason=\"caller_busy\"} 1"));
+    tokio::time::timeout(Duration::from_secs(20), stack.stop())
+        .await
+        .expect("stops")
+        .expect("stop");
+}
