@@ -438,7 +438,7 @@ impl RealtimeSession {
             if self.ended {
                 return self.pending.take().map(Err);
             }
-            // The only await that can lose nothing: the socket keeps partial frames buffered.
+            // Cancelling this await loses nothing: the socket keeps partly read frames buffered.
             let message = match self.socket.next().await {
                 Some(Ok(message)) => message,
                 Some(Err(error)) => {
