@@ -197,8 +197,7 @@ impl Reader<'_> {
         match self.raw(key) {
             None => default,
             Some(value) => value.parse().unwrap_or_else(|_| {
-                self.problems
-                    .push(format!("{key}={value:?} is not {what}"));
+                self.problems.push(format!("{key}={value:?} is not {what}"));
                 default
             }),
         }
@@ -263,8 +262,9 @@ impl Config {
             .trim_end_matches('/')
             .to_owned();
         if !(graph_url.starts_with("http://") || graph_url.starts_with("https://")) {
-            r.problems
-                .push(format!("{WHATSAPP_GRAPH_URL}={graph_url:?} is not an http(s) URL"));
+            r.problems.push(format!(
+                "{WHATSAPP_GRAPH_URL}={graph_url:?} is not an http(s) URL"
+            ));
         }
         let graph_version = r.string(WHATSAPP_GRAPH_VERSION, "v23.0");
         let phone_number_id = r.required(WHATSAPP_PHONE_NUMBER_ID);
@@ -280,7 +280,10 @@ impl Config {
 
         let ai_provider = read_provider(&mut r);
         let voice = r.raw(OPENAI_VOICE);
-        let instructions = match (r.raw(ASSISTANT_INSTRUCTIONS), r.raw(ASSISTANT_INSTRUCTIONS_FILE)) {
+        let instructions = match (
+            r.raw(ASSISTANT_INSTRUCTIONS),
+            r.raw(ASSISTANT_INSTRUCTIONS_FILE),
+        ) {
             (Some(text), _) => text,
             (None, Some(path)) => std::fs::read_to_string(PathBuf::from(&path))
                 .map(|text| text.trim().to_owned())
@@ -341,8 +344,9 @@ impl Config {
             .unwrap_or_default();
         for url in &stun_urls {
             if !url.starts_with("stun:") {
-                r.problems
-                    .push(format!("{STUN_URLS} entry {url:?} does not start with stun:"));
+                r.problems.push(format!(
+                    "{STUN_URLS} entry {url:?} does not start with stun:"
+                ));
             }
         }
         let log_format = match r.string(LOG_FORMAT, "pretty").as_str() {

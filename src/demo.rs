@@ -63,7 +63,9 @@ pub fn caller_pitches(index: usize) -> Vec<f32> {
 
 pub async fn run(options: DemoOptions) -> ExitCode {
     let calls = options.calls.max(1);
-    println!("Starting the bridge on loopback with a simulated Meta and a simulated AI (echo mode)...");
+    println!(
+        "Starting the bridge on loopback with a simulated Meta and a simulated AI (echo mode)..."
+    );
     let stack = match LocalStack::start(StackOptions {
         max_calls: calls.max(3),
         ai: AiDoubleConfig {
@@ -81,7 +83,10 @@ pub async fn run(options: DemoOptions) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    println!("Bridge at {}; placing {calls} simultaneous calls.", stack.bridge_url);
+    println!(
+        "Bridge at {}; placing {calls} simultaneous calls.",
+        stack.bridge_url
+    );
     let wav = match &options.wav {
         Some(path) => match audio::read_wav(path) {
             Ok((rate, samples)) => Some(audio::resample(&samples, rate, SAMPLE_RATE)),

@@ -42,7 +42,13 @@ pub struct PhoneNumber(String);
 impl PhoneNumber {
     /// Accepts the digits with or without a leading `+`; keeps only the digits.
     pub fn new(number: impl AsRef<str>) -> Self {
-        Self(number.as_ref().chars().filter(char::is_ascii_digit).collect())
+        Self(
+            number
+                .as_ref()
+                .chars()
+                .filter(char::is_ascii_digit)
+                .collect(),
+        )
     }
 
     /// The full number, digits only. Never log this.

@@ -47,7 +47,10 @@ impl Metrics {
         )
         .expect("valid metric");
         let calls = IntCounterVec::new(
-            Opts::new("whatsapp_bridge_calls_total", "Ended calls by direction and outcome"),
+            Opts::new(
+                "whatsapp_bridge_calls_total",
+                "Ended calls by direction and outcome",
+            ),
             &["direction", "outcome"],
         )
         .expect("valid metric");
@@ -130,7 +133,9 @@ impl Metrics {
             Box::new(late_pacer_ticks.clone()),
             Box::new(ai_errors.clone()),
         ] {
-            registry.register(collector).expect("metric registered once");
+            registry
+                .register(collector)
+                .expect("metric registered once");
         }
         Self {
             registry,

@@ -426,10 +426,15 @@ impl CallTask {
                 );
                 let frames = (self.uplink_pcm.len() / SAMPLES_PER_FRAME) as u64;
                 let metrics = &self.context.metrics;
-                metrics.audio_frames.with_label_values(&["in"]).inc_by(frames);
+                metrics
+                    .audio_frames
+                    .with_label_values(&["in"])
+                    .inc_by(frames);
                 let concealed = self.uplink.stats().concealed + self.uplink.stats().fec_recovered;
                 if concealed > self.concealed_seen {
-                    metrics.concealed_frames.inc_by(concealed - self.concealed_seen);
+                    metrics
+                        .concealed_frames
+                        .inc_by(concealed - self.concealed_seen);
                     self.concealed_seen = concealed;
                 }
                 // The AI hears the caller only once the call is answered.

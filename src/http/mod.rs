@@ -46,10 +46,7 @@ pub struct AppState {
 
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route(
-            "/webhook",
-            get(webhook::verify).post(webhook::receive),
-        )
+        .route("/webhook", get(webhook::verify).post(webhook::receive))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(WEBHOOK_BODY_LIMIT))

@@ -23,8 +23,7 @@ use crate::ids::CallId;
 use crate::registry::{AdmitResult, Refusal, RefusalReason};
 use crate::whatsapp::signature::{self, SIGNATURE_HEADER};
 use crate::whatsapp::webhook::{
-    self, CallStatus, ConnectEvent, Direction, SdpType, StatusEvent, TerminateEvent,
-    WebhookEvent,
+    self, CallStatus, ConnectEvent, Direction, SdpType, StatusEvent, TerminateEvent, WebhookEvent,
 };
 
 /// A `connect` older than this cannot be answered any more (§3.3): it is logged, not acted on.
@@ -170,7 +169,8 @@ fn on_connect(state: &AppState, connect: ConnectEvent) -> Option<Refusal> {
     if !is_ours(state, &connect.phone_number_id, &connect.call_id) {
         return None;
     }
-    if connect.direction == Direction::BusinessInitiated || connect.session.sdp_type == SdpType::Answer
+    if connect.direction == Direction::BusinessInitiated
+        || connect.session.sdp_type == SdpType::Answer
     {
         // Meta's answer to a call we placed.
         if let Some(handle) = state.registry.get(&connect.call_id) {

@@ -33,7 +33,6 @@ use webrtc::peer_connection::{
 
 use super::ports::{PortLease, PortPool};
 
-
 /// Opus payload type, as Meta offers it.
 pub const OPUS_PAYLOAD_TYPE: u8 = 111;
 /// RFC 4733 telephone-event payload type at 8 kHz, as Meta offers it.
@@ -376,7 +375,11 @@ mod tests {
         let sender = async {
             for i in 0..50u16 {
                 bridge
-                    .write_opus(i, u32::from(i) * 960, bytes::Bytes::from_static(&[0xf8, 0xff, 0xfe]))
+                    .write_opus(
+                        i,
+                        u32::from(i) * 960,
+                        bytes::Bytes::from_static(&[0xf8, 0xff, 0xfe]),
+                    )
                     .await
                     .expect("write");
                 tokio::time::sleep(Duration::from_millis(20)).await;

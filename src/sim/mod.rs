@@ -5,5 +5,5 @@ pub mod audio;
 pub mod graph_double;
 pub mod phone;
 pub mod realtime_ai;
-pub mod webhooks;
 pub mod stack;
+pub mod webhooks;

@@ -166,7 +166,8 @@ impl PhoneCall {
         let Some(peer) = call.peer.take() else {
             anyhow::bail!("peer already taken");
         };
-        peer.apply_answer(&rename_mid(&answer, "audio", "0")).await?;
+        peer.apply_answer(&rename_mid(&answer, "audio", "0"))
+            .await?;
         call.start_media(peer)?;
         Ok(call)
     }

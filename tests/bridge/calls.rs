@@ -25,7 +25,11 @@ async fn the_callers_speech_reaches_the_ai_and_its_echo_comes_back_after_a_clean
         .offer_for(&call.call_id)
         .expect("the phone registered its offer");
     let answer = actions[0].sdp.clone().expect("answer SDP");
-    assert_eq!(actions[1].sdp.as_deref(), Some(answer.as_str()), "accept SDP identical");
+    assert_eq!(
+        actions[1].sdp.as_deref(),
+        Some(answer.as_str()),
+        "accept SDP identical"
+    );
     sdp::validate_answer(&offer, &answer).expect("answer follows Meta's rules");
     assert_eq!(answer.matches("a=fingerprint:").count(), 1);
     assert!(answer.contains("a=fingerprint:sha-256 "));
@@ -49,14 +53,21 @@ async fn the_callers_speech_reaches_the_ai_and_its_echo_comes_back_after_a_clean
     assert!(echoed, "the AI's echo reached the phone recognisably");
 
     // The AI heard 24 kHz PCM carrying the same pitches.
-    let session = stack.ai.sessions().into_iter().next().expect("an AI session");
+    let session = stack
+        .ai
+        .sessions()
+        .into_iter()
+        .next()
+        .expect("an AI session");
     assert_eq!(session.appended_before_configured_ms, 0);
     assert!(pitches_in_order(&session.input_audio, &PITCHES, &expected));
 
     call.hang_up().await.expect("hang up");
     assert!(stack.wait_idle(WAIT).await);
     let metrics = stack.metrics.render();
-    assert!(metrics.contains("whatsapp_bridge_calls_total{direction=\"inbound\",outcome=\"remote_terminated\"} 1"));
+    assert!(metrics.contains(
+        "whatsapp_bridge_calls_total{direction=\"inbound\",outcome=\"remote_terminated\"} 1"
+    ));
     stack.stop().await.expect("stop");
 }
 
@@ -109,7 +120,10 @@ async fn a_caller_talking_over_the_ai_stops_its_audio_and_truncates_what_was_not
         assert!(call.speaking_until() + WAIT > Instant::now(), "no truncate");
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    assert!(truncation.accepted, "the AI accepted the truncate: {truncation:?}");
+    assert!(
+        truncation.accepted,
+        "the AI accepted the truncate: {truncation:?}"
+    );
     // Let anything still in flight arrive, then measure what the phone got.
     let settled = truncation.at + Duration::from_millis(300);
     call.wait_until(WAIT, |_| Instant::now() >= settled).await;
@@ -140,6 +154,11 @@ async fn a_caller_talking_over_the_ai_stops_its_audio_and_truncates_what_was_not
     drop(recording);
     call.hang_up().await.expect("hang up");
     assert!(stack.wait_idle(WAIT).await);
-    assert!(stack.metrics.render().contains("whatsapp_bridge_barge_ins_total 1"));
+    assert!(
+        stack
+            .metrics
+            .render()
+            .contains("whatsapp_bridge_barge_ins_total 1")
+    );
     stack.stop().await.expect("stop");
 }

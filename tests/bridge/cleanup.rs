@@ -15,7 +15,9 @@ fn open_fds() -> usize {
 }
 
 fn alive_tasks() -> usize {
-    tokio::runtime::Handle::current().metrics().num_alive_tasks()
+    tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks()
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -53,7 +55,11 @@ async fn fifty_calls_ended_every_way_leave_no_task_permit_entry_or_socket_behind
             Ending::AiClosed => {
                 stack.ai.close_all(CloseKind::Code(1011));
                 assert!(
-                    stack.graph.wait_for(&call.call_id, "terminate", WAIT).await.is_some(),
+                    stack
+                        .graph
+                        .wait_for(&call.call_id, "terminate", WAIT)
+                        .await
+                        .is_some(),
                     "the bridge terminates a call whose AI went away"
                 );
                 call.stop_media().await;
@@ -64,7 +70,13 @@ async fn fifty_calls_ended_every_way_leave_no_task_permit_entry_or_socket_behind
                     .commands
                     .try_send(CallCommand::Hangup(CallEnd::AdminHangup))
                     .expect("command queued");
-                assert!(stack.graph.wait_for(&call.call_id, "terminate", WAIT).await.is_some());
+                assert!(
+                    stack
+                        .graph
+                        .wait_for(&call.call_id, "terminate", WAIT)
+                        .await
+                        .is_some()
+                );
                 call.stop_media().await;
             }
         }
@@ -96,7 +108,12 @@ async fn fifty_calls_ended_every_way_leave_no_task_permit_entry_or_socket_behind
         open_fds()
     );
     let metrics = stack.metrics.render();
-    for outcome in ["remote_terminated", "caller_gone", "ai_failed", "admin_hangup"] {
+    for outcome in [
+        "remote_terminated",
+        "caller_gone",
+        "ai_failed",
+        "admin_hangup",
+    ] {
         assert!(
             metrics.contains(&format!(
                 "whatsapp_bridge_calls_total{{direction=\"inbound\",outcome=\"{outcome}\"}}"
@@ -120,7 +137,10 @@ async fn shutdown_ends_live_calls_with_terminate() {
         .expect("stop");
     for id in &ids {
         assert!(
-            graph.actions_for(id).iter().any(|a| a.action == "terminate"),
+            graph
+                .actions_for(id)
+                .iter()
+                .any(|a| a.action == "terminate"),
             "terminate sent for {id}"
         );
     }

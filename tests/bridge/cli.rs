@@ -17,7 +17,10 @@ fn the_demo_places_three_calls_and_exits_zero() {
         "demo failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(stdout.contains("3 of 3 callers heard back what they said"), "{stdout}");
+    assert!(
+        stdout.contains("3 of 3 callers heard back what they said"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -31,7 +34,12 @@ fn invalid_settings_are_all_reported_with_exit_code_64() {
         .expect("runs");
     assert_eq!(output.status.code(), Some(64));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    for key in ["PORT", "WEBRTC_UDP_PORTS", "WHATSAPP_APP_SECRET", "OPENAI_API_KEY"] {
+    for key in [
+        "PORT",
+        "WEBRTC_UDP_PORTS",
+        "WHATSAPP_APP_SECRET",
+        "OPENAI_API_KEY",
+    ] {
         assert!(stderr.contains(key), "{key} not reported: {stderr}");
     }
 }

@@ -71,7 +71,14 @@ pub fn connect_body(call_id: &CallId, user: &PhoneNumber, offer: &str) -> String
 }
 
 pub fn terminate_body(call_id: &CallId, user: &PhoneNumber) -> String {
-    webhooks::terminate(&BusinessLine::default(), call_id, user, unix_now(), None, false)
+    webhooks::terminate(
+        &BusinessLine::default(),
+        call_id,
+        user,
+        unix_now(),
+        None,
+        false,
+    )
 }
 
 pub async fn post_signed(stack: &LocalStack, body: String) -> (u16, String) {

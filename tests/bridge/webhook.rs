@@ -44,7 +44,8 @@ async fn post_raw(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_valid_signature_starts_a_call_and_a_bad_missing_or_stale_one_is_refused_before_parsing() {
+async fn a_valid_signature_starts_a_call_and_a_bad_missing_or_stale_one_is_refused_before_parsing()
+{
     let stack = echo_stack(5).await;
 
     // Valid: the call is answered.
@@ -64,7 +65,11 @@ async fn a_valid_signature_starts_a_call_and_a_bad_missing_or_stale_one_is_refus
         ("bad", body.clone().into_bytes(), Some(wrong_secret)),
         ("missing", body.clone().into_bytes(), None),
         ("stale body", stale, Some(good.clone())),
-        ("malformed", body.clone().into_bytes(), Some("sha256=xyz".to_owned())),
+        (
+            "malformed",
+            body.clone().into_bytes(),
+            Some("sha256=xyz".to_owned()),
+        ),
     ] {
         let response = post_raw(&stack, bytes, header).await;
         assert_eq!(response.status().as_u16(), 401, "{case}");
@@ -136,7 +141,13 @@ async fn a_duplicate_connect_makes_one_call_and_a_terminate_before_connect_block
     let (second, _) = post_signed(&stack, body).await;
     assert_eq!((first, second), (200, 200));
     assert_eq!(stack.registry.active_calls(), 1);
-    assert!(stack.graph.wait_for(&id, "pre_accept", WAIT).await.is_some());
+    assert!(
+        stack
+            .graph
+            .wait_for(&id, "pre_accept", WAIT)
+            .await
+            .is_some()
+    );
     let (status, _) = post_signed(&stack, terminate_body(&id, &user(3))).await;
     assert_eq!(status, 200);
     assert!(stack.wait_idle(WAIT).await);
@@ -174,9 +185,14 @@ async fn at_capacity_calls_are_rejected_with_503_and_the_slots_come_back() {
     let dials = (0..5u32).map(|n| {
         let settings = stack.phone_settings();
         async move {
-            PhoneCall::dial(settings, call_id(&format!("cap{n}")), user(100 + n), "Caller")
-                .await
-                .expect("dial")
+            PhoneCall::dial(
+                settings,
+                call_id(&format!("cap{n}")),
+                user(100 + n),
+                "Caller",
+            )
+            .await
+            .expect("dial")
         }
     });
     let calls = futures_util::future::join_all(dials).await;
@@ -190,12 +206,19 @@ async fn at_capacity_calls_are_rejected_with_503_and_the_slots_come_back() {
         assert_eq!(body["active_calls"], 3);
         assert_eq!(body["max_calls"], 3);
         assert!(
-            stack.graph.wait_for(&call.call_id, "reject", WAIT).await.is_some(),
+            stack
+                .graph
+                .wait_for(&call.call_id, "reject", WAIT)
+                .await
+                .is_some(),
             "refused call rejected at the Graph API"
         );
         // A redelivery of the refused connect: 200 and nothing more.
-        let (status, _) =
-            post_signed(&stack, connect_body(&call.call_id, &call.user, &loopback_offer())).await;
+        let (status, _) = post_signed(
+            &stack,
+            connect_body(&call.call_id, &call.user, &loopback_offer()),
+        )
+        .await;
         assert_eq!(status, 200);
         let rejects = stack
             .graph
@@ -208,9 +231,14 @@ async fn at_capacity_calls_are_rejected_with_503_and_the_slots_come_back() {
     assert_eq!(health(&stack).await["active_calls"], 3);
 
     // The same phone calling again while live: caller_busy.
-    let busy = PhoneCall::dial(stack.phone_settings(), call_id("busy"), live[0].user.clone(), "Caller")
-        .await
-        .expect("dial");
+    let busy = PhoneCall::dial(
+        stack.phone_settings(),
+        call_id("busy"),
+        live[0].user.clone(),
+        "Caller",
+    )
+    .await
+    .expect("dial");
     assert_eq!(busy.reply.status, 503);
     let body: serde_json::Value = serde_json::from_str(&busy.reply.body).expect("JSON");
     assert_eq!(body["error"], "caller_busy");
