@@ -78,7 +78,10 @@ mod tests {
     fn vector_a_signs_and_verifies() {
         assert_eq!(VECTOR_A.len(), 477);
         assert_eq!(sign(SECRET, VECTOR_A.as_bytes()), VECTOR_A_SIG);
-        assert_eq!(verify(SECRET, VECTOR_A.as_bytes(), Some(VECTOR_A_SIG)), Ok(()));
+        assert_eq!(
+            verify(SECRET, VECTOR_A.as_bytes(), Some(VECTOR_A_SIG)),
+            Ok(())
+        );
     }
 
     #[test]
@@ -91,7 +94,10 @@ mod tests {
     fn vector_b_verifies_over_the_escaped_wire_bytes() {
         assert_eq!(VECTOR_B.len(), 20);
         assert_eq!(sign(SECRET, VECTOR_B.as_bytes()), VECTOR_B_SIG);
-        assert_eq!(verify(SECRET, VECTOR_B.as_bytes(), Some(VECTOR_B_SIG)), Ok(()));
+        assert_eq!(
+            verify(SECRET, VECTOR_B.as_bytes(), Some(VECTOR_B_SIG)),
+            Ok(())
+        );
     }
 
     #[test]

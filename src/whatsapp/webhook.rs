@@ -835,7 +835,8 @@ mod tests {
 
     #[test]
     fn malformed_call_elements_are_ignored_not_turned_into_events() {
-        let broken: Vec<Box<dyn Fn(&mut Map<String, Value>)>> = vec![
+        type Edit = Box<dyn Fn(&mut Map<String, Value>)>;
+        let broken: Vec<Edit> = vec![
             Box::new(|call| {
                 call.remove("session");
             }),
