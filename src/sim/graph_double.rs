@@ -344,19 +344,18 @@ impl MetaError {
 
 /// Top-level fields Meta documents per action (§5.2); anything else is refused.
 fn allowed_fields(action: &str) -> Option<&'static [&'static str]> {
-    const BASE: [&str; 3] = ["messaging_product", "action", "call_id"];
     Some(match action {
-        "pre_accept" => &[BASE[0], BASE[1], BASE[2], "session"],
+        "pre_accept" => &["messaging_product", "action", "call_id", "session"],
         "accept" => &[
-            BASE[0],
-            BASE[1],
-            BASE[2],
+            "messaging_product",
+            "action",
+            "call_id",
             "session",
             "biz_opaque_callback_data",
             "recording",
             "transcription",
         ],
-        "reject" | "terminate" => &BASE,
+        "reject" | "terminate" => &["messaging_product", "action", "call_id"],
         "connect" => &[
             "messaging_product",
             "action",

@@ -111,6 +111,7 @@ impl<'a> Sdp<'a> {
 
 /// A media section with its m= line taken apart.
 struct Media<'a> {
+    m_line: &'a str,
     kind: &'a str,
     /// `<port> <proto>`, kept verbatim for rebuilding the m= line.
     port_and_proto: String,
@@ -141,6 +142,7 @@ impl<'a> Media<'a> {
             .collect::<Result<Vec<u8>, _>>()
             .map_err(|_| malformed())?;
         Ok(Media {
+            m_line,
             kind,
             port_and_proto: format!("{port} {proto}"),
             payload_types,
@@ -342,7 +344,7 @@ fn normalize(sdp: &str) -> String {
             }
             out.push(m_line);
         } else {
-            out.push(section[0].to_owned());
+            out.push(media.m_line.to_owned());
         }
 
         let mut body: Vec<String> = Vec::new();
