@@ -1,1 +1,787 @@
-//! (being written)
+//! Graph API client for the call actions (spec §5): pre_accept, accept, reject, terminate, connect.
+//!
+//! Every action is one `POST {base}/{version}/{phone_number_id}/calls` with only the documented
+//! fields. Retries follow §5.4: answering actions get one quick retry (the answer window is
+//! short and the SDP must stay identical), clean-up actions retry with backoff (they are
+//! idempotent), and `connect` never retries (a replay could ring the user twice).
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::Rng as _;
+use secrecy::{ExposeSecret as _, SecretString};
+use serde_json::{Value, json};
+
+use crate::ids::{CallId, PhoneNumber};
+
+/// Where and as whom to call the Graph API.
+#[derive(Debug, Clone)]
+pub struct GraphConfig {
+    /// `https://graph.facebook.com`, or a double's address in tests.
+    pub base_url: String,
+    /// Graph API version path segment, e.g. `v23.0`.
+    pub version: String,
+    /// Graph id of our business number; selects the `/calls` endpoint.
+    pub phone_number_id: String,
+    /// System-user access token; sent as `Authorization: Bearer`, never logged.
+    pub access_token: SecretString,
+    /// Per-request timeout (spec §5.1 suggests about 10 s).
+    pub timeout: Duration,
+}
+
+/// A call action, as named in the request body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GraphAction {
+    PreAccept,
+    Accept,
+    Reject,
+    Terminate,
+    Connect,
+}
+
+impl GraphAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GraphAction::PreAccept => "pre_accept",
+            GraphAction::Accept => "accept",
+            GraphAction::Reject => "reject",
+            GraphAction::Terminate => "terminate",
+            GraphAction::Connect => "connect",
+        }
+    }
+}
+
+impl fmt::Display for GraphAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a call action failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GraphError {
+    /// Meta answered with an error status. `code` is Meta's error code (§11), or 0 when the body
+    /// was not a Graph error (e.g. a proxy's 502 page).
+    #[error("Graph API error {code} (HTTP {status}): {message}")]
+    Api {
+        status: u16,
+        code: i64,
+        message: String,
+        /// `error_data.details`: Meta's explanation, e.g. which SDP rule failed.
+        details: Option<String>,
+        /// Meta's request id; quote it when asking Meta support.
+        fbtrace_id: Option<String>,
+    },
+    #[error("Graph API answered 200 with \"success\": false")]
+    Unsuccessful,
+    #[error("Graph API request timed out")]
+    Timeout,
+    #[error("Graph API request failed: {0}")]
+    Transport(String),
+    #[error("unexpected Graph API response: {0}")]
+    InvalidResponse(String),
+}
+
+impl GraphError {
+    /// Meta's error code, when Meta sent one.
+    pub fn code(&self) -> Option<i64> {
+        match self {
+            GraphError::Api { code, .. } if *code != 0 => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// Timeouts, transport failures, 5xx and 429: the request may succeed if repeated.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            GraphError::Timeout | GraphError::Transport(_) => true,
+            GraphError::Api { status, .. } => *status == 429 || (500..600).contains(status),
+            GraphError::Unsuccessful | GraphError::InvalidResponse(_) => false,
+        }
+    }
+}
+
+/// Client for one business number's `/calls` endpoint. Cheap to clone.
+#[derive(Clone)]
+pub struct GraphClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    /// `{base}/{version}/{phone_number_id}/calls`, built once.
+    calls_url: String,
+    token: SecretString,
+}
+
+impl fmt::Debug for GraphClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GraphClient")
+            .field("calls_url", &self.inner.calls_url)
+            .field("access_token", &"[redacted]")
+            .finish()
+    }
+}
+
+/// `pre_accept`/`accept`: the one retry comes quickly, well inside the answer window.
+const ANSWER_RETRY_DELAY_MS: std::ops::RangeInclusive<u64> = 100..=300;
+/// `reject`/`terminate`: first backoff, doubled per attempt up to the cap, jittered.
+const CLEANUP_FIRST_BACKOFF: Duration = Duration::from_millis(200);
+const CLEANUP_MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// `reject`/`terminate`: no new attempt starts later than this after the first.
+const CLEANUP_RETRY_BUDGET: Duration = Duration::from_secs(10);
+
+impl GraphClient {
+    pub fn new(config: GraphConfig) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .build()
+            .expect("reqwest builds a client from static settings");
+        let calls_url = format!(
+            "{}/{}/{}/calls",
+            config.base_url.trim_end_matches('/'),
+            config.version.trim_matches('/'),
+            config.phone_number_id.trim_matches('/'),
+        );
+        Self {
+            inner: Arc::new(Inner {
+                http,
+                calls_url,
+                token: config.access_token,
+            }),
+        }
+    }
+
+    /// Hands Meta our SDP answer early so ICE and DTLS can finish before the call is answered.
+    pub async fn pre_accept(&self, call_id: &CallId, answer_sdp: &str) -> Result<(), GraphError> {
+        let body = json!({
+            "messaging_product": "whatsapp",
+            "call_id": call_id.as_str(),
+            "action": GraphAction::PreAccept.as_str(),
+            "session": { "sdp_type": "answer", "sdp": answer_sdp },
+        });
+        self.send(GraphAction::PreAccept, Some(call_id), &body)
+            .await
+            .and_then(expect_success)
+    }
+
+    /// Answers the call. `answer_sdp` must be byte-identical to the one sent with `pre_accept`.
+    pub async fn accept(
+        &self,
+        call_id: &CallId,
+        answer_sdp: &str,
+        biz_opaque_callback_data: Option<&str>,
+    ) -> Result<(), GraphError> {
+        let mut body = json!({
+            "messaging_product": "whatsapp",
+            "call_id": call_id.as_str(),
+            "action": GraphAction::Accept.as_str(),
+            "session": { "sdp_type": "answer", "sdp": answer_sdp },
+        });
+        if let Some(data) = biz_opaque_callback_data {
+            body["biz_opaque_callback_data"] = data.into();
+        }
+        self.send(GraphAction::Accept, Some(call_id), &body)
+            .await
+            .and_then(expect_success)
+    }
+
+    /// Declines a call that has not been answered.
+    pub async fn reject(&self, call_id: &CallId) -> Result<(), GraphError> {
+        self.call_only(GraphAction::Reject, call_id).await
+    }
+
+    /// Ends an active call. Not needed after Meta's `terminate` webhook.
+    pub async fn terminate(&self, call_id: &CallId) -> Result<(), GraphError> {
+        self.call_only(GraphAction::Terminate, call_id).await
+    }
+
+    /// Starts a business-initiated call with our SDP offer; returns Meta's call id.
+    pub async fn connect(
+        &self,
+        to: &PhoneNumber,
+        offer_sdp: &str,
+        biz_opaque_callback_data: Option<&str>,
+    ) -> Result<CallId, GraphError> {
+        let mut body = json!({
+            "messaging_product": "whatsapp",
+            "to": to.as_str(),
+            "action": GraphAction::Connect.as_str(),
+            "session": { "sdp_type": "offer", "sdp": offer_sdp },
+        });
+        if let Some(data) = biz_opaque_callback_data {
+            body["biz_opaque_callback_data"] = data.into();
+        }
+        let response = self.send(GraphAction::Connect, None, &body).await?;
+        let call_id = connect_call_id(&response)?;
+        tracing::info!(call_id = %call_id, to = %to, "business-initiated call placed");
+        Ok(call_id)
+    }
+
+    async fn call_only(&self, action: GraphAction, call_id: &CallId) -> Result<(), GraphError> {
+        let body = json!({
+            "messaging_product": "whatsapp",
+            "call_id": call_id.as_str(),
+            "action": action.as_str(),
+        });
+        self.send(action, Some(call_id), &body)
+            .await
+            .and_then(expect_success)
+    }
+
+    /// Sends `body`, retrying per §5.4; returns the parsed body of a 2xx response.
+    async fn send(
+        &self,
+        action: GraphAction,
+        call_id: Option<&CallId>,
+        body: &Value,
+    ) -> Result<Value, GraphError> {
+        let started = Instant::now();
+        let mut attempt: u32 = 0;
+        loop {
+            let error = match self.send_once(body).await {
+                Ok(response) => {
+                    tracing::debug!(action = %action, call_id = call_id.map_or("", CallId::as_str), attempt, "Graph API action succeeded");
+                    return Ok(response);
+                }
+                Err(error) => error,
+            };
+            log_failure(action, call_id, attempt, &error);
+            let Some(delay) = retry_delay(action, attempt, started.elapsed(), &error) else {
+                return Err(error);
+            };
+            tracing::debug!(action = %action, call_id = call_id.map_or("", CallId::as_str), delay_ms = delay.as_millis() as u64, "retrying Graph API action");
+            tokio::time::sleep(delay).await;
+            attempt += 1;
+        }
+    }
+
+    async fn send_once(&self, body: &Value) -> Result<Value, GraphError> {
+        let response = self
+            .inner
+            .http
+            .post(&self.inner.calls_url)
+            .bearer_auth(self.inner.token.expose_secret())
+            .json(body)
+            .send()
+            .await
+            .map_err(transport_error)?;
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await.map_err(transport_error)?;
+        if (200..300).contains(&status) {
+            serde_json::from_slice(&bytes)
+                .map_err(|e| GraphError::InvalidResponse(format!("HTTP {status} body: {e}")))
+        } else {
+            Err(api_error(status, &bytes))
+        }
+    }
+}
+
+/// How long to wait before the next attempt, or `None` to give up (§5.4).
+fn retry_delay(
+    action: GraphAction,
+    attempt: u32,
+    elapsed: Duration,
+    error: &GraphError,
+) -> Option<Duration> {
+    if !error.is_retryable() {
+        return None;
+    }
+    let mut rng = rand::rng();
+    match action {
+        GraphAction::Connect => None,
+        GraphAction::PreAccept | GraphAction::Accept => {
+            (attempt == 0).then(|| Duration::from_millis(rng.random_range(ANSWER_RETRY_DELAY_MS)))
+        }
+        GraphAction::Reject | GraphAction::Terminate => {
+            let backoff = CLEANUP_FIRST_BACKOFF
+                .saturating_mul(2u32.saturating_pow(attempt))
+                .min(CLEANUP_MAX_BACKOFF);
+            // Jitter in [backoff/2, backoff] so many calls ending at once do not retry in step.
+            let delay = backoff.mul_f64(rng.random_range(0.5..=1.0));
+            (elapsed + delay <= CLEANUP_RETRY_BUDGET).then_some(delay)
+        }
+    }
+}
+
+fn log_failure(action: GraphAction, call_id: Option<&CallId>, attempt: u32, error: &GraphError) {
+    match error {
+        GraphError::Api {
+            status,
+            code,
+            message,
+            details,
+            fbtrace_id,
+        } => tracing::warn!(
+            action = %action,
+            call_id = call_id.map_or("", CallId::as_str),
+            attempt,
+            status,
+            code,
+            message = %message,
+            details = ?details,
+            fbtrace_id = ?fbtrace_id,
+            "Graph API action failed"
+        ),
+        other => tracing::warn!(
+            action = %action,
+            call_id = call_id.map_or("", CallId::as_str),
+            attempt,
+            error = %other,
+            "Graph API action failed"
+        ),
+    }
+}
+
+fn transport_error(error: reqwest::Error) -> GraphError {
+    if error.is_timeout() {
+        return GraphError::Timeout;
+    }
+    // reqwest's own message is vague ("error sending request"); the cause chain says why.
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    GraphError::Transport(text)
+}
+
+/// Reads Meta's error shape (§5.3); anything else still becomes `Api` with code 0.
+fn api_error(status: u16, body: &[u8]) -> GraphError {
+    let parsed: Option<Value> = serde_json::from_slice(body).ok();
+    let error = parsed.as_ref().and_then(|v| v.get("error"));
+    let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_owned);
+    match error {
+        Some(error) => GraphError::Api {
+            status,
+            code: error.get("code").and_then(Value::as_i64).unwrap_or(0),
+            message: text(error.get("message")).unwrap_or_default(),
+            details: text(error.get("error_data").and_then(|d| d.get("details"))),
+            fbtrace_id: text(error.get("fbtrace_id")),
+        },
+        None => GraphError::Api {
+            status,
+            code: 0,
+            message: format!("HTTP {status} without a Graph API error body"),
+            details: None,
+            fbtrace_id: None,
+        },
+    }
+}
+
+/// `{"success": true}`, with or without `messaging_product`.
+fn expect_success(body: Value) -> Result<(), GraphError> {
+    match body.get("success").and_then(Value::as_bool) {
+        Some(true) => Ok(()),
+        Some(false) => Err(GraphError::Unsuccessful),
+        None => Err(GraphError::InvalidResponse(
+            "no \"success\" field in the response".to_owned(),
+        )),
+    }
+}
+
+/// `{"calls":[{"id":"wacid.…"}]}`, possibly with `messaging_product` and `"success": true`.
+fn connect_call_id(body: &Value) -> Result<CallId, GraphError> {
+    if body.get("success").and_then(Value::as_bool) == Some(false) {
+        return Err(GraphError::Unsuccessful);
+    }
+    body.get("calls")
+        .and_then(|calls| calls.get(0))
+        .and_then(|call| call.get("id"))
+        .and_then(Value::as_str)
+        .filter(|id| !id.is_empty())
+        .map(CallId::new)
+        .ok_or_else(|| {
+            GraphError::InvalidResponse("no calls[0].id in the connect response".to_owned())
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use axum::Router;
+    use axum::body::Bytes;
+    use axum::extract::State;
+    use axum::http::{HeaderMap, StatusCode, Uri, header};
+    use axum::response::{IntoResponse, Response};
+    use parking_lot::Mutex;
+
+    use super::*;
+
+    const TOKEN: &str = "test-token-never-logged";
+    const CALL: &str = "wacid.HBgMNDQ3NzAwOTAwMTIzFQIAEhggN0ExQzlEMkU0QjZGOEEwQzNFNUQ3RjlCMUQzRTVGN0EcGAsxNTU1MDAwMTExMRUCABUKAA==";
+    const SDP: &str = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\n";
+    const SUCCESS: &str = r#"{"messaging_product":"whatsapp","success":true}"#;
+    const PERMISSION_ERROR: &str = r#"{"error":{"message":"(#138006) No approved call permission from the recipient","type":"OAuthException","code":138006,"error_data":{"messaging_product":"whatsapp","details":"No approved call permission from the recipient"},"fbtrace_id":"A1b2C3d4E5"}}"#;
+
+    /// What the test server saw of one request.
+    #[derive(Debug, Clone)]
+    struct Seen {
+        path: String,
+        authorization: Option<String>,
+        content_type: Option<String>,
+        body: Value,
+    }
+
+    /// A local server that records requests and answers from a script (then 200 success).
+    #[derive(Default)]
+    struct Script {
+        responses: Mutex<VecDeque<(u16, String)>>,
+        seen: Mutex<Vec<Seen>>,
+    }
+
+    async fn record(
+        State(script): State<Arc<Script>>,
+        uri: Uri,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Response {
+        let text = |name| {
+            headers
+                .get(name)
+                .and_then(|v: &header::HeaderValue| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        script.seen.lock().push(Seen {
+            path: uri.path().to_owned(),
+            authorization: text(header::AUTHORIZATION),
+            content_type: text(header::CONTENT_TYPE),
+            body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+        });
+        let (status, body) = script
+            .responses
+            .lock()
+            .pop_front()
+            .unwrap_or((200, SUCCESS.to_owned()));
+        (
+            StatusCode::from_u16(status).unwrap(),
+            [(header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response()
+    }
+
+    async fn server(responses: &[(u16, &str)]) -> (GraphClient, Arc<Script>) {
+        let script = Arc::new(Script::default());
+        script
+            .responses
+            .lock()
+            .extend(responses.iter().map(|(s, b)| (*s, (*b).to_owned())));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = Router::new().fallback(record).with_state(script.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (client(&format!("http://{addr}/")), script)
+    }
+
+    fn client(base_url: &str) -> GraphClient {
+        GraphClient::new(GraphConfig {
+            base_url: base_url.to_owned(),
+            version: "v23.0".to_owned(),
+            phone_number_id: "106540352242922".to_owned(),
+            access_token: SecretString::from(TOKEN),
+            timeout: Duration::from_secs(5),
+        })
+    }
+
+    fn call() -> CallId {
+        CallId::new(CALL)
+    }
+
+    fn only_request(script: &Script) -> Seen {
+        let seen = script.seen.lock();
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        seen[0].clone()
+    }
+
+    #[tokio::test]
+    async fn pre_accept_posts_the_answer_with_bearer_auth() {
+        let (client, script) = server(&[]).await;
+        client.pre_accept(&call(), SDP).await.unwrap();
+        let seen = only_request(&script);
+        assert_eq!(seen.path, "/v23.0/106540352242922/calls");
+        assert_eq!(
+            seen.authorization.as_deref(),
+            Some("Bearer test-token-never-logged")
+        );
+        assert_eq!(seen.content_type.as_deref(), Some("application/json"));
+        assert_eq!(
+            seen.body,
+            json!({
+                "messaging_product": "whatsapp",
+                "call_id": CALL,
+                "action": "pre_accept",
+                "session": { "sdp_type": "answer", "sdp": SDP },
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn accept_sends_the_answer_and_optional_callback_data() {
+        let (client, script) = server(&[]).await;
+        client
+            .accept(&call(), SDP, Some("sess-7f3a"))
+            .await
+            .unwrap();
+        client.accept(&call(), SDP, None).await.unwrap();
+        let seen = script.seen.lock().clone();
+        assert_eq!(
+            seen[0].body,
+            json!({
+                "messaging_product": "whatsapp",
+                "call_id": CALL,
+                "action": "accept",
+                "session": { "sdp_type": "answer", "sdp": SDP },
+                "biz_opaque_callback_data": "sess-7f3a",
+            })
+        );
+        assert_eq!(
+            seen[1].body,
+            json!({
+                "messaging_product": "whatsapp",
+                "call_id": CALL,
+                "action": "accept",
+                "session": { "sdp_type": "answer", "sdp": SDP },
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn reject_and_terminate_send_only_the_call_id() {
+        let (client, script) = server(&[]).await;
+        client.reject(&call()).await.unwrap();
+        client.terminate(&call()).await.unwrap();
+        let seen = script.seen.lock().clone();
+        for (seen, action) in seen.iter().zip(["reject", "terminate"]) {
+            assert_eq!(seen.path, "/v23.0/106540352242922/calls");
+            assert_eq!(
+                seen.body,
+                json!({ "messaging_product": "whatsapp", "call_id": CALL, "action": action })
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn connect_sends_the_offer_and_returns_metas_call_id() {
+        let (client, script) = server(&[
+            (
+                200,
+                r#"{"messaging_product":"whatsapp","calls":[{"id":"wacid.NEW"}]}"#,
+            ),
+            (200, r#"{"calls":[{"id":"wacid.TWO"}],"success":true}"#),
+        ])
+        .await;
+        let to = PhoneNumber::new("447700900123");
+        let id = client.connect(&to, SDP, Some("job-42")).await.unwrap();
+        assert_eq!(id, CallId::new("wacid.NEW"));
+        let id = client.connect(&to, SDP, None).await.unwrap();
+        assert_eq!(id, CallId::new("wacid.TWO"));
+        let seen = script.seen.lock().clone();
+        assert_eq!(
+            seen[0].body,
+            json!({
+                "messaging_product": "whatsapp",
+                "to": "447700900123",
+                "action": "connect",
+                "session": { "sdp_type": "offer", "sdp": SDP },
+                "biz_opaque_callback_data": "job-42",
+            })
+        );
+        assert!(seen[1].body.get("biz_opaque_callback_data").is_none());
+    }
+
+    #[tokio::test]
+    async fn success_bodies_with_and_without_messaging_product_are_accepted() {
+        let (client, _script) = server(&[(200, r#"{"success":true}"#)]).await;
+        client.terminate(&call()).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn success_false_is_a_failure() {
+        let (client, script) = server(&[(200, r#"{"success":false}"#)]).await;
+        let error = client.terminate(&call()).await.unwrap_err();
+        assert!(matches!(error, GraphError::Unsuccessful), "{error:?}");
+        assert_eq!(script.seen.lock().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn malformed_success_bodies_are_invalid_responses() {
+        let (client, _script) = server(&[
+            (200, "not json"),
+            (200, r#"{"messaging_product":"whatsapp"}"#),
+            (200, r#"{"calls":[]}"#),
+        ])
+        .await;
+        for _ in 0..2 {
+            let error = client.reject(&call()).await.unwrap_err();
+            assert!(matches!(error, GraphError::InvalidResponse(_)), "{error:?}");
+        }
+        let error = client
+            .connect(&PhoneNumber::new("1"), SDP, None)
+            .await
+            .unwrap_err();
+        assert!(matches!(error, GraphError::InvalidResponse(_)), "{error:?}");
+    }
+
+    #[tokio::test]
+    async fn the_permission_error_fixture_becomes_an_api_error_with_its_code() {
+        let (client, script) = server(&[(401, PERMISSION_ERROR)]).await;
+        let error = client
+            .connect(&PhoneNumber::new("447700900123"), SDP, None)
+            .await
+            .unwrap_err();
+        assert_eq!(error.code(), Some(138_006));
+        assert!(!error.is_retryable());
+        let GraphError::Api {
+            status,
+            code,
+            message,
+            details,
+            fbtrace_id,
+        } = error
+        else {
+            panic!("expected an API error, got {error:?}");
+        };
+        assert_eq!(status, 401);
+        assert_eq!(code, 138_006);
+        assert_eq!(
+            message,
+            "(#138006) No approved call permission from the recipient"
+        );
+        assert_eq!(
+            details.as_deref(),
+            Some("No approved call permission from the recipient")
+        );
+        assert_eq!(fbtrace_id.as_deref(), Some("A1b2C3d4E5"));
+        assert_eq!(script.seen.lock().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn terminate_retries_server_errors_until_it_succeeds() {
+        let (client, script) = server(&[(503, "{}"), (503, "unavailable")]).await;
+        client.terminate(&call()).await.unwrap();
+        assert_eq!(script.seen.lock().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn client_errors_are_never_retried() {
+        let (client, script) = server(&[
+            (
+                400,
+                r#"{"error":{"code":100,"message":"(#100) Invalid parameter"}}"#,
+            ),
+            (
+                400,
+                r#"{"error":{"code":100,"message":"(#100) Invalid parameter"}}"#,
+            ),
+        ])
+        .await;
+        let error = client.terminate(&call()).await.unwrap_err();
+        assert_eq!(error.code(), Some(100));
+        assert_eq!(script.seen.lock().len(), 1);
+        client.accept(&call(), SDP, None).await.unwrap_err();
+        assert_eq!(script.seen.lock().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn accept_retries_once_with_the_same_sdp() {
+        let (client, script) = server(&[(500, "{}"), (503, "{}"), (500, "{}")]).await;
+        let error = client.accept(&call(), SDP, None).await.unwrap_err();
+        assert!(error.is_retryable());
+        assert_eq!(error.code(), None);
+        let seen = script.seen.lock().clone();
+        assert_eq!(seen.len(), 2);
+        assert_eq!(seen[0].body, seen[1].body);
+
+        client.pre_accept(&call(), SDP).await.unwrap();
+        assert_eq!(script.seen.lock().len(), 4);
+    }
+
+    #[tokio::test]
+    async fn rate_limits_are_retried_for_clean_up_actions() {
+        let (client, script) =
+            server(&[(429, r#"{"error":{"code":138005,"message":"rate"}}"#)]).await;
+        client.reject(&call()).await.unwrap();
+        assert_eq!(script.seen.lock().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn connect_is_never_retried() {
+        let (client, script) = server(&[(503, "{}")]).await;
+        let error = client
+            .connect(&PhoneNumber::new("447700900123"), SDP, None)
+            .await
+            .unwrap_err();
+        assert!(error.is_retryable());
+        assert_eq!(script.seen.lock().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_server_is_a_retryable_transport_error() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let client = client(&format!("http://{addr}"));
+        let error = client
+            .connect(&PhoneNumber::new("1"), SDP, None)
+            .await
+            .unwrap_err();
+        assert!(matches!(error, GraphError::Transport(_)), "{error:?}");
+        assert!(error.is_retryable());
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_token() {
+        let client = client("http://127.0.0.1:1");
+        let text = format!("{client:?}");
+        assert!(!text.contains(TOKEN), "{text}");
+        assert!(text.contains("/v23.0/106540352242922/calls"), "{text}");
+    }
+
+    #[test]
+    fn clean_up_backoff_grows_is_capped_and_stops_after_the_budget() {
+        let error = GraphError::Timeout;
+        for attempt in 0..20 {
+            let delay = retry_delay(GraphAction::Terminate, attempt, Duration::ZERO, &error)
+                .expect("inside the budget");
+            let backoff = (CLEANUP_FIRST_BACKOFF * 2u32.saturating_pow(attempt.min(10)))
+                .min(CLEANUP_MAX_BACKOFF);
+            assert!(
+                delay >= backoff / 2 && delay <= backoff,
+                "{attempt}: {delay:?}"
+            );
+        }
+        assert_eq!(
+            retry_delay(GraphAction::Reject, 3, Duration::from_secs(10), &error),
+            None
+        );
+        assert_eq!(
+            retry_delay(GraphAction::Accept, 1, Duration::ZERO, &error),
+            None
+        );
+        let first = retry_delay(GraphAction::PreAccept, 0, Duration::ZERO, &error).unwrap();
+        assert!((100..=300).contains(&(first.as_millis() as u64)));
+    }
+
+    #[test]
+    fn action_names_match_the_graph_api() {
+        let names: Vec<&str> = [
+            GraphAction::PreAccept,
+            GraphAction::Accept,
+            GraphAction::Reject,
+            GraphAction::Terminate,
+            GraphAction::Connect,
+        ]
+        .into_iter()
+        .map(GraphAction::as_str)
+        .collect();
+        assert_eq!(
+            names,
+            ["pre_accept", "accept", "reject", "terminate", "connect"]
+        );
+    }
+}
