@@ -637,8 +637,10 @@ impl CallTask {
 
     /// Ends the call through the flow, which decides whether Meta must be told.
     async fn end(&mut self, reason: CallEnd) -> CallEnd {
+        // Ending only ever yields reject/terminate and finish.
         let actions = self.flow.end(reason);
-        self.apply(actions, Instant::now()).await.unwrap_or(reason)
+        signal_end(&self.context.graph, self.admission.call_id(), &actions).await;
+        self.flow.end_reason().unwrap_or(reason)
     }
 
     /// Releases everything the call owns; the admission goes last.
