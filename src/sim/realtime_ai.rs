@@ -2,8 +2,18 @@
 //! strict like the real service (spec §12) and cheap enough for hundreds of sessions at once.
 //!
 //! Layout: this file holds the public handle, the listener and one task per connection; the
-//! protocol itself is the sans-IO [`session::Session`] (config in `session_config`, energy VAD
+//! protocol itself is the sans-IO `session::Session` (config in `session_config`, energy VAD
 //! in `vad`, audio formats in `pcm`), so its timing is testable without a clock.
+//!
+//! Choices where the spec leaves room:
+//! - `speech_stopped.audio_end_ms` is where the silence reached `silence_duration_ms` (the end of
+//!   the committed audio, as the real API documents it); the echo stops at the end of the last
+//!   speech window. `speech_started.audio_start_ms` never reaches back past the previous commit.
+//! - Replies are immediate except audio (paced) and caller transcripts (500 ms after a commit,
+//!   when `audio.input.transcription` is set); `rate_limits.updated` follows `response.done`.
+//! - `semantic_vad` is the energy VAD with an end-of-turn silence of 250/500/1000 ms for
+//!   `high`/`medium`+`auto`/`low` eagerness.
+//! - The Azure preview path is accepted but speaks GA shapes.
 //!
 //! What it does not model: tool calls (it never calls a function), scripted replies and failure
 //! injection (responses come from [`AiMode`]), the beta protocol beyond rejecting its handshake.
@@ -123,9 +133,13 @@ pub struct SessionSnapshot {
     /// `input_audio_buffer.append` events received (valid or not); they are counted, not kept,
     /// because a load test sends 50 a second per session.
     pub appends: u64,
-    /// All appended audio, decoded to PCM16 24 kHz, in order (G.711 is upsampled ×3).
+    /// All appended audio, decoded to PCM16 24 kHz, in order (G.711 is upsampled ×3). Kept for
+    /// the whole session: 48 kB per second of call.
     pub input_audio: Vec<i16>,
-    /// Audio appended before `session.updated` was sent (0 for a correct client).
+    /// Audio appended before `session.updated` was sent (0 for a correct client). Events are
+    /// handled in order, so this is the audio that arrived before the first valid
+    /// `session.update`; audio sent right after the update without waiting for the reply is
+    /// applied with the new config and not counted.
     pub appended_before_configured_ms: u64,
     /// `audio_start_ms` of each `speech_started`.
     pub speech_starts: Vec<u64>,

@@ -666,9 +666,16 @@ impl Session {
             json!({"type": "input_audio_buffer.speech_stopped",
                    "audio_end_ms": detected_ms, "item_id": turn.item_id}),
         );
-        let start = (turn.audio_start_ms as usize * SAMPLES_PER_MS).max(self.buffer_start);
-        let end = (detected_ms as usize * SAMPLES_PER_MS).clamp(start, self.input.len());
-        let speech_end = (speech_end_ms as usize * SAMPLES_PER_MS).clamp(start, end);
+        // start ≤ speech_end ≤ end ≤ input length, whatever the offsets say.
+        let start = (turn.audio_start_ms as usize * SAMPLES_PER_MS)
+            .max(self.buffer_start)
+            .min(self.input.len());
+        let end = (detected_ms as usize * SAMPLES_PER_MS)
+            .min(self.input.len())
+            .max(start);
+        let speech_end = (speech_end_ms as usize * SAMPLES_PER_MS)
+            .min(end)
+            .max(start);
         self.commit_turn(now, turn.item_id, start..end, Some(start..speech_end), out);
         if config.create_response && self.active_default().is_none() {
             self.start_response(now, Request::default(), out);
@@ -1533,8 +1540,10 @@ impl Session {
             record.produced_ms = produced_ms;
         }
         tracing::debug!(response = %response.id, status, produced_ms, "response done");
-        // The idle timer starts when the assistant's audio would have finished playing (§4.2).
+        // The idle timer starts when the assistant's audio would have finished playing (§4.2),
+        // unless the caller is already talking (a barge-in).
         if response.in_conversation
+            && self.turn.is_none()
             && let Some(idle_ms) = self.effective.turn.and_then(|t| t.idle_timeout_ms)
         {
             self.idle_deadline = Some(now + Duration::from_millis(produced_ms + idle_ms));
@@ -2046,5 +2055,251 @@ mod tests {
             ]
         );
         assert_eq!(replies[0]["item"]["content"][0]["text"], "a");
+    }
+
+    fn append(session: &mut Session, now: Instant, pcm: &[i16], out: &mut Vec<Output>) {
+        let mut bytes = Vec::new();
+        AudioFormat::Pcm24k.encode(pcm, &mut bytes);
+        send(
+            session,
+            now,
+            json!({"type": "input_audio_buffer.append", "audio": BASE64.encode(bytes)}),
+            out,
+        );
+    }
+
+    fn sine(amplitude: f64, ms: usize) -> Vec<i16> {
+        (0..ms * SAMPLES_PER_MS)
+            .map(|i| {
+                (amplitude * (std::f64::consts::TAU * 1000.0 * i as f64 / 24_000.0).sin()) as i16
+            })
+            .collect()
+    }
+
+    fn vad_session(mode: AiMode, turn_detection: Value, now: Instant) -> (Session, Vec<Output>) {
+        let mut out = Vec::new();
+        let mut session = Session::new(
+            settings(mode),
+            Some("gpt-realtime".into()),
+            now,
+            0,
+            &mut out,
+        );
+        send(
+            &mut session,
+            now,
+            json!({"type": "session.update", "session": {"type": "realtime",
+                   "audio": {"input": {"turn_detection": turn_detection}}}}),
+            &mut out,
+        );
+        out.clear();
+        (session, out)
+    }
+
+    #[test]
+    fn the_session_threshold_scales_the_rms_threshold() {
+        let t0 = Instant::now();
+        // RMS of a sine is amplitude / √2: 850 → about 601, above 400 (0.5) but below 800 (1.0).
+        let quiet = [sine(850.0, 200), vec![0; 400 * SAMPLES_PER_MS]].concat();
+        for (threshold, detected) in [(0.5, true), (1.0, false)] {
+            let td =
+                json!({"type": "server_vad", "threshold": threshold, "create_response": false});
+            let (mut session, mut out) = vad_session(AiMode::Silent, td, t0);
+            append(&mut session, t0, &quiet, &mut out);
+            assert_eq!(
+                !session.snapshot().speech_starts.is_empty(),
+                detected,
+                "threshold {threshold}"
+            );
+        }
+    }
+
+    #[test]
+    fn create_response_false_commits_without_responding() {
+        let t0 = Instant::now();
+        let td =
+            json!({"type": "server_vad", "create_response": false, "silence_duration_ms": 200});
+        let (mut session, mut out) = vad_session(AiMode::Echo, td, t0);
+        append(
+            &mut session,
+            t0,
+            &[sine(8000.0, 200), vec![0; 300 * SAMPLES_PER_MS]].concat(),
+            &mut out,
+        );
+        assert_eq!(
+            kinds(&events(&mut out)),
+            [
+                "input_audio_buffer.speech_started",
+                "input_audio_buffer.speech_stopped",
+                "input_audio_buffer.committed",
+                "conversation.item.added",
+                "conversation.item.done"
+            ]
+        );
+        // The turn is remembered: response.create now echoes it (200 ms, no room for padding).
+        send(
+            &mut session,
+            t0,
+            json!({"type": "response.create"}),
+            &mut out,
+        );
+        session.tick(t0 + Duration::from_secs(5), &mut out);
+        let done = events(&mut out)
+            .into_iter()
+            .find(|e| e["type"] == "response.done")
+            .expect("done");
+        assert!(
+            done["response"]["output"][0]["content"][0]["transcript"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("(echo)"))
+        );
+        assert_eq!(session.snapshot().responses[0].produced_ms, 200);
+    }
+
+    #[test]
+    fn transcripts_arrive_after_the_commit_when_transcription_is_on() {
+        let t0 = Instant::now();
+        let (mut session, mut out) = manual_session(AiMode::Silent, t0);
+        send(
+            &mut session,
+            t0,
+            json!({"type": "session.update", "session": {"type": "realtime",
+                   "audio": {"input": {"transcription": {"model": "gpt-4o-mini-transcribe"}}}}}),
+            &mut out,
+        );
+        append(&mut session, t0, &sine(8000.0, 150), &mut out);
+        send(
+            &mut session,
+            t0,
+            json!({"type": "input_audio_buffer.commit"}),
+            &mut out,
+        );
+        let committed = events(&mut out);
+        let item_id = committed[1]["item_id"].clone();
+        assert_eq!(session.deadline(), Some(t0 + TRANSCRIPTION_DELAY));
+        session.tick(t0 + TRANSCRIPTION_DELAY, &mut out);
+        let transcript = events(&mut out);
+        assert_eq!(
+            kinds(&transcript),
+            [
+                "conversation.item.input_audio_transcription.delta",
+                "conversation.item.input_audio_transcription.completed"
+            ]
+        );
+        assert_eq!(transcript[1]["item_id"], item_id);
+        assert_eq!(
+            transcript[1]["usage"],
+            json!({"type": "duration", "seconds": 0.15})
+        );
+    }
+
+    #[test]
+    fn the_idle_timeout_commits_the_silence_and_responds() {
+        let t0 = Instant::now();
+        let td = json!({"type": "server_vad", "idle_timeout_ms": 5000});
+        let (mut session, mut out) = vad_session(AiMode::Echo, td, t0);
+        send(
+            &mut session,
+            t0,
+            json!({"type": "response.create"}),
+            &mut out,
+        );
+        let t1 = t0 + Duration::from_secs(1);
+        session.tick(t1, &mut out);
+        out.clear();
+        // 1 s of audio produced, then 5 s of idle.
+        assert_eq!(session.deadline(), Some(t1 + Duration::from_secs(6)));
+        append(&mut session, t1, &vec![0; 300 * SAMPLES_PER_MS], &mut out);
+        session.tick(t1 + Duration::from_secs(6), &mut out);
+        let fired = events(&mut out);
+        assert_eq!(
+            kinds(&fired)[..5],
+            [
+                "input_audio_buffer.timeout_triggered",
+                "input_audio_buffer.committed",
+                "conversation.item.added",
+                "conversation.item.done",
+                "response.created"
+            ]
+        );
+        assert_eq!(
+            (
+                fired[0]["audio_start_ms"].as_u64(),
+                fired[0]["audio_end_ms"].as_u64()
+            ),
+            (Some(0), Some(300))
+        );
+    }
+
+    #[test]
+    fn the_voice_is_fixed_once_audio_was_produced() {
+        let t0 = Instant::now();
+        let (mut session, mut out) = manual_session(AiMode::Echo, t0);
+        let voice = |v: &str| json!({"type": "session.update", "session": {"type": "realtime", "audio": {"output": {"voice": v}}}});
+        send(&mut session, t0, voice("ash"), &mut out);
+        assert_eq!(kinds(&events(&mut out)), ["session.updated"]);
+        send(
+            &mut session,
+            t0,
+            json!({"type": "response.create"}),
+            &mut out,
+        );
+        session.tick(t0 + Duration::from_secs(1), &mut out);
+        out.clear();
+        send(&mut session, t0, voice("cedar"), &mut out);
+        let reply = events(&mut out);
+        assert_eq!(reply[0]["error"]["param"], "session.audio.output.voice");
+        send(&mut session, t0, voice("ash"), &mut out);
+        assert_eq!(kinds(&events(&mut out)), ["session.updated"]);
+    }
+
+    #[test]
+    fn an_out_of_band_response_runs_beside_the_default_one() {
+        let t0 = Instant::now();
+        let (mut session, mut out) = manual_session(AiMode::Echo, t0);
+        send(
+            &mut session,
+            t0,
+            json!({"type": "response.create"}),
+            &mut out,
+        );
+        send(
+            &mut session,
+            t0,
+            json!({"type": "response.create", "response": {"conversation": "none",
+                   "metadata": {"purpose": "summary"}, "output_modalities": ["text"]}}),
+            &mut out,
+        );
+        let created = events(&mut out);
+        assert_eq!(
+            kinds(&created)
+                .iter()
+                .filter(|k| **k == "response.created")
+                .count(),
+            2
+        );
+        // Out-of-band items never enter the conversation.
+        assert_eq!(
+            kinds(&created)
+                .iter()
+                .filter(|k| **k == "conversation.item.added")
+                .count(),
+            1
+        );
+        let oob = &created
+            .iter()
+            .rfind(|e| e["type"] == "response.created")
+            .expect("second response")["response"];
+        assert_eq!(oob["conversation_id"], Value::Null);
+        assert_eq!(oob["metadata"], json!({"purpose": "summary"}));
+        session.tick(t0 + Duration::from_secs(2), &mut out);
+        let done = events(&mut out);
+        assert_eq!(
+            kinds(&done)
+                .iter()
+                .filter(|k| **k == "response.done")
+                .count(),
+            2
+        );
     }
 }
