@@ -46,7 +46,8 @@ impl RefusalReason {
 
 /// The outcome of trying to admit a call.
 pub enum AdmitResult {
-    Admitted(Admission),
+    /// Admitted: the guard, and the queue of commands for the call task.
+    Admitted(Admission, mpsc::Receiver<CallCommand>),
     /// The call is already live: a duplicate delivery.
     Duplicate,
     /// The call already ended, was refused, or was terminated before this connect arrived.
@@ -169,20 +170,20 @@ impl Registry {
     }
 
     /// Tries to admit a call, never waiting. On success the returned guard owns the permit and
-    /// the registry entry, and `commands` receives what webhooks and admins send to the call.
+    /// the registry entry, and the receiver gets what webhooks and admins send to the call.
     pub fn admit(
         &self,
         call_id: &CallId,
         direction: CallDirection,
         phone: Option<&PhoneNumber>,
-    ) -> (AdmitResult, Option<mpsc::Receiver<CallCommand>>) {
+    ) -> AdmitResult {
         let now = Instant::now();
         let mut live = self.inner.live.lock();
         if live.calls.contains_key(call_id) {
-            return (AdmitResult::Duplicate, None);
+            return AdmitResult::Duplicate;
         }
         if live.tombstones.contains(call_id) {
-            return (AdmitResult::Tombstoned, None);
+            return AdmitResult::Tombstoned;
         }
         let refuse = |reason: RefusalReason, live: &mut Live| {
             live.tombstones.insert(call_id.clone(), now);
@@ -194,15 +195,15 @@ impl Registry {
             })
         };
         if self.is_draining() {
-            return (refuse(RefusalReason::Draining, &mut live), None);
+            return refuse(RefusalReason::Draining, &mut live);
         }
         if let Some(phone) = phone
             && live.phones.contains(phone)
         {
-            return (refuse(RefusalReason::CallerBusy, &mut live), None);
+            return refuse(RefusalReason::CallerBusy, &mut live);
         }
         let Ok(permit) = self.inner.semaphore.clone().try_acquire_owned() else {
-            return (refuse(RefusalReason::AtCapacity, &mut live), None);
+            return refuse(RefusalReason::AtCapacity, &mut live);
         };
         let (tx, rx) = mpsc::channel(CALL_COMMAND_CAPACITY);
         let cancel = self.inner.root.child_token();
@@ -228,7 +229,7 @@ impl Registry {
             _permit: permit,
             registry: self.clone(),
         };
-        (AdmitResult::Admitted(admission), Some(rx))
+        AdmitResult::Admitted(admission, rx)
     }
 
     /// Records a refusal that happened after admission was possible (e.g. no UDP port).
@@ -339,19 +340,17 @@ mod tests {
     }
 
     fn admit(registry: &Registry, id: &str, phone: &str) -> AdmitResult {
-        registry
-            .admit(
-                &CallId::new(id),
-                CallDirection::Inbound,
-                Some(&PhoneNumber::new(phone)),
-            )
-            .0
+        registry.admit(
+            &CallId::new(id),
+            CallDirection::Inbound,
+            Some(&PhoneNumber::new(phone)),
+        )
     }
 
     #[test]
     fn calls_beyond_capacity_are_refused_and_the_slot_returns_on_drop() {
         let registry = registry(1);
-        let AdmitResult::Admitted(first) = admit(&registry, "wacid.1", "4470001") else {
+        let AdmitResult::Admitted(first, _) = admit(&registry, "wacid.1", "4470001") else {
             panic!("first call should be admitted");
         };
         match admit(&registry, "wacid.2", "4470002") {
@@ -365,7 +364,7 @@ mod tests {
         assert_eq!(registry.active_calls(), 0);
         assert!(matches!(
             admit(&registry, "wacid.3", "4470003"),
-            AdmitResult::Admitted(_)
+            AdmitResult::Admitted(..)
         ));
     }
 
@@ -411,7 +410,7 @@ mod tests {
     #[test]
     fn the_permit_and_entry_are_released_when_a_task_panics() {
         let registry = registry(1);
-        let AdmitResult::Admitted(admission) = admit(&registry, "wacid.1", "4470001") else {
+        let AdmitResult::Admitted(admission, _) = admit(&registry, "wacid.1", "4470001") else {
             panic!("admitted");
         };
         let result = std::thread::spawn(move || {
@@ -423,7 +422,7 @@ mod tests {
         assert_eq!(registry.active_calls(), 0);
         assert!(matches!(
             admit(&registry, "wacid.2", "4470001"),
-            AdmitResult::Admitted(_)
+            AdmitResult::Admitted(..)
         ));
     }
 

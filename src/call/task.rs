@@ -344,9 +344,7 @@ impl CallTask {
     /// Sends the frames the pacer says are due: AI audio when queued, encoded silence otherwise,
     /// so the caller's leg is never silent at the RTP level (§7.4).
     async fn send_due_frames(&mut self, now: Instant) -> Option<CallEnd> {
-        let Some(pacer) = self.pacer.as_mut() else {
-            return None;
-        };
+        let pacer = self.pacer.as_mut()?;
         let due = pacer.poll(now);
         if due.skipped > 0 || due.frames > 1 {
             self.context.metrics.late_pacer_ticks.inc();
@@ -604,17 +602,14 @@ impl CallTask {
 
     /// Once answered and the AI is ready, let it speak first (if a greeting is configured).
     async fn maybe_greet(&mut self) -> Option<CallEnd> {
-        if self.greeted || self.pacer.is_none() {
+        if self.greeted || self.pacer.is_none() || self.ai.is_none() {
             return None;
         }
-        let Some(ai) = self.ai.as_mut() else {
-            return None;
-        };
         self.greeted = true;
-        let Some(greeting) = self.context.greeting.as_deref() else {
-            return None;
-        };
-        if let Err(err) = ai.send_text(events::response_create(Some(greeting))).await {
+        let greeting = self.context.greeting.as_deref()?;
+        let event = events::response_create(Some(greeting));
+        let ai = self.ai.as_mut()?;
+        if let Err(err) = ai.send_text(event).await {
             return Some(self.ai_failed(err).await);
         }
         None

@@ -189,12 +189,11 @@ fn on_connect(state: &AppState, connect: ConnectEvent) -> Option<Refusal> {
         return None;
     }
     let call_id = connect.call_id.clone();
-    let (result, commands) =
-        state
-            .registry
-            .admit(&call_id, CallDirection::Inbound, connect.user.as_ref());
+    let result = state
+        .registry
+        .admit(&call_id, CallDirection::Inbound, connect.user.as_ref());
     match result {
-        AdmitResult::Admitted(admission) => {
+        AdmitResult::Admitted(admission, commands) => {
             let port = match &state.ports {
                 None => None,
                 Some(pool) => match pool.lease() {
@@ -211,9 +210,6 @@ fn on_connect(state: &AppState, connect: ConnectEvent) -> Option<Refusal> {
                         return Some(refusal);
                     }
                 },
-            };
-            let Some(commands) = commands else {
-                return None;
             };
             info!(%call_id, caller = ?connect.user, "call admitted");
             spawn_inbound(

@@ -40,6 +40,13 @@ pub const TELEPHONE_EVENT_PAYLOAD_TYPE: u8 = 126;
 /// Events queued from the connection's driver to the call task. Few and small (state changes
 /// and one track); if the call task is gone the events are dropped, which is what we want.
 const PEER_EVENT_CAPACITY: usize = 16;
+/// Consent checks run every second; after 2 s without an answer the path counts as disconnected
+/// and 3 s later as failed, which ends the call as `caller_gone`. The path is server to server
+/// (our host to Meta's relay), so a longer outage means the call is lost anyway (§7.4), and a
+/// caller who vanished without a `terminate` is noticed within about 5 s.
+const ICE_DISCONNECTED_AFTER: Duration = Duration::from_secs(2);
+const ICE_FAILED_AFTER: Duration = Duration::from_secs(3);
+const ICE_KEEPALIVE: Duration = Duration::from_secs(1);
 /// How long candidate gathering may take before the SDP is sent without waiting further.
 const GATHERING_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -151,7 +158,6 @@ impl MediaPeer {
                     rtcp_feedback: vec![],
                 },
                 payload_type: TELEPHONE_EVENT_PAYLOAD_TYPE,
-                ..Default::default()
             },
             RtpCodecKind::Audio,
         )?;
@@ -162,9 +168,9 @@ impl MediaPeer {
             .with_answering_dtls_role(RTCDtlsRole::Client)
             .with_ice_connection_attempts(Some(Duration::from_millis(20)), Some(25))
             .with_ice_timeouts(
-                Some(Duration::from_secs(4)),
-                Some(Duration::from_secs(8)),
-                Some(Duration::from_secs(1)),
+                Some(ICE_DISCONNECTED_AFTER),
+                Some(ICE_FAILED_AFTER),
+                Some(ICE_KEEPALIVE),
             );
         if settings.loopback {
             setting_engine = setting_engine.with_include_loopback_candidate(true);
@@ -330,7 +336,6 @@ fn opus_codec(profile: PeerProfile) -> RTCRtpCodecParameters {
             rtcp_feedback: vec![],
         },
         payload_type: OPUS_PAYLOAD_TYPE,
-        ..Default::default()
     }
 }
 

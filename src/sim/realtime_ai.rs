@@ -211,6 +211,8 @@ struct Shared {
     configured: watch::Sender<usize>,
     /// Sessions whose connection task is still running.
     live: watch::Sender<usize>,
+    /// Client text events handled so far, over all sessions (wakes `wait_until`).
+    handled: watch::Sender<u64>,
     shutdown: CancellationToken,
 }
 
@@ -242,6 +244,7 @@ impl RealtimeAiDouble {
             sessions: Mutex::new(Vec::new()),
             configured: watch::Sender::new(0),
             live: watch::Sender::new(0),
+            handled: watch::Sender::new(0),
             shutdown: CancellationToken::new(),
         });
         tokio::spawn(accept_loop(listener, shared.clone()));
@@ -284,6 +287,27 @@ impl RealtimeAiDouble {
         let mut configured = self.shared.configured.subscribe();
         let reached = tokio::time::timeout(timeout, configured.wait_for(|count| *count >= n)).await;
         matches!(reached, Ok(Ok(_)))
+    }
+
+    /// Waits (with timeout) until `condition` holds on the session snapshots, checking again
+    /// after every client event the double handles.
+    pub async fn wait_until(
+        &self,
+        timeout: Duration,
+        condition: impl Fn(&[SessionSnapshot]) -> bool,
+    ) -> bool {
+        let mut handled = self.shared.handled.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            handled.borrow_and_update();
+            if condition(&self.sessions()) {
+                return true;
+            }
+            match tokio::time::timeout_at(deadline, handled.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return condition(&self.sessions()),
+            }
+        }
     }
 
     /// Ends every live session the given way (tests of "AI socket closed").
@@ -607,6 +631,7 @@ where
                 session
                     .lock()
                     .on_text(Instant::now(), text.as_str(), &mut pending);
+                shared.handled.send_modify(|count| *count += 1);
             }
             Step::Message(Some(Ok(Message::Binary(_)))) => session.lock().on_binary(&mut pending),
             Step::Message(Some(Ok(Message::Close(frame)))) => {

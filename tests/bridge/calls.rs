@@ -112,14 +112,16 @@ async fn a_caller_talking_over_the_ai_stops_its_audio_and_truncates_what_was_not
         .await;
 
     // The bridge flushes the queue and truncates the item at what was played.
-    let truncation = loop {
-        let session = stack.ai.sessions().into_iter().next().expect("session");
-        if let Some(truncation) = session.truncations.first() {
-            break truncation.clone();
-        }
-        assert!(call.speaking_until() + WAIT > Instant::now(), "no truncate");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let truncated = stack
+        .ai
+        .wait_until(WAIT, |sessions| {
+            sessions.iter().any(|s| !s.truncations.is_empty())
+        })
+        .await;
+    assert!(truncated, "no truncate reached the AI");
+    let session = stack.ai.sessions().into_iter().next().expect("session");
+    assert_eq!(session.truncations.len(), 1);
+    let truncation = session.truncations[0].clone();
     assert!(
         truncation.accepted,
         "the AI accepted the truncate: {truncation:?}"
@@ -127,10 +129,19 @@ async fn a_caller_talking_over_the_ai_stops_its_audio_and_truncates_what_was_not
     // Let anything still in flight arrive, then measure what the phone got.
     let settled = truncation.at + Duration::from_millis(300);
     call.wait_until(WAIT, |_| Instant::now() >= settled).await;
-    let recording = call.recording();
-    let recording = recording.lock();
-    let (start, end) = tone_span(&recording.received, tone_hz).expect("tone heard");
-    let heard_ms = ((end - start) / (SAMPLE_RATE as usize / 1000)) as i64;
+    let (heard_ms, last_tone_arrival) = {
+        let recording = call.recording();
+        let recording = recording.lock();
+        let (start, end) = tone_span(&recording.received, tone_hz).expect("tone heard");
+        let last = recording
+            .arrivals
+            .iter()
+            .filter(|(_, offset)| *offset < end)
+            .map(|(at, _)| *at)
+            .max()
+            .expect("arrivals");
+        (((end - start) / (SAMPLE_RATE as usize / 1000)) as i64, last)
+    };
     let truncated_ms = truncation.audio_end_ms as i64;
     assert!(
         (heard_ms - truncated_ms).abs() <= 40,
@@ -138,20 +149,12 @@ async fn a_caller_talking_over_the_ai_stops_its_audio_and_truncates_what_was_not
     );
     // The tone stopped at the phone within 100 ms of the bridge learning of the speech (the
     // truncate is sent right after the flush).
-    let last_tone_arrival = recording
-        .arrivals
-        .iter()
-        .filter(|(_, offset)| *offset < end)
-        .map(|(at, _)| *at)
-        .max()
-        .expect("arrivals");
     assert!(
         last_tone_arrival <= truncation.at + Duration::from_millis(100),
         "tone went on for {:?} after the truncate",
         last_tone_arrival.saturating_duration_since(truncation.at)
     );
     assert!(truncated_ms < 8000, "the tone was cut, not played out");
-    drop(recording);
     call.hang_up().await.expect("hang up");
     assert!(stack.wait_idle(WAIT).await);
     assert!(
