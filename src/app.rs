@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::call::dialer::Dialer;
 use crate::call::task::CallContext;
 use crate::config::Config;
 use crate::http::{AppState, WebhookSettings, router};
@@ -107,6 +108,16 @@ impl App {
 
     pub fn metrics(&self) -> Metrics {
         self.state.metrics.clone()
+    }
+
+    /// Places business-initiated calls through this bridge.
+    pub fn dialer(&self) -> Dialer {
+        Dialer {
+            context: self.state.calls.clone(),
+            registry: self.state.registry.clone(),
+            tracker: self.state.tracker.clone(),
+            ports: self.state.ports.clone(),
+        }
     }
 
     /// Cancelling this token ends every call with `CallEnd::Shutdown`.

@@ -116,7 +116,23 @@ struct Live {
     calls: HashMap<CallId, CallHandle>,
     phones: HashSet<PhoneNumber>,
     tombstones: Tombstones,
+    /// Outbound calls holding a slot while Meta has not named them yet.
+    reserved: usize,
+    /// Commands for call ids not registered yet (Meta's answer to an outbound call can arrive
+    /// before the `connect` response that names the call), with when they arrived.
+    early: HashMap<CallId, (Instant, Vec<CallCommand>)>,
 }
+
+impl Live {
+    fn occupied(&self) -> usize {
+        self.calls.len() + self.reserved
+    }
+}
+
+/// How long a command for a not-yet-registered call is kept.
+const EARLY_COMMAND_TTL: Duration = Duration::from_secs(60);
+/// At most this many call ids with early commands are kept (a flood of unknown ids is dropped).
+const EARLY_COMMAND_IDS: usize = 1024;
 
 struct Inner {
     semaphore: Arc<Semaphore>,
@@ -156,8 +172,9 @@ impl Registry {
         self.inner.max_calls
     }
 
+    /// Live calls, counting outbound calls that are being placed.
     pub fn active_calls(&self) -> usize {
-        self.inner.live.lock().calls.len()
+        self.inner.live.lock().occupied()
     }
 
     pub fn is_draining(&self) -> bool {
@@ -190,7 +207,7 @@ impl Registry {
             self.count_refusal(reason);
             AdmitResult::Refused(Refusal {
                 reason,
-                active_calls: live.calls.len(),
+                active_calls: live.occupied(),
                 max_calls: self.inner.max_calls,
             })
         };
@@ -220,7 +237,7 @@ impl Registry {
         if let Some(phone) = phone {
             live.phones.insert(phone.clone());
         }
-        self.inner.metrics.active_calls.set(live.calls.len() as i64);
+        self.inner.metrics.active_calls.set(live.occupied() as i64);
         drop(live);
         let admission = Admission {
             call_id: call_id.clone(),
@@ -230,6 +247,56 @@ impl Registry {
             registry: self.clone(),
         };
         AdmitResult::Admitted(admission, rx)
+    }
+
+    /// Takes a slot for an outbound call to `phone` before Meta has named it (never waiting).
+    pub fn reserve(&self, phone: &PhoneNumber) -> Result<Reservation, Refusal> {
+        let mut live = self.inner.live.lock();
+        let refuse = |reason: RefusalReason, live: &Live| {
+            self.count_refusal(reason);
+            Refusal {
+                reason,
+                active_calls: live.occupied(),
+                max_calls: self.inner.max_calls,
+            }
+        };
+        if self.is_draining() {
+            return Err(refuse(RefusalReason::Draining, &live));
+        }
+        if live.phones.contains(phone) {
+            return Err(refuse(RefusalReason::CallerBusy, &live));
+        }
+        let Ok(permit) = self.inner.semaphore.clone().try_acquire_owned() else {
+            return Err(refuse(RefusalReason::AtCapacity, &live));
+        };
+        live.phones.insert(phone.clone());
+        live.reserved += 1;
+        self.inner.metrics.active_calls.set(live.occupied() as i64);
+        Ok(Reservation {
+            registry: self.clone(),
+            phone: phone.clone(),
+            permit: Some(permit),
+        })
+    }
+
+    /// Keeps a command for a call id that is not registered yet; false if the id already ended.
+    pub fn hold_for_unknown(&self, call_id: &CallId, command: CallCommand) -> bool {
+        let now = Instant::now();
+        let mut live = self.inner.live.lock();
+        if live.tombstones.contains(call_id) {
+            return false;
+        }
+        live.early
+            .retain(|_, (at, _)| now.duration_since(*at) < EARLY_COMMAND_TTL);
+        if live.early.len() >= EARLY_COMMAND_IDS && !live.early.contains_key(call_id) {
+            return false;
+        }
+        live.early
+            .entry(call_id.clone())
+            .or_insert_with(|| (now, Vec::new()))
+            .1
+            .push(command);
+        true
     }
 
     /// Records a refusal that happened after admission was possible (e.g. no UDP port).
@@ -278,7 +345,16 @@ impl Registry {
             live.phones.remove(phone);
         }
         live.tombstones.insert(call_id.clone(), Instant::now());
-        self.inner.metrics.active_calls.set(live.calls.len() as i64);
+        self.inner.metrics.active_calls.set(live.occupied() as i64);
+        drop(live);
+        self.inner.released.notify_waiters();
+    }
+
+    fn cancel_reservation(&self, phone: &PhoneNumber) {
+        let mut live = self.inner.live.lock();
+        live.reserved -= 1;
+        live.phones.remove(phone);
+        self.inner.metrics.active_calls.set(live.occupied() as i64);
         drop(live);
         self.inner.released.notify_waiters();
     }
@@ -322,6 +398,71 @@ impl Admission {
     /// Cancelled on shutdown or admin hang-up.
     pub fn cancel_token(&self) -> &CancellationToken {
         &self.cancel
+    }
+}
+
+/// A slot held for an outbound call until Meta names it; dropping it unused frees the slot.
+pub struct Reservation {
+    registry: Registry,
+    phone: PhoneNumber,
+    /// `None` once registered.
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Reservation {
+    pub fn phone(&self) -> &PhoneNumber {
+        &self.phone
+    }
+
+    /// Registers the call under the id Meta gave it. Commands that arrived for the id before
+    /// (see [`Registry::hold_for_unknown`]) are queued first.
+    pub fn register(mut self, call_id: &CallId) -> (Admission, mpsc::Receiver<CallCommand>) {
+        let permit = self
+            .permit
+            .take()
+            .expect("a reservation holds its permit until it registers once");
+        let registry = self.registry.clone();
+        let (tx, rx) = mpsc::channel(CALL_COMMAND_CAPACITY);
+        let cancel = registry.inner.root.child_token();
+        let mut live = registry.inner.live.lock();
+        live.reserved -= 1;
+        if let Some((_, commands)) = live.early.remove(call_id) {
+            for command in commands {
+                let _ = tx.try_send(command);
+            }
+        }
+        live.calls.insert(
+            call_id.clone(),
+            CallHandle {
+                commands: tx,
+                cancel: cancel.clone(),
+                direction: CallDirection::Outbound,
+                phone: Some(self.phone.clone()),
+                started: Instant::now(),
+            },
+        );
+        registry
+            .inner
+            .metrics
+            .active_calls
+            .set(live.occupied() as i64);
+        drop(live);
+        let admission = Admission {
+            call_id: call_id.clone(),
+            phone: Some(self.phone.clone()),
+            cancel,
+            registry: registry.clone(),
+            _permit: permit,
+        };
+        (admission, rx)
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.permit.is_some() {
+            self.registry.cancel_reservation(&self.phone);
+        }
     }
 }
 
@@ -424,6 +565,37 @@ mod tests {
             admit(&registry, "wacid.2", "4470001"),
             AdmitResult::Admitted(..)
         ));
+    }
+
+    #[test]
+    fn an_outbound_reservation_counts_until_dropped_or_registered() {
+        let registry = registry(1);
+        let phone = PhoneNumber::new("4470009");
+        let reservation = registry.reserve(&phone).expect("reserved");
+        assert_eq!(registry.active_calls(), 1);
+        assert_eq!(
+            registry
+                .reserve(&PhoneNumber::new("4470010"))
+                .err()
+                .map(|r| r.reason),
+            Some(RefusalReason::AtCapacity)
+        );
+        drop(reservation);
+        assert_eq!(registry.active_calls(), 0);
+
+        let reservation = registry.reserve(&phone).expect("reserved again");
+        let id = CallId::new("wacid.out");
+        assert!(registry.hold_for_unknown(&id, CallCommand::RemoteAnswer("v=0".into())));
+        let (admission, mut commands) = reservation.register(&id);
+        assert!(matches!(
+            commands.try_recv(),
+            Ok(CallCommand::RemoteAnswer(_))
+        ));
+        assert_eq!(registry.active_calls(), 1);
+        assert!(registry.get(&id).is_some());
+        drop(admission);
+        assert_eq!(registry.active_calls(), 0);
+        assert!(!registry.hold_for_unknown(&id, CallCommand::RemoteAccepted));
     }
 
     #[test]

@@ -90,6 +90,10 @@ impl CallFlow {
         }
     }
 
+    pub fn direction(&self) -> CallDirection {
+        self.direction
+    }
+
     pub fn phase(&self) -> Phase {
         self.phase
     }

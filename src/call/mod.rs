@@ -1,6 +1,7 @@
 //! One call from offer to hang-up: the sans-IO call flow ([`flow`]) and the task that owns the
 //! call's PeerConnection, AI session, codecs and timers ([`task`]).
 
+pub mod dialer;
 pub mod flow;
 pub mod task;
 

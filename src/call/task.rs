@@ -29,7 +29,7 @@ use crate::media::uplink::UplinkDecoder;
 use crate::metrics::Metrics;
 use crate::realtime::client::{RealtimeConfig, RealtimeError, RealtimeSession};
 use crate::realtime::events::{self, ServerEvent};
-use crate::registry::Admission;
+use crate::registry::{Admission, Reservation};
 use crate::whatsapp::graph::{GraphAction, GraphClient, GraphError};
 use crate::whatsapp::sdp;
 
@@ -103,19 +103,150 @@ async fn run_inbound(context: CallContext, call: InboundCall) {
         context.max_call_duration,
     );
     let caller_context = caller_context(admission.phone(), caller_name.as_deref());
-    let mut task = match CallTask::new(context, admission, commands, flow, port).await {
-        Ok(task) => task,
-        Err((context, admission, mut flow, err)) => {
-            warn!(%err, "media set-up failed");
-            let actions = flow.end(CallEnd::SetupFailed);
-            signal_end(&context.graph, admission.call_id(), &actions).await;
-            record_end(&context.metrics, &flow, CallDirection::Inbound, received_at);
+    let offer = match sdp::inspect(&offer_sdp) {
+        Ok(offer) => offer,
+        Err(err) => {
+            warn!(%err, "unusable offer");
+            fail_before_start(&context, &admission, flow, received_at).await;
             return;
         }
     };
+    let media = match CallMedia::new(&context, port, offer.opus_fec).await {
+        Ok(media) => media,
+        Err(err) => {
+            warn!(%err, "media set-up failed");
+            fail_before_start(&context, &admission, flow, received_at).await;
+            return;
+        }
+    };
+    let greeting = context.greeting.clone();
+    let mut task = CallTask::new(
+        context,
+        admission,
+        commands,
+        flow,
+        media,
+        greeting,
+        received_at,
+    );
     task.start_ai(caller_context);
-    let end = task.answer_and_run(&offer_sdp, received_at).await;
-    task.finish(end, received_at).await;
+    let end = task.answer_and_run(&offer_sdp).await;
+    task.finish(end).await;
+}
+
+/// A call the business places (e.g. to deliver a reminder).
+pub struct OutboundCall {
+    /// The slot taken for it; becomes the registry entry once Meta names the call.
+    pub reservation: Reservation,
+    /// What the AI is asked to open the call with.
+    pub opening: String,
+    /// Context for the AI's instructions (who is called and why).
+    pub context: String,
+    pub port: Option<PortLease>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlaceError {
+    #[error("media set-up failed: {0}")]
+    Setup(String),
+    #[error("the Graph API refused the call: {0}")]
+    Graph(#[from] GraphError),
+}
+
+/// Places a call (§7.2): makes the offer, sends `connect` (never retried: a replay could ring
+/// the user twice), registers the call under the id Meta gave it, and hands it to its own task,
+/// which applies Meta's answer when the `connect` webhook brings it and starts the AI once the
+/// callee picks up. Returns Meta's call id.
+pub async fn place_outbound(
+    context: CallContext,
+    call: OutboundCall,
+    tracker: &TaskTracker,
+) -> Result<CallId, PlaceError> {
+    let started = Instant::now();
+    let OutboundCall {
+        reservation,
+        opening,
+        context: ai_context,
+        port,
+    } = call;
+    // Our offer asks for in-band FEC, so the callee's audio may carry it.
+    let mut media = CallMedia::new(&context, port, true)
+        .await
+        .map_err(PlaceError::Setup)?;
+    let offer = match media.peer.offer().await {
+        Ok(offer) => sdp::normalize_offer(&offer),
+        Err(err) => {
+            media.peer.close().await;
+            return Err(PlaceError::Setup(err.to_string()));
+        }
+    };
+    let connected = context
+        .graph
+        .connect(reservation.phone(), &offer, None)
+        .await;
+    let outcome = if connected.is_ok() { "ok" } else { "error" };
+    context
+        .metrics
+        .graph_requests
+        .with_label_values(&[GraphAction::Connect.as_str(), outcome])
+        .inc();
+    let call_id = match connected {
+        Ok(call_id) => call_id,
+        Err(err) => {
+            media.peer.close().await;
+            return Err(err.into());
+        }
+    };
+    let (admission, commands) = reservation.register(&call_id);
+    let mut flow = CallFlow::new(
+        CallDirection::Outbound,
+        started,
+        context.answer_deadline,
+        context.max_call_duration,
+    );
+    // The flow's `connect` is the request just made.
+    flow.sdp_ready();
+    flow.signalled(Instant::now());
+    let mut task = CallTask::new(
+        context,
+        admission,
+        commands,
+        flow,
+        media,
+        Some(opening),
+        started,
+    );
+    let span = info_span!("call", call_id = %call_id, direction = "outbound");
+    info!(parent: &span, "outbound call placed");
+    tracker.spawn(
+        async move {
+            if AssertUnwindSafe(async move {
+                task.start_ai(ai_context);
+                let end = task.run().await;
+                task.finish(end).await;
+            })
+            .catch_unwind()
+            .await
+            .is_err()
+            {
+                warn!("call task panicked");
+            }
+        }
+        .instrument(span),
+    );
+    Ok(call_id)
+}
+
+/// Ends a call that could not even be set up: Meta is told, the end is counted.
+async fn fail_before_start(
+    context: &CallContext,
+    admission: &Admission,
+    mut flow: CallFlow,
+    received_at: Instant,
+) {
+    let actions = flow.end(CallEnd::SetupFailed);
+    signal_end(&context.graph, admission.call_id(), &actions).await;
+    record_end(&context.metrics, &flow, CallDirection::Inbound, received_at);
 }
 
 /// The AI learns who is calling (name only; numbers stay out of prompts and logs).
@@ -152,11 +283,39 @@ struct CallTask {
     pacer: Option<Pacer>,
     sequence_number: u16,
     timestamp: u32,
+    /// What the AI is asked to say first once media flows (`None`: it waits for the caller).
+    greeting: Option<String>,
     greeted: bool,
     concealed_seen: u64,
+    /// When the call began for us (webhook arrival, or the start of placing it).
+    started: Instant,
 }
 
-type NewTaskError = (CallContext, Admission, CallFlow, String);
+/// The media side of a call before it has a task: the PeerConnection and both codecs.
+struct CallMedia {
+    peer: MediaPeer,
+    uplink: UplinkDecoder,
+    encoder: OpusEncoder,
+}
+
+impl CallMedia {
+    async fn new(
+        context: &CallContext,
+        port: Option<PortLease>,
+        caller_sends_fec: bool,
+    ) -> Result<Self, String> {
+        let uplink = UplinkDecoder::new(caller_sends_fec).map_err(|e| e.to_string())?;
+        let encoder = OpusEncoder::new(context.encoder).map_err(|e| e.to_string())?;
+        let peer = MediaPeer::new(&context.peer, PeerProfile::Bridge, port)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Self {
+            peer,
+            uplink,
+            encoder,
+        })
+    }
+}
 
 /// How answering the offer ended.
 enum Early {
@@ -166,46 +325,40 @@ enum Early {
 }
 
 impl CallTask {
-    async fn new(
+    fn new(
         context: CallContext,
         admission: Admission,
         commands: mpsc::Receiver<CallCommand>,
         flow: CallFlow,
-        port: Option<PortLease>,
-    ) -> Result<Self, NewTaskError> {
-        let codecs = UplinkDecoder::new(true)
-            .and_then(|uplink| Ok((uplink, OpusEncoder::new(context.encoder)?)));
-        let (uplink, encoder) = match codecs {
-            Ok(codecs) => codecs,
-            Err(err) => return Err((context, admission, flow, err.to_string())),
-        };
-        let peer = match MediaPeer::new(&context.peer, PeerProfile::Bridge, port).await {
-            Ok(peer) => peer,
-            Err(err) => return Err((context, admission, flow, err.to_string())),
-        };
-        Ok(Self {
+        media: CallMedia,
+        greeting: Option<String>,
+        started: Instant,
+    ) -> Self {
+        Self {
             context,
             admission,
             commands,
             flow,
-            peer,
+            peer: media.peer,
             answer_sdp: Arc::new(String::new()),
             ai: None,
             ai_connect: None,
             graph_op: None,
             remote_track: None,
-            uplink,
+            uplink: media.uplink,
             uplink_pcm: Vec::with_capacity(SAMPLES_PER_FRAME * 8),
             playback: PlaybackBuffer::new(),
-            encoder,
+            encoder: media.encoder,
             frame: vec![0; SAMPLES_PER_FRAME],
             packet: vec![0; MAX_OPUS_PACKET],
             pacer: None,
             sequence_number: rand::random(),
             timestamp: rand::random(),
+            greeting,
             greeted: false,
             concealed_seen: 0,
-        })
+            started,
+        }
     }
 
     /// Starts connecting to the AI; the connection is driven by the select loop, in parallel
@@ -218,11 +371,7 @@ impl CallTask {
     }
 
     /// Answers the offer (while the AI connects), then runs the call until it ends.
-    async fn answer_and_run(&mut self, offer_sdp: &str, received_at: Instant) -> CallEnd {
-        if let Err(err) = sdp::inspect(offer_sdp) {
-            warn!(%err, "unusable offer");
-            return self.end(CallEnd::SetupFailed).await;
-        }
+    async fn answer_and_run(&mut self, offer_sdp: &str) -> CallEnd {
         let early = {
             let answering = self.peer.answer(offer_sdp);
             tokio::pin!(answering);
@@ -260,13 +409,13 @@ impl CallTask {
             }
         }
         let actions = self.flow.sdp_ready();
-        if let Some(end) = self.apply(actions, received_at).await {
+        if let Some(end) = self.apply(actions).await {
             return end;
         }
-        self.run(received_at).await
+        self.run().await
     }
 
-    async fn run(&mut self, received_at: Instant) -> CallEnd {
+    async fn run(&mut self) -> CallEnd {
         loop {
             let wake = self.next_wake();
             tokio::select! {
@@ -274,12 +423,12 @@ impl CallTask {
                     return self.end(CallEnd::Shutdown).await;
                 }
                 command = self.commands.recv() => {
-                    if let Some(end) = command_end(command) {
-                        return self.end(end).await;
+                    if let Some(end) = self.on_command(command).await {
+                        return end;
                     }
                 }
                 event = self.peer.next_event() => {
-                    if let Some(end) = self.on_peer_event(event, received_at).await {
+                    if let Some(end) = self.on_peer_event(event).await {
                         return end;
                     }
                 }
@@ -311,7 +460,7 @@ impl CallTask {
                 }
                 Some((action, result)) = poll_opt(&mut self.graph_op) => {
                     self.graph_op = None;
-                    if let Some(end) = self.on_graph_result(action, result, received_at).await {
+                    if let Some(end) = self.on_graph_result(action, result).await {
                         return end;
                     }
                 }
@@ -335,7 +484,7 @@ impl CallTask {
     async fn on_tick(&mut self) -> Option<CallEnd> {
         let now = Instant::now();
         let actions = self.flow.on_timer(now);
-        if let Some(end) = self.apply(actions, now).await {
+        if let Some(end) = self.apply(actions).await {
             return Some(end);
         }
         self.send_due_frames(now).await
@@ -380,11 +529,36 @@ impl CallTask {
         None
     }
 
-    async fn on_peer_event(
-        &mut self,
-        event: Option<PeerEvent>,
-        received_at: Instant,
-    ) -> Option<CallEnd> {
+    /// Commands from webhooks and operators.
+    async fn on_command(&mut self, command: Option<CallCommand>) -> Option<CallEnd> {
+        match command {
+            Some(CallCommand::RemoteAnswer(answer)) => {
+                if self.flow.direction() != CallDirection::Outbound {
+                    return None;
+                }
+                if let Err(err) = self.peer.apply_answer(&answer).await {
+                    warn!(%err, "Meta's answer could not be applied");
+                    return Some(self.end(CallEnd::SetupFailed).await);
+                }
+                debug!("answer applied");
+                None
+            }
+            Some(CallCommand::RemoteAccepted) => {
+                if self.flow.direction() != CallDirection::Outbound {
+                    return None;
+                }
+                info!("callee picked up");
+                let actions = self.flow.remote_accepted(Instant::now());
+                self.apply(actions).await
+            }
+            other => match command_end(other) {
+                Some(end) => Some(self.end(end).await),
+                None => None,
+            },
+        }
+    }
+
+    async fn on_peer_event(&mut self, event: Option<PeerEvent>) -> Option<CallEnd> {
         match event {
             None => Some(self.end(CallEnd::CallerGone).await),
             Some(PeerEvent::Track(track)) => {
@@ -398,7 +572,7 @@ impl CallTask {
                 match state {
                     RTCPeerConnectionState::Connected => {
                         let actions = self.flow.media_connected(Instant::now());
-                        self.apply(actions, received_at).await
+                        self.apply(actions).await
                     }
                     RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
                         Some(self.end(CallEnd::CallerGone).await)
@@ -518,8 +692,8 @@ impl CallTask {
         &mut self,
         action: GraphAction,
         result: Result<(), GraphError>,
-        received_at: Instant,
     ) -> Option<CallEnd> {
+        let received_at = self.started;
         self.count_graph(action, &result);
         if let Err(err) = result {
             warn!(action = action.as_str(), %err, "Graph API action failed");
@@ -541,7 +715,7 @@ impl CallTask {
             }
             _ => vec![],
         };
-        self.apply(actions, received_at).await
+        self.apply(actions).await
     }
 
     fn count_graph(&self, action: GraphAction, result: &Result<(), GraphError>) {
@@ -558,7 +732,7 @@ impl CallTask {
     }
 
     /// Carries out the flow's actions. Returns the end once the flow says the call is over.
-    async fn apply(&mut self, actions: Vec<Action>, _received_at: Instant) -> Option<CallEnd> {
+    async fn apply(&mut self, actions: Vec<Action>) -> Option<CallEnd> {
         for action in actions {
             match action {
                 Action::PreAccept | Action::Accept => {
@@ -588,8 +762,7 @@ impl CallTask {
                     }
                 }
                 Action::Connect => {
-                    // Outbound calls are placed by the reminder scheduler, which sends
-                    // `connect` itself before handing the call over; nothing to do here.
+                    // Sent by `place_outbound` before the task took the call over.
                 }
                 Action::Reject | Action::Terminate => {
                     signal_end(&self.context.graph, self.admission.call_id(), &[action]).await;
@@ -606,8 +779,7 @@ impl CallTask {
             return None;
         }
         self.greeted = true;
-        let greeting = self.context.greeting.as_deref()?;
-        let event = events::response_create(Some(greeting));
+        let event = events::response_create(Some(self.greeting.as_deref()?));
         let ai = self.ai.as_mut()?;
         if let Err(err) = ai.send_text(event).await {
             return Some(self.ai_failed(err).await);
@@ -639,7 +811,7 @@ impl CallTask {
     }
 
     /// Releases everything the call owns; the admission goes last.
-    async fn finish(mut self, end: CallEnd, received_at: Instant) {
+    async fn finish(mut self, end: CallEnd) {
         self.graph_op = None;
         self.ai_connect = None;
         if let Some(mut ai) = self.ai.take() {
@@ -651,8 +823,8 @@ impl CallTask {
         record_end(
             &self.context.metrics,
             &self.flow,
-            CallDirection::Inbound,
-            received_at,
+            self.flow.direction(),
+            self.started,
         );
         drop(self.admission);
     }

@@ -173,13 +173,11 @@ fn on_connect(state: &AppState, connect: ConnectEvent) -> Option<Refusal> {
         || connect.session.sdp_type == SdpType::Answer
     {
         // Meta's answer to a call we placed.
-        if let Some(handle) = state.registry.get(&connect.call_id) {
-            let _ = handle
-                .commands
-                .try_send(CallCommand::RemoteAnswer(connect.session.sdp));
-        } else {
-            debug!(call_id = %connect.call_id, "answer for an unknown outbound call ignored");
-        }
+        deliver(
+            state,
+            &connect.call_id,
+            CallCommand::RemoteAnswer(connect.session.sdp),
+        );
         return None;
     }
     if let Some(timestamp) = connect.timestamp
@@ -292,10 +290,25 @@ fn on_status(state: &AppState, status: StatusEvent) {
     if !is_ours(state, &status.phone_number_id, &status.call_id) {
         return;
     }
-    if status.status == CallStatus::Accepted
-        && let Some(handle) = state.registry.get(&status.call_id)
-    {
-        let _ = handle.commands.try_send(CallCommand::RemoteAccepted);
+    if status.status == CallStatus::Accepted {
+        deliver(state, &status.call_id, CallCommand::RemoteAccepted);
+    }
+}
+
+/// Hands a command to a live outbound call, or keeps it for a call whose `connect` response
+/// has not come back yet (Meta's webhook can be faster than its own API response).
+fn deliver(state: &AppState, call_id: &CallId, command: CallCommand) {
+    match state.registry.get(call_id) {
+        Some(handle) => {
+            if handle.commands.try_send(command).is_err() {
+                warn!(%call_id, "call command queue full; command dropped");
+            }
+        }
+        None => {
+            if !state.registry.hold_for_unknown(call_id, command) {
+                debug!(%call_id, "command for an ended call ignored");
+            }
+        }
     }
 }
 

@@ -172,6 +172,59 @@ impl PhoneCall {
         Ok(call)
     }
 
+    /// Picks up a call the bridge placed, the way Meta and the user's app do (§7.2): answers the
+    /// bridge's offer, sends the `connect` webhook carrying the answer, then the `RINGING` and
+    /// `ACCEPTED` statuses, and starts media.
+    pub async fn pick_up(
+        settings: PhoneSettings,
+        call_id: CallId,
+        user: PhoneNumber,
+        offer_sdp: &str,
+    ) -> anyhow::Result<PhoneCall> {
+        let mut peer = MediaPeer::new(&settings.peer, PeerProfile::SimulatedPhone, None).await?;
+        let answer = peer.answer(offer_sdp).await?;
+        let post = |body: String| {
+            post_webhook(
+                &settings.http,
+                &settings.bridge_url,
+                &settings.app_secret,
+                body,
+            )
+        };
+        let line = &settings.line;
+        let reply = post(webhooks::connect_answer(
+            line,
+            &call_id,
+            &user,
+            &answer,
+            unix_now(),
+        ))
+        .await?;
+        for status in ["RINGING", "ACCEPTED"] {
+            let status_reply =
+                post(webhooks::status(line, &call_id, &user, status, unix_now())).await?;
+            anyhow::ensure!(
+                status_reply.status == 200,
+                "{status} webhook answered {}",
+                status_reply.status
+            );
+        }
+        let mut call = PhoneCall {
+            call_id,
+            user,
+            reply,
+            settings: settings.clone(),
+            recording: Arc::new(Mutex::new(Recording::default())),
+            changed: Arc::new(Notify::new()),
+            commands: None,
+            media: None,
+            peer: None,
+            speaking_until: Arc::new(Mutex::new(Instant::now())),
+        };
+        call.start_media(peer)?;
+        Ok(call)
+    }
+
     fn start_media(&mut self, peer: MediaPeer) -> anyhow::Result<()> {
         let (tx, rx) = mpsc::channel(16);
         let media = PhoneMedia {

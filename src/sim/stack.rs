@@ -9,6 +9,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
+use crate::call::dialer::Dialer;
 use crate::config::{self, Config};
 use crate::media::peer::PeerSettings;
 use crate::metrics::Metrics;
@@ -50,6 +51,8 @@ pub struct LocalStack {
     pub bridge_url: String,
     pub registry: Registry,
     pub metrics: Metrics,
+    /// Places outbound calls through the bridge.
+    pub dialer: Dialer,
     /// Cancelling it ends every call with `shutdown` (without stopping the server).
     pub calls_token: CancellationToken,
     stop: Option<oneshot::Sender<()>>,
@@ -94,6 +97,7 @@ impl LocalStack {
         let bridge_url = format!("http://127.0.0.1:{}", app.port());
         let registry = app.registry();
         let metrics = app.metrics();
+        let dialer = app.dialer();
         let calls_token = app.calls_token();
         let (stop, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(app.run_until_stopped(async move {
@@ -105,6 +109,7 @@ impl LocalStack {
             bridge_url,
             registry,
             metrics,
+            dialer,
             calls_token,
             stop: Some(stop),
             server: Some(server),

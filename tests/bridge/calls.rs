@@ -165,3 +165,68 @@ async fn a_caller_talking_over_the_ai_stops_its_audio_and_truncates_what_was_not
     );
     stack.stop().await.expect("stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bridge_places_a_call_and_the_ai_opens_it_once_the_user_picks_up() {
+    let stack = stack(
+        5,
+        AiMode::Tone {
+            hz: 440.0,
+            duration: Duration::from_millis(800),
+        },
+        None,
+    )
+    .await;
+    let user = user(40);
+    let call_id = stack
+        .dialer
+        .call(
+            &user,
+            "Remind the user of their 3 pm appointment.",
+            "Reminder call.",
+        )
+        .await
+        .expect("call placed");
+    let connect = stack
+        .graph
+        .wait_for(&call_id, "connect", WAIT)
+        .await
+        .expect("connect sent");
+    let offer = connect.sdp.expect("offer SDP");
+    sdp::validate_offer(&offer).expect("the offer follows Meta's rules");
+    assert!(offer.contains("a=setup:actpass"));
+    assert_eq!(stack.registry.active_calls(), 1);
+
+    let call = whatsapp_voice_bridge::sim::phone::PhoneCall::pick_up(
+        stack.phone_settings(),
+        call_id.clone(),
+        user.clone(),
+        &offer,
+    )
+    .await
+    .expect("picked up");
+    // The AI speaks first: its opening (the double's tone) reaches the phone.
+    assert!(
+        call.wait_until(WAIT, |r| tone_span(&r.received, 440.0)
+            .is_some_and(|(start, end)| end - start >= 12_000))
+            .await,
+        "the AI's opening reached the callee"
+    );
+    let session = stack.ai.sessions().into_iter().next().expect("AI session");
+    let opening = session
+        .client_events
+        .iter()
+        .find(|e| e.kind == "response.create")
+        .expect("the bridge asked the AI to open the call");
+    assert!(opening.json.to_string().contains("3 pm appointment"));
+
+    // Busy: a second call to the same user is refused while this one is live.
+    assert!(stack.dialer.call(&user, "x", "y").await.is_err());
+
+    call.hang_up().await.expect("hang up");
+    assert!(stack.wait_idle(WAIT).await);
+    assert!(stack.metrics.render().contains(
+        "whatsapp_bridge_calls_total{direction=\"outbound\",outcome=\"remote_terminated\"} 1"
+    ));
+    stack.stop().await.expect("stop");
+}

@@ -261,3 +261,56 @@ async fn at_capacity_calls_are_rejected_with_503_and_the_slots_come_back() {
         .expect("stops")
         .expect("stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_udp_port_range_refuses_calls_like_capacity_and_ports_come_back() {
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|socket| socket.local_addr())
+        .expect("a free port")
+        .port();
+    let stack = whatsapp_voice_bridge::sim::stack::LocalStack::start(
+        whatsapp_voice_bridge::sim::stack::StackOptions {
+            max_calls: 5,
+            settings: [("WEBRTC_UDP_PORTS".to_owned(), format!("{port}-{port}"))].into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("stack");
+    let first = answered_call(&stack, "port1", 300).await;
+    let answer = stack.graph.actions_for(&first.call_id)[0]
+        .sdp
+        .clone()
+        .expect("answer");
+    assert!(
+        answer.contains(&format!("127.0.0.1 {port} typ host")),
+        "the call uses the configured port: {answer}"
+    );
+
+    let second = PhoneCall::dial(
+        stack.phone_settings(),
+        call_id("port2"),
+        user(301),
+        "Caller",
+    )
+    .await
+    .expect("dial");
+    assert_eq!(second.reply.status, 503);
+    let body: serde_json::Value = serde_json::from_str(&second.reply.body).expect("JSON");
+    assert_eq!(body["error"], "no_udp_port");
+    assert!(
+        stack
+            .graph
+            .wait_for(&second.call_id, "reject", WAIT)
+            .await
+            .is_some()
+    );
+    assert_eq!(stack.registry.active_calls(), 1);
+
+    first.hang_up().await.expect("hang up");
+    assert!(stack.wait_idle(WAIT).await);
+    let third = answered_call(&stack, "port3", 302).await;
+    third.hang_up().await.expect("hang up");
+    assert!(stack.wait_idle(WAIT).await);
+    stack.stop().await.expect("stop");
+}
