@@ -222,30 +222,8 @@ impl Registry {
         let Ok(permit) = self.inner.semaphore.clone().try_acquire_owned() else {
             return refuse(RefusalReason::AtCapacity, &mut live);
         };
-        let (tx, rx) = mpsc::channel(CALL_COMMAND_CAPACITY);
-        let cancel = self.inner.root.child_token();
-        live.calls.insert(
-            call_id.clone(),
-            CallHandle {
-                commands: tx,
-                cancel: cancel.clone(),
-                direction,
-                phone: phone.cloned(),
-                started: now,
-            },
-        );
-        if let Some(phone) = phone {
-            live.phones.insert(phone.clone());
-        }
-        self.inner.metrics.active_calls.set(live.occupied() as i64);
+        let (admission, rx) = self.insert(&mut live, call_id, direction, phone, permit, Vec::new());
         drop(live);
-        let admission = Admission {
-            call_id: call_id.clone(),
-            phone: phone.cloned(),
-            cancel,
-            _permit: permit,
-            registry: self.clone(),
-        };
         AdmitResult::Admitted(admission, rx)
     }
 
@@ -297,6 +275,46 @@ impl Registry {
             .1
             .push(command);
         true
+    }
+
+    /// Registers a call that holds `permit`: its handle in the map, its phone marked busy.
+    /// `held` commands are queued to it first.
+    fn insert(
+        &self,
+        live: &mut Live,
+        call_id: &CallId,
+        direction: CallDirection,
+        phone: Option<&PhoneNumber>,
+        permit: OwnedSemaphorePermit,
+        held: Vec<CallCommand>,
+    ) -> (Admission, mpsc::Receiver<CallCommand>) {
+        let (tx, rx) = mpsc::channel(CALL_COMMAND_CAPACITY);
+        for command in held {
+            let _ = tx.try_send(command);
+        }
+        let cancel = self.inner.root.child_token();
+        live.calls.insert(
+            call_id.clone(),
+            CallHandle {
+                commands: tx,
+                cancel: cancel.clone(),
+                direction,
+                phone: phone.cloned(),
+                started: Instant::now(),
+            },
+        );
+        if let Some(phone) = phone {
+            live.phones.insert(phone.clone());
+        }
+        self.inner.metrics.active_calls.set(live.occupied() as i64);
+        let admission = Admission {
+            call_id: call_id.clone(),
+            phone: phone.cloned(),
+            cancel,
+            registry: self.clone(),
+            _permit: permit,
+        };
+        (admission, rx)
     }
 
     /// Records a refusal that happened after admission was possible (e.g. no UDP port).
@@ -422,39 +440,21 @@ impl Reservation {
             .take()
             .expect("a reservation holds its permit until it registers once");
         let registry = self.registry.clone();
-        let (tx, rx) = mpsc::channel(CALL_COMMAND_CAPACITY);
-        let cancel = registry.inner.root.child_token();
         let mut live = registry.inner.live.lock();
         live.reserved -= 1;
-        if let Some((_, commands)) = live.early.remove(call_id) {
-            for command in commands {
-                let _ = tx.try_send(command);
-            }
-        }
-        live.calls.insert(
-            call_id.clone(),
-            CallHandle {
-                commands: tx,
-                cancel: cancel.clone(),
-                direction: CallDirection::Outbound,
-                phone: Some(self.phone.clone()),
-                started: Instant::now(),
-            },
-        );
-        registry
-            .inner
-            .metrics
-            .active_calls
-            .set(live.occupied() as i64);
-        drop(live);
-        let admission = Admission {
-            call_id: call_id.clone(),
-            phone: Some(self.phone.clone()),
-            cancel,
-            registry: registry.clone(),
-            _permit: permit,
-        };
-        (admission, rx)
+        let held = live
+            .early
+            .remove(call_id)
+            .map(|(_, commands)| commands)
+            .unwrap_or_default();
+        registry.insert(
+            &mut live,
+            call_id,
+            CallDirection::Outbound,
+            Some(&self.phone),
+            permit,
+            held,
+        )
     }
 }
 

@@ -22,7 +22,9 @@ use crate::ids::{CallId, PhoneNumber};
 use crate::media::codec::{
     EncoderSettings, MAX_OPUS_PACKET, OpusEncoder, RTP_TIMESTAMP_STEP, SAMPLES_PER_FRAME,
 };
-use crate::media::peer::{MediaPeer, OPUS_PAYLOAD_TYPE, PeerEvent, PeerProfile, PeerSettings};
+use crate::media::peer::{
+    MediaPeer, OPUS_PAYLOAD_TYPE, PeerEvent, PeerProfile, PeerSettings, next_track_event,
+};
 use crate::media::playback::{Pacer, PlaybackBuffer};
 use crate::media::ports::PortLease;
 use crate::media::uplink::UplinkDecoder;
@@ -432,7 +434,7 @@ impl CallTask {
                         return end;
                     }
                 }
-                event = poll_track(&self.remote_track) => match event {
+                event = next_track_event(&self.remote_track) => match event {
                     Some(event) => {
                         if let Some(end) = self.on_track_event(event).await {
                             return end;
@@ -888,13 +890,6 @@ fn record_end(metrics: &Metrics, flow: &CallFlow, direction: CallDirection, star
 async fn poll_opt<T>(future: &mut Option<Pin<Box<dyn Future<Output = T> + Send>>>) -> Option<T> {
     match future.as_mut() {
         Some(future) => Some(future.await),
-        None => std::future::pending().await,
-    }
-}
-
-async fn poll_track(track: &Option<Arc<dyn TrackRemote>>) -> Option<TrackRemoteEvent> {
-    match track {
-        Some(track) => track.poll().await,
         None => std::future::pending().await,
     }
 }

@@ -320,6 +320,17 @@ impl MediaPeer {
     }
 }
 
+/// The next event of an optional remote track; pending forever without one (for a `select!`
+/// branch that waits for the track to arrive). `None` once the track has ended.
+pub async fn next_track_event(
+    track: &Option<Arc<dyn TrackRemote>>,
+) -> Option<webrtc::media_stream::track_remote::TrackRemoteEvent> {
+    match track {
+        Some(track) => track.poll().await,
+        None => std::future::pending().await,
+    }
+}
+
 fn opus_codec(profile: PeerProfile) -> RTCRtpCodecParameters {
     let fmtp = match profile {
         PeerProfile::Bridge => "minptime=20;useinbandfec=1",

@@ -20,7 +20,7 @@ use crate::media::codec::{
     EncoderSettings, MAX_OPUS_PACKET, OpusDecoder, OpusEncoder, RTP_TIMESTAMP_STEP,
     SAMPLES_PER_FRAME,
 };
-use crate::media::peer::{MediaPeer, PeerEvent, PeerProfile, PeerSettings};
+use crate::media::peer::{MediaPeer, PeerEvent, PeerProfile, PeerSettings, next_track_event};
 use crate::sim::graph_double::GraphDouble;
 use crate::sim::webhooks::{self, BusinessLine};
 use crate::whatsapp::signature;
@@ -400,7 +400,7 @@ impl PhoneMedia {
                     Some(PeerEvent::Track(track)) => self.track = Some(track),
                     Some(_) => {}
                 },
-                event = poll_track(&self.track) => match event {
+                event = next_track_event(&self.track) => match event {
                     Some(TrackRemoteEvent::OnRtpPacket(rtp)) => {
                         let now = Instant::now();
                         let samples = self.decoder.decode(&rtp.payload, &mut decoded).unwrap_or(0);
@@ -438,13 +438,6 @@ impl PhoneMedia {
             }
             self.changed.notify_waiters();
         }
-    }
-}
-
-async fn poll_track(track: &Option<Arc<dyn TrackRemote>>) -> Option<TrackRemoteEvent> {
-    match track {
-        Some(track) => track.poll().await,
-        None => std::future::pending().await,
     }
 }
 
