@@ -1,12 +1,12 @@
 //! Wires the bridge together: `App::build(config)` binds the HTTP port, `run_until_stopped`
 //! serves until the shutdown future resolves, then ends every call cleanly.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use secrecy::SecretString;
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -14,7 +14,7 @@ use tracing::{info, warn};
 use crate::call::dialer::Dialer;
 use crate::call::task::CallContext;
 use crate::config::Config;
-use crate::http::{AppState, WebhookSettings, router};
+use crate::http::{AppState, WebhookSettings, metrics_router, router};
 use crate::media::codec::EncoderSettings;
 use crate::media::peer::PeerSettings;
 use crate::media::ports::PortPool;
@@ -24,14 +24,17 @@ use crate::realtime::events::SessionSettings;
 use crate::registry::Registry;
 use crate::whatsapp::graph::{GraphClient, GraphConfig};
 
-/// How long shutdown waits for calls to end after telling them to.
+/// After the drain, how long shutdown waits for calls to finish ending (each sends its
+/// `terminate`, bounded by the Graph client's own retry budget).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
 
 /// A built bridge, bound to its port and ready to serve.
 pub struct App {
     listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
     state: AppState,
     root: CancellationToken,
+    drain_timeout: Duration,
 }
 
 impl App {
@@ -41,13 +44,19 @@ impl App {
         let root = CancellationToken::new();
         let registry = Registry::new(config.max_concurrent_calls, metrics.clone(), root.clone());
         let ports = config.udp_ports.clone().map(PortPool::new);
+        let attempts = metrics.graph_requests.clone();
         let graph = GraphClient::new(GraphConfig {
             base_url: config.graph_url.clone(),
             version: config.graph_version.clone(),
             phone_number_id: config.phone_number_id.clone(),
             access_token: config.access_token.clone(),
             timeout: config.graph_timeout,
-        });
+        })
+        .with_attempt_observer(Arc::new(move |action, outcome| {
+            attempts
+                .with_label_values(&[action.as_str(), outcome])
+                .inc();
+        }));
         let mut session = SessionSettings {
             instructions: config.instructions.clone(),
             ..SessionSettings::default()
@@ -89,13 +98,28 @@ impl App {
             tracker: TaskTracker::new(),
             ports,
             started: Instant::now(),
+            admin_token: config.admin_token.clone(),
         };
         let listener = TcpListener::bind((config.bind_addr, config.port)).await?;
+        let metrics_listener = match config.metrics_port {
+            Some(port) => Some(TcpListener::bind((config.bind_addr, port)).await?),
+            None => None,
+        };
         Ok(App {
             listener,
+            metrics_listener,
             state,
             root,
+            drain_timeout: config.drain_timeout,
         })
+    }
+
+    /// The port of the separate metrics listener, when `METRICS_PORT` is set.
+    pub fn metrics_port(&self) -> Option<u16> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map(|a| a.port())
     }
 
     pub fn port(&self) -> u16 {
@@ -125,25 +149,56 @@ impl App {
         self.root.clone()
     }
 
-    /// Serves until `shutdown` resolves; then refuses new calls, ends the live ones (each with
-    /// its `terminate`) and waits for them, bounded by a grace period.
-    pub async fn run_until_stopped(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> anyhow::Result<()> {
+    /// Serves until told to stop, then drains: the first signal on `signals` turns readiness
+    /// off and refuses new calls while live calls go on, until they have all ended or
+    /// `DRAIN_TIMEOUT` passed or a second signal came; then every remaining call is ended
+    /// cleanly (`terminate`, AI socket closed), and the server stops once the last is gone.
+    pub async fn run_until_stopped(self, mut signals: mpsc::Receiver<()>) -> anyhow::Result<()> {
         let App {
             listener,
+            metrics_listener,
             state,
             root,
+            drain_timeout,
         } = self;
         let registry = state.registry.clone();
         let tracker = state.tracker.clone();
-        let app = router(state);
+        let app = router(state.clone(), metrics_listener.is_some());
         info!(addr = %listener.local_addr()?, "bridge listening");
+        let stopped = CancellationToken::new();
+        if let Some(metrics_listener) = metrics_listener {
+            info!(addr = %metrics_listener.local_addr()?, "metrics listening");
+            let stop = stopped.clone();
+            tokio::spawn(async move {
+                let served = axum::serve(metrics_listener, metrics_router(state))
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await;
+                if let Err(err) = served {
+                    warn!(%err, "metrics server failed");
+                }
+            });
+        }
         let drained = async move {
-            shutdown.await;
-            info!(active_calls = registry.active_calls(), "shutting down");
+            if signals.recv().await.is_none() {
+                // Nobody can signal any more: serve until the process is killed.
+                std::future::pending::<()>().await;
+            }
+            info!(
+                active_calls = registry.active_calls(),
+                drain_timeout_s = drain_timeout.as_secs(),
+                "draining: new calls are refused, live calls go on"
+            );
             registry.begin_drain();
+            tokio::select! {
+                idle = registry.wait_idle(drain_timeout) => {
+                    if !idle {
+                        warn!(active_calls = registry.active_calls(), "drain timeout passed; ending the remaining calls");
+                    }
+                }
+                _ = signals.recv() => {
+                    warn!(active_calls = registry.active_calls(), "second signal; ending the remaining calls now");
+                }
+            }
             root.cancel();
             tracker.close();
             if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
@@ -152,10 +207,13 @@ impl App {
             {
                 warn!("calls still running after the shutdown grace period");
             }
+            info!("drained");
         };
-        axum::serve(listener, app)
+        let served = axum::serve(listener, app)
             .with_graceful_shutdown(drained)
-            .await?;
+            .await;
+        stopped.cancel();
+        served?;
         Ok(())
     }
 }

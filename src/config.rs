@@ -40,6 +40,9 @@ pub const WEBRTC_UDP_PORTS: &str = "WEBRTC_UDP_PORTS";
 pub const WEBRTC_LOOPBACK: &str = "WEBRTC_LOOPBACK";
 pub const STUN_URLS: &str = "STUN_URLS";
 pub const LOG_FORMAT: &str = "LOG_FORMAT";
+pub const METRICS_PORT: &str = "METRICS_PORT";
+pub const ADMIN_TOKEN: &str = "ADMIN_TOKEN";
+pub const DRAIN_TIMEOUT: &str = "DRAIN_TIMEOUT";
 
 /// Every key, for `.env.example` checks and `--help`.
 pub const ALL_KEYS: &[&str] = &[
@@ -70,6 +73,9 @@ pub const ALL_KEYS: &[&str] = &[
     WEBRTC_LOOPBACK,
     STUN_URLS,
     LOG_FORMAT,
+    METRICS_PORT,
+    ADMIN_TOKEN,
+    DRAIN_TIMEOUT,
 ];
 
 /// The instructions for the AI's first words once a call is answered.
@@ -146,6 +152,12 @@ pub struct Config {
     pub loopback: bool,
     pub stun_urls: Vec<String>,
     pub log_format: LogFormat,
+    /// Serve `/metrics` on this port (same bind address) instead of the main one.
+    pub metrics_port: Option<u16>,
+    /// Bearer token of the admin API; `None` disables it (its routes answer 404).
+    pub admin_token: Option<SecretString>,
+    /// How long live calls may go on after a shutdown signal before they are ended.
+    pub drain_timeout: Duration,
 }
 
 impl std::fmt::Debug for Config {
@@ -359,6 +371,17 @@ impl Config {
             }
         };
 
+        let metrics_port = r
+            .raw(METRICS_PORT)
+            .is_some()
+            .then(|| r.parsed(METRICS_PORT, 0u16, "a port number"));
+        if metrics_port.is_some_and(|p| p != 0 && p == port) {
+            r.problems
+                .push(format!("{METRICS_PORT} must differ from {PORT}"));
+        }
+        let admin_token = r.raw(ADMIN_TOKEN).map(SecretString::from);
+        let drain_timeout = r.duration(DRAIN_TIMEOUT, Duration::from_secs(30));
+
         if !r.problems.is_empty() {
             return Err(ConfigError(r.problems));
         }
@@ -384,6 +407,9 @@ impl Config {
             loopback,
             stun_urls,
             log_format,
+            metrics_port,
+            admin_token,
+            drain_timeout,
         })
     }
 }

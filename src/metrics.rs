@@ -12,16 +12,22 @@ pub struct Metrics {
     registry: Registry,
     pub active_calls: IntGauge,
     pub max_calls: IntGauge,
+    /// 1 while the process drains (refusing new calls), else 0.
+    pub draining: IntGauge,
     /// Ended calls by direction and `CallEnd` outcome.
     pub calls: IntCounterVec,
     /// Calls refused at admission, by reason.
     pub rejections: IntCounterVec,
     /// Webhook deliveries by result (ok, unauthorized, too_large, bad_request, at_capacity…).
     pub webhook_requests: IntCounterVec,
-    /// Graph API requests by action and HTTP status class.
+    /// Graph API request attempts by action and outcome (HTTP status, `timeout`, ...).
     pub graph_requests: IntCounterVec,
     /// Webhook received → `accept` returned 200.
     pub call_setup_seconds: Histogram,
+    /// The caller stops speaking (VAD) → the AI's first audio of its answer.
+    pub ai_response_latency_seconds: Histogram,
+    /// Answered calls, from answer to end.
+    pub call_duration_seconds: Histogram,
     pub barge_ins: IntCounter,
     /// 20 ms audio frames by direction (`in`: caller → AI, `out`: AI → caller).
     pub audio_frames: IntCounterVec,
@@ -44,6 +50,11 @@ impl Metrics {
         let max_calls = IntGauge::new(
             "whatsapp_bridge_max_calls",
             "Maximum concurrent calls (MAX_CONCURRENT_CALLS)",
+        )
+        .expect("valid metric");
+        let draining = IntGauge::new(
+            "whatsapp_bridge_draining",
+            "1 while shutting down and refusing new calls",
         )
         .expect("valid metric");
         let calls = IntCounterVec::new(
@@ -73,9 +84,9 @@ impl Metrics {
         let graph_requests = IntCounterVec::new(
             Opts::new(
                 "whatsapp_bridge_graph_requests_total",
-                "Graph API call actions by action and result",
+                "Graph API request attempts by action and outcome",
             ),
-            &["action", "result"],
+            &["action", "status"],
         )
         .expect("valid metric");
         let call_setup_seconds = Histogram::with_opts(
@@ -85,6 +96,26 @@ impl Metrics {
             )
             .buckets(vec![
                 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0,
+            ]),
+        )
+        .expect("valid metric");
+        let ai_response_latency_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "whatsapp_bridge_ai_response_latency_seconds",
+                "Time from the caller's end of speech to the AI's first audio",
+            )
+            .buckets(vec![
+                0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0,
+            ]),
+        )
+        .expect("valid metric");
+        let call_duration_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "whatsapp_bridge_call_duration_seconds",
+                "Duration of answered calls",
+            )
+            .buckets(vec![
+                5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0,
             ]),
         )
         .expect("valid metric");
@@ -122,11 +153,14 @@ impl Metrics {
         for collector in [
             Box::new(active_calls.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(max_calls.clone()),
+            Box::new(draining.clone()),
             Box::new(calls.clone()),
             Box::new(rejections.clone()),
             Box::new(webhook_requests.clone()),
             Box::new(graph_requests.clone()),
             Box::new(call_setup_seconds.clone()),
+            Box::new(ai_response_latency_seconds.clone()),
+            Box::new(call_duration_seconds.clone()),
             Box::new(barge_ins.clone()),
             Box::new(audio_frames.clone()),
             Box::new(concealed_frames.clone()),
@@ -141,11 +175,14 @@ impl Metrics {
             registry,
             active_calls,
             max_calls,
+            draining,
             calls,
             rejections,
             webhook_requests,
             graph_requests,
             call_setup_seconds,
+            ai_response_latency_seconds,
+            call_duration_seconds,
             barge_ins,
             audio_frames,
             concealed_frames,

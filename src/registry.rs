@@ -7,13 +7,14 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use crate::call::flow::Phase;
 use crate::call::{CallCommand, CallDirection};
 use crate::ids::{CallId, PhoneNumber};
 use crate::metrics::Metrics;
@@ -70,6 +71,16 @@ pub struct CallHandle {
     pub direction: CallDirection,
     pub phone: Option<PhoneNumber>,
     pub started: Instant,
+    /// Wall-clock start, for listings.
+    pub started_at: SystemTime,
+    /// The call's phase as its task last published it.
+    phase: Arc<AtomicU8>,
+}
+
+impl CallHandle {
+    pub fn phase(&self) -> Phase {
+        Phase::from_u8(self.phase.load(Ordering::Relaxed))
+    }
 }
 
 /// A live call summary for `/health` and admin listings.
@@ -78,7 +89,9 @@ pub struct CallSummary {
     pub call_id: CallId,
     pub direction: CallDirection,
     pub phone: Option<PhoneNumber>,
+    pub phase: Phase,
     pub started: Instant,
+    pub started_at: SystemTime,
 }
 
 #[derive(Default)]
@@ -184,6 +197,12 @@ impl Registry {
     /// New calls are refused from now on; live calls go on.
     pub fn begin_drain(&self) {
         self.inner.draining.store(true, Ordering::Release);
+        self.inner.metrics.draining.set(1);
+    }
+
+    /// Whether a new call would be refused now (draining or every slot taken).
+    pub fn accepting_calls(&self) -> bool {
+        !self.is_draining() && self.inner.semaphore.available_permits() > 0
     }
 
     /// Tries to admit a call, never waiting. On success the returned guard owns the permit and
@@ -293,6 +312,7 @@ impl Registry {
             let _ = tx.try_send(command);
         }
         let cancel = self.inner.root.child_token();
+        let phase = Arc::new(AtomicU8::new(Phase::Negotiating.to_u8()));
         live.calls.insert(
             call_id.clone(),
             CallHandle {
@@ -301,6 +321,8 @@ impl Registry {
                 direction,
                 phone: phone.cloned(),
                 started: Instant::now(),
+                started_at: SystemTime::now(),
+                phase: phase.clone(),
             },
         );
         if let Some(phone) = phone {
@@ -311,6 +333,7 @@ impl Registry {
             call_id: call_id.clone(),
             phone: phone.cloned(),
             cancel,
+            phase,
             registry: self.clone(),
             _permit: permit,
         };
@@ -351,7 +374,9 @@ impl Registry {
                 call_id: id.clone(),
                 direction: handle.direction,
                 phone: handle.phone.clone(),
+                phase: handle.phase(),
                 started: handle.started,
+                started_at: handle.started_at,
             })
             .collect()
     }
@@ -399,6 +424,7 @@ pub struct Admission {
     call_id: CallId,
     phone: Option<PhoneNumber>,
     cancel: CancellationToken,
+    phase: Arc<AtomicU8>,
     registry: Registry,
     /// Released after the registry entry (fields drop after `drop` runs).
     _permit: OwnedSemaphorePermit,
@@ -413,9 +439,14 @@ impl Admission {
         self.phone.as_ref()
     }
 
-    /// Cancelled on shutdown or admin hang-up.
+    /// Cancelled on shutdown.
     pub fn cancel_token(&self) -> &CancellationToken {
         &self.cancel
+    }
+
+    /// Publishes the call's phase for listings.
+    pub fn set_phase(&self, phase: Phase) {
+        self.phase.store(phase.to_u8(), Ordering::Relaxed);
     }
 }
 

@@ -16,6 +16,7 @@ pub const MEDIA_CONNECT_GRACE: Duration = Duration::from_secs(5);
 pub const OUTBOUND_RING_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
 pub enum Phase {
     /// Making our SDP (answer or offer).
     Negotiating,
@@ -28,6 +29,38 @@ pub enum Phase {
     /// Media flows both ways.
     Active,
     Ended,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Negotiating => "negotiating",
+            Self::Signalled => "signalled",
+            Self::Ringing => "ringing",
+            Self::Accepting => "accepting",
+            Self::Active => "active",
+            Self::Ended => "ending",
+        }
+    }
+
+    /// Compact form for sharing through an atomic.
+    pub fn to_u8(self) -> u8 {
+        self as u8
+    }
+
+    pub fn from_u8(value: u8) -> Self {
+        [
+            Self::Negotiating,
+            Self::Signalled,
+            Self::Ringing,
+            Self::Accepting,
+            Self::Active,
+            Self::Ended,
+        ]
+        .get(usize::from(value))
+        .copied()
+        .unwrap_or(Self::Ended)
+    }
 }
 
 /// What the call task must do.

@@ -186,12 +186,6 @@ pub async fn place_outbound(
         .graph
         .connect(reservation.phone(), &offer, None)
         .await;
-    let outcome = if connected.is_ok() { "ok" } else { "error" };
-    context
-        .metrics
-        .graph_requests
-        .with_label_values(&[GraphAction::Connect.as_str(), outcome])
-        .inc();
     let call_id = match connected {
         Ok(call_id) => call_id,
         Err(err) => {
@@ -289,6 +283,8 @@ struct CallTask {
     greeting: Option<String>,
     greeted: bool,
     concealed_seen: u64,
+    /// When the AI's VAD last said the caller stopped speaking, until its answer's first audio.
+    speech_stopped_at: Option<Instant>,
     /// When the call began for us (webhook arrival, or the start of placing it).
     started: Instant,
 }
@@ -359,6 +355,7 @@ impl CallTask {
             greeting,
             greeted: false,
             concealed_seen: 0,
+            speech_stopped_at: None,
             started,
         }
     }
@@ -419,6 +416,7 @@ impl CallTask {
 
     async fn run(&mut self) -> CallEnd {
         loop {
+            self.admission.set_phase(self.flow.phase());
             let wake = self.next_wake();
             tokio::select! {
                 () = self.admission.cancel_token().cancelled() => {
@@ -649,9 +647,17 @@ impl CallTask {
                 content_index,
                 pcm,
             } => {
-                self.playback
+                let queued = self
+                    .playback
                     .push(&response_id, &item_id, content_index, &pcm);
+                if queued && let Some(stopped) = self.speech_stopped_at.take() {
+                    self.context
+                        .metrics
+                        .ai_response_latency_seconds
+                        .observe(stopped.elapsed().as_secs_f64());
+                }
             }
+            ServerEvent::SpeechStopped { .. } => self.speech_stopped_at = Some(Instant::now()),
             ServerEvent::SpeechStarted { .. } => {
                 let truncations = self.playback.barge_in();
                 if !truncations.is_empty() {
@@ -696,7 +702,6 @@ impl CallTask {
         result: Result<(), GraphError>,
     ) -> Option<CallEnd> {
         let received_at = self.started;
-        self.count_graph(action, &result);
         if let Err(err) = result {
             warn!(action = action.as_str(), %err, "Graph API action failed");
             return Some(self.end(CallEnd::GraphFailed).await);
@@ -718,19 +723,6 @@ impl CallTask {
             _ => vec![],
         };
         self.apply(actions).await
-    }
-
-    fn count_graph(&self, action: GraphAction, result: &Result<(), GraphError>) {
-        let outcome = match result {
-            Ok(()) => "ok",
-            Err(err) if err.is_retryable() => "retryable_error",
-            Err(_) => "error",
-        };
-        self.context
-            .metrics
-            .graph_requests
-            .with_label_values(&[action.as_str(), outcome])
-            .inc();
     }
 
     /// Carries out the flow's actions. Returns the end once the flow says the call is over.
@@ -878,6 +870,11 @@ fn record_end(metrics: &Metrics, flow: &CallFlow, direction: CallDirection, star
         .calls
         .with_label_values(&[direction.as_str(), end.as_str()])
         .inc();
+    if flow.active_since().is_some() {
+        metrics
+            .call_duration_seconds
+            .observe(duration.as_secs_f64());
+    }
     info!(
         reason = end.as_str(),
         duration_ms = duration.as_millis() as u64,

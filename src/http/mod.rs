@@ -1,5 +1,7 @@
-//! The HTTP surface: the signed WhatsApp webhook, `/health` and `/metrics`.
+//! The HTTP surface: the signed WhatsApp webhook, `/health`, `/ready`, `/metrics` and the
+//! admin calls API.
 
+mod admin;
 mod webhook;
 
 use std::sync::Arc;
@@ -42,17 +44,38 @@ pub struct AppState {
     pub tracker: TaskTracker,
     pub ports: Option<PortPool>,
     pub started: Instant,
+    /// Bearer token of the admin API; `None`: its routes do not exist (404).
+    pub admin_token: Option<SecretString>,
 }
 
-pub fn router(state: AppState) -> Router {
-    Router::new()
+/// The main router. `/metrics` is on it unless `metrics_separately` (then see
+/// [`metrics_router`]).
+pub fn router(state: AppState, metrics_separately: bool) -> Router {
+    let mut router = Router::new()
         .route("/webhook", get(webhook::verify).post(webhook::receive))
         .route("/health", get(health))
-        .route("/metrics", get(metrics))
+        .route("/ready", get(ready));
+    if !metrics_separately {
+        router = router.route("/metrics", get(metrics));
+    }
+    if state.admin_token.is_some() {
+        router = router
+            .route("/calls", get(admin::list_calls))
+            .route("/calls/{id}", axum::routing::delete(admin::hang_up));
+    }
+    router
         .layer(DefaultBodyLimit::max(WEBHOOK_BODY_LIMIT))
         .with_state(state)
 }
 
+/// `/metrics` alone, for `METRICS_PORT`.
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+/// Liveness: 200 while the process serves.
 async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
     let active = state.registry.active_calls();
     let max = state.registry.max_calls();
@@ -66,7 +89,31 @@ async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
         "active_calls": active,
         "max_calls": max,
         "capacity_used_percent": capacity_percent(active, max),
+        "uptime_seconds": state.started.elapsed().as_secs(),
+        "version": env!("CARGO_PKG_VERSION"),
     }))
+}
+
+/// Readiness: 200 while new calls are accepted; 503 when draining or full, so a load balancer
+/// sends new work elsewhere.
+async fn ready(State(state): State<AppState>) -> Response {
+    let registry = &state.registry;
+    let (status, reason) = if registry.is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining")
+    } else if !registry.accepting_calls() {
+        (StatusCode::SERVICE_UNAVAILABLE, "at_capacity")
+    } else {
+        (StatusCode::OK, "ready")
+    };
+    (
+        status,
+        Json(json!({
+            "status": reason,
+            "active_calls": registry.active_calls(),
+            "max_calls": registry.max_calls(),
+        })),
+    )
+        .into_response()
 }
 
 fn capacity_percent(active: usize, max: usize) -> f64 {

@@ -59,7 +59,7 @@ pub async fn verify(
     (StatusCode::FORBIDDEN, "verification failed").into_response()
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(super) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }
@@ -244,18 +244,9 @@ fn on_connect(state: &AppState, connect: ConnectEvent) -> Option<Refusal> {
 /// rather than let the caller ring).
 fn reject_in_background(state: &AppState, call_id: CallId) {
     let graph = state.calls.graph.clone();
-    let metrics = state.metrics.clone();
     state.tracker.spawn(async move {
         let result = tokio::time::timeout(REJECT_TIMEOUT, graph.reject(&call_id)).await;
-        let outcome = match &result {
-            Ok(Ok(())) => "ok",
-            _ => "error",
-        };
-        metrics
-            .graph_requests
-            .with_label_values(&["reject", outcome])
-            .inc();
-        if outcome != "ok" {
+        if !matches!(result, Ok(Ok(()))) {
             warn!(%call_id, "reject of a refused call failed");
         }
     });

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use tokio::sync::oneshot;
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -55,7 +55,8 @@ pub struct LocalStack {
     pub dialer: Dialer,
     /// Cancelling it ends every call with `shutdown` (without stopping the server).
     pub calls_token: CancellationToken,
-    stop: Option<oneshot::Sender<()>>,
+    /// Like SIGTERM for a process: the first starts the drain, the second ends it.
+    stop: Option<mpsc::Sender<()>>,
     server: Option<JoinHandle<anyhow::Result<()>>>,
     http: reqwest::Client,
 }
@@ -99,10 +100,8 @@ impl LocalStack {
         let metrics = app.metrics();
         let dialer = app.dialer();
         let calls_token = app.calls_token();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(app.run_until_stopped(async move {
-            let _ = stopped.await;
-        }));
+        let (stop, signals) = mpsc::channel::<()>(2);
+        let server = tokio::spawn(app.run_until_stopped(signals));
         Ok(LocalStack {
             graph,
             ai,
@@ -144,7 +143,9 @@ impl LocalStack {
     /// Shuts the bridge down (live calls end with `terminate`) and the doubles with it.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+            // Two signals: drain, then end the live calls at once.
+            let _ = stop.send(()).await;
+            let _ = stop.send(()).await;
         }
         if let Some(server) = self.server.take() {
             server.await??;

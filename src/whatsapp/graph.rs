@@ -1,9 +1,10 @@
 //! Graph API client for the call actions (spec §5): pre_accept, accept, reject, terminate, connect.
 //!
 //! Every action is one `POST {base}/{version}/{phone_number_id}/calls` with only the documented
-//! fields. Retries follow §5.4: answering actions get one quick retry (the answer window is
-//! short and the SDP must stay identical), clean-up actions retry with backoff (they are
-//! idempotent), and `connect` never retries (a replay could ring the user twice).
+//! fields. Timeouts, 5xx and 429 are retried with jittered exponential backoff, 4xx never:
+//! answering actions retry quickly within a short budget well inside the answer window (the SDP
+//! stays identical), clean-up actions retry for about 10 s (they are idempotent), and `connect`
+//! never retries (a replay could ring the user twice). Every attempt can be observed (metrics).
 
 use std::fmt;
 use std::sync::Arc;
@@ -113,7 +114,12 @@ struct Inner {
     /// `{base}/{version}/{phone_number_id}/calls`, built once.
     calls_url: String,
     token: SecretString,
+    observer: Option<AttemptObserver>,
 }
+
+/// Told about every HTTP attempt: the action and its outcome (`"200"`, `"503"`, `"timeout"`,
+/// `"transport_error"`, ...).
+pub type AttemptObserver = Arc<dyn Fn(GraphAction, &str) + Send + Sync>;
 
 impl fmt::Debug for GraphClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -124,8 +130,11 @@ impl fmt::Debug for GraphClient {
     }
 }
 
-/// `pre_accept`/`accept`: the one retry comes quickly, well inside the answer window.
-const ANSWER_RETRY_DELAY_MS: std::ops::RangeInclusive<u64> = 100..=300;
+/// `pre_accept`/`accept`: first backoff, doubled per attempt up to the cap, jittered; no new
+/// attempt starts later than the budget after the first (the answer deadline is 20 s).
+const ANSWER_FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const ANSWER_MAX_BACKOFF: Duration = Duration::from_millis(800);
+const ANSWER_RETRY_BUDGET: Duration = Duration::from_secs(3);
 /// `reject`/`terminate`: first backoff, doubled per attempt up to the cap, jittered.
 const CLEANUP_FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const CLEANUP_MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -149,6 +158,20 @@ impl GraphClient {
                 http,
                 calls_url,
                 token: config.access_token,
+                observer: None,
+            }),
+        }
+    }
+
+    /// The same client, telling `observer` about every attempt.
+    pub fn with_attempt_observer(self, observer: AttemptObserver) -> Self {
+        let inner = &self.inner;
+        Self {
+            inner: Arc::new(Inner {
+                http: inner.http.clone(),
+                calls_url: inner.calls_url.clone(),
+                token: inner.token.clone(),
+                observer: Some(observer),
             }),
         }
     }
@@ -240,7 +263,11 @@ impl GraphClient {
         let started = Instant::now();
         let mut attempt: u32 = 0;
         loop {
-            let error = match self.send_once(body).await {
+            let result = self.send_once(body).await;
+            if let Some(observer) = &self.inner.observer {
+                observer(action, &attempt_outcome(&result));
+            }
+            let error = match result {
                 Ok(response) => {
                     tracing::debug!(action = %action, call_id = call_id.map_or("", CallId::as_str), attempt, "Graph API action succeeded");
                     return Ok(response);
@@ -289,19 +316,34 @@ fn retry_delay(
         return None;
     }
     let mut rng = rand::rng();
-    match action {
-        GraphAction::Connect => None,
-        GraphAction::PreAccept | GraphAction::Accept => {
-            (attempt == 0).then(|| Duration::from_millis(rng.random_range(ANSWER_RETRY_DELAY_MS)))
-        }
-        GraphAction::Reject | GraphAction::Terminate => {
-            let backoff = CLEANUP_FIRST_BACKOFF
-                .saturating_mul(2u32.saturating_pow(attempt))
-                .min(CLEANUP_MAX_BACKOFF);
-            // Jitter in [backoff/2, backoff] so many calls ending at once do not retry in step.
-            let delay = backoff.mul_f64(rng.random_range(0.5..=1.0));
-            (elapsed + delay <= CLEANUP_RETRY_BUDGET).then_some(delay)
-        }
+    let (first, cap, budget) = match action {
+        GraphAction::Connect => return None,
+        GraphAction::PreAccept | GraphAction::Accept => (
+            ANSWER_FIRST_BACKOFF,
+            ANSWER_MAX_BACKOFF,
+            ANSWER_RETRY_BUDGET,
+        ),
+        GraphAction::Reject | GraphAction::Terminate => (
+            CLEANUP_FIRST_BACKOFF,
+            CLEANUP_MAX_BACKOFF,
+            CLEANUP_RETRY_BUDGET,
+        ),
+    };
+    let backoff = first.saturating_mul(2u32.saturating_pow(attempt)).min(cap);
+    // Jitter in [backoff/2, backoff] so many calls failing at once do not retry in step.
+    let delay = backoff.mul_f64(rng.random_range(0.5..=1.0));
+    (elapsed + delay <= budget).then_some(delay)
+}
+
+/// The metrics label of one attempt's outcome.
+fn attempt_outcome(result: &Result<Value, GraphError>) -> String {
+    match result {
+        Ok(_) => "200".to_owned(),
+        Err(GraphError::Api { status, .. }) => status.to_string(),
+        Err(GraphError::Timeout) => "timeout".to_owned(),
+        Err(GraphError::Transport(_)) => "transport_error".to_owned(),
+        Err(GraphError::Unsuccessful) => "unsuccessful".to_owned(),
+        Err(GraphError::InvalidResponse(_)) => "invalid_response".to_owned(),
     }
 }
 
@@ -688,17 +730,35 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn accept_retries_once_with_the_same_sdp() {
-        let (client, script) = server(&[(500, "{}"), (503, "{}"), (500, "{}")]).await;
-        let error = client.accept(&call(), SDP, None).await.unwrap_err();
-        assert!(error.is_retryable());
-        assert_eq!(error.code(), None);
+    async fn accept_retries_server_errors_with_the_same_sdp_and_every_attempt_is_observed() {
+        let (client, script) = server(&[(500, "{}"), (503, "{}")]).await;
+        let outcomes = Arc::new(Mutex::new(Vec::new()));
+        let seen_outcomes = outcomes.clone();
+        let client = client.with_attempt_observer(Arc::new(move |action, outcome| {
+            seen_outcomes.lock().push(format!("{action}:{outcome}"));
+        }));
+        client.accept(&call(), SDP, None).await.unwrap();
         let seen = script.seen.lock().clone();
-        assert_eq!(seen.len(), 2);
-        assert_eq!(seen[0].body, seen[1].body);
+        assert_eq!(seen.len(), 3);
+        assert_eq!(seen[0].body, seen[2].body);
+        assert_eq!(
+            *outcomes.lock(),
+            ["accept:500", "accept:503", "accept:200"].map(String::from)
+        );
+    }
 
-        client.pre_accept(&call(), SDP).await.unwrap();
-        assert_eq!(script.seen.lock().len(), 4);
+    #[test]
+    fn answering_retries_stop_within_their_budget() {
+        let error = GraphError::Timeout;
+        let mut elapsed = Duration::ZERO;
+        let mut attempts = 0;
+        while let Some(delay) = retry_delay(GraphAction::Accept, attempts, elapsed, &error) {
+            assert!(delay <= ANSWER_MAX_BACKOFF);
+            elapsed += delay;
+            attempts += 1;
+        }
+        assert!(elapsed <= ANSWER_RETRY_BUDGET);
+        assert!(attempts >= 3, "{attempts} retries");
     }
 
     #[tokio::test]
@@ -760,11 +820,11 @@ mod tests {
             None
         );
         assert_eq!(
-            retry_delay(GraphAction::Accept, 1, Duration::ZERO, &error),
+            retry_delay(GraphAction::Accept, 1, ANSWER_RETRY_BUDGET, &error),
             None
         );
         let first = retry_delay(GraphAction::PreAccept, 0, Duration::ZERO, &error).unwrap();
-        assert!((100..=300).contains(&(first.as_millis() as u64)));
+        assert!((50..=100).contains(&(first.as_millis() as u64)));
     }
 
     #[test]

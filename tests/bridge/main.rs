@@ -3,5 +3,7 @@
 mod calls;
 mod cleanup;
 mod cli;
+mod drain;
+mod ops;
 mod support;
 mod webhook;

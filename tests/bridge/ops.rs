@@ -1,0 +1,372 @@
+//! Running it in production: health and readiness, the admin API, metrics as Prometheus reads
+//! them, Graph API retries, and phone numbers kept out of logs.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use whatsapp_voice_bridge::sim::phone::PhoneCall;
+use whatsapp_voice_bridge::sim::stack::{LocalStack, StackOptions};
+
+use crate::support::*;
+
+const ADMIN_TOKEN: &str = "test-admin-token";
+
+async fn stack_with(max_calls: usize, settings: &[(&str, &str)]) -> LocalStack {
+    LocalStack::start(StackOptions {
+        max_calls,
+        settings: settings
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<HashMap<_, _>>(),
+        ..Default::default()
+    })
+    .await
+    .expect("stack")
+}
+
+async fn get(stack: &LocalStack, path: &str, token: Option<&str>) -> (u16, String) {
+    let mut request = stack.http().get(format!("{}{path}", stack.bridge_url));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.expect("GET");
+    (
+        response.status().as_u16(),
+        response.text().await.expect("body"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_reports_the_process_and_readiness_turns_off_at_capacity() {
+    let stack = stack_with(1, &[]).await;
+    let report = health(&stack).await;
+    assert_eq!(report["status"], "healthy");
+    assert_eq!(report["max_calls"], 1);
+    assert!(report["uptime_seconds"].is_u64());
+    assert_eq!(report["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(get(&stack, "/ready", None).await.0, 200);
+
+    let call = answered_call(&stack, "ready", 1).await;
+    let (status, body) = get(&stack, "/ready", None).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("at_capacity"));
+    assert_eq!(health(&stack).await["capacity_used_percent"], 100.0);
+    call.hang_up().await.expect("hang up");
+    assert!(stack.wait_idle(WAIT).await);
+    assert_eq!(get(&stack, "/ready", None).await.0, 200);
+    stack.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_lists_and_hangs_up_calls_with_the_token_only() {
+    let stack = stack_with(5, &[("ADMIN_TOKEN", ADMIN_TOKEN)]).await;
+    let call = answered_call(&stack, "admin", 2).await;
+
+    for token in [None, Some("wrong")] {
+        assert_eq!(get(&stack, "/calls", token).await.0, 401);
+    }
+    let (status, body) = get(&stack, "/calls", Some(ADMIN_TOKEN)).await;
+    assert_eq!(status, 200);
+    let listed: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let calls = listed["calls"].as_array().expect("calls");
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0]["id"], call.call_id.as_str());
+    assert_eq!(calls[0]["direction"], "inbound");
+    assert_eq!(calls[0]["state"], "active");
+    assert_eq!(calls[0]["phone"], user(2).masked());
+    assert!(
+        !body.contains(user(2).as_str()),
+        "full number listed: {body}"
+    );
+
+    let url = format!("{}/calls/{}", stack.bridge_url, call.call_id);
+    let unauthorized = stack.http().delete(&url).send().await.expect("DELETE");
+    assert_eq!(unauthorized.status().as_u16(), 401);
+    assert_eq!(stack.registry.active_calls(), 1);
+    let deleted = stack
+        .http()
+        .delete(&url)
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("DELETE");
+    assert_eq!(deleted.status().as_u16(), 202);
+    assert!(
+        stack
+            .graph
+            .wait_for(&call.call_id, "terminate", WAIT)
+            .await
+            .is_some()
+    );
+    assert!(stack.wait_idle(WAIT).await);
+    let missing = stack
+        .http()
+        .delete(&url)
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("DELETE");
+    assert_eq!(missing.status().as_u16(), 404);
+    stack.stop().await.expect("stop");
+
+    // No token configured: the admin routes do not exist.
+    let stack = stack_with(5, &[]).await;
+    assert_eq!(get(&stack, "/calls", Some(ADMIN_TOKEN)).await.0, 404);
+    stack.stop().await.expect("stop");
+}
+
+fn scrape(text: &str) -> prometheus_parse::Scrape {
+    prometheus_parse::Scrape::parse(text.lines().map(|line| Ok(line.to_owned())))
+        .expect("Prometheus text parses")
+}
+
+fn counter(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_on_their_own_port_count_exactly_what_happened() {
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+        .to_string();
+    let stack = stack_with(3, &[("METRICS_PORT", metrics_port.as_str())]).await;
+    // Five callers at once: three answered, two refused.
+    let dials = (0..5u32).map(|n| {
+        let settings = stack.phone_settings();
+        async move {
+            PhoneCall::dial(settings, call_id(&format!("m{n}")), user(50 + n), "Caller")
+                .await
+                .expect("dial")
+        }
+    });
+    let calls = futures_util::future::join_all(dials).await;
+    let (live, refused): (Vec<_>, Vec<_>) = calls.into_iter().partition(|c| c.reply.status == 200);
+    assert_eq!((live.len(), refused.len()), (3, 2));
+    for call in &live {
+        assert!(
+            stack
+                .graph
+                .wait_for(&call.call_id, "accept", WAIT)
+                .await
+                .is_some()
+        );
+    }
+    for call in live {
+        call.hang_up().await.expect("hang up");
+    }
+    assert!(stack.wait_idle(WAIT).await);
+    for call in &refused {
+        assert!(
+            stack
+                .graph
+                .wait_for(&call.call_id, "reject", WAIT)
+                .await
+                .is_some()
+        );
+    }
+
+    // /metrics moved to the metrics port.
+    assert_eq!(get(&stack, "/metrics", None).await.0, 404);
+    let text = stack
+        .http()
+        .get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let scrape = scrape(&text);
+    let calls = [("direction", "inbound"), ("outcome", "remote_terminated")];
+    assert_eq!(counter(&scrape, "whatsapp_bridge_calls_total", &calls), 3.0);
+    let at_capacity = [("reason", "at_capacity")];
+    assert_eq!(
+        counter(
+            &scrape,
+            "whatsapp_bridge_call_rejections_total",
+            &at_capacity
+        ),
+        2.0
+    );
+    assert_eq!(counter(&scrape, "whatsapp_bridge_active_calls", &[]), 0.0);
+    assert_eq!(counter(&scrape, "whatsapp_bridge_max_calls", &[]), 3.0);
+    let accepted = [("action", "accept"), ("status", "200")];
+    assert_eq!(
+        counter(&scrape, "whatsapp_bridge_graph_requests_total", &accepted),
+        3.0
+    );
+    let rejected = [("action", "reject"), ("status", "200")];
+    assert_eq!(
+        counter(&scrape, "whatsapp_bridge_graph_requests_total", &rejected),
+        2.0
+    );
+    assert_eq!(
+        counter(
+            &scrape,
+            "whatsapp_bridge_webhook_requests_total",
+            &[("result", "at_capacity")]
+        ),
+        2.0
+    );
+    let setup = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == "whatsapp_bridge_call_setup_seconds")
+        .expect("setup histogram");
+    match &setup.value {
+        prometheus_parse::Value::Histogram(buckets) => {
+            let total = buckets.iter().map(|b| b.count).fold(0.0, f64::max);
+            assert_eq!(total, 3.0, "three setups observed: {buckets:?}");
+        }
+        other => panic!("not a histogram: {other:?}"),
+    }
+    assert!(
+        counter(
+            &scrape,
+            "whatsapp_bridge_audio_frames_total",
+            &[("direction", "out")]
+        ) > 0.0
+    );
+    stack.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graph_errors_are_retried_when_transient_and_end_the_call_when_not() {
+    let stack = stack_with(5, &[]).await;
+    // 503 twice, then success: the call is accepted.
+    stack.graph.fail_next("accept", 2, 503, 1);
+    let call = answered_call(&stack, "retry", 60).await;
+    let attempts: Vec<u16> = stack
+        .graph
+        .actions_for(&call.call_id)
+        .iter()
+        .filter(|a| a.action == "accept")
+        .map(|a| a.status)
+        .collect();
+    assert_eq!(attempts, [503, 503, 200]);
+    call.hang_up().await.expect("hang up");
+    assert!(stack.wait_idle(WAIT).await);
+
+    // 400: no retry, the call ends and its slot is released.
+    stack.graph.fail_next("pre_accept", 1, 400, 100);
+    let failing =
+        PhoneCall::dial(stack.phone_settings(), call_id("fail"), user(61), "Caller").await;
+    let failing_id = match failing {
+        Ok(call) => call.call_id.clone(),
+        // The phone gives up when no successful pre_accept brings an answer.
+        Err(_) => stack
+            .graph
+            .actions()
+            .iter()
+            .rev()
+            .find(|a| a.action == "pre_accept")
+            .and_then(|a| a.call_id.clone())
+            .expect("a pre_accept was attempted"),
+    };
+    assert!(
+        stack
+            .graph
+            .wait_for(&failing_id, "reject", WAIT)
+            .await
+            .is_some()
+    );
+    assert!(stack.wait_idle(WAIT).await);
+    let pre_accepts = stack
+        .graph
+        .actions_for(&failing_id)
+        .iter()
+        .filter(|a| a.action == "pre_accept")
+        .count();
+    assert_eq!(pre_accepts, 1, "a 4xx is never retried");
+    let metrics = stack.metrics.render();
+    assert!(
+        metrics.contains(
+            "whatsapp_bridge_calls_total{direction=\"inbound\",outcome=\"graph_failed\"} 1"
+        )
+    );
+    assert!(
+        metrics
+            .contains("whatsapp_bridge_graph_requests_total{action=\"accept\",status=\"503\"} 2")
+    );
+    let again = answered_call(&stack, "after-fail", 62).await;
+    again.hang_up().await.expect("hang up");
+    assert!(stack.wait_idle(WAIT).await);
+    stack.stop().await.expect("stop");
+}
+
+/// Everything logged in this test binary, at every level.
+fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter("debug")
+            .with_ansi(false)
+            .with_writer(move || LogWriter(writer.clone()))
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("one global subscriber");
+        logs
+    })
+    .clone()
+}
+
+struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log buffer").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callers_full_number_never_reaches_the_logs() {
+    let logs = captured_logs();
+    let stack = stack_with(1, &[]).await;
+    let number = user(77);
+    let call = answered_call(&stack, "pii", 77).await;
+    // A second call from the same number is refused and logged too.
+    let busy = PhoneCall::dial(
+        stack.phone_settings(),
+        call_id("pii2"),
+        number.clone(),
+        "Caller",
+    )
+    .await
+    .expect("dial");
+    assert_eq!(busy.reply.status, 503);
+    call.hang_up().await.expect("hang up");
+    assert!(stack.wait_idle(WAIT).await);
+    stack.stop().await.expect("stop");
+
+    let text = String::from_utf8_lossy(&logs.lock().expect("logs")).into_owned();
+    assert!(text.contains("call admitted"), "logs were captured");
+    assert!(
+        text.contains(&number.masked()),
+        "the masked number is logged"
+    );
+    assert!(
+        !text.contains(number.as_str()),
+        "the full number {} appears in the logs",
+        number.as_str()
+    );
+}
