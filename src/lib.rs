@@ -24,4 +24,5 @@ pub mod metrics;
 pub mod realtime;
 pub mod registry;
 pub mod sim;
+pub mod store;
 pub mod whatsapp;
