@@ -143,8 +143,11 @@ pub trait Store: Send + Sync + 'static {
         status: Option<TaskStatus>,
     ) -> Result<Vec<Task>, StoreError>;
     /// Marks the caller's task done; `None` when no task with that id belongs to this caller.
-    async fn complete_task(&self, phone: &PhoneNumber, id: &str)
-    -> Result<Option<Task>, StoreError>;
+    async fn complete_task(
+        &self,
+        phone: &PhoneNumber,
+        id: &str,
+    ) -> Result<Option<Task>, StoreError>;
     async fn add_reminder(
         &self,
         phone: &PhoneNumber,

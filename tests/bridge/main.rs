@@ -5,5 +5,6 @@ mod cleanup;
 mod cli;
 mod drain;
 mod ops;
+mod script;
 mod support;
 mod webhook;

@@ -105,3 +105,21 @@ pub fn pitches_in_order(samples: &[i16], candidates: &[f32], expected: &[f32]) -
     let segments = audio::tone_sequence(samples, SAMPLE_RATE, candidates, 40);
     whatsapp_voice_bridge::demo::contains_in_order(&segments, expected)
 }
+
+/// Meta's fixture offer with its candidates moved to a dead loopback port, so that nothing is
+/// ever sent off this machine.
+pub fn loopback_offer() -> String {
+    let fixture: serde_json::Value =
+        serde_json::from_str(include_str!("../fixtures/connect_uic.json")).expect("fixture");
+    let sdp = fixture["entry"][0]["changes"][0]["value"]["calls"][0]["session"]["sdp"]
+        .as_str()
+        .expect("sdp")
+        .to_owned();
+    sdp.lines()
+        .filter(|line| !line.contains("2001:db8"))
+        .map(|line| line.replace("203.0.113.49 3484", "127.0.0.1 9"))
+        .map(|line| line.replace("203.0.113.49", "127.0.0.1"))
+        .collect::<Vec<_>>()
+        .join("\r\n")
+        + "\r\n"
+}

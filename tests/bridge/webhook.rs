@@ -9,24 +9,6 @@ use whatsapp_voice_bridge::whatsapp::signature;
 
 use crate::support::*;
 
-/// Meta's fixture offer with its candidates moved to a dead loopback port, so that nothing is
-/// ever sent off this machine.
-fn loopback_offer() -> String {
-    let fixture: serde_json::Value =
-        serde_json::from_str(include_str!("../fixtures/connect_uic.json")).expect("fixture");
-    let sdp = fixture["entry"][0]["changes"][0]["value"]["calls"][0]["session"]["sdp"]
-        .as_str()
-        .expect("sdp")
-        .to_owned();
-    sdp.lines()
-        .filter(|line| !line.contains("2001:db8"))
-        .map(|line| line.replace("203.0.113.49 3484", "127.0.0.1 9"))
-        .map(|line| line.replace("203.0.113.49", "127.0.0.1"))
-        .collect::<Vec<_>>()
-        .join("\r\n")
-        + "\r\n"
-}
-
 async fn post_raw(
     stack: &whatsapp_voice_bridge::sim::stack::LocalStack,
     body: Vec<u8>,
