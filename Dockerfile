@@ -1,29 +1,43 @@
-# Multi-stage build: dependencies are compiled in a layer of their own so source edits rebuild
-# only the crate. The runtime image holds the binary and CA certificates, and runs as non-root.
+# whatsapp-voice-bridge container image.
+# Build: docker build -t whatsapp-voice-bridge .
+# Stage 1 compiles the dependencies in a layer of their own (from Cargo.toml/Cargo.lock only), so a
+# source change rebuilds just the crate; stage 2 is a slim runtime with the binary, run as non-root.
 FROM rust:1.95-bookworm AS build
+# cmake: the opus crate builds libopus 1.6 from source.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends cmake \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
+RUN mkdir src \
+ && echo 'fn main() {}' > src/main.rs \
+ && touch src/lib.rs \
  && cargo build --release --locked \
  && rm -rf src
 COPY src ./src
-RUN touch src/main.rs src/lib.rs && cargo build --release --locked
+RUN touch src/main.rs src/lib.rs \
+ && cargo build --release --locked \
+ && cp target/release/whatsapp-voice-bridge /usr/local/bin/
 
 FROM debian:bookworm-slim
+# ca-certificates: TLS to the Graph API, the Realtime API and Supabase.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates curl \
+ && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
- && useradd --system --uid 10001 --no-create-home bridge
-COPY --from=build /src/target/release/whatsapp-voice-bridge /usr/local/bin/whatsapp-voice-bridge
+ && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin bridge \
+ && mkdir -p /data \
+ && chown bridge /data
+COPY --from=build /usr/local/bin/whatsapp-voice-bridge /usr/local/bin/whatsapp-voice-bridge
 USER 10001
-ENV PORT=8080 LOG_FORMAT=json
-# HTTP: webhook, /health, /metrics. Media: UDP, one port per call from WEBRTC_UDP_PORTS
-# (e.g. 40000-40999) when set, otherwise ephemeral ports; the bridge dials out to Meta's relays.
+ENV PORT=8080 \
+    LOG_FORMAT=json \
+    DATA_DIR=/data
+# 8080: webhook, /health, /ready, /metrics (or METRICS_PORT, e.g. 9090).
+# Media is WebRTC over UDP: one port per call from WEBRTC_UDP_PORTS (e.g. 40000-40999) when set,
+# else ephemeral ports. The bridge dials out to Meta's relays, so outbound UDP is what it needs;
+# no inbound UDP mapping is required.
 EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
-  CMD curl -fsS http://127.0.0.1:${PORT}/health || exit 1
+  CMD ["/usr/local/bin/whatsapp-voice-bridge", "healthcheck"]
 ENTRYPOINT ["/usr/local/bin/whatsapp-voice-bridge"]
 CMD ["serve"]

@@ -35,6 +35,12 @@ enum Command {
     },
     /// Run the bridge locally with simulated callers and a simulated AI: no credentials, no network.
     Demo(DemoOptions),
+    /// Exit 0 when the local bridge's /health answers 200 (for container health checks).
+    Healthcheck {
+        /// Port of the bridge (default: PORT from the environment, else 8080).
+        #[arg(long)]
+        port: Option<u16>,
+    },
 }
 
 fn parse_key_value(text: &str) -> Result<(String, String), String> {
@@ -79,9 +85,37 @@ fn main() -> ExitCode {
             init_tracing(config.log_format);
             runtime.block_on(serve(config))
         }
+        Command::Healthcheck { port } => {
+            let port = port
+                .or_else(|| std::env::var(config::PORT).ok()?.parse().ok())
+                .unwrap_or(8080);
+            runtime.block_on(healthcheck(port))
+        }
         Command::Demo(options) => {
             init_tracing_for_demo();
             runtime.block_on(demo::run(options))
+        }
+    }
+}
+
+async fn healthcheck(port: u16) -> ExitCode {
+    let url = format!("http://127.0.0.1:{port}/health");
+    let client = match reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(2))
+        .build()
+    {
+        Ok(client) => client,
+        Err(_) => return ExitCode::FAILURE,
+    };
+    match client.get(&url).send().await {
+        Ok(response) if response.status().is_success() => ExitCode::SUCCESS,
+        Ok(response) => {
+            eprintln!("{url}: {}", response.status());
+            ExitCode::FAILURE
+        }
+        Err(err) => {
+            eprintln!("{url}: {err}");
+            ExitCode::FAILURE
         }
     }
 }

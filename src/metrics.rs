@@ -213,6 +213,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_grafana_dashboard_shows_every_metric() {
+        let dashboard = include_str!("../infra/grafana/whatsapp-voice-bridge.json");
+        for family in Metrics::new().registry.gather() {
+            assert!(
+                dashboard.contains(family.name()),
+                "{} is not on the dashboard",
+                family.name()
+            );
+        }
+    }
+
+    #[test]
     fn rendered_text_carries_the_counters() {
         let metrics = Metrics::new();
         metrics.max_calls.set(3);

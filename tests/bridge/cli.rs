@@ -43,3 +43,27 @@ fn invalid_settings_are_all_reported_with_exit_code_64() {
         assert!(stderr.contains(key), "{key} not reported: {stderr}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_healthcheck_command_reports_a_serving_bridge() {
+    let stack = crate::support::echo_stack(1).await;
+    let port = stack
+        .bridge_url
+        .rsplit(':')
+        .next()
+        .expect("port")
+        .to_owned();
+    let ok = tokio::process::Command::new(BIN)
+        .args(["healthcheck", "--port", &port])
+        .status()
+        .await
+        .expect("runs");
+    assert!(ok.success());
+    stack.stop().await.expect("stop");
+    let down = tokio::process::Command::new(BIN)
+        .args(["healthcheck", "--port", &port])
+        .status()
+        .await
+        .expect("runs");
+    assert!(!down.success());
+}

@@ -1,0 +1,304 @@
+// whatsapp-voice-bridge on Azure Container Apps.
+//
+// One container per replica; the webhook is public HTTPS through ACA ingress; media is WebRTC
+// over UDP that the bridge dials *out* to Meta's relays (ACA ingress carries no UDP, and none is
+// needed). Replicas scale on live calls, read from the bridge's own Prometheus gauge through a
+// KEDA prometheus scaler; HTTP concurrency would count webhooks, not calls.
+
+@description('Name prefix of every resource.')
+param name string = 'wa-voice-bridge'
+
+@description('Azure region.')
+param location string = resourceGroup().location
+
+@description('Container image, e.g. myregistry.azurecr.io/whatsapp-voice-bridge:1.0.0.')
+param image string
+
+@description('Registry server of the image (uses the managed identity to pull).')
+param registryServer string
+
+@description('Key Vault holding the secrets (names below); the app reads them with its managed identity.')
+param keyVaultName string
+
+@description('Graph id of the business phone number.')
+param whatsappPhoneNumberId string
+
+@description('Graph API version.')
+param whatsappGraphVersion string = 'v23.0'
+
+@description('Realtime model (OpenAI) or leave the Azure settings below to use Azure OpenAI.')
+param openAiRealtimeModel string = 'gpt-realtime'
+
+@description('Azure OpenAI endpoint; empty uses OpenAI.')
+param azureOpenAiEndpoint string = ''
+
+@description('Azure OpenAI realtime deployment name.')
+param azureOpenAiDeployment string = ''
+
+@description('Supabase project URL: the store shared by all replicas (the embedded store is per replica).')
+param supabaseUrl string
+
+@description('Calls one replica serves at once (MAX_CONCURRENT_CALLS).')
+@minValue(1)
+param maxCallsPerReplica int = 100
+
+@description('Live calls per replica at which KEDA adds a replica.')
+@minValue(1)
+param targetCallsPerReplica int = 70
+
+@description('Seconds live calls may go on after SIGTERM (DRAIN_TIMEOUT).')
+@minValue(5)
+param drainTimeoutSeconds int = 300
+
+@description('Prometheus server that scrapes the replicas (KEDA prometheus scaler).')
+param prometheusServerAddress string
+
+@minValue(1)
+param minReplicas int = 1
+
+@maxValue(30)
+param maxReplicas int = 10
+
+var keyVaultUrl = 'https://${keyVaultName}${environment().suffixes.keyvaultDns}/secrets'
+resource identity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' = {
+  name: '${name}-identity'
+  location: location
+}
+
+resource logs 'Microsoft.OperationalInsights/workspaces@2022-10-01' = {
+  name: '${name}-logs'
+  location: location
+  properties: {
+    sku: {
+      name: 'PerGB2018'
+    }
+    retentionInDays: 30
+  }
+}
+
+resource environmentResource 'Microsoft.App/managedEnvironments@2024-03-01' = {
+  name: '${name}-env'
+  location: location
+  properties: {
+    appLogsConfiguration: {
+      destination: 'log-analytics'
+      logAnalyticsConfiguration: {
+        customerId: logs.properties.customerId
+        sharedKey: logs.listKeys().primarySharedKey
+      }
+    }
+  }
+}
+
+resource app 'Microsoft.App/containerApps@2024-03-01' = {
+  name: name
+  location: location
+  identity: {
+    type: 'UserAssigned'
+    userAssignedIdentities: {
+      '${identity.id}': {}
+    }
+  }
+  properties: {
+    managedEnvironmentId: environmentResource.id
+    configuration: {
+      // Single revision mode: a new revision takes traffic once ready; the old one drains.
+      activeRevisionsMode: 'Single'
+      ingress: {
+        external: true
+        targetPort: 8080
+        transport: 'http'
+        allowInsecure: false
+      }
+      registries: [
+        {
+          server: registryServer
+          identity: identity.id
+        }
+      ]
+      // Secrets come from Key Vault through the app's managed identity; none is in the template.
+      secrets: [
+        {
+          name: 'whatsapp-app-secret'
+          keyVaultUrl: '${keyVaultUrl}/whatsapp-app-secret'
+          identity: identity.id
+        }
+        {
+          name: 'whatsapp-verify-token'
+          keyVaultUrl: '${keyVaultUrl}/whatsapp-verify-token'
+          identity: identity.id
+        }
+        {
+          name: 'whatsapp-access-token'
+          keyVaultUrl: '${keyVaultUrl}/whatsapp-access-token'
+          identity: identity.id
+        }
+        {
+          name: 'ai-api-key'
+          keyVaultUrl: '${keyVaultUrl}/ai-api-key'
+          identity: identity.id
+        }
+        {
+          name: 'supabase-service-role-key'
+          keyVaultUrl: '${keyVaultUrl}/supabase-service-role-key'
+          identity: identity.id
+        }
+        {
+          name: 'admin-token'
+          keyVaultUrl: '${keyVaultUrl}/admin-token'
+          identity: identity.id
+        }
+      ]
+    }
+    template: {
+      // Longer than DRAIN_TIMEOUT so a replica being replaced can finish its calls.
+      terminationGracePeriodSeconds: drainTimeoutSeconds + 30
+      containers: [
+        {
+          name: 'bridge'
+          image: image
+          resources: {
+            cpu: json('2.0')
+            memory: '4Gi'
+          }
+          // An empty AZURE_OPENAI_ENDPOINT means OpenAI; one UDP port per call from WEBRTC_UDP_PORTS.
+          env: [
+            {
+              name: 'PORT'
+              value: '8080'
+            }
+            {
+              name: 'METRICS_PORT'
+              value: '9090'
+            }
+            {
+              name: 'LOG_FORMAT'
+              value: 'json'
+            }
+            {
+              name: 'MAX_CONCURRENT_CALLS'
+              value: string(maxCallsPerReplica)
+            }
+            {
+              name: 'DRAIN_TIMEOUT'
+              value: '${drainTimeoutSeconds}s'
+            }
+            {
+              name: 'WHATSAPP_PHONE_NUMBER_ID'
+              value: whatsappPhoneNumberId
+            }
+            {
+              name: 'WHATSAPP_GRAPH_VERSION'
+              value: whatsappGraphVersion
+            }
+            {
+              name: 'WHATSAPP_APP_SECRET'
+              secretRef: 'whatsapp-app-secret'
+            }
+            {
+              name: 'WHATSAPP_VERIFY_TOKEN'
+              secretRef: 'whatsapp-verify-token'
+            }
+            {
+              name: 'WHATSAPP_ACCESS_TOKEN'
+              secretRef: 'whatsapp-access-token'
+            }
+            {
+              name: 'OPENAI_API_KEY'
+              secretRef: 'ai-api-key'
+            }
+            {
+              name: 'OPENAI_REALTIME_MODEL'
+              value: openAiRealtimeModel
+            }
+            {
+              name: 'AZURE_OPENAI_ENDPOINT'
+              value: azureOpenAiEndpoint
+            }
+            {
+              name: 'AZURE_OPENAI_API_KEY'
+              secretRef: 'ai-api-key'
+            }
+            {
+              name: 'AZURE_OPENAI_DEPLOYMENT'
+              value: azureOpenAiDeployment
+            }
+            {
+              name: 'SUPABASE_URL'
+              value: supabaseUrl
+            }
+            {
+              name: 'SUPABASE_SERVICE_ROLE_KEY'
+              secretRef: 'supabase-service-role-key'
+            }
+            {
+              name: 'ADMIN_TOKEN'
+              secretRef: 'admin-token'
+            }
+            {
+              name: 'WEBRTC_UDP_PORTS'
+              value: '40000-40999'
+            }
+            {
+              name: 'STUN_URLS'
+              value: 'stun:stun.l.google.com:19302'
+            }
+          ]
+          probes: [
+            {
+              type: 'Startup'
+              httpGet: {
+                path: '/health'
+                port: 8080
+              }
+              periodSeconds: 2
+              failureThreshold: 30
+            }
+            {
+              type: 'Liveness'
+              httpGet: {
+                path: '/health'
+                port: 8080
+              }
+              periodSeconds: 10
+              failureThreshold: 3
+            }
+            {
+              // 503 while draining or full: no new webhooks are routed here.
+              type: 'Readiness'
+              httpGet: {
+                path: '/ready'
+                port: 8080
+              }
+              periodSeconds: 2
+              failureThreshold: 1
+              successThreshold: 1
+            }
+          ]
+        }
+      ]
+      scale: {
+        minReplicas: minReplicas
+        maxReplicas: maxReplicas
+        rules: [
+          {
+            // Live calls per replica, from the bridge's gauge. KEDA divides the query result by
+            // the threshold to get the replica count it wants.
+            name: 'live-calls'
+            custom: {
+              type: 'prometheus'
+              metadata: {
+                serverAddress: prometheusServerAddress
+                query: 'sum(whatsapp_bridge_active_calls{app="${name}"})'
+                threshold: string(targetCallsPerReplica)
+              }
+            }
+          }
+        ]
+      }
+    }
+  }
+}
+
+output webhookUrl string = 'https://${app.properties.configuration.ingress.fqdn}/webhook'
+output identityPrincipalId string = identity.properties.principalId
