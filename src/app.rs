@@ -13,15 +13,19 @@ use tracing::{info, warn};
 
 use crate::call::dialer::Dialer;
 use crate::call::task::CallContext;
-use crate::config::Config;
+use crate::config::{Config, StoreSettings};
 use crate::http::{AppState, WebhookSettings, metrics_router, router};
 use crate::media::codec::EncoderSettings;
 use crate::media::peer::PeerSettings;
 use crate::media::ports::PortPool;
+use crate::memory::MemorySettings;
 use crate::metrics::Metrics;
 use crate::realtime::client::RealtimeConfig;
 use crate::realtime::events::SessionSettings;
 use crate::registry::Registry;
+use crate::store::Store;
+use crate::store::embedded::EmbeddedStore;
+use crate::tools;
 use crate::whatsapp::graph::{GraphClient, GraphConfig};
 
 /// After the drain, how long shutdown waits for calls to finish ending (each sends its
@@ -39,7 +43,19 @@ pub struct App {
 
 impl App {
     pub async fn build(config: Config) -> anyhow::Result<App> {
+        Self::build_with_store(config, None).await
+    }
+
+    /// Like [`App::build`], with the caller-data store given instead of the configured one.
+    pub async fn build_with_store(
+        config: Config,
+        store: Option<Arc<dyn Store>>,
+    ) -> anyhow::Result<App> {
         install_crypto_provider();
+        let store = match store {
+            Some(store) => store,
+            None => open_store(&config.store)?,
+        };
         let metrics = Metrics::new();
         let root = CancellationToken::new();
         let registry = Registry::new(config.max_concurrent_calls, metrics.clone(), root.clone());
@@ -64,6 +80,7 @@ impl App {
         if let Some(voice) = &config.voice {
             session.voice = voice.clone();
         }
+        session.tools = tools::definitions();
         if let crate::realtime::client::Provider::Azure { deployment, .. } = &config.ai_provider {
             session.model = Some(deployment.clone());
         }
@@ -85,6 +102,13 @@ impl App {
             answer_deadline: config.answer_deadline,
             max_call_duration: config.max_call_duration,
             greeting: config.greeting.clone(),
+            store: store.clone(),
+            memory: MemorySettings {
+                turns: config.memory_turns,
+                days: config.memory_days,
+                ..MemorySettings::default()
+            },
+            tool_timeout: config.tool_timeout,
         };
         let state = AppState {
             webhook: Arc::new(WebhookSettings {
@@ -132,6 +156,11 @@ impl App {
 
     pub fn metrics(&self) -> Metrics {
         self.state.metrics.clone()
+    }
+
+    /// The caller-data store the calls use.
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.state.calls.store.clone()
     }
 
     /// Places business-initiated calls through this bridge.
@@ -215,6 +244,22 @@ impl App {
         stopped.cancel();
         served?;
         Ok(())
+    }
+}
+
+/// The configured store.
+fn open_store(settings: &StoreSettings) -> anyhow::Result<Arc<dyn Store>> {
+    match settings {
+        StoreSettings::Embedded { data_dir } => {
+            let store = EmbeddedStore::open(data_dir).map_err(|err| {
+                anyhow::anyhow!("opening the store in {}: {err}", data_dir.display())
+            })?;
+            info!(data_dir = %data_dir.display(), "caller data in the embedded store");
+            Ok(Arc::new(store))
+        }
+        StoreSettings::Supabase { .. } => anyhow::bail!(
+            "SUPABASE_URL is set but this build has no Supabase store yet; unset it to use the embedded store"
+        ),
     }
 }
 

@@ -43,6 +43,12 @@ pub const LOG_FORMAT: &str = "LOG_FORMAT";
 pub const METRICS_PORT: &str = "METRICS_PORT";
 pub const ADMIN_TOKEN: &str = "ADMIN_TOKEN";
 pub const DRAIN_TIMEOUT: &str = "DRAIN_TIMEOUT";
+pub const SUPABASE_URL: &str = "SUPABASE_URL";
+pub const SUPABASE_SERVICE_ROLE_KEY: &str = "SUPABASE_SERVICE_ROLE_KEY";
+pub const DATA_DIR: &str = "DATA_DIR";
+pub const MEMORY_TURNS: &str = "MEMORY_TURNS";
+pub const MEMORY_DAYS: &str = "MEMORY_DAYS";
+pub const TOOL_TIMEOUT: &str = "TOOL_TIMEOUT";
 
 /// Every key, for `.env.example` checks and `--help`.
 pub const ALL_KEYS: &[&str] = &[
@@ -76,7 +82,25 @@ pub const ALL_KEYS: &[&str] = &[
     METRICS_PORT,
     ADMIN_TOKEN,
     DRAIN_TIMEOUT,
+    SUPABASE_URL,
+    SUPABASE_SERVICE_ROLE_KEY,
+    DATA_DIR,
+    MEMORY_TURNS,
+    MEMORY_DAYS,
+    TOOL_TIMEOUT,
 ];
+
+/// Where the caller's data lives.
+#[derive(Clone, Debug)]
+pub enum StoreSettings {
+    /// Supabase over PostgREST.
+    Supabase {
+        url: String,
+        service_role_key: SecretString,
+    },
+    /// The embedded on-disk database under this directory.
+    Embedded { data_dir: PathBuf },
+}
 
 /// The instructions for the AI's first words once a call is answered.
 pub const DEFAULT_GREETING: &str =
@@ -158,6 +182,11 @@ pub struct Config {
     pub admin_token: Option<SecretString>,
     /// How long live calls may go on after a shutdown signal before they are ended.
     pub drain_timeout: Duration,
+    pub store: StoreSettings,
+    /// Recent turns remembered across calls, and how far back.
+    pub memory_turns: usize,
+    pub memory_days: u32,
+    pub tool_timeout: Duration,
 }
 
 impl std::fmt::Debug for Config {
@@ -381,6 +410,40 @@ impl Config {
         }
         let admin_token = r.raw(ADMIN_TOKEN).map(SecretString::from);
         let drain_timeout = r.duration(DRAIN_TIMEOUT, Duration::from_secs(30));
+        let store = match (r.raw(SUPABASE_URL), r.raw(SUPABASE_SERVICE_ROLE_KEY)) {
+            (Some(url), Some(key)) => {
+                if !(url.starts_with("https://") || url.starts_with("http://")) {
+                    r.problems
+                        .push(format!("{SUPABASE_URL}={url:?} is not an http(s) URL"));
+                }
+                StoreSettings::Supabase {
+                    url: url.trim_end_matches('/').to_owned(),
+                    service_role_key: SecretString::from(key),
+                }
+            }
+            (Some(_), None) => {
+                r.problems.push(format!(
+                    "{SUPABASE_SERVICE_ROLE_KEY} is required with {SUPABASE_URL}"
+                ));
+                StoreSettings::Embedded {
+                    data_dir: PathBuf::new(),
+                }
+            }
+            (None, Some(_)) => {
+                r.problems.push(format!(
+                    "{SUPABASE_URL} is required with {SUPABASE_SERVICE_ROLE_KEY}"
+                ));
+                StoreSettings::Embedded {
+                    data_dir: PathBuf::new(),
+                }
+            }
+            (None, None) => StoreSettings::Embedded {
+                data_dir: PathBuf::from(r.string(DATA_DIR, "./data")),
+            },
+        };
+        let memory_turns = r.parsed(MEMORY_TURNS, 10usize, "a number of turns");
+        let memory_days = r.parsed(MEMORY_DAYS, 7u32, "a number of days");
+        let tool_timeout = r.duration(TOOL_TIMEOUT, Duration::from_secs(5));
 
         if !r.problems.is_empty() {
             return Err(ConfigError(r.problems));
@@ -410,6 +473,10 @@ impl Config {
             metrics_port,
             admin_token,
             drain_timeout,
+            store,
+            memory_turns,
+            memory_days,
+            tool_timeout,
         })
     }
 }

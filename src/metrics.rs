@@ -37,6 +37,12 @@ pub struct Metrics {
     pub late_pacer_ticks: IntCounter,
     /// AI `error` events and session failures by code.
     pub ai_errors: IntCounterVec,
+    /// Tool calls by tool and outcome.
+    pub tool_calls: IntCounterVec,
+    /// Failed store writes by operation.
+    pub store_errors: IntCounterVec,
+    /// Transcript turns dropped because the store fell behind.
+    pub transcript_turns_dropped: IntCounter,
 }
 
 impl Metrics {
@@ -150,6 +156,27 @@ impl Metrics {
             &["code"],
         )
         .expect("valid metric");
+        let tool_calls = IntCounterVec::new(
+            Opts::new(
+                "whatsapp_bridge_tool_calls_total",
+                "AI function calls by tool and outcome",
+            ),
+            &["tool", "outcome"],
+        )
+        .expect("valid metric");
+        let store_errors = IntCounterVec::new(
+            Opts::new(
+                "whatsapp_bridge_store_errors_total",
+                "Failed call-log and transcript writes by operation",
+            ),
+            &["operation"],
+        )
+        .expect("valid metric");
+        let transcript_turns_dropped = IntCounter::new(
+            "whatsapp_bridge_transcript_turns_dropped_total",
+            "Transcript turns dropped because the store fell behind",
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(active_calls.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(max_calls.clone()),
@@ -166,6 +193,9 @@ impl Metrics {
             Box::new(concealed_frames.clone()),
             Box::new(late_pacer_ticks.clone()),
             Box::new(ai_errors.clone()),
+            Box::new(tool_calls.clone()),
+            Box::new(store_errors.clone()),
+            Box::new(transcript_turns_dropped.clone()),
         ] {
             registry
                 .register(collector)
@@ -188,6 +218,9 @@ impl Metrics {
             concealed_frames,
             late_pacer_ticks,
             ai_errors,
+            tool_calls,
+            store_errors,
+            transcript_turns_dropped,
         }
     }
 

@@ -3,7 +3,9 @@
 
 pub mod dialer;
 pub mod flow;
+pub mod journal;
 pub mod task;
+pub mod tool_calls;
 
 use std::fmt;
 

@@ -9,14 +9,18 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use chrono::Utc;
 use futures_util::FutureExt;
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::RTCPeerConnectionState;
 
 use super::flow::{Action, CallFlow};
+use super::journal::Journal;
+use super::tool_calls::{Send as ToolSend, ToolCalls};
 use super::{CallCommand, CallDirection, CallEnd};
 use crate::ids::{CallId, PhoneNumber};
 use crate::media::codec::{
@@ -28,10 +32,13 @@ use crate::media::peer::{
 use crate::media::playback::{Pacer, PlaybackBuffer};
 use crate::media::ports::PortLease;
 use crate::media::uplink::UplinkDecoder;
+use crate::memory::{self, MemorySettings};
 use crate::metrics::Metrics;
 use crate::realtime::client::{RealtimeConfig, RealtimeError, RealtimeSession};
 use crate::realtime::events::{self, ServerEvent};
 use crate::registry::{Admission, Reservation};
+use crate::store::{CallLogDirection, CallOutcome, CallRecord, Role, Store};
+use crate::tools::{self, ToolOutcome, ToolResult};
 use crate::whatsapp::graph::{GraphAction, GraphClient, GraphError};
 use crate::whatsapp::sdp;
 
@@ -52,6 +59,11 @@ pub struct CallContext {
     pub max_call_duration: Duration,
     /// Instructions for the AI's first words once the call is answered; `None`: wait for the caller.
     pub greeting: Option<String>,
+    /// Tasks, reminders, call log and transcripts.
+    pub store: Arc<dyn Store>,
+    pub memory: MemorySettings,
+    /// A tool call that takes longer is answered with an error output.
+    pub tool_timeout: Duration,
 }
 
 /// An admitted inbound call, ready to be answered.
@@ -285,6 +297,11 @@ struct CallTask {
     concealed_seen: u64,
     /// When the AI's VAD last said the caller stopped speaking, until its answer's first audio.
     speech_stopped_at: Option<Instant>,
+    /// The call log and transcript writer; taken at the end.
+    journal: Option<Journal>,
+    tool_calls: ToolCalls,
+    /// Running tools; aborted if the call ends first.
+    tool_runs: JoinSet<ToolRun>,
     /// When the call began for us (webhook arrival, or the start of placing it).
     started: Instant,
 }
@@ -332,7 +349,22 @@ impl CallTask {
         greeting: Option<String>,
         started: Instant,
     ) -> Self {
-        Self {
+        let record = CallRecord {
+            id: admission.call_id().clone(),
+            phone_number: admission.phone().cloned(),
+            direction: match flow.direction() {
+                CallDirection::Inbound => CallLogDirection::Inbound,
+                CallDirection::Outbound => CallLogDirection::Outbound,
+            },
+            started_at: wall_clock(started),
+            answered_at: None,
+            ended_at: None,
+            duration_seconds: None,
+            end_reason: None,
+            reminder_id: None,
+        };
+        let journal = Journal::start(context.store.clone(), record, context.metrics.clone());
+        let mut task = Self {
             context,
             admission,
             commands,
@@ -356,16 +388,32 @@ impl CallTask {
             greeted: false,
             concealed_seen: 0,
             speech_stopped_at: None,
+            journal: None,
+            tool_calls: ToolCalls::new(),
+            tool_runs: JoinSet::new(),
             started,
-        }
+        };
+        task.journal = Some(journal);
+        task
     }
 
     /// Starts connecting to the AI; the connection is driven by the select loop, in parallel
     /// with answering the offer.
     fn start_ai(&mut self, caller_context: String) {
         let config = self.context.realtime.clone();
+        let store = self.context.store.clone();
+        let memory = self.context.memory.clone();
+        let phone = self.admission.phone().cloned();
         self.ai_connect = Some(Box::pin(async move {
-            RealtimeSession::connect(&config, &caller_context).await
+            let mut context = caller_context;
+            if let Some(phone) = &phone {
+                let remembered = memory::recall(&*store, phone, &memory, Utc::now()).await;
+                if !remembered.is_empty() {
+                    context.push_str("\n\n");
+                    context.push_str(&remembered);
+                }
+            }
+            RealtimeSession::connect(&config, &context).await
         }));
     }
 
@@ -461,6 +509,13 @@ impl CallTask {
                 Some((action, result)) = poll_opt(&mut self.graph_op) => {
                     self.graph_op = None;
                     if let Some(end) = self.on_graph_result(action, result).await {
+                        return end;
+                    }
+                }
+                Some(joined) = self.tool_runs.join_next(), if !self.tool_runs.is_empty() => {
+                    if let Ok(run) = joined
+                        && let Some(end) = self.on_tool_finished(run).await
+                    {
                         return end;
                     }
                 }
@@ -686,11 +741,35 @@ impl CallTask {
                     .with_label_values(&[code.as_str()])
                     .inc();
             }
+            ServerEvent::ResponseCreated { response_id } => {
+                self.tool_calls.response_created(&response_id);
+            }
             ServerEvent::ResponseDone {
                 response_id,
                 status,
                 ..
-            } => debug!(%response_id, %status, "AI response done"),
+            } => {
+                debug!(%response_id, %status, "AI response done");
+                let send = self.tool_calls.response_done(&response_id, &status);
+                return self.send_tool_results(send).await;
+            }
+            ServerEvent::FunctionCallArgumentsDone {
+                response_id,
+                call_id,
+                name,
+                arguments,
+                ..
+            } => self.start_tool(response_id, call_id, name, arguments),
+            ServerEvent::InputTranscriptCompleted { transcript, .. } => {
+                if let Some(journal) = &self.journal {
+                    journal.push(Role::User, &transcript);
+                }
+            }
+            ServerEvent::OutputTranscriptDone { transcript, .. } => {
+                if let Some(journal) = &self.journal {
+                    journal.push(Role::Assistant, &transcript);
+                }
+            }
             other => tracing::trace!(?other, "AI event"),
         }
         None
@@ -723,6 +802,78 @@ impl CallTask {
             _ => vec![],
         };
         self.apply(actions).await
+    }
+
+    /// Runs a tool on its own task (the AI and the media go on meanwhile), for this call's caller.
+    fn start_tool(
+        &mut self,
+        response_id: String,
+        call_id: String,
+        name: String,
+        arguments: String,
+    ) {
+        debug!(tool = %name, "AI calls a tool");
+        self.tool_calls.call_started(&response_id);
+        let store = self.context.store.clone();
+        let phone = self.admission.phone().cloned();
+        let timeout = self.context.tool_timeout;
+        self.tool_runs.spawn(async move {
+            let dispatch = tools::dispatch(&*store, phone.as_ref(), &name, &arguments, Utc::now());
+            let result = match tokio::time::timeout(
+                timeout,
+                AssertUnwindSafe(dispatch).catch_unwind(),
+            )
+            .await
+            {
+                Ok(Ok(result)) => result,
+                Ok(Err(_)) => ToolResult::error(ToolOutcome::StoreError, "The tool failed."),
+                Err(_) => ToolResult::error(
+                    ToolOutcome::Timeout,
+                    "The task list did not answer in time. Apologise and offer to try again.",
+                ),
+            };
+            ToolRun {
+                response_id,
+                call_id,
+                name,
+                result,
+            }
+        });
+    }
+
+    async fn on_tool_finished(&mut self, run: ToolRun) -> Option<CallEnd> {
+        let tool = tools::metric_label(&run.name);
+        self.context
+            .metrics
+            .tool_calls
+            .with_label_values(&[tool, run.result.outcome.as_str()])
+            .inc();
+        debug!(tool, outcome = run.result.outcome.as_str(), "tool finished");
+        let send = self
+            .tool_calls
+            .tool_finished(&run.response_id, &run.call_id, run.result.output);
+        self.send_tool_results(send).await
+    }
+
+    async fn send_tool_results(&mut self, send: ToolSend) -> Option<CallEnd> {
+        if send.is_empty() {
+            return None;
+        }
+        let ai = self.ai.as_mut()?;
+        let mut events: Vec<String> = send
+            .outputs
+            .iter()
+            .map(|(call_id, output)| events::function_call_output(call_id, output))
+            .collect();
+        if send.create_response {
+            events.push(events::response_create(None));
+        }
+        for event in events {
+            if let Err(err) = ai.send_text(event).await {
+                return Some(self.ai_failed(err).await);
+            }
+        }
+        None
     }
 
     /// Carries out the flow's actions. Returns the end once the flow says the call is over.
@@ -814,6 +965,19 @@ impl CallTask {
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.peer.close()).await;
         self.remote_track = None;
         debug_assert_eq!(self.flow.end_reason(), Some(end));
+        self.tool_runs.abort_all();
+        if let Some(journal) = self.journal.take() {
+            let answered_at = self.flow.active_since();
+            journal
+                .finish(CallOutcome {
+                    answered_at: answered_at.map(wall_clock),
+                    ended_at: Utc::now(),
+                    duration_seconds: answered_at
+                        .map_or(0, |since| since.elapsed().as_secs() as u32),
+                    end_reason: end.as_str().to_owned(),
+                })
+                .await;
+        }
         record_end(
             &self.context.metrics,
             &self.flow,
@@ -822,6 +986,19 @@ impl CallTask {
         );
         drop(self.admission);
     }
+}
+
+/// A tool's result on its way back to the call task.
+struct ToolRun {
+    response_id: String,
+    call_id: String,
+    name: String,
+    result: ToolResult,
+}
+
+/// The wall-clock time of a monotonic instant in the past.
+fn wall_clock(instant: Instant) -> chrono::DateTime<Utc> {
+    Utc::now() - chrono::Duration::from_std(instant.elapsed()).unwrap_or_default()
 }
 
 /// What a command from outside means for the call.

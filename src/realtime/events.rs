@@ -456,6 +456,8 @@ pub struct SessionSettings {
     pub transcription_model: Option<String>,
     /// `near_field` or `far_field`; `None` turns noise reduction off.
     pub noise_reduction: Option<String>,
+    /// Function tools the model may call (`{"type":"function","name",...}`); empty: none.
+    pub tools: Vec<serde_json::Value>,
 }
 
 impl Default for SessionSettings {
@@ -469,6 +471,7 @@ impl Default for SessionSettings {
             silence_duration_ms: 500,
             transcription_model: Some("gpt-4o-mini-transcribe".to_owned()),
             noise_reduction: Some("near_field".to_owned()),
+            tools: Vec::new(),
         }
     }
 }
@@ -492,6 +495,10 @@ pub fn session_update(settings: &SessionSettings) -> String {
         output_modalities: [&'static str; 1],
         instructions: &'a str,
         audio: Audio<'a>,
+        #[serde(skip_serializing_if = "<[_]>::is_empty")]
+        tools: &'a [serde_json::Value],
+        #[serde(skip_serializing_if = "Option::is_none")]
+        tool_choice: Option<&'static str>,
     }
     #[derive(Serialize)]
     struct Audio<'a> {
@@ -572,8 +579,18 @@ pub fn session_update(settings: &SessionSettings) -> String {
                     voice: &settings.voice,
                 },
             },
+            tools: &settings.tools,
+            tool_choice: (!settings.tools.is_empty()).then_some("auto"),
         },
     })
+}
+
+/// The result of a function call, as a conversation item (§8.2).
+pub fn function_call_output(call_id: &str, output: &str) -> String {
+    to_json(&serde_json::json!({
+        "type": "conversation.item.create",
+        "item": { "type": "function_call_output", "call_id": call_id, "output": output },
+    }))
 }
 
 fn to_json<T: Serialize>(event: &T) -> String {

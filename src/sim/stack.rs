@@ -2,6 +2,7 @@
 //! bridge on loopback wired to both. Used by the `demo` command and the tests.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -18,6 +19,8 @@ use crate::sim::graph_double::{GraphDouble, GraphDoubleConfig};
 use crate::sim::phone::PhoneSettings;
 use crate::sim::realtime_ai::{AiDoubleConfig, RealtimeAiDouble};
 use crate::sim::webhooks::BusinessLine;
+use crate::store::Store;
+use crate::store::embedded::EmbeddedStore;
 
 pub const APP_SECRET: &str = "local-app-secret";
 pub const VERIFY_TOKEN: &str = "local-verify-token";
@@ -31,6 +34,8 @@ pub struct StackOptions {
     pub greeting: Option<String>,
     /// Any other setting (`KEY` → value).
     pub settings: HashMap<String, String>,
+    /// The caller-data store; `None`: a fresh embedded store in a temporary directory.
+    pub store: Option<Arc<dyn Store>>,
 }
 
 impl Default for StackOptions {
@@ -40,6 +45,7 @@ impl Default for StackOptions {
             ai: AiDoubleConfig::default(),
             greeting: None,
             settings: HashMap::new(),
+            store: None,
         }
     }
 }
@@ -51,12 +57,16 @@ pub struct LocalStack {
     pub bridge_url: String,
     pub registry: Registry,
     pub metrics: Metrics,
+    /// The caller-data store the bridge uses.
+    pub store: Arc<dyn Store>,
     /// Places outbound calls through the bridge.
     pub dialer: Dialer,
     /// Cancelling it ends every call with `shutdown` (without stopping the server).
     pub calls_token: CancellationToken,
     /// Like SIGTERM for a process: the first starts the drain, the second ends it.
     stop: Option<mpsc::Sender<()>>,
+    /// The temporary store directory this stack made, removed at stop.
+    temp_dir: Option<std::path::PathBuf>,
     server: Option<JoinHandle<anyhow::Result<()>>>,
     http: reqwest::Client,
 }
@@ -94,7 +104,17 @@ impl LocalStack {
         env.extend(options.settings.clone());
         let config = Config::from_env(&env).map_err(|err| anyhow::anyhow!("{err}"))?;
 
-        let app = App::build(config).await?;
+        let mut temp_dir = None;
+        let store: Arc<dyn Store> = match options.store.clone() {
+            Some(store) => store,
+            None => {
+                let dir = std::env::temp_dir().join(format!("wvb-stack-{}", uuid::Uuid::new_v4()));
+                let store = EmbeddedStore::open(&dir).map_err(|err| anyhow::anyhow!("{err}"))?;
+                temp_dir = Some(dir);
+                Arc::new(store)
+            }
+        };
+        let app = App::build_with_store(config, Some(store.clone())).await?;
         let bridge_url = format!("http://127.0.0.1:{}", app.port());
         let registry = app.registry();
         let metrics = app.metrics();
@@ -108,9 +128,11 @@ impl LocalStack {
             bridge_url,
             registry,
             metrics,
+            store,
             dialer,
             calls_token,
             stop: Some(stop),
+            temp_dir,
             server: Some(server),
             http: reqwest::Client::new(),
         })
@@ -152,6 +174,9 @@ impl LocalStack {
         }
         self.ai.shutdown();
         self.graph.shutdown();
+        if let Some(dir) = self.temp_dir.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
         Ok(())
     }
 }

@@ -1,12 +1,11 @@
-//! The caller's data: tasks, reminders, the call log and transcripts, behind one [`Store`] trait
-//! with two implementations: Supabase over PostgREST (production) and an embedded on-disk
-//! database (the default when Supabase is not configured).
+//! The caller's data: tasks, reminders, the call log and transcripts, behind one [`Store`] trait.
+//! [`embedded::EmbeddedStore`] is a SQLite database on disk (the default); the Supabase
+//! (PostgREST) implementation is the next step (see the issue notes).
 //!
 //! Every operation on tasks and reminders takes the caller's phone number, which comes from the
 //! call, never from the AI: an id belonging to another number is "not found".
 
 pub mod embedded;
-pub mod supabase;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};

@@ -1,0 +1,157 @@
+//! The call log and transcript of one call, written to the store without ever holding up the
+//! media path: the call task only pushes into a bounded in-memory queue, and a writer task owned
+//! by the journal drains it. When the queue is full the oldest turn is dropped (and counted).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tracing::warn;
+
+use crate::ids::CallId;
+use crate::metrics::Metrics;
+use crate::store::{CallOutcome, CallRecord, Role, Store, TranscriptTurn};
+
+/// Turns waiting for the writer. A store slower than speech for this many turns loses the
+/// oldest ones rather than growing without bound.
+pub const TURN_QUEUE_CAPACITY: usize = 64;
+/// How long the end of a call waits for its last turns and the call-log update.
+const FINISH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Store operations of the writer give up after this (the next batch retries nothing: a lost
+/// write is logged and counted).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+struct Shared {
+    queue: Mutex<Queue>,
+    wake: Notify,
+}
+
+#[derive(Default)]
+struct Queue {
+    turns: VecDeque<TranscriptTurn>,
+    next_seq: u32,
+    /// Set once the call ended: the writer drains what is left, writes the outcome, stops.
+    outcome: Option<CallOutcome>,
+}
+
+/// One call's journal; dropped only after [`Journal::finish`].
+pub struct Journal {
+    call_id: CallId,
+    shared: Arc<Shared>,
+    writer: JoinHandle<()>,
+    metrics: Metrics,
+}
+
+impl Journal {
+    /// Starts the writer, whose first job is the call-log row.
+    pub fn start(store: Arc<dyn Store>, record: CallRecord, metrics: Metrics) -> Self {
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue::default()),
+            wake: Notify::new(),
+        });
+        let call_id = record.id.clone();
+        let writer = tokio::spawn(write(store, record, shared.clone(), metrics.clone()));
+        Self {
+            call_id,
+            shared,
+            writer,
+            metrics,
+        }
+    }
+
+    /// Queues a transcript turn; never waits.
+    pub fn push(&self, role: Role, text: &str) {
+        let text = text.trim();
+        if text.is_empty() {
+            return;
+        }
+        let mut queue = self.shared.queue.lock();
+        if queue.outcome.is_some() {
+            return;
+        }
+        if queue.turns.len() >= TURN_QUEUE_CAPACITY {
+            queue.turns.pop_front();
+            self.metrics.transcript_turns_dropped.inc();
+        }
+        let seq = queue.next_seq;
+        queue.next_seq += 1;
+        queue.turns.push_back(TranscriptTurn {
+            call_id: self.call_id.clone(),
+            seq,
+            role,
+            text: text.to_owned(),
+            at: Utc::now(),
+        });
+        drop(queue);
+        self.shared.wake.notify_one();
+    }
+
+    /// Records how the call ended and waits (bounded) for everything to be written.
+    pub async fn finish(mut self, outcome: CallOutcome) {
+        self.shared.queue.lock().outcome = Some(outcome);
+        self.shared.wake.notify_one();
+        if tokio::time::timeout(FINISH_TIMEOUT, &mut self.writer)
+            .await
+            .is_err()
+        {
+            warn!(call_id = %self.call_id, "call log not written in time; abandoned");
+        }
+        // Dropping aborts the writer if it is still running.
+    }
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        // A journal dropped without `finish` (a panicking call task) must not leave its writer.
+        self.writer.abort();
+    }
+}
+
+async fn write(store: Arc<dyn Store>, record: CallRecord, shared: Arc<Shared>, metrics: Metrics) {
+    let count_error = |what: &str| {
+        metrics.store_errors.with_label_values(&[what]).inc();
+    };
+    match tokio::time::timeout(WRITE_TIMEOUT, store.start_call(&record)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => {
+            warn!(call_id = %record.id, %err, "writing the call log failed");
+            count_error("start_call");
+        }
+        Err(_) => count_error("start_call"),
+    }
+    loop {
+        let (batch, outcome) = {
+            let mut queue = shared.queue.lock();
+            let batch: Vec<TranscriptTurn> = queue.turns.drain(..).collect();
+            (batch, queue.outcome.clone())
+        };
+        if !batch.is_empty() {
+            match tokio::time::timeout(WRITE_TIMEOUT, store.append_turns(&batch)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => {
+                    warn!(call_id = %record.id, %err, turns = batch.len(), "writing transcript turns failed");
+                    count_error("append_turns");
+                }
+                Err(_) => count_error("append_turns"),
+            }
+            continue;
+        }
+        if let Some(outcome) = outcome {
+            match tokio::time::timeout(WRITE_TIMEOUT, store.finish_call(&record.id, &outcome)).await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => {
+                    warn!(call_id = %record.id, %err, "completing the call log failed");
+                    count_error("finish_call");
+                }
+                Err(_) => count_error("finish_call"),
+            }
+            return;
+        }
+        shared.wake.notified().await;
+    }
+}
