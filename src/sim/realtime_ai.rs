@@ -94,6 +94,38 @@ pub struct AiDoubleConfig {
     pub vad_threshold_rms: f64,
     /// Session cap (default 60 min); at expiry: error `session_expired`, then close 1001.
     pub max_session: Duration,
+    /// Function calls to make instead of speaking, on given user turns (per session). Shared, so
+    /// tests can add calls while sessions run ([`RealtimeAiDouble::add_scripted_call`]).
+    pub script: Arc<parking_lot::Mutex<Vec<ScriptedCall>>>,
+    /// What the caller's turns "said": the input transcription of VAD user turn N is
+    /// `transcripts[(N-1) % len]` (empty: "(caller speech N)").
+    pub transcripts: Vec<String>,
+}
+
+/// On VAD user turn `on_user_turn` (1-based, per session), answer with a call of `name`.
+#[derive(Debug, Clone)]
+pub struct ScriptedCall {
+    pub on_user_turn: usize,
+    pub name: String,
+    pub arguments: serde_json::Value,
+}
+
+/// A function call the double made.
+#[derive(Debug, Clone)]
+pub struct FunctionCallRecord {
+    pub call_id: String,
+    pub name: String,
+    pub arguments: String,
+    pub response_id: String,
+}
+
+/// A `function_call_output` the client sent for one of the double's calls.
+#[derive(Debug, Clone)]
+pub struct FunctionOutput {
+    pub call_id: String,
+    pub name: String,
+    pub output: String,
+    pub at: Instant,
 }
 
 impl Default for AiDoubleConfig {
@@ -106,6 +138,8 @@ impl Default for AiDoubleConfig {
             first_audio_latency: Duration::from_millis(50),
             vad_threshold_rms: 400.0,
             max_session: Duration::from_secs(60 * 60),
+            script: Arc::default(),
+            transcripts: Vec::new(),
         }
     }
 }
@@ -122,6 +156,12 @@ pub enum CloseKind {
 /// Everything the double saw and did in one session, for assertions.
 #[derive(Debug, Clone)]
 pub struct SessionSnapshot {
+    /// Function calls made in this session, in order.
+    pub function_calls: Vec<FunctionCallRecord>,
+    /// Tool results the client sent back, in order.
+    pub function_outputs: Vec<FunctionOutput>,
+    /// `response.create`s refused because a response was still active (0 for a correct client).
+    pub early_response_creates: u32,
     /// `sess_…`
     pub id: String,
     /// From `?model=` (or the Azure preview `deployment=`).
@@ -308,6 +348,11 @@ impl RealtimeAiDouble {
                 _ => return condition(&self.sessions()),
             }
         }
+    }
+
+    /// Adds a scripted function call (seen by every session from its next user turn on).
+    pub fn add_scripted_call(&self, call: ScriptedCall) {
+        self.shared.config.script.lock().push(call);
     }
 
     /// Ends every live session the given way (tests of "AI socket closed").

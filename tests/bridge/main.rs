@@ -7,4 +7,5 @@ mod drain;
 mod ops;
 mod script;
 mod support;
+mod tools;
 mod webhook;

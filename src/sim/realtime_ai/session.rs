@@ -5,7 +5,7 @@
 //! (paced audio deltas, delayed transcripts, the idle timeout, the session cap) happens in
 //! [`Session::tick`], and [`Session::deadline`] says when it is next due.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,7 +19,10 @@ use serde_json::{Map, Value, json};
 use super::pcm::{AudioFormat, SAMPLES_PER_MS, tone_sample};
 use super::session_config::{self as cfg, ApiError, Effective};
 use super::vad::{EnergyVad, VadEvent, VadParams};
-use super::{AiDoubleConfig, AiMode, RecordedEvent, ResponseRecord, SessionSnapshot, Truncation};
+use super::{
+    AiDoubleConfig, AiMode, FunctionCallRecord, FunctionOutput, RecordedEvent, ResponseRecord,
+    ScriptedCall, SessionSnapshot, Truncation,
+};
 
 /// What the connection task must do, in order.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,7 +45,8 @@ const MIN_COMMIT_MS: f64 = 100.0;
 /// Delay from a commit to its scripted transcript (§12.4 says 0.5–1 s).
 const TRANSCRIPTION_DELAY: Duration = Duration::from_millis(500);
 /// What the scripted caller transcript says.
-const TRANSCRIPT_TEXT: &str = "(caller audio)";
+/// How long the spoken answer after tool results lasts.
+const TOOL_ANSWER_TONE: Duration = Duration::from_millis(600);
 /// What Echo mode says when there is nothing to echo yet.
 const FALLBACK_TONE_HZ: f32 = 440.0;
 const FALLBACK_TONE: Duration = Duration::from_secs(1);
@@ -158,7 +162,9 @@ struct Active {
     metadata: Value,
     instructions_chars: usize,
     source: Source,
-    label: &'static str,
+    /// Transcript text said with each delta (`(echo)`, `(tone)`), or once (a tool result).
+    label: String,
+    label_once: bool,
     /// Samples of `source` already sent.
     emitted: usize,
     chunks_sent: u32,
@@ -202,6 +208,7 @@ struct PendingTranscript {
     due: Instant,
     item_id: String,
     seconds: f64,
+    text: String,
 }
 
 pub(super) struct Session {
@@ -233,8 +240,16 @@ pub(super) struct Session {
     committed_ms: u64,
 
     items: Vec<Item>,
-    /// `call_id`s of function calls in the conversation (none are produced by this double).
+    /// `call_id`s of function calls in the conversation, with their function names.
     call_ids: HashSet<String>,
+    call_names: HashMap<String, String>,
+    /// VAD user turns so far (scripted calls are keyed by it).
+    user_turns: usize,
+    /// Tool outputs received and not yet spoken back.
+    unspoken_outputs: Vec<String>,
+    function_calls: Vec<FunctionCallRecord>,
+    function_outputs: Vec<FunctionOutput>,
+    early_response_creates: u32,
     responses: Vec<Active>,
     idle_deadline: Option<Instant>,
     transcripts: VecDeque<PendingTranscript>,
@@ -288,6 +303,12 @@ impl Session {
             committed_ms: 0,
             items: Vec::new(),
             call_ids: HashSet::new(),
+            call_names: HashMap::new(),
+            user_turns: 0,
+            unspoken_outputs: Vec::new(),
+            function_calls: Vec::new(),
+            function_outputs: Vec::new(),
+            early_response_creates: 0,
             responses: Vec::new(),
             idle_deadline: None,
             transcripts: VecDeque::new(),
@@ -321,6 +342,9 @@ impl Session {
 
     pub(super) fn snapshot(&self) -> SessionSnapshot {
         SessionSnapshot {
+            function_calls: self.function_calls.clone(),
+            function_outputs: self.function_outputs.clone(),
+            early_response_creates: self.early_response_creates,
             id: self.id.clone(),
             model: self.model.clone(),
             config: self.config.clone(),
@@ -676,9 +700,22 @@ impl Session {
         let speech_end = (speech_end_ms as usize * SAMPLES_PER_MS)
             .min(end)
             .max(start);
+        self.user_turns += 1;
         self.commit_turn(now, turn.item_id, start..end, Some(start..speech_end), out);
         if config.create_response && self.active_default().is_none() {
-            self.start_response(now, Request::default(), out);
+            let scripted: Vec<ScriptedCall> = self
+                .settings
+                .script
+                .lock()
+                .iter()
+                .filter(|call| call.on_user_turn == self.user_turns)
+                .cloned()
+                .collect();
+            if scripted.is_empty() {
+                self.start_response(now, Request::default(), out);
+            } else {
+                self.function_call_response(now, &scripted, out);
+            }
         }
     }
 
@@ -739,10 +776,16 @@ impl Session {
         self.committed_ms += ms;
         self.buffer_start = self.buffer_start.max(audio.end);
         if self.effective.transcription {
+            let turn = self.user_turns.max(1);
+            let text = match self.settings.transcripts.len() {
+                0 => format!("(caller speech {turn})"),
+                n => self.settings.transcripts[(turn - 1) % n].clone(),
+            };
             self.transcripts.push_back(PendingTranscript {
                 due: now + TRANSCRIPTION_DELAY,
                 item_id: item_id.clone(),
                 seconds: ms as f64 / 1000.0,
+                text,
             });
         }
         if echo.is_some() {
@@ -762,12 +805,12 @@ impl Session {
         self.emit(
             out,
             json!({"type": "conversation.item.input_audio_transcription.delta",
-                   "item_id": pending.item_id, "content_index": 0, "delta": TRANSCRIPT_TEXT}),
+                   "item_id": pending.item_id, "content_index": 0, "delta": pending.text}),
         );
         self.emit(
             out,
             json!({"type": "conversation.item.input_audio_transcription.completed",
-                   "item_id": pending.item_id, "content_index": 0, "transcript": TRANSCRIPT_TEXT,
+                   "item_id": pending.item_id, "content_index": 0, "transcript": pending.text,
                    "usage": {"type": "duration", "seconds": pending.seconds}}),
         );
         if let Some(item) = self
@@ -776,7 +819,7 @@ impl Session {
             .find(|item| item.id == pending.item_id)
             && let Some(part) = item.json.pointer_mut("/content/0/transcript")
         {
-            *part = json!(TRANSCRIPT_TEXT);
+            *part = json!(pending.text);
         }
     }
 
@@ -939,7 +982,15 @@ impl Session {
                 };
                 let mut reported = Map::new();
                 reported.insert("call_id".into(), Value::String(call_id.clone()));
-                reported.insert("output".into(), output);
+                reported.insert("output".into(), output.clone());
+                let text = output.as_str().unwrap_or_default().to_owned();
+                self.function_outputs.push(FunctionOutput {
+                    call_id: call_id.clone(),
+                    name: self.call_names.get(call_id).cloned().unwrap_or_default(),
+                    output: text.clone(),
+                    at: Instant::now(),
+                });
+                self.unspoken_outputs.push(text);
                 (Role::Tool, reported, None)
             }
             _ => {
@@ -1146,6 +1197,7 @@ impl Session {
         if !request.out_of_band
             && let Some(index) = self.active_default()
         {
+            self.early_response_creates += 1;
             return Err(ApiError::new(
                 "conversation_already_has_active_response",
                 format!(
@@ -1292,6 +1344,99 @@ impl Session {
         Ok(request)
     }
 
+    /// A response made of function calls only (§8.1, §12.4), emitted at once.
+    fn function_call_response(
+        &mut self,
+        now: Instant,
+        calls: &[ScriptedCall],
+        out: &mut Vec<Output>,
+    ) {
+        let response_id = new_id("resp_", 21);
+        let mut output = Vec::new();
+        self.emit(
+            out,
+            json!({"type": "response.created", "response": {
+                "object": "realtime.response", "id": response_id, "status": "in_progress",
+                "status_details": null, "output": [], "conversation_id": self.conversation_id,
+                "output_modalities": ["audio"], "usage": null, "metadata": null}}),
+        );
+        for (index, call) in calls.iter().enumerate() {
+            let item_id = item_id();
+            let call_id = new_id("call_", 16);
+            let arguments = call.arguments.to_string();
+            let added = json!({"id": item_id, "object": "realtime.item", "type": "function_call",
+                               "status": "in_progress", "name": call.name, "call_id": call_id,
+                               "arguments": ""});
+            self.emit(
+                out,
+                json!({"type": "response.output_item.added", "response_id": response_id,
+                       "output_index": index, "item": added}),
+            );
+            let previous = self.last_item_id();
+            self.emit(
+                out,
+                json!({"type": "conversation.item.added", "previous_item_id": previous, "item": added}),
+            );
+            self.emit(
+                out,
+                json!({"type": "response.function_call_arguments.delta", "response_id": response_id,
+                       "item_id": item_id, "output_index": index, "call_id": call_id,
+                       "delta": arguments}),
+            );
+            self.emit(
+                out,
+                json!({"type": "response.function_call_arguments.done", "response_id": response_id,
+                       "item_id": item_id, "output_index": index, "call_id": call_id,
+                       "name": call.name, "arguments": arguments}),
+            );
+            let done = json!({"id": item_id, "object": "realtime.item", "type": "function_call",
+                              "status": "completed", "name": call.name, "call_id": call_id,
+                              "arguments": arguments});
+            self.emit(
+                out,
+                json!({"type": "response.output_item.done", "response_id": response_id,
+                       "output_index": index, "item": done}),
+            );
+            self.emit(
+                out,
+                json!({"type": "conversation.item.done", "previous_item_id": previous, "item": done}),
+            );
+            self.items.push(Item {
+                id: item_id.clone(),
+                json: done.clone(),
+                role: Role::Tool,
+                user_audio: None,
+                assistant_samples: 0,
+                has_audio: false,
+            });
+            self.call_ids.insert(call_id.clone());
+            self.call_names.insert(call_id.clone(), call.name.clone());
+            self.function_calls.push(FunctionCallRecord {
+                call_id,
+                name: call.name.clone(),
+                arguments,
+                response_id: response_id.clone(),
+            });
+            output.push(done);
+        }
+        self.records.push(ResponseRecord {
+            id: response_id.clone(),
+            item_id: String::new(),
+            produced_ms: 0,
+            status: "completed".into(),
+            created_at: now,
+            first_delta_at: None,
+        });
+        self.emit(
+            out,
+            json!({"type": "response.done", "response": {
+                "object": "realtime.response", "id": response_id, "status": "completed",
+                "status_details": null, "output": output, "conversation_id": self.conversation_id,
+                "output_modalities": ["audio"], "metadata": null,
+                "usage": {"total_tokens": 40, "input_tokens": 30, "output_tokens": 10}}}),
+        );
+    }
+
     fn start_response(&mut self, now: Instant, request: Request, out: &mut Vec<Output>) {
         let (source, label) = match &self.settings.mode {
             AiMode::Silent => return,
@@ -1300,6 +1445,18 @@ impl Session {
                 None => (tone(FALLBACK_TONE_HZ, FALLBACK_TONE), "(tone)"),
             },
             AiMode::Tone { hz, duration } => (tone(*hz, *duration), "(tone)"),
+        };
+        // After tool results, the answer "speaks" them: a short tone whose transcript carries
+        // the outputs verbatim.
+        let unspoken: Vec<String> = self.unspoken_outputs.drain(..).collect();
+        let (source, label, label_once) = if unspoken.is_empty() {
+            (source, label.to_owned(), false)
+        } else {
+            (
+                tone(FALLBACK_TONE_HZ, TOOL_ANSWER_TONE),
+                format!("Result: {}", unspoken.join(" ")),
+                true,
+            )
         };
         let output_modalities = request.output_modalities.unwrap_or_else(|| {
             self.config
@@ -1343,6 +1500,7 @@ impl Session {
             instructions_chars,
             source,
             label,
+            label_once,
             emitted: 0,
             chunks_sent: 0,
             first_at: now + self.settings.first_audio_latency,
@@ -1408,12 +1566,12 @@ impl Session {
         let total = response.source.len();
         if response.text_only || response.emitted >= total {
             if response.text_only {
-                let label = response.label;
+                let label = response.label.clone();
                 let ids = json!({"type": "response.output_text.delta", "response_id": response.id,
                                  "item_id": response.item_id, "output_index": 0, "content_index": 0,
                                  "delta": label});
                 self.emit(out, ids);
-                self.responses[index].transcript.push_str(label);
+                self.responses[index].transcript.push_str(&label);
             }
             self.finish(now, index, Ending::Completed, out);
             return;
@@ -1433,7 +1591,9 @@ impl Session {
             }
         }
         let text = if response.chunks_sent == 0 {
-            response.label.to_owned()
+            response.label.clone()
+        } else if response.label_once {
+            String::new()
         } else {
             format!(" {}", response.label)
         };
