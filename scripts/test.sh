@@ -4,6 +4,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/lint_infra.sh
+# The Supabase schema on the local PostgreSQL, in a fresh database for this run.
+DATABASE_URL="postgresql://postgres@127.0.0.1:5432/whatsapp_bridge_ci_$$" bash scripts/apply_migrations.sh --fresh
+psql "postgresql://postgres@127.0.0.1:5432/postgres" -q -c "drop database if exists whatsapp_bridge_ci_$$"
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --all-targets --locked

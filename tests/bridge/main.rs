@@ -5,6 +5,7 @@ mod cleanup;
 mod cli;
 mod drain;
 mod ops;
+mod schema;
 mod script;
 mod support;
 mod tools;

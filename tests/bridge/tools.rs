@@ -75,7 +75,10 @@ async fn turn_until_outputs(stack: &LocalStack, call: &PhoneCall, name: &str, ou
                     .as_str()
                     .is_some_and(|text| text.contains(&name))
                     && s.function_outputs.len() >= outputs
-                    && s.responses.iter().filter(|r| r.status == "completed").count()
+                    && s.responses
+                        .iter()
+                        .filter(|r| r.status == "completed")
+                        .count()
                         >= 2 * outputs
             })
         })
