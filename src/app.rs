@@ -25,6 +25,7 @@ use crate::realtime::events::SessionSettings;
 use crate::registry::Registry;
 use crate::store::Store;
 use crate::store::embedded::EmbeddedStore;
+use crate::store::supabase::{SupabaseConfig, SupabaseStore};
 use crate::tools;
 use crate::whatsapp::graph::{GraphClient, GraphConfig};
 
@@ -257,9 +258,17 @@ fn open_store(settings: &StoreSettings) -> anyhow::Result<Arc<dyn Store>> {
             info!(data_dir = %data_dir.display(), "caller data in the embedded store");
             Ok(Arc::new(store))
         }
-        StoreSettings::Supabase { .. } => anyhow::bail!(
-            "SUPABASE_URL is set but this build has no Supabase store yet; unset it to use the embedded store"
-        ),
+        StoreSettings::Supabase {
+            url,
+            service_role_key,
+        } => {
+            info!(%url, "caller data in Supabase");
+            Ok(Arc::new(SupabaseStore::new(SupabaseConfig {
+                url: url.clone(),
+                service_role_key: service_role_key.clone(),
+                timeout: Duration::from_secs(5),
+            })))
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod audio;
 pub mod graph_double;
 pub mod phone;
+pub mod postgrest_double;
 pub mod realtime_ai;
 pub mod stack;
 pub mod webhooks;

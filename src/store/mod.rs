@@ -1,11 +1,13 @@
-//! The caller's data: tasks, reminders, the call log and transcripts, behind one [`Store`] trait.
-//! [`embedded::EmbeddedStore`] is a SQLite database on disk (the default); the Supabase
-//! (PostgREST) implementation is the next step (see the issue notes).
+//! The caller's data: tasks, reminders, the call log and transcripts, behind one [`Store`] trait
+//! with two implementations: [`supabase::SupabaseStore`] over PostgREST (production) and
+//! [`embedded::EmbeddedStore`], a SQLite database on disk (the default when Supabase is not
+//! configured).
 //!
 //! Every operation on tasks and reminders takes the caller's phone number, which comes from the
 //! call, never from the AI: an id belonging to another number is "not found".
 
 pub mod embedded;
+pub mod supabase;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};

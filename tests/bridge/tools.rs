@@ -334,3 +334,62 @@ async fn a_second_call_from_the_same_phone_remembers_the_first() {
     assert!(stack.wait_idle(WAIT).await);
     stack.stop().await.expect("stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_supabase_the_call_log_and_transcript_are_written_and_an_outage_is_survived() {
+    use whatsapp_voice_bridge::sim::postgrest_double::PostgrestDouble;
+    use whatsapp_voice_bridge::store::supabase::{SupabaseConfig, SupabaseStore};
+
+    let double = PostgrestDouble::start("service-key")
+        .await
+        .expect("PostgREST double");
+    let supabase: Arc<dyn Store> = Arc::new(SupabaseStore::new(SupabaseConfig {
+        url: double.url(),
+        service_role_key: secrecy::SecretString::from("service-key"),
+        timeout: Duration::from_secs(2),
+    }));
+    let stack = tool_stack(
+        vec![
+            scripted(1, "add_task", json!({"title": "Buy milk"})),
+            scripted(2, "add_task", json!({"title": "Buy bread"})),
+        ],
+        Some(supabase),
+    )
+    .await;
+    let ada = user(1401);
+    let call = dial(&stack, "supa", &ada, "Ada Supabase").await;
+    turn_until_outputs(&stack, &call, "Ada Supabase", 1).await;
+    // Supabase answers 503 for the next request: the tool reports the outage, the call goes on.
+    double.fail_next_on(
+        "tasks",
+        1,
+        503,
+        r#"{"code":"PGRST000","message":"Database client error"}"#,
+    );
+    turn_until_outputs(&stack, &call, "Ada Supabase", 2).await;
+    let outputs = session_of(&stack, "Ada Supabase").function_outputs;
+    assert!(outputs[0].output.contains("Buy milk"));
+    assert!(
+        outputs[1].output.contains("unavailable"),
+        "{}",
+        outputs[1].output
+    );
+    let id = call.call_id.clone();
+    call.hang_up().await.expect("hang up");
+    assert!(stack.wait_idle(WAIT).await);
+
+    let record = stack
+        .store
+        .call(&id)
+        .await
+        .expect("read")
+        .expect("call row");
+    assert_eq!(record.end_reason.as_deref(), Some("remote_terminated"));
+    let turns = stack.store.call_turns(&id).await.expect("turns");
+    assert!(turns.iter().any(|t| t.role == Role::User), "{turns:?}");
+    assert!(turns.iter().any(|t| t.role == Role::Assistant), "{turns:?}");
+    let tasks = stack.store.list_tasks(&ada, None).await.expect("tasks");
+    assert_eq!(tasks.len(), 1);
+    assert_eq!(double.rows("calls").len(), 1);
+    stack.stop().await.expect("stop");
+}

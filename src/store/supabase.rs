@@ -1,0 +1,564 @@
+//! The production store: Supabase over PostgREST (`postgrest` crate), with the service-role key
+//! as `apikey` and bearer token. Filters, order and limits are PostgREST's query grammar;
+//! PostgREST's error bodies (`code`, `message`, `details`, `hint`) become [`StoreError`]s.
+
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use postgrest::Postgrest;
+use secrecy::{ExposeSecret, SecretString};
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use super::{
+    CallOutcome, CallRecord, NewTask, Reminder, ReminderStatus, Store, StoreError, Task,
+    TaskStatus, TranscriptTurn,
+};
+use crate::ids::{CallId, PhoneNumber};
+
+#[derive(Clone)]
+pub struct SupabaseConfig {
+    /// The project URL (`SUPABASE_URL`), e.g. `https://xyz.supabase.co`.
+    pub url: String,
+    pub service_role_key: SecretString,
+    /// Per request.
+    pub timeout: Duration,
+}
+
+/// The Supabase store; cheap to clone.
+#[derive(Clone)]
+pub struct SupabaseStore {
+    client: Postgrest,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for SupabaseStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SupabaseStore")
+            .field("service_role_key", &"[redacted]")
+            .finish_non_exhaustive()
+    }
+}
+
+fn time_text(time: DateTime<Utc>) -> String {
+    time.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+fn is_uuid(id: &str) -> bool {
+    uuid::Uuid::parse_str(id).is_ok()
+}
+
+/// PostgREST's error body.
+fn error_from(status: u16, body: &str) -> StoreError {
+    let parsed: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+    let code = parsed["code"].as_str().unwrap_or_default().to_owned();
+    let message = parsed["message"]
+        .as_str()
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("HTTP {status}"));
+    match status {
+        401 | 403 => StoreError::Unauthorized(message),
+        404 => StoreError::Schema(message),
+        409 => StoreError::Conflict(message),
+        500..=599 => StoreError::Unavailable(message),
+        _ => StoreError::Other {
+            code: if code.is_empty() {
+                format!("http_{status}")
+            } else {
+                code
+            },
+            message,
+        },
+    }
+}
+
+impl SupabaseStore {
+    pub fn new(config: SupabaseConfig) -> Self {
+        let key = config.service_role_key.expose_secret().to_owned();
+        let client = Postgrest::new(format!("{}/rest/v1", config.url.trim_end_matches('/')))
+            .insert_header("apikey", &key)
+            .insert_header("Authorization", format!("Bearer {key}"));
+        Self {
+            client,
+            timeout: config.timeout,
+        }
+    }
+
+    /// Sends a request; the body of a 2xx answer, or the mapped error.
+    async fn send(&self, builder: postgrest::Builder) -> Result<String, StoreError> {
+        let response = builder
+            .build()
+            .timeout(self.timeout)
+            .send()
+            .await
+            .map_err(|err| StoreError::Unavailable(err.to_string()))?;
+        let status = response.status().as_u16();
+        let body = response
+            .text()
+            .await
+            .map_err(|err| StoreError::Unavailable(err.to_string()))?;
+        if (200..300).contains(&status) {
+            Ok(body)
+        } else {
+            Err(error_from(status, &body))
+        }
+    }
+
+    async fn rows<T: DeserializeOwned>(
+        &self,
+        builder: postgrest::Builder,
+    ) -> Result<Vec<T>, StoreError> {
+        let body = self.send(builder).await?;
+        serde_json::from_str(&body).map_err(|err| StoreError::InvalidResponse(err.to_string()))
+    }
+
+    async fn one<T: DeserializeOwned>(&self, builder: postgrest::Builder) -> Result<T, StoreError> {
+        self.rows(builder)
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| StoreError::InvalidResponse("no row returned".into()))
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for SupabaseStore {
+    async fn add_task(&self, phone: &PhoneNumber, task: NewTask) -> Result<Task, StoreError> {
+        let body = json!({
+            "phone_number": phone.as_str(),
+            "title": task.title,
+            "notes": task.notes,
+            "due_at": task.due_at.map(time_text),
+        });
+        self.one(self.client.from("tasks").insert(body.to_string()))
+            .await
+    }
+
+    async fn list_tasks(
+        &self,
+        phone: &PhoneNumber,
+        status: Option<TaskStatus>,
+    ) -> Result<Vec<Task>, StoreError> {
+        let mut query = self
+            .client
+            .from("tasks")
+            .select("*")
+            .eq("phone_number", phone.as_str());
+        if let Some(status) = status {
+            query = query.eq("status", status_text(&status));
+        }
+        self.rows(query.order("created_at.desc")).await
+    }
+
+    async fn complete_task(
+        &self,
+        phone: &PhoneNumber,
+        id: &str,
+    ) -> Result<Option<Task>, StoreError> {
+        if !is_uuid(id) {
+            return Ok(None);
+        }
+        let body = json!({ "status": "done", "completed_at": time_text(Utc::now()) });
+        let rows: Vec<Task> = self
+            .rows(
+                self.client
+                    .from("tasks")
+                    .eq("id", id)
+                    .eq("phone_number", phone.as_str())
+                    .update(body.to_string()),
+            )
+            .await?;
+        Ok(rows.into_iter().next())
+    }
+
+    async fn add_reminder(
+        &self,
+        phone: &PhoneNumber,
+        text: &str,
+        remind_at: DateTime<Utc>,
+    ) -> Result<Reminder, StoreError> {
+        let body = json!({
+            "phone_number": phone.as_str(),
+            "text": text,
+            "remind_at": time_text(remind_at),
+        });
+        self.one(self.client.from("reminders").insert(body.to_string()))
+            .await
+    }
+
+    async fn list_reminders(
+        &self,
+        phone: &PhoneNumber,
+        status: Option<ReminderStatus>,
+    ) -> Result<Vec<Reminder>, StoreError> {
+        let mut query = self
+            .client
+            .from("reminders")
+            .select("*")
+            .eq("phone_number", phone.as_str());
+        if let Some(status) = status {
+            query = query.eq("status", status_text(&status));
+        }
+        self.rows(query.order("remind_at.asc")).await
+    }
+
+    async fn cancel_reminder(
+        &self,
+        phone: &PhoneNumber,
+        id: &str,
+    ) -> Result<Option<Reminder>, StoreError> {
+        if !is_uuid(id) {
+            return Ok(None);
+        }
+        let rows: Vec<Reminder> = self
+            .rows(
+                self.client
+                    .from("reminders")
+                    .eq("id", id)
+                    .eq("phone_number", phone.as_str())
+                    .eq("status", "pending")
+                    .update(json!({ "status": "cancelled" }).to_string()),
+            )
+            .await?;
+        Ok(rows.into_iter().next())
+    }
+
+    async fn start_call(&self, call: &CallRecord) -> Result<(), StoreError> {
+        let body = json!({
+            "id": call.id.as_str(),
+            "phone_number": call.phone_number.as_ref().map(PhoneNumber::as_str),
+            "direction": status_text(&call.direction),
+            "started_at": time_text(call.started_at),
+            "reminder_id": call.reminder_id,
+        });
+        match self
+            .send(self.client.from("calls").insert(body.to_string()))
+            .await
+        {
+            // Already written: the start is idempotent on the call id.
+            Ok(_) | Err(StoreError::Conflict(_)) => Ok(()),
+            Err(err) => Err(err),
+        }
+    }
+
+    async fn finish_call(&self, id: &CallId, outcome: &CallOutcome) -> Result<(), StoreError> {
+        let body = json!({
+            "answered_at": outcome.answered_at.map(time_text),
+            "ended_at": time_text(outcome.ended_at),
+            "duration_seconds": outcome.duration_seconds,
+            "end_reason": outcome.end_reason,
+        });
+        self.send(
+            self.client
+                .from("calls")
+                .eq("id", id.as_str())
+                .update(body.to_string()),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn call(&self, id: &CallId) -> Result<Option<CallRecord>, StoreError> {
+        let rows: Vec<CallRecord> = self
+            .rows(self.client.from("calls").select("*").eq("id", id.as_str()))
+            .await?;
+        Ok(rows.into_iter().next())
+    }
+
+    async fn append_turns(&self, turns: &[TranscriptTurn]) -> Result<(), StoreError> {
+        if turns.is_empty() {
+            return Ok(());
+        }
+        let body: Vec<Value> = turns
+            .iter()
+            .map(|turn| {
+                json!({
+                    "call_id": turn.call_id.as_str(),
+                    "seq": turn.seq,
+                    "role": status_text(&turn.role),
+                    "text": turn.text,
+                    "at": time_text(turn.at),
+                })
+            })
+            .collect();
+        match self
+            .send(
+                self.client
+                    .from("transcript_turns")
+                    .insert(Value::Array(body).to_string()),
+            )
+            .await
+        {
+            // The journal never sends a turn twice; a conflict means it is already stored.
+            Ok(_) | Err(StoreError::Conflict(_)) => Ok(()),
+            Err(err) => Err(err),
+        }
+    }
+
+    async fn call_turns(&self, id: &CallId) -> Result<Vec<TranscriptTurn>, StoreError> {
+        self.rows(
+            self.client
+                .from("transcript_turns")
+                .select("*")
+                .eq("call_id", id.as_str())
+                .order("seq.asc"),
+        )
+        .await
+    }
+
+    async fn recent_turns(
+        &self,
+        phone: &PhoneNumber,
+        since: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<TranscriptTurn>, StoreError> {
+        // The caller's turns through their calls: an inner-joined embed filtered on the phone.
+        let mut turns: Vec<TranscriptTurn> = self
+            .rows(
+                self.client
+                    .from("transcript_turns")
+                    .select("call_id,seq,role,text,at,calls!inner(phone_number)")
+                    .eq("calls.phone_number", phone.as_str())
+                    .gte("at", time_text(since))
+                    .order("at.desc")
+                    .limit(limit),
+            )
+            .await?;
+        turns.reverse();
+        Ok(turns)
+    }
+}
+
+/// The wire text of a lowercase serde enum.
+fn status_text<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::postgrest_double::PostgrestDouble;
+    use crate::store::{CallLogDirection, Role};
+
+    const KEY: &str = "service-role-test-key";
+
+    async fn store(double: &PostgrestDouble) -> SupabaseStore {
+        SupabaseStore::new(SupabaseConfig {
+            url: double.url(),
+            service_role_key: SecretString::from(KEY),
+            timeout: Duration::from_secs(2),
+        })
+    }
+
+    fn ada() -> PhoneNumber {
+        PhoneNumber::new("447700900123")
+    }
+
+    fn bob() -> PhoneNumber {
+        PhoneNumber::new("447700900456")
+    }
+
+    #[tokio::test]
+    async fn requests_follow_postgrest_conventions_and_results_parse() {
+        let double = PostgrestDouble::start(KEY).await.expect("double");
+        let store = store(&double).await;
+        let task = store
+            .add_task(
+                &ada(),
+                NewTask {
+                    title: "Buy milk".into(),
+                    notes: None,
+                    due_at: None,
+                },
+            )
+            .await
+            .expect("add");
+        assert_eq!(task.title, "Buy milk");
+        assert_eq!(task.status, TaskStatus::Open);
+        let listed = store
+            .list_tasks(&ada(), Some(TaskStatus::Open))
+            .await
+            .expect("list");
+        assert_eq!(listed, vec![task.clone()]);
+
+        let requests = double.requests();
+        let insert = &requests[0];
+        assert_eq!(
+            (insert.method.as_str(), insert.path.as_str()),
+            ("POST", "/rest/v1/tasks")
+        );
+        assert_eq!(insert.header("apikey"), Some(KEY));
+        assert_eq!(
+            insert.header("authorization"),
+            Some(format!("Bearer {KEY}").as_str())
+        );
+        assert_eq!(insert.header("prefer"), Some("return=representation"));
+        assert_eq!(insert.header("content-type"), Some("application/json"));
+        let list = &requests[1];
+        assert_eq!(
+            (list.method.as_str(), list.path.as_str()),
+            ("GET", "/rest/v1/tasks")
+        );
+        assert_eq!(
+            list.query,
+            "select=*&phone_number=eq.447700900123&status=eq.open&order=created_at.desc"
+        );
+
+        // Another caller's id is not found and changes nothing.
+        assert_eq!(store.complete_task(&bob(), &task.id).await.unwrap(), None);
+        assert_eq!(store.complete_task(&ada(), "nope").await.unwrap(), None);
+        let patch = double.requests().last().cloned().expect("patch");
+        assert_eq!(patch.method, "PATCH");
+        assert_eq!(
+            patch.query,
+            format!("id=eq.{}&phone_number=eq.447700900456", task.id)
+        );
+        let done = store.complete_task(&ada(), &task.id).await.unwrap();
+        assert_eq!(done.map(|t| t.status), Some(TaskStatus::Done));
+    }
+
+    #[tokio::test]
+    async fn reminders_calls_and_turns_round_trip() {
+        let double = PostgrestDouble::start(KEY).await.expect("double");
+        let store = store(&double).await;
+        let at = Utc::now() + chrono::Duration::hours(2);
+        let reminder = store.add_reminder(&ada(), "Dentist", at).await.unwrap();
+        assert_eq!(reminder.status, ReminderStatus::Pending);
+        assert_eq!(
+            store.cancel_reminder(&bob(), &reminder.id).await.unwrap(),
+            None
+        );
+        let cancelled = store.cancel_reminder(&ada(), &reminder.id).await.unwrap();
+        assert_eq!(cancelled.map(|r| r.status), Some(ReminderStatus::Cancelled));
+        let cancel = double.requests().last().cloned().expect("request");
+        assert_eq!(
+            cancel.query,
+            format!(
+                "id=eq.{}&phone_number=eq.447700900123&status=eq.pending",
+                reminder.id
+            )
+        );
+
+        let id = CallId::new("wacid.SUPA");
+        let record = CallRecord {
+            id: id.clone(),
+            phone_number: Some(ada()),
+            direction: CallLogDirection::Inbound,
+            started_at: Utc::now(),
+            answered_at: None,
+            ended_at: None,
+            duration_seconds: None,
+            end_reason: None,
+            reminder_id: None,
+        };
+        store.start_call(&record).await.unwrap();
+        store.start_call(&record).await.expect("idempotent on 409");
+        let turn = TranscriptTurn {
+            call_id: id.clone(),
+            seq: 0,
+            role: Role::User,
+            text: "hello".into(),
+            // PostgreSQL keeps microseconds.
+            at: chrono::SubsecRound::trunc_subsecs(Utc::now(), 6),
+        };
+        store
+            .append_turns(std::slice::from_ref(&turn))
+            .await
+            .unwrap();
+        store
+            .finish_call(
+                &id,
+                &CallOutcome {
+                    answered_at: Some(Utc::now()),
+                    ended_at: Utc::now(),
+                    duration_seconds: 7,
+                    end_reason: "remote_terminated".into(),
+                },
+            )
+            .await
+            .unwrap();
+        let call = store.call(&id).await.unwrap().expect("row");
+        assert_eq!(call.duration_seconds, Some(7));
+        assert_eq!(store.call_turns(&id).await.unwrap(), vec![turn.clone()]);
+        let recent = store
+            .recent_turns(&ada(), Utc::now() - chrono::Duration::days(7), 10)
+            .await
+            .unwrap();
+        assert_eq!(recent, vec![turn]);
+        let request = double.requests().last().cloned().expect("request");
+        assert!(
+            request
+                .query
+                .starts_with("select=call_id%2Cseq%2Crole%2Ctext%2Cat%2Ccalls%21inner%28phone_number%29&calls.phone_number=eq.447700900123&at=gte."),
+            "{}",
+            request.query
+        );
+        assert!(
+            store
+                .recent_turns(&bob(), Utc::now() - chrono::Duration::days(7), 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[tokio::test]
+    async fn postgrest_errors_become_typed_store_errors() {
+        let double = PostgrestDouble::start(KEY).await.expect("double");
+        let wrong_key = SupabaseStore::new(SupabaseConfig {
+            url: double.url(),
+            service_role_key: SecretString::from("wrong"),
+            timeout: Duration::from_secs(2),
+        });
+        assert!(matches!(
+            wrong_key.list_tasks(&ada(), None).await,
+            Err(StoreError::Unauthorized(_))
+        ));
+        let store = store(&double).await;
+        double.fail_next(
+            1,
+            503,
+            r#"{"code":"PGRST000","message":"Database client error"}"#,
+        );
+        assert!(matches!(
+            store.list_tasks(&ada(), None).await,
+            Err(StoreError::Unavailable(_))
+        ));
+        double.fail_next(
+            1,
+            404,
+            r#"{"code":"PGRST205","details":null,"hint":null,"message":"Could not find the table 'public.tasks' in the schema cache"}"#,
+        );
+        assert!(matches!(
+            store.list_tasks(&ada(), None).await,
+            Err(StoreError::Schema(_))
+        ));
+        double.fail_next(
+            1,
+            409,
+            r#"{"code":"23505","details":"Key (id) already exists.","hint":null,"message":"duplicate key value violates unique constraint"}"#,
+        );
+        assert!(matches!(
+            store.add_reminder(&ada(), "x", Utc::now()).await,
+            Err(StoreError::Conflict(_))
+        ));
+        double.fail_next(
+            1,
+            400,
+            r#"{"code":"22P02","details":null,"hint":null,"message":"invalid input syntax"}"#,
+        );
+        match store.list_reminders(&ada(), None).await {
+            Err(StoreError::Other { code, .. }) => assert_eq!(code, "22P02"),
+            other => panic!("{other:?}"),
+        }
+        double.set_delay(Duration::from_secs(5));
+        assert!(matches!(
+            store.list_tasks(&ada(), None).await,
+            Err(StoreError::Unavailable(_))
+        ));
+        assert!(!format!("{store:?}").contains(KEY));
+    }
+}
