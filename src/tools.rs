@@ -448,6 +448,80 @@ mod tests {
         }
     }
 
+    async fn store() -> (crate::store::embedded::EmbeddedStore, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("wvb-tools-{}", uuid::Uuid::new_v4()));
+        (
+            crate::store::embedded::EmbeddedStore::open(&dir).expect("store"),
+            dir,
+        )
+    }
+
+    #[tokio::test]
+    async fn a_reminder_in_the_past_is_refused_with_a_message_the_ai_can_say() {
+        let (store, dir) = store().await;
+        let phone = PhoneNumber::new("447700900123");
+        let now = Utc::now();
+        let past = (now - chrono::Duration::hours(1)).to_rfc3339();
+        let result = dispatch(
+            &store,
+            Some(&phone),
+            "add_reminder",
+            &json!({"text": "pills", "remind_at": past}).to_string(),
+            now,
+        )
+        .await;
+        assert_eq!(result.outcome, ToolOutcome::InvalidArguments);
+        assert!(result.output.contains("in the past"), "{}", result.output);
+        assert!(store.list_reminders(&phone, None).await.unwrap().is_empty());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn bad_arguments_unknown_tools_and_hidden_callers_get_error_outputs() {
+        let (store, dir) = store().await;
+        let phone = PhoneNumber::new("447700900123");
+        let now = Utc::now();
+        let cases = [
+            ("add_task", "{not json", ToolOutcome::InvalidArguments),
+            ("add_task", r#"{"title":""}"#, ToolOutcome::InvalidArguments),
+            (
+                "add_task",
+                r#"{"title":"x","due":"soon"}"#,
+                ToolOutcome::InvalidArguments,
+            ),
+            (
+                "list_tasks",
+                r#"{"status":"someday"}"#,
+                ToolOutcome::InvalidArguments,
+            ),
+            (
+                "complete_task",
+                r#"{"task_id":"00000000-0000-4000-8000-000000000000"}"#,
+                ToolOutcome::NotFound,
+            ),
+            (
+                "cancel_reminder",
+                r#"{"reminder_id":"x"}"#,
+                ToolOutcome::NotFound,
+            ),
+            ("drop_tables", "{}", ToolOutcome::UnknownTool),
+        ];
+        for (name, arguments, outcome) in cases {
+            let result = dispatch(&store, Some(&phone), name, arguments, now).await;
+            assert_eq!(
+                result.outcome, outcome,
+                "{name} {arguments}: {}",
+                result.output
+            );
+            assert!(result.output.contains("error"));
+        }
+        let hidden = dispatch(&store, None, "list_tasks", "{}", now).await;
+        assert_eq!(hidden.outcome, ToolOutcome::NoCaller);
+        let listed = dispatch(&store, Some(&phone), "list_tasks", "", now).await;
+        assert_eq!(listed.outcome, ToolOutcome::Ok);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
     #[test]
     fn a_phone_number_in_the_arguments_is_refused() {
         let result = parse::<TaskId>(r#"{"task_id":"x","phone_number":"447700900123"}"#);

@@ -155,3 +155,105 @@ async fn write(store: Arc<dyn Store>, record: CallRecord, shared: Arc<Shared>, m
         shared.wake.notified().await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::PhoneNumber;
+    use crate::store::{
+        CallLogDirection, NewTask, Reminder, ReminderStatus, StoreError, Task, TaskStatus,
+    };
+
+    /// A store whose call-log write never finishes: the writer is stuck, turns pile up.
+    struct StuckStore;
+
+    #[async_trait::async_trait]
+    impl Store for StuckStore {
+        async fn add_task(&self, _: &PhoneNumber, _: NewTask) -> Result<Task, StoreError> {
+            unreachable!("not used")
+        }
+        async fn list_tasks(
+            &self,
+            _: &PhoneNumber,
+            _: Option<TaskStatus>,
+        ) -> Result<Vec<Task>, StoreError> {
+            Ok(vec![])
+        }
+        async fn complete_task(
+            &self,
+            _: &PhoneNumber,
+            _: &str,
+        ) -> Result<Option<Task>, StoreError> {
+            Ok(None)
+        }
+        async fn add_reminder(
+            &self,
+            _: &PhoneNumber,
+            _: &str,
+            _: chrono::DateTime<Utc>,
+        ) -> Result<Reminder, StoreError> {
+            unreachable!("not used")
+        }
+        async fn list_reminders(
+            &self,
+            _: &PhoneNumber,
+            _: Option<ReminderStatus>,
+        ) -> Result<Vec<Reminder>, StoreError> {
+            Ok(vec![])
+        }
+        async fn cancel_reminder(
+            &self,
+            _: &PhoneNumber,
+            _: &str,
+        ) -> Result<Option<Reminder>, StoreError> {
+            Ok(None)
+        }
+        async fn start_call(&self, _: &CallRecord) -> Result<(), StoreError> {
+            std::future::pending().await
+        }
+        async fn finish_call(&self, _: &CallId, _: &CallOutcome) -> Result<(), StoreError> {
+            Ok(())
+        }
+        async fn call(&self, _: &CallId) -> Result<Option<CallRecord>, StoreError> {
+            Ok(None)
+        }
+        async fn append_turns(&self, _: &[TranscriptTurn]) -> Result<(), StoreError> {
+            Ok(())
+        }
+        async fn call_turns(&self, _: &CallId) -> Result<Vec<TranscriptTurn>, StoreError> {
+            Ok(vec![])
+        }
+        async fn recent_turns(
+            &self,
+            _: &PhoneNumber,
+            _: chrono::DateTime<Utc>,
+            _: usize,
+        ) -> Result<Vec<TranscriptTurn>, StoreError> {
+            Ok(vec![])
+        }
+    }
+
+    #[tokio::test]
+    async fn a_store_that_falls_behind_loses_the_oldest_turns_counted_and_never_blocks() {
+        let metrics = Metrics::new();
+        let record = CallRecord {
+            id: CallId::new("wacid.J"),
+            phone_number: None,
+            direction: CallLogDirection::Inbound,
+            started_at: Utc::now(),
+            answered_at: None,
+            ended_at: None,
+            duration_seconds: None,
+            end_reason: None,
+            reminder_id: None,
+        };
+        let journal = Journal::start(Arc::new(StuckStore), record, metrics.clone());
+        for n in 0..(TURN_QUEUE_CAPACITY + 6) {
+            journal.push(Role::User, &format!("turn {n}"));
+        }
+        assert_eq!(metrics.transcript_turns_dropped.get(), 6);
+        let queue = journal.shared.queue.lock();
+        assert_eq!(queue.turns.len(), TURN_QUEUE_CAPACITY);
+        assert_eq!(queue.turns.front().map(|t| t.seq), Some(6));
+    }
+}
