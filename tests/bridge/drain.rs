@@ -54,6 +54,10 @@ impl Bridge {
             .env("WEBRTC_LOOPBACK", "true")
             .env("ASSISTANT_GREETING", "off")
             .env("DRAIN_TIMEOUT", drain_timeout)
+            .env(
+                "DATA_DIR",
+                std::env::temp_dir().join(format!("wvb-drain-{}", rand::random::<u64>())),
+            )
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
