@@ -6,13 +6,13 @@ use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::{
     CallLogDirection, CallOutcome, CallRecord, NewTask, Reminder, ReminderStatus, Store,
-    StoreError, Task, TaskStatus, TranscriptTurn,
+    StoreError, Task, TaskStatus, TranscriptTurn, enum_text, time_text,
 };
 use crate::ids::{CallId, PhoneNumber};
 
@@ -102,10 +102,6 @@ fn sql_error(err: rusqlite::Error) -> StoreError {
     }
 }
 
-fn time_text(time: DateTime<Utc>) -> String {
-    time.to_rfc3339_opts(SecondsFormat::Micros, true)
-}
-
 fn parse_time(text: &str) -> rusqlite::Result<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(text)
         .map(|t| t.with_timezone(&Utc))
@@ -116,13 +112,6 @@ fn parse_time(text: &str) -> rusqlite::Result<DateTime<Utc>> {
 
 fn parse_opt_time(text: Option<String>) -> rusqlite::Result<Option<DateTime<Utc>>> {
     text.as_deref().map(parse_time).transpose()
-}
-
-fn enum_text<T: serde::Serialize>(value: &T) -> String {
-    serde_json::to_value(value)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
 }
 
 fn parse_enum<T: serde::de::DeserializeOwned>(text: &str) -> rusqlite::Result<T> {

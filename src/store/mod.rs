@@ -9,7 +9,7 @@
 pub mod embedded;
 pub mod supabase;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{CallId, PhoneNumber};
@@ -184,4 +184,18 @@ pub trait Store: Send + Sync + 'static {
         since: DateTime<Utc>,
         limit: usize,
     ) -> Result<Vec<TranscriptTurn>, StoreError>;
+}
+
+/// Timestamps as both stores write them: RFC 3339, UTC, microseconds (PostgreSQL's precision;
+/// also sorts as text in SQLite).
+pub(crate) fn time_text(time: DateTime<Utc>) -> String {
+    time.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+/// The wire text of one of the lowercase enums above (`open`, `pending`, `inbound`, ...).
+pub(crate) fn enum_text<T: Serialize>(value: &T) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
 }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use postgrest::Postgrest;
 use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use super::{
     CallOutcome, CallRecord, NewTask, Reminder, ReminderStatus, Store, StoreError, Task,
-    TaskStatus, TranscriptTurn,
+    TaskStatus, TranscriptTurn, enum_text, time_text,
 };
 use crate::ids::{CallId, PhoneNumber};
 
@@ -38,10 +38,6 @@ impl std::fmt::Debug for SupabaseStore {
             .field("service_role_key", &"[redacted]")
             .finish_non_exhaustive()
     }
-}
-
-fn time_text(time: DateTime<Utc>) -> String {
-    time.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
 fn is_uuid(id: &str) -> bool {
@@ -145,7 +141,7 @@ impl Store for SupabaseStore {
             .select("*")
             .eq("phone_number", phone.as_str());
         if let Some(status) = status {
-            query = query.eq("status", status_text(&status));
+            query = query.eq("status", enum_text(&status));
         }
         self.rows(query.order("created_at.desc")).await
     }
@@ -197,7 +193,7 @@ impl Store for SupabaseStore {
             .select("*")
             .eq("phone_number", phone.as_str());
         if let Some(status) = status {
-            query = query.eq("status", status_text(&status));
+            query = query.eq("status", enum_text(&status));
         }
         self.rows(query.order("remind_at.asc")).await
     }
@@ -227,7 +223,7 @@ impl Store for SupabaseStore {
         let body = json!({
             "id": call.id.as_str(),
             "phone_number": call.phone_number.as_ref().map(PhoneNumber::as_str),
-            "direction": status_text(&call.direction),
+            "direction": enum_text(&call.direction),
             "started_at": time_text(call.started_at),
             "reminder_id": call.reminder_id,
         });
@@ -275,7 +271,7 @@ impl Store for SupabaseStore {
                 json!({
                     "call_id": turn.call_id.as_str(),
                     "seq": turn.seq,
-                    "role": status_text(&turn.role),
+                    "role": enum_text(&turn.role),
                     "text": turn.text,
                     "at": time_text(turn.at),
                 })
@@ -329,13 +325,6 @@ impl Store for SupabaseStore {
     }
 }
 
-/// The wire text of a lowercase serde enum.
-fn status_text<T: serde::Serialize>(value: &T) -> String {
-    serde_json::to_value(value)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
-}
 
 #[cfg(test)]
 mod tests {
