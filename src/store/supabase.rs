@@ -325,7 +325,6 @@ impl Store for SupabaseStore {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
