@@ -117,7 +117,15 @@ struct Inner {
 impl GraphDouble {
     /// Starts the double on `127.0.0.1` with an ephemeral port.
     pub async fn start(config: GraphDoubleConfig) -> std::io::Result<GraphDouble> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_on(config, SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// Starts the double on a given address (a bridge in another process was told where it is).
+    pub async fn start_on(
+        config: GraphDoubleConfig,
+        addr: SocketAddr,
+    ) -> std::io::Result<GraphDouble> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let (actions_tx, _) = broadcast::channel(ACTION_CHANNEL_CAPACITY);
         let state = Arc::new(DoubleState {

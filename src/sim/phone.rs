@@ -339,7 +339,7 @@ impl Drop for PhoneCall {
 }
 
 /// Renames the audio section's mid (and the BUNDLE group) in an SDP.
-fn rename_mid(sdp: &str, from: &str, to: &str) -> String {
+pub(crate) fn rename_mid(sdp: &str, from: &str, to: &str) -> String {
     sdp.replace(&format!("a=mid:{from}\r\n"), &format!("a=mid:{to}\r\n"))
         .replace(
             &format!("a=group:BUNDLE {from}\r\n"),

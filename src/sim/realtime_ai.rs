@@ -39,8 +39,8 @@ use tokio_tungstenite::tungstenite::handshake::server::{
 };
 use tokio_tungstenite::tungstenite::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, debug, info, info_span, warn};
@@ -100,6 +100,20 @@ pub struct AiDoubleConfig {
     /// What the caller's turns "said": the input transcription of VAD user turn N is
     /// `transcripts[(N-1) % len]` (empty: "(caller speech N)").
     pub transcripts: Vec<String>,
+    /// Sees the audio going in and out of every session (default none).
+    pub probe: Option<Arc<dyn AudioProbe>>,
+}
+
+/// Watches the audio of every session as it passes, for measurements (the load harness times
+/// marker sounds with it). Called on the session's connection task with the session's lock held,
+/// so implementations must be quick and must not call back into the double.
+pub trait AudioProbe: Send + Sync + std::fmt::Debug {
+    /// The session's `instructions` after each `session.updated`.
+    fn configured(&self, session_id: &str, instructions: &str);
+    /// Caller audio from one `input_audio_buffer.append`, decoded to 24 kHz, handled at `at`.
+    fn audio_in(&self, session_id: &str, at: Instant, pcm: &[i16]);
+    /// Audio of one `response.output_audio.delta`, emitted at `at`.
+    fn audio_out(&self, session_id: &str, at: Instant, pcm: &[i16]);
 }
 
 /// On VAD user turn `on_user_turn` (1-based, per session), answer with a call of `name`.
@@ -140,6 +154,7 @@ impl Default for AiDoubleConfig {
             max_session: Duration::from_secs(60 * 60),
             script: Arc::default(),
             transcripts: Vec::new(),
+            probe: None,
         }
     }
 }
@@ -265,6 +280,15 @@ impl RealtimeAiDouble {
     /// Binds `127.0.0.1:0` and starts serving. Fails with `InvalidInput` on a nonsensical
     /// config (a production speed or `delta_ms` that is not positive, a negative threshold).
     pub async fn start(config: AiDoubleConfig) -> std::io::Result<RealtimeAiDouble> {
+        Self::start_on(config, SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await
+    }
+
+    /// Like [`RealtimeAiDouble::start`], on a given address (a bridge in another process was
+    /// told where to find it).
+    pub async fn start_on(
+        config: AiDoubleConfig,
+        addr: SocketAddr,
+    ) -> std::io::Result<RealtimeAiDouble> {
         let valid = config.production_speed.is_finite()
             && config.production_speed > 0.0
             && config.delta_ms > 0
@@ -276,7 +300,7 @@ impl RealtimeAiDouble {
                 "AiDoubleConfig: production_speed and delta_ms must be positive, vad_threshold_rms non-negative",
             ));
         }
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             config: Arc::new(config),
@@ -413,7 +437,9 @@ async fn serve_connection(shared: Arc<Shared>, stream: TcpStream) {
         api_key,
         target: &mut target,
     };
-    let handshake = tokio_tungstenite::accept_hdr_async(stream, upgrade);
+    // A small read buffer: tungstenite zero-fills all of it before every read.
+    let config = WebSocketConfig::default().read_buffer_size(8 * 1024);
+    let handshake = tokio_tungstenite::accept_hdr_async_with_config(stream, upgrade, Some(config));
     let ws = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
         Ok(Ok(ws)) => ws,
         Ok(Err(error)) => {

@@ -581,6 +581,10 @@ impl Session {
         }
         self.config = merged;
         self.effective = effective;
+        if let Some(probe) = &self.settings.probe {
+            let instructions = self.config.get("instructions").and_then(Value::as_str);
+            probe.configured(&self.id, instructions.unwrap_or_default());
+        }
         self.emit(
             out,
             json!({"type": "session.updated", "session": self.config}),
@@ -623,6 +627,9 @@ impl Session {
             .decode_into(&bytes, &mut self.carry, &mut self.input);
         if !self.configured {
             self.appended_before_configured += self.input.len() - start;
+        }
+        if let Some(probe) = &self.settings.probe {
+            probe.audio_in(&self.id, now, &self.input[start..]);
         }
         let params = self.effective.turn.map(|turn| VadParams {
             threshold_rms: self.settings.vad_threshold_rms * turn.threshold / THRESHOLD_REFERENCE,
@@ -1579,15 +1586,22 @@ impl Session {
         let start = response.emitted;
         let end = (start + chunk).min(total);
         let mut bytes = Vec::with_capacity((end - start) * 2);
+        let probe = self.settings.probe.as_deref();
         match &response.source {
             Source::Echo(range) => {
                 let from = range.start + start;
                 let samples = self.input.get(from..range.start + end).unwrap_or(&[]);
                 response.format.encode(samples, &mut bytes);
+                if let Some(probe) = probe {
+                    probe.audio_out(&self.id, now, samples);
+                }
             }
             Source::Tone { hz, .. } => {
                 let samples: Vec<i16> = (start..end).map(|i| tone_sample(*hz, i)).collect();
                 response.format.encode(&samples, &mut bytes);
+                if let Some(probe) = probe {
+                    probe.audio_out(&self.id, now, &samples);
+                }
             }
         }
         let text = if response.chunks_sent == 0 {
