@@ -36,7 +36,7 @@ fn encoded(settings: EncoderSettings) -> Vec<Vec<u8>> {
 
 fn codec(c: &mut Criterion) {
     let frames = speech_frames();
-    for complexity in [0, 5, 10] {
+    for complexity in [0, 6, 10] {
         let settings = EncoderSettings {
             complexity,
             ..EncoderSettings::default()

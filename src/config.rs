@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
+use crate::media::codec::{Bandwidth, EncoderSettings};
 use crate::realtime::client::Provider;
 
 pub const PORT: &str = "PORT";
@@ -49,6 +50,9 @@ pub const DATA_DIR: &str = "DATA_DIR";
 pub const MEMORY_TURNS: &str = "MEMORY_TURNS";
 pub const MEMORY_DAYS: &str = "MEMORY_DAYS";
 pub const TOOL_TIMEOUT: &str = "TOOL_TIMEOUT";
+pub const OPUS_BITRATE: &str = "OPUS_BITRATE";
+pub const OPUS_COMPLEXITY: &str = "OPUS_COMPLEXITY";
+pub const OPUS_BANDWIDTH: &str = "OPUS_BANDWIDTH";
 
 /// Every key, for `.env.example` checks and `--help`.
 pub const ALL_KEYS: &[&str] = &[
@@ -88,6 +92,9 @@ pub const ALL_KEYS: &[&str] = &[
     MEMORY_TURNS,
     MEMORY_DAYS,
     TOOL_TIMEOUT,
+    OPUS_BITRATE,
+    OPUS_COMPLEXITY,
+    OPUS_BANDWIDTH,
 ];
 
 /// Where the caller's data lives.
@@ -187,6 +194,8 @@ pub struct Config {
     pub memory_turns: usize,
     pub memory_days: u32,
     pub tool_timeout: Duration,
+    /// How the AI's voice is encoded for the caller.
+    pub encoder: EncoderSettings,
 }
 
 impl std::fmt::Debug for Config {
@@ -278,6 +287,38 @@ fn parse_port_range(text: &str) -> Option<RangeInclusive<u16>> {
     let (low, high) = text.split_once('-')?;
     let (low, high): (u16, u16) = (low.trim().parse().ok()?, high.trim().parse().ok()?);
     (low > 0 && low <= high).then_some(low..=high)
+}
+
+/// The Opus encoder settings; defaults from [`EncoderSettings::default`] (chosen by measurement,
+/// see docs/BENCHMARKS.md).
+fn read_encoder(r: &mut Reader) -> EncoderSettings {
+    let defaults = EncoderSettings::default();
+    let bitrate_bps = r.parsed(OPUS_BITRATE, defaults.bitrate_bps, "a bitrate in bit/s");
+    if !(6_000..=128_000).contains(&bitrate_bps) {
+        r.problems.push(format!(
+            "{OPUS_BITRATE}={bitrate_bps} is outside 6000..=128000 bit/s"
+        ));
+    }
+    let complexity = r.parsed(OPUS_COMPLEXITY, defaults.complexity, "0 to 10");
+    if !(0..=10).contains(&complexity) {
+        r.problems
+            .push(format!("{OPUS_COMPLEXITY}={complexity} is outside 0..=10"));
+    }
+    let max_bandwidth = match r.raw(OPUS_BANDWIDTH) {
+        None => defaults.max_bandwidth,
+        Some(text) => Bandwidth::parse(&text).unwrap_or_else(|| {
+            r.problems.push(format!(
+                "{OPUS_BANDWIDTH}={text:?} is not narrowband, mediumband, wideband or superwideband"
+            ));
+            defaults.max_bandwidth
+        }),
+    };
+    EncoderSettings {
+        bitrate_bps,
+        complexity,
+        max_bandwidth,
+        ..defaults
+    }
 }
 
 fn parse_bool(text: &str) -> Option<bool> {
@@ -444,6 +485,7 @@ impl Config {
         let memory_turns = r.parsed(MEMORY_TURNS, 10usize, "a number of turns");
         let memory_days = r.parsed(MEMORY_DAYS, 7u32, "a number of days");
         let tool_timeout = r.duration(TOOL_TIMEOUT, Duration::from_secs(5));
+        let encoder = read_encoder(&mut r);
 
         if !r.problems.is_empty() {
             return Err(ConfigError(r.problems));
@@ -477,6 +519,7 @@ impl Config {
             memory_turns,
             memory_days,
             tool_timeout,
+            encoder,
         })
     }
 }

@@ -24,7 +24,7 @@ use super::tool_calls::{Send as ToolSend, ToolCalls};
 use super::{CallCommand, CallDirection, CallEnd};
 use crate::ids::{CallId, PhoneNumber};
 use crate::media::codec::{
-    EncoderSettings, MAX_OPUS_PACKET, OpusEncoder, RTP_TIMESTAMP_STEP, SAMPLES_PER_FRAME,
+    EncoderSettings, MAX_OPUS_PACKET, RTP_TIMESTAMP_STEP, SAMPLES_PER_FRAME, StreamEncoder,
 };
 use crate::media::peer::{
     MediaPeer, OPUS_PAYLOAD_TYPE, PeerEvent, PeerProfile, PeerSettings, next_track_event,
@@ -285,7 +285,7 @@ struct CallTask {
     uplink: UplinkDecoder,
     uplink_pcm: Vec<i16>,
     playback: PlaybackBuffer,
-    encoder: OpusEncoder,
+    encoder: StreamEncoder,
     frame: Vec<i16>,
     packet: Vec<u8>,
     pacer: Option<Pacer>,
@@ -304,13 +304,16 @@ struct CallTask {
     tool_runs: JoinSet<ToolRun>,
     /// When the call began for us (webhook arrival, or the start of placing it).
     started: Instant,
+    /// This call's handles on the per-frame counters (looked up once, not per frame).
+    frames_in: prometheus::IntCounter,
+    frames_out: prometheus::IntCounter,
 }
 
 /// The media side of a call before it has a task: the PeerConnection and both codecs.
 struct CallMedia {
     peer: MediaPeer,
     uplink: UplinkDecoder,
-    encoder: OpusEncoder,
+    encoder: StreamEncoder,
 }
 
 impl CallMedia {
@@ -320,7 +323,7 @@ impl CallMedia {
         caller_sends_fec: bool,
     ) -> Result<Self, String> {
         let uplink = UplinkDecoder::new(caller_sends_fec).map_err(|e| e.to_string())?;
-        let encoder = OpusEncoder::new(context.encoder).map_err(|e| e.to_string())?;
+        let encoder = StreamEncoder::new(context.encoder).map_err(|e| e.to_string())?;
         let peer = MediaPeer::new(&context.peer, PeerProfile::Bridge, port)
             .await
             .map_err(|e| e.to_string())?;
@@ -364,6 +367,8 @@ impl CallTask {
             reminder_id: None,
         };
         let journal = Journal::start(context.store.clone(), record, context.metrics.clone());
+        let frames_in = context.metrics.audio_frames.with_label_values(&["in"]);
+        let frames_out = context.metrics.audio_frames.with_label_values(&["out"]);
         let mut task = Self {
             context,
             admission,
@@ -392,6 +397,8 @@ impl CallTask {
             tool_calls: ToolCalls::new(),
             tool_runs: JoinSet::new(),
             started,
+            frames_in,
+            frames_out,
         };
         task.journal = Some(journal);
         task
@@ -557,8 +564,11 @@ impl CallTask {
                 .wrapping_add(RTP_TIMESTAMP_STEP * due.skipped);
         }
         for _ in 0..due.frames {
-            self.playback.pop_frame(&mut self.frame);
-            let length = match self.encoder.encode(&self.frame, &mut self.packet) {
+            let ai_samples = self.playback.pop_frame(&mut self.frame);
+            let length = match self
+                .encoder
+                .encode(&self.frame, ai_samples == 0, &mut self.packet)
+            {
                 Ok(length) => length,
                 Err(err) => {
                     warn!(%err, "opus encode failed");
@@ -575,11 +585,7 @@ impl CallTask {
             }
             self.sequence_number = self.sequence_number.wrapping_add(1);
             self.timestamp = self.timestamp.wrapping_add(RTP_TIMESTAMP_STEP);
-            self.context
-                .metrics
-                .audio_frames
-                .with_label_values(&["out"])
-                .inc();
+            self.frames_out.inc();
         }
         None
     }
@@ -652,11 +658,8 @@ impl CallTask {
                     &mut self.uplink_pcm,
                 );
                 let frames = (self.uplink_pcm.len() / SAMPLES_PER_FRAME) as u64;
+                self.frames_in.inc_by(frames);
                 let metrics = &self.context.metrics;
-                metrics
-                    .audio_frames
-                    .with_label_values(&["in"])
-                    .inc_by(frames);
                 let concealed = self.uplink.stats().concealed + self.uplink.stats().fec_recovered;
                 if concealed > self.concealed_seen {
                     metrics

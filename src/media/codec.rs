@@ -44,6 +44,29 @@ pub enum Bandwidth {
     Fullband,
 }
 
+impl Bandwidth {
+    /// `narrowband`, `mediumband`, `wideband` or `superwideband` (any case).
+    pub fn parse(text: &str) -> Option<Self> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "narrowband" => Some(Self::Narrowband),
+            "mediumband" => Some(Self::Mediumband),
+            "wideband" => Some(Self::Wideband),
+            "superwideband" => Some(Self::Superwideband),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Narrowband => "narrowband",
+            Self::Mediumband => "mediumband",
+            Self::Wideband => "wideband",
+            Self::Superwideband => "superwideband",
+            Self::Fullband => "fullband",
+        }
+    }
+}
+
 impl From<Bandwidth> for opus::Bandwidth {
     fn from(bandwidth: Bandwidth) -> Self {
         match bandwidth {
@@ -57,7 +80,9 @@ impl From<Bandwidth> for opus::Bandwidth {
 }
 
 /// Encoder tuning. The defaults match Meta's offer (`maxaveragebitrate=20000`, wideband,
-/// `useinbandfec=1`) at complexity 5, which sets the bridge's capacity (see STACK.md).
+/// `useinbandfec=1`) at complexity 6: in the PESQ sweep of docs/BENCHMARKS.md it scores 3.82
+/// (best 3.96 at complexity 8 and up, which costs about a quarter more) for the same CPU as 5,
+/// which scores 3.59. Encoding sets the bridge's capacity.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct EncoderSettings {
     /// Target bitrate in bit/s (libopus accepts 500..=512_000). Meta caps at 20 kbit/s.
@@ -80,7 +105,7 @@ impl Default for EncoderSettings {
     fn default() -> Self {
         Self {
             bitrate_bps: 20_000,
-            complexity: 5,
+            complexity: 6,
             max_bandwidth: Bandwidth::Wideband,
             inband_fec: true,
             expected_loss_percent: 5,
@@ -156,6 +181,13 @@ impl OpusEncoder {
         Ok(Self { inner })
     }
 
+    /// Changes the complexity between frames (the stream goes on seamlessly).
+    pub fn set_complexity(&mut self, complexity: i32) -> Result<(), CodecError> {
+        self.inner
+            .set_complexity(complexity)
+            .map_err(opus_error("set complexity"))
+    }
+
     /// `pcm` must be exactly [`SAMPLES_PER_FRAME`] samples; writes into `out`, returns the packet
     /// length. An `out` of [`MAX_OPUS_PACKET`] bytes always suffices.
     pub fn encode(&mut self, pcm: &[i16], out: &mut [u8]) -> Result<usize, CodecError> {
@@ -166,6 +198,71 @@ impl OpusEncoder {
             });
         }
         self.inner.encode(pcm, out).map_err(opus_error("encode"))
+    }
+}
+
+/// Silent frames encoded at full complexity at the start of a pause, so the far decoder fades
+/// out exactly as it would without the switch.
+pub const SILENCE_SETTLE_FRAMES: u32 = 5;
+/// Complexity used for the rest of a pause.
+const PAUSE_COMPLEXITY: i32 = 0;
+
+/// The encoder of the bridge's outgoing stream. In a pause (no AI audio, so the frame is the
+/// bridge's own digital silence) it drops libopus to complexity 0 after
+/// [`SILENCE_SETTLE_FRAMES`] frames and restores the configured complexity with the first frame
+/// of audio: encoding zeros at full complexity costs about 80 % of encoding speech, and the AI is
+/// quiet for much of a call. The stream itself is unchanged: one encoder, a valid frame every
+/// 20 ms (§7.4: the leg is never silent at the RTP level).
+pub struct StreamEncoder {
+    inner: OpusEncoder,
+    complexity: i32,
+    /// Consecutive silent frames so far.
+    silent_frames: u32,
+    resting: bool,
+}
+
+impl std::fmt::Debug for StreamEncoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamEncoder")
+            .field("silent_frames", &self.silent_frames)
+            .field("resting", &self.resting)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StreamEncoder {
+    pub fn new(settings: EncoderSettings) -> Result<Self, CodecError> {
+        Ok(Self {
+            inner: OpusEncoder::new(settings)?,
+            complexity: settings.complexity,
+            silent_frames: 0,
+            resting: false,
+        })
+    }
+
+    /// Encodes one frame into `out`; `silent` says it is the bridge's own fill (all zeros), not
+    /// AI audio. Returns the packet length.
+    pub fn encode(
+        &mut self,
+        pcm: &[i16],
+        silent: bool,
+        out: &mut [u8],
+    ) -> Result<usize, CodecError> {
+        if silent {
+            self.silent_frames = self.silent_frames.saturating_add(1);
+            if self.silent_frames > SILENCE_SETTLE_FRAMES && !self.resting {
+                self.inner
+                    .set_complexity(PAUSE_COMPLEXITY.min(self.complexity))?;
+                self.resting = true;
+            }
+        } else {
+            self.silent_frames = 0;
+            if self.resting {
+                self.inner.set_complexity(self.complexity)?;
+                self.resting = false;
+            }
+        }
+        self.inner.encode(pcm, out)
     }
 }
 
