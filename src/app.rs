@@ -15,7 +15,6 @@ use crate::call::dialer::Dialer;
 use crate::call::task::CallContext;
 use crate::config::{Config, StoreSettings};
 use crate::http::{AppState, WebhookSettings, metrics_router, router};
-use crate::media::codec::EncoderSettings;
 use crate::media::peer::PeerSettings;
 use crate::media::ports::PortPool;
 use crate::memory::MemorySettings;
@@ -98,7 +97,7 @@ impl App {
                 stun_urls: config.stun_urls.clone(),
                 ports: None,
             },
-            encoder: EncoderSettings::default(),
+            encoder: config.encoder,
             metrics: metrics.clone(),
             answer_deadline: config.answer_deadline,
             max_call_duration: config.max_call_duration,
@@ -124,6 +123,7 @@ impl App {
             ports,
             started: Instant::now(),
             admin_token: config.admin_token.clone(),
+            refusals: Arc::default(),
         };
         let listener = TcpListener::bind((config.bind_addr, config.port)).await?;
         let metrics_listener = match config.metrics_port {

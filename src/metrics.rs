@@ -18,6 +18,8 @@ pub struct Metrics {
     pub calls: IntCounterVec,
     /// Calls refused at admission, by reason.
     pub rejections: IntCounterVec,
+    /// Refused calls whose `reject` was not sent because too many were already in flight.
+    pub rejects_skipped: IntCounter,
     /// Webhook deliveries by result (ok, unauthorized, too_large, bad_request, at_capacity…).
     pub webhook_requests: IntCounterVec,
     /// Graph API request attempts by action and outcome (HTTP status, `timeout`, ...).
@@ -138,6 +140,11 @@ impl Metrics {
             &["direction"],
         )
         .expect("valid metric");
+        let rejects_skipped = IntCounter::new(
+            "whatsapp_bridge_rejects_skipped_total",
+            "Refused calls not declined to Meta because too many rejects were in flight",
+        )
+        .expect("valid metric");
         let concealed_frames = IntCounter::new(
             "whatsapp_bridge_concealed_frames_total",
             "Caller audio frames filled by packet loss concealment",
@@ -183,6 +190,7 @@ impl Metrics {
             Box::new(draining.clone()),
             Box::new(calls.clone()),
             Box::new(rejections.clone()),
+            Box::new(rejects_skipped.clone()),
             Box::new(webhook_requests.clone()),
             Box::new(graph_requests.clone()),
             Box::new(call_setup_seconds.clone()),
@@ -208,6 +216,7 @@ impl Metrics {
             draining,
             calls,
             rejections,
+            rejects_skipped,
             webhook_requests,
             graph_requests,
             call_setup_seconds,

@@ -46,6 +46,8 @@ pub struct AppState {
     pub started: Instant,
     /// Bearer token of the admin API; `None`: its routes do not exist (404).
     pub admin_token: Option<SecretString>,
+    /// Rejects and warnings for refused calls.
+    pub refusals: Arc<webhook::Refusals>,
 }
 
 /// The main router. `/metrics` is on it unless `metrics_separately` (then see

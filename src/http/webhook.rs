@@ -5,6 +5,7 @@
 //! 503) and handed to a new call task, a `terminate` is passed to its call or remembered.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
@@ -12,8 +13,10 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
+use parking_lot::Mutex;
 use secrecy::ExposeSecret;
 use serde_json::json;
+use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
 use super::{AppState, error_response};
@@ -32,6 +35,57 @@ const STALE_CONNECT: Duration = Duration::from_secs(60);
 const RETRY_AFTER_SECONDS: &str = "5";
 /// Bound on the `reject` of a refused call.
 const REJECT_TIMEOUT: Duration = Duration::from_secs(12);
+/// `reject`s of refused calls in flight at once. A flood of connects at capacity (or a slow
+/// Graph API) must not grow tasks without bound; past this, a refused call is not declined
+/// (Meta ends it on its own) and `whatsapp_bridge_rejects_skipped_total` counts it.
+pub const MAX_REJECTS_IN_FLIGHT: usize = 256;
+/// At most one warning line about refused calls per this period; each refusal is a debug line.
+const REFUSAL_LOG_PERIOD: Duration = Duration::from_secs(10);
+
+/// What the bridge does about refused calls besides answering 503: a bounded number of
+/// background `reject`s, and a warning that summarises rather than floods.
+pub struct Refusals {
+    rejects: Arc<Semaphore>,
+    log: Mutex<RefusalLog>,
+}
+
+#[derive(Default)]
+struct RefusalLog {
+    last_warning: Option<Instant>,
+    unreported: u64,
+}
+
+impl Default for Refusals {
+    fn default() -> Self {
+        Self {
+            rejects: Arc::new(Semaphore::new(MAX_REJECTS_IN_FLIGHT)),
+            log: Mutex::new(RefusalLog::default()),
+        }
+    }
+}
+
+impl Refusals {
+    /// Logs a refusal: a warning for the first one and then at most one per period, with the
+    /// number refused since the last warning.
+    fn note(&self, call_id: &CallId, reason: &str) {
+        debug!(%call_id, reason, "call refused");
+        let now = Instant::now();
+        let mut log = self.log.lock();
+        log.unreported += 1;
+        if log
+            .last_warning
+            .is_none_or(|last| now.duration_since(last) >= REFUSAL_LOG_PERIOD)
+        {
+            warn!(
+                refused = log.unreported,
+                latest_reason = reason,
+                "calls refused since the last report"
+            );
+            log.last_warning = Some(now);
+            log.unreported = 0;
+        }
+    }
+}
 
 /// The subscription handshake (§3.1).
 pub async fn verify(
@@ -199,6 +253,9 @@ fn on_connect(state: &AppState, connect: ConnectEvent) -> Option<Refusal> {
                     None => {
                         drop(admission);
                         state.registry.count_refusal(RefusalReason::NoUdpPort);
+                        state
+                            .refusals
+                            .note(&call_id, RefusalReason::NoUdpPort.as_str());
                         let refusal = Refusal {
                             reason: RefusalReason::NoUdpPort,
                             active_calls: state.registry.active_calls(),
@@ -233,7 +290,7 @@ fn on_connect(state: &AppState, connect: ConnectEvent) -> Option<Refusal> {
             None
         }
         AdmitResult::Refused(refusal) => {
-            warn!(%call_id, reason = refusal.reason.as_str(), "call refused");
+            state.refusals.note(&call_id, refusal.reason.as_str());
             reject_in_background(state, call_id);
             Some(refusal)
         }
@@ -243,9 +300,15 @@ fn on_connect(state: &AppState, connect: ConnectEvent) -> Option<Refusal> {
 /// Declines a refused call without holding up the webhook response (§7.1: reject promptly
 /// rather than let the caller ring).
 fn reject_in_background(state: &AppState, call_id: CallId) {
+    let Ok(permit) = state.refusals.rejects.clone().try_acquire_owned() else {
+        state.metrics.rejects_skipped.inc();
+        debug!(%call_id, "reject not sent: too many in flight");
+        return;
+    };
     let graph = state.calls.graph.clone();
     state.tracker.spawn(async move {
         let result = tokio::time::timeout(REJECT_TIMEOUT, graph.reject(&call_id)).await;
+        drop(permit);
         if !matches!(result, Ok(Ok(()))) {
             warn!(%call_id, "reject of a refused call failed");
         }
