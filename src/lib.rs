@@ -11,7 +11,8 @@
 //! - [`realtime`]: the Realtime API WebSocket client and its events.
 //! - [`metrics`]: the Prometheus metrics.
 //! - [`sim`]: faithful doubles of Meta (webhooks, Graph API, a WebRTC phone) and of the AI.
-//! - [`app`]: wires it all together; [`demo`]: the local demo on the doubles.
+//! - [`app`]: wires it all together; [`demo`]: the local demo on the doubles;
+//!   [`loadtest`]: the load harness that measures a bridge process on the doubles.
 
 pub mod app;
 pub mod call;
@@ -19,6 +20,7 @@ pub mod config;
 pub mod demo;
 pub mod http;
 pub mod ids;
+pub mod loadtest;
 pub mod media;
 pub mod memory;
 pub mod metrics;

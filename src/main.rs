@@ -1,12 +1,14 @@
-//! The `whatsapp-voice-bridge` binary: `serve` (the default) and `demo`.
+//! The `whatsapp-voice-bridge` binary: `serve` (the default), `demo`, `loadtest` and `healthcheck`.
 
 use std::collections::HashMap;
+use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use whatsapp_voice_bridge::app::App;
 use whatsapp_voice_bridge::config::{self, Config, LogFormat, ProcessEnv};
 use whatsapp_voice_bridge::demo::{self, DemoOptions};
+use whatsapp_voice_bridge::loadtest::{self, LoadtestOptions};
 
 /// Exit code for invalid configuration (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
@@ -35,6 +37,9 @@ enum Command {
     },
     /// Run the bridge locally with simulated callers and a simulated AI: no credentials, no network.
     Demo(DemoOptions),
+    /// Measure a bridge under load: N simulated callers over WebRTC on loopback, ramped by level;
+    /// reports setup time, latency, loss, CPU and memory per call (table, CSV, plots).
+    Loadtest(Box<LoadtestOptions>),
     /// Exit 0 when the local bridge's /health answers 200 (for container health checks).
     Healthcheck {
         /// Port of the bridge (default: PORT from the environment, else 8080).
@@ -94,6 +99,10 @@ fn main() -> ExitCode {
         Command::Demo(options) => {
             init_tracing_for_demo();
             runtime.block_on(demo::run(options))
+        }
+        Command::Loadtest(options) => {
+            init_tracing_for_demo();
+            runtime.block_on(loadtest::run(*options))
         }
     }
 }
@@ -169,7 +178,10 @@ async fn forward_signals(signals: tokio::sync::mpsc::Sender<()>) {
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,webrtc=warn,rtc=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colours only on a terminal: a log file or collector gets plain text.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stdout().is_terminal());
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Pretty => builder.init(),
@@ -180,5 +192,8 @@ fn init_tracing(format: LogFormat) {
 fn init_tracing_for_demo() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,webrtc=error,rtc=error"));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stdout().is_terminal())
+        .init();
 }

@@ -1,0 +1,726 @@
+//! `whatsapp-voice-bridge loadtest`: drives a bridge running as a separate process with many
+//! simulated callers over real WebRTC on loopback, the Graph API and Realtime AI doubles living
+//! in this process (echo mode, one clock for every timing). See `--help` and docs/BENCHMARKS.md.
+//!
+//! Each level runs on its own: its calls all dial at once, hold, hang up, and the bridge must be
+//! idle again before the next level. The harness keeps its own cost low: phones send one
+//! pre-encoded clip and keep counters, not recordings.
+
+mod bridge;
+mod graph_watch;
+mod markers;
+mod phone;
+mod plot;
+mod report;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt as _;
+
+use crate::config::parse_duration;
+use crate::media::codec::{
+    Bandwidth, EncoderSettings, MAX_OPUS_PACKET, MAX_PACKET_SAMPLES, OpusDecoder, OpusEncoder,
+};
+use crate::media::peer::PeerSettings;
+use crate::sim::graph_double::{GraphDouble, GraphDoubleConfig};
+use crate::sim::realtime_ai::{AiDoubleConfig, AiMode, RealtimeAiDouble};
+use crate::sim::stack::APP_SECRET;
+use crate::sim::webhooks::BusinessLine;
+
+use bridge::{Bridge, Launch};
+use markers::{Clip, MarkerProbe, pair_delays};
+use phone::{Caller, Dialled, LiveCall, Prepared};
+use report::{CodecCost, LevelResult, OverflowResult};
+
+/// Phones prepared (peer + offer) at the same time before a level starts.
+const PREPARE_CONCURRENCY: usize = 32;
+/// Time after `accept` before markers count (the AI session is being configured meanwhile).
+const SETTLE: Duration = Duration::from_millis(500);
+/// A marker must have been sent this long before the hang-up for its echo to count.
+const ROUND_TRIP_ROOM: Duration = Duration::from_millis(2_500);
+/// Longest wait, after its reference, for a marker or echo to be seen.
+const MATCH_WINDOW: Duration = Duration::from_secs(1);
+/// How long the bridge may take to end every call of a level.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(20);
+
+#[derive(clap::Args, Clone, Debug)]
+#[command(after_help = "\
+By default the harness starts the bridge itself (this binary's `serve`, as a child process wired \
+to the doubles). To measure a bridge you started, give --bridge-url and --bridge-pid and start \
+it with WHATSAPP_GRAPH_URL=http://<graph-listen>, OPENAI_REALTIME_URL=ws://<ai-listen>/v1/realtime, \
+WHATSAPP_ACCESS_TOKEN=test-token, WHATSAPP_PHONE_NUMBER_ID=106540352242922, OPENAI_API_KEY=test-key, \
+WEBRTC_LOOPBACK=true, ASSISTANT_GREETING=off and the --app-secret and OPUS_* settings given here.
+
+Exit status: 0 when every level ran; 1 when --strict and a call failed or audio was lost.")]
+pub struct LoadtestOptions {
+    /// Calls at each level, comma-separated; each level dials all its calls at once.
+    #[arg(long, value_delimiter = ',', default_value = "10,25,50,100,150")]
+    pub levels: Vec<usize>,
+    /// How long each level holds its calls (after a 2 s warm-up).
+    #[arg(long, default_value = "20s", value_parser = parse_duration_arg)]
+    pub hold: Duration,
+    /// Directory for loadtest.csv, cpu_rss.png and latency_cdf.png (and the bridge's log).
+    #[arg(long, default_value = "target/loadtest")]
+    pub out: PathBuf,
+    /// Fail (exit 1) if any call fails or any audio is lost.
+    #[arg(long)]
+    pub strict: bool,
+    /// Length of the overflow test (signed connects at capacity; needs a bridge started here);
+    /// 0s skips it.
+    #[arg(long, default_value = "5s", value_parser = parse_duration_arg)]
+    pub overflow: Duration,
+    /// Requests in flight during the overflow test.
+    #[arg(long, default_value_t = 64)]
+    pub overflow_concurrency: usize,
+    /// CPUs for a bridge started here, as a `taskset -c` list (e.g. `0`); run the harness itself
+    /// on the others (`taskset -c 1 whatsapp-voice-bridge loadtest --bridge-cpus 0`) so the two
+    /// do not compete.
+    #[arg(long)]
+    pub bridge_cpus: Option<String>,
+    /// Base URL of a bridge already running (instead of starting one).
+    #[arg(long, requires_all = ["bridge_pid", "graph_listen", "ai_listen"])]
+    pub bridge_url: Option<String>,
+    /// Process id of that bridge (its CPU and memory are read from /proc).
+    #[arg(long)]
+    pub bridge_pid: Option<u32>,
+    /// Where the Graph API double listens (the bridge's WHATSAPP_GRAPH_URL).
+    #[arg(long)]
+    pub graph_listen: Option<SocketAddr>,
+    /// Where the Realtime AI double listens (the bridge's OPENAI_REALTIME_URL).
+    #[arg(long)]
+    pub ai_listen: Option<SocketAddr>,
+    /// The bridge's WHATSAPP_APP_SECRET.
+    #[arg(long, default_value = APP_SECRET)]
+    pub app_secret: String,
+    /// The bridge's OPUS_BITRATE (for the codec-only comparison; passed to a bridge started here).
+    #[arg(long, default_value_t = EncoderSettings::default().bitrate_bps)]
+    pub opus_bitrate: i32,
+    /// The bridge's OPUS_COMPLEXITY.
+    #[arg(long, default_value_t = EncoderSettings::default().complexity)]
+    pub opus_complexity: i32,
+    /// The bridge's OPUS_BANDWIDTH.
+    #[arg(long, default_value = "wideband", value_parser = parse_bandwidth)]
+    pub opus_bandwidth: Bandwidth,
+}
+
+fn parse_duration_arg(text: &str) -> Result<Duration, String> {
+    parse_duration(text).ok_or_else(|| format!("{text:?} is not a duration like 500ms, 5s or 2m"))
+}
+
+fn parse_bandwidth(text: &str) -> Result<Bandwidth, String> {
+    Bandwidth::parse(text).ok_or_else(|| format!("{text:?} is not a bandwidth"))
+}
+
+impl LoadtestOptions {
+    fn encoder(&self) -> EncoderSettings {
+        EncoderSettings {
+            bitrate_bps: self.opus_bitrate,
+            complexity: self.opus_complexity,
+            max_bandwidth: self.opus_bandwidth,
+            ..EncoderSettings::default()
+        }
+    }
+}
+
+/// The doubles and the clip every level shares.
+struct Harness {
+    caller: Caller,
+    probe: Arc<MarkerProbe>,
+    peer: PeerSettings,
+    next_key: u64,
+}
+
+pub async fn run(options: LoadtestOptions) -> ExitCode {
+    match run_inner(options).await {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("loadtest failed: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_inner(options: LoadtestOptions) -> anyhow::Result<ExitCode> {
+    std::fs::create_dir_all(&options.out)?;
+    let localhost = SocketAddr::from(([127, 0, 0, 1], 0));
+    let graph = GraphDouble::start_on(
+        GraphDoubleConfig::default(),
+        options.graph_listen.unwrap_or(localhost),
+    )
+    .await?;
+    let probe = Arc::new(MarkerProbe::default());
+    let ai = RealtimeAiDouble::start_on(
+        AiDoubleConfig {
+            mode: AiMode::Echo,
+            // Real-time 20 ms deltas: the bridge's playback queue stays near empty, so the
+            // downlink latency is the bridge's own (frame slot wait included), not queueing.
+            production_speed: 1.0,
+            delta_ms: 20,
+            first_audio_latency: Duration::from_millis(20),
+            probe: Some(probe.clone()),
+            ..AiDoubleConfig::default()
+        },
+        options.ai_listen.unwrap_or(localhost),
+    )
+    .await?;
+    let encoder = options.encoder();
+    let levels: Vec<usize> = options.levels.iter().copied().filter(|n| *n > 0).collect();
+    anyhow::ensure!(!levels.is_empty(), "no level to run");
+    let top = levels.iter().copied().max().unwrap_or(1);
+    let started_here = options.bridge_url.is_none();
+    let bridge = match (&options.bridge_url, options.bridge_pid) {
+        (Some(url), Some(pid)) => Bridge::attach(url.clone(), pid).await?,
+        _ => {
+            Bridge::start(Launch {
+                graph_url: graph.base_url(),
+                ai_url: ai.url(),
+                app_secret: &options.app_secret,
+                max_calls: top,
+                encoder,
+                log: &options.out.join("bridge.log"),
+                cpus: options.bridge_cpus.as_deref(),
+            })
+            .await?
+        }
+    };
+    println!(
+        "Bridge {} (pid {}), encoder {} bit/s, complexity {}, {}; levels {:?}, hold {:?}.",
+        bridge.url,
+        bridge.pid,
+        encoder.bitrate_bps,
+        encoder.complexity,
+        encoder.max_bandwidth.as_str(),
+        levels,
+        options.hold
+    );
+    let mut harness = Harness {
+        caller: Caller {
+            bridge_url: bridge.url.clone(),
+            app_secret: options.app_secret.clone(),
+            line: BusinessLine::default(),
+            graph: graph_watch::GraphWatch::start(graph.clone()),
+            http: reqwest::Client::new(),
+            clip: Clip::encode(EncoderSettings::default())?,
+        },
+        probe,
+        peer: PeerSettings {
+            loopback: true,
+            ..PeerSettings::default()
+        },
+        next_key: 1,
+    };
+
+    let codec = codec_cost(encoder, &harness.caller.clip);
+    println!(
+        "Codec only (decode + encode of the same audio, bridge settings): {:.1} µs per 20 ms frame = {:.3} % of a core per call.",
+        codec.frame_us,
+        codec.cores_per_call() * 100.0
+    );
+    let baseline = bridge.sample()?;
+    println!(
+        "Bridge RSS before the first call: {:.1} MiB.",
+        baseline.rss_mib
+    );
+
+    let mut results = Vec::new();
+    for &calls in &levels {
+        println!();
+        println!("Level {calls}: dialling {calls} calls at once...");
+        let result = run_level(&mut harness, &bridge, calls, options.hold).await?;
+        println!(
+            "Level {calls}: {} admitted, {} refused, {} failed; bridge CPU {:.1} % ({:.3} % per call), RSS {:.1} MiB, {:.1} MiB after.",
+            result.admitted,
+            result.refused,
+            result.failed,
+            result.bridge_cores * 100.0,
+            result.bridge_cores * 100.0 / result.admitted.max(1) as f64,
+            result.rss_mib,
+            result.rss_after_mib
+        );
+        for problem in &result.problems {
+            println!("  problem: {problem}");
+        }
+        results.push(result);
+    }
+
+    let overflow = if started_here && !options.overflow.is_zero() {
+        println!();
+        println!(
+            "Overflow: a second bridge with room for 1 call, which is taken; signed connects for {:?}...",
+            options.overflow
+        );
+        Some(run_overflow(&mut harness, &graph, &ai, &options, encoder).await?)
+    } else {
+        None
+    };
+    bridge.stop().await;
+    ai.shutdown();
+    graph.shutdown();
+
+    let summary = Summary::of(&results, codec, baseline.rss_mib, overflow.as_ref());
+    println!();
+    print!("{}", report::table(&results));
+    println!();
+    print!("{}", summary.render());
+    std::fs::write(options.out.join("loadtest.csv"), report::csv(&results))?;
+    let plots = plot::draw(&options.out, &results, summary.cpu_fit, summary.rss_fit);
+    match plots {
+        Ok(files) => println!(
+            "Wrote {} and {}.",
+            options.out.join("loadtest.csv").display(),
+            files
+                .iter()
+                .map(|f| f.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Err(err) => println!(
+            "Wrote {}; no plots: {err:#}",
+            options.out.join("loadtest.csv").display()
+        ),
+    }
+    let healthy = results.iter().all(LevelResult::healthy)
+        && overflow.as_ref().is_none_or(|o| o.problems.is_empty());
+    if options.strict && !healthy {
+        println!("FAILED: a call failed or audio was lost (see the problems above).");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One level: prepare `calls` phones, dial them all at once, warm up, hold, hang up, wait idle.
+async fn run_level(
+    harness: &mut Harness,
+    bridge: &Bridge,
+    calls: usize,
+    hold: Duration,
+) -> anyhow::Result<LevelResult> {
+    let mut result = LevelResult {
+        calls,
+        ..LevelResult::default()
+    };
+    let keys: Vec<u64> = (0..calls as u64).map(|i| harness.next_key + i).collect();
+    harness.next_key += calls as u64;
+    let caller = harness.caller.clone();
+    let peer = harness.peer.clone();
+    let prepared: Vec<anyhow::Result<Prepared>> =
+        futures_util::stream::iter(keys.iter().map(|&key| {
+            let caller = caller.clone();
+            let peer = peer.clone();
+            async move { Prepared::new(&caller, &peer, key).await }
+        }))
+        .buffer_unordered(PREPARE_CONCURRENCY)
+        .collect()
+        .await;
+    let prepared: Vec<Prepared> = prepared.into_iter().collect::<anyhow::Result<_>>()?;
+    let before = bridge.metrics().await?;
+
+    let dialled =
+        futures_util::future::join_all(prepared.into_iter().map(|p| phone::dial(&caller, p))).await;
+    let mut live: Vec<LiveCall> = Vec::new();
+    for outcome in dialled {
+        match outcome {
+            Dialled::Live(call) => {
+                result.setup_ms.push(call.setup.as_secs_f64() * 1000.0);
+                live.push(call);
+            }
+            Dialled::Refused(503) => result.refused += 1,
+            Dialled::Refused(status) => {
+                result.failed += 1;
+                result.problems.push(format!("connect answered {status}"));
+            }
+            Dialled::Failed(reason) => {
+                result.failed += 1;
+                result.problems.push(format!("dial: {reason}"));
+            }
+        }
+    }
+    result.admitted = live.len();
+    tokio::time::sleep(Duration::from_secs(2)).await; // warm-up, not synchronisation
+    let (bridge_start, self_start) = (bridge.sample()?, bridge::sample(None)?);
+    progress_hold(hold, live.len()).await;
+    let (bridge_end, self_end) = (bridge.sample()?, bridge::sample(None)?);
+    result.bridge_cores = bridge_end.cores_since(&bridge_start);
+    result.harness_cores = self_end.cores_since(&self_start);
+    result.rss_mib = bridge_end.rss_mib;
+
+    let hung_up_at = Instant::now();
+    let ended = futures_util::future::join_all(live.into_iter().map(|call| {
+        let caller = caller.clone();
+        async move {
+            let key = call.key;
+            let accepted_at = call.accepted_at;
+            let (stats, problem) = call.hang_up(&caller).await;
+            (key, accepted_at, stats, problem)
+        }
+    }))
+    .await;
+    if !bridge.wait_idle(IDLE_TIMEOUT).await {
+        result
+            .problems
+            .push("the bridge still had live calls after every hang-up".into());
+    }
+    let after = bridge.metrics().await?;
+    result.rss_after_mib = bridge.sample()?.rss_mib;
+    let counter = |name: &str, labels: &[(&str, &str)]| {
+        (after.value(name, labels) - before.value(name, labels)).max(0.0) as u64
+    };
+    result.uplink_concealed = counter("whatsapp_bridge_concealed_frames_total", &[]);
+    result.late_pacer_ticks = counter("whatsapp_bridge_late_pacer_ticks_total", &[]);
+
+    let mut jitters = Vec::new();
+    for (key, accepted_at, stats, problem) in ended {
+        if let Some(problem) = problem {
+            result.problems.push(format!("call {key}: {problem}"));
+        }
+        let marks = harness.probe.take(key);
+        let counted: Vec<Instant> = stats
+            .markers_sent
+            .iter()
+            .copied()
+            .filter(|&t| t >= accepted_at + SETTLE && t + ROUND_TRIP_ROOM <= hung_up_at)
+            .collect();
+        let (uplink, up_missing) = pair_delays(&counted, &marks.heard, MATCH_WINDOW);
+        let echoes: Vec<Instant> = marks
+            .said
+            .iter()
+            .copied()
+            .filter(|&t| t + MATCH_WINDOW <= hung_up_at)
+            .collect();
+        let (downlink, down_missing) = pair_delays(&echoes, &stats.onsets_heard, MATCH_WINDOW);
+        let (_, round_trips_missing) =
+            pair_delays(&counted, &stats.onsets_heard, Duration::from_millis(1_900));
+        result.uplink_ms.extend(uplink);
+        result.downlink_ms.extend(downlink);
+        result.uplink_markers_lost += up_missing;
+        result.downlink_markers_lost += down_missing;
+        result.round_trips_missing += round_trips_missing;
+        result.packets_sent += stats.packets_sent;
+        result.packets_received += stats.packets_received;
+        result.downlink_lost += stats.packets_lost;
+        result.late += stats.late;
+        result.bunched += stats.bunched;
+        result.max_gap_ms = result.max_gap_ms.max(stats.max_gap_ms);
+        jitters.push(stats.jitter_ms);
+        if counted.is_empty() {
+            result
+                .problems
+                .push(format!("call {key}: no marker was sent while it was up"));
+        }
+    }
+    result.jitter_ms = report::max(&jitters).max(0.0);
+    harness.probe.clear();
+    Ok(result)
+}
+
+/// Holds for `hold`, printing a line every 5 s.
+async fn progress_hold(hold: Duration, calls: usize) {
+    let start = Instant::now();
+    let mut ticker = tokio::time::interval(Duration::from_secs(5));
+    ticker.tick().await;
+    loop {
+        let left = hold.saturating_sub(start.elapsed());
+        if left.is_zero() {
+            return;
+        }
+        tokio::select! {
+            _ = ticker.tick() => println!(
+                "  holding {calls} calls: {:.0} s of {:.0} s",
+                start.elapsed().as_secs_f64(),
+                hold.as_secs_f64()
+            ),
+            _ = tokio::time::sleep(left) => return,
+        }
+    }
+}
+
+/// Decodes the phone clip and encodes the result with the bridge's settings, on one thread,
+/// for at least a second: what one call's codec work costs with nothing else around it.
+fn codec_cost(encoder: EncoderSettings, clip: &Clip) -> CodecCost {
+    let mut decoder = OpusDecoder::new().expect("opus decoder");
+    let mut opus = OpusEncoder::new(encoder).expect("opus encoder");
+    let mut pcm = vec![0i16; MAX_PACKET_SAMPLES];
+    let mut packet = vec![0u8; MAX_OPUS_PACKET];
+    let start = Instant::now();
+    let mut frames = 0u64;
+    while start.elapsed() < Duration::from_secs(1) {
+        for payload in &clip.packets {
+            let samples = decoder.decode(payload, &mut pcm).unwrap_or(0);
+            let _ = opus.encode(&pcm[..samples], &mut packet);
+            frames += 1;
+        }
+    }
+    CodecCost {
+        frame_us: start.elapsed().as_secs_f64() * 1e6 / frames as f64,
+    }
+}
+
+/// A second bridge with room for one call, which one phone takes; then signed `connect`s for
+/// new calls as fast as they are answered, each of which must be refused with 503.
+async fn run_overflow(
+    harness: &mut Harness,
+    graph: &GraphDouble,
+    ai: &RealtimeAiDouble,
+    options: &LoadtestOptions,
+    encoder: EncoderSettings,
+) -> anyhow::Result<OverflowResult> {
+    let bridge = Bridge::start(Launch {
+        graph_url: graph.base_url(),
+        ai_url: ai.url(),
+        app_secret: &options.app_secret,
+        max_calls: 1,
+        encoder,
+        log: &options.out.join("bridge-overflow.log"),
+        cpus: options.bridge_cpus.as_deref(),
+    })
+    .await?;
+    println!("  overflow bridge {} (pid {})", bridge.url, bridge.pid);
+    let mut caller = harness.caller.clone();
+    caller.bridge_url = bridge.url.clone();
+    let mut result = OverflowResult::default();
+    let key = harness.next_key;
+    harness.next_key += 1;
+    let occupant =
+        match phone::dial(&caller, Prepared::new(&caller, &harness.peer, key).await?).await {
+            Dialled::Live(call) => call,
+            _ => anyhow::bail!("the overflow bridge did not take its one call"),
+        };
+    let body_template = overflow_body(&caller);
+    let deadline = Instant::now() + options.overflow;
+    let (start, start_sample) = (Instant::now(), bridge.sample()?);
+    let workers = (0..options.overflow_concurrency.max(1)).map(|worker| {
+        let caller = caller.clone();
+        let template = body_template.clone();
+        async move {
+            let (mut sent, mut refused, mut other) = (0u64, 0u64, 0u64);
+            let url = format!("{}/webhook", caller.bridge_url);
+            while Instant::now() < deadline {
+                let body = template.replace("wacid.OVERFLOW", &format!("wacid.OF{worker}-{sent}"));
+                let signature =
+                    crate::whatsapp::signature::sign(caller.app_secret.as_bytes(), body.as_bytes());
+                let status = caller
+                    .http
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .header(crate::whatsapp::signature::SIGNATURE_HEADER, signature)
+                    .body(body)
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16());
+                sent += 1;
+                match status {
+                    Ok(503) => refused += 1,
+                    _ => other += 1,
+                }
+            }
+            (sent, refused, other)
+        }
+    });
+    for (sent, refused, other) in futures_util::future::join_all(workers).await {
+        result.sent += sent;
+        result.refused_503 += refused;
+        result.other += other;
+    }
+    result.seconds = start.elapsed().as_secs_f64();
+    result.bridge_cores = bridge.sample()?.cores_since(&start_sample);
+    if result.other > 0 {
+        result
+            .problems
+            .push(format!("{} connects were not answered 503", result.other));
+    }
+    let (stats, problem) = occupant.hang_up(&caller).await;
+    if let Some(problem) = problem {
+        result.problems.push(problem);
+    }
+    if stats.packets_received == 0 {
+        result
+            .problems
+            .push("the call in progress received no audio".into());
+    }
+    let idle = bridge.wait_idle(IDLE_TIMEOUT).await;
+    // The one permit must be free again: a new call is taken.
+    let key = harness.next_key;
+    harness.next_key += 1;
+    let again = phone::dial(&caller, Prepared::new(&caller, &harness.peer, key).await?).await;
+    result.permits_intact = idle && matches!(again, Dialled::Live(_));
+    if let Dialled::Live(call) = again {
+        let _ = call.hang_up(&caller).await;
+    }
+    if !result.permits_intact {
+        result
+            .problems
+            .push("after the flood the bridge did not take a new call".into());
+    }
+    bridge.wait_idle(IDLE_TIMEOUT).await;
+    bridge.stop().await;
+    harness.probe.clear();
+    Ok(result)
+}
+
+/// A signed-able `connect` for a call id `wacid.OVERFLOW` (replaced per request).
+fn overflow_body(caller: &Caller) -> String {
+    use crate::ids::{CallId, PhoneNumber};
+    // The bridge refuses at capacity before it looks at the SDP, but the body is a complete,
+    // valid connect all the same.
+    let offer = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE audio\r\n\
+m=audio 9 UDP/TLS/RTP/SAVPF 111 126\r\nc=IN IP4 0.0.0.0\r\na=mid:audio\r\n\
+a=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\na=ice-lite\r\n\
+a=fingerprint:sha-256 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF\r\n\
+a=setup:actpass\r\na=sendrecv\r\na=rtcp-mux\r\na=rtpmap:111 opus/48000/2\r\n\
+a=fmtp:111 minptime=20;useinbandfec=1\r\na=rtpmap:126 telephone-event/8000\r\n\
+a=candidate:1 1 udp 2113937151 127.0.0.1 9 typ host\r\n";
+    crate::sim::webhooks::connect_offer(
+        &caller.line,
+        &CallId::new("wacid.OVERFLOW"),
+        &PhoneNumber::new("447700000001"),
+        "Overflow",
+        offer,
+        crate::sim::phone::unix_now(),
+    )
+}
+
+/// The figures across levels and the goals of issue 5.
+struct Summary {
+    cpu_fit: Option<report::Fit>,
+    rss_fit: Option<report::Fit>,
+    lines: Vec<String>,
+}
+
+impl Summary {
+    fn of(
+        levels: &[LevelResult],
+        codec: CodecCost,
+        baseline_rss: f64,
+        overflow: Option<&OverflowResult>,
+    ) -> Summary {
+        let points = |value: fn(&LevelResult) -> f64| -> Vec<(f64, f64)> {
+            levels
+                .iter()
+                .filter(|l| l.admitted > 0)
+                .map(|l| (l.admitted as f64, value(l)))
+                .collect()
+        };
+        let cpu_fit = report::linear_fit(&points(|l| l.bridge_cores));
+        let rss_fit = report::linear_fit(&points(|l| l.rss_mib));
+        let mut lines = Vec::new();
+        let per_call = cpu_fit.map(|f| f.slope);
+        if let Some(slope) = per_call {
+            let ratio = slope / codec.cores_per_call();
+            lines.push(format!(
+                "Bridge CPU per call (slope of the fit): {:.3} % of a core, i.e. {:.0} calls per core; codec only {:.3} %; ratio {:.2}.",
+                slope * 100.0,
+                1.0 / slope,
+                codec.cores_per_call() * 100.0,
+                ratio
+            ));
+            lines.push(goal(
+                "≥ 100 calls per core (≤ 1.0 % of a core per call)",
+                slope <= 0.01,
+                format!("{:.3} %", slope * 100.0),
+            ));
+            lines.push(goal(
+                "bridge CPU per call ≤ 1.3 × codec only",
+                ratio <= 1.3,
+                format!("{ratio:.2} ×"),
+            ));
+        }
+        if let Some(fit) = rss_fit {
+            lines.push(goal(
+                "≤ 1 MB RSS per call (slope)",
+                fit.slope * 1.048_576 <= 1.0,
+                format!("{:.2} MiB per call", fit.slope),
+            ));
+        }
+        if let Some(last) = levels.last() {
+            let back = last.rss_after_mib - baseline_rss;
+            lines.push(goal(
+                "RSS back to baseline after the calls end",
+                back <= 5.0,
+                format!(
+                    "{:.1} MiB before the first call, {:.1} MiB after the last level ({back:+.1})",
+                    baseline_rss, last.rss_after_mib
+                ),
+            ));
+        }
+        if let Some(level) = levels
+            .iter()
+            .rev()
+            .find(|l| l.admitted >= 100)
+            .or(levels.last())
+        {
+            let up = report::percentile(&level.uplink_ms, 99.0);
+            let down = report::percentile(&level.downlink_ms, 99.0);
+            lines.push(goal(
+                &format!(
+                    "latency p99 ≤ 5 ms each way beyond the 20 ms frame, at {} calls",
+                    level.admitted
+                ),
+                up <= 25.0 && down <= 25.0,
+                format!("uplink {up:.1} ms, downlink {down:.1} ms (frame slot included)"),
+            ));
+            lines.push(goal(
+                &format!("no late frames at the phone, at {} calls", level.admitted),
+                level.late == 0,
+                format!(
+                    "{} late, {} bunched of {} packets",
+                    level.late, level.bunched, level.packets_received
+                ),
+            ));
+        }
+        if let Some(level) = levels
+            .iter()
+            .rev()
+            .find(|l| l.calls >= 100)
+            .or(levels.last())
+        {
+            let p99 = report::percentile(&level.setup_ms, 99.0);
+            lines.push(goal(
+                &format!(
+                    "call setup p99 ≤ 50 ms with {} connects at once",
+                    level.calls
+                ),
+                p99 <= 50.0,
+                format!("{p99:.1} ms"),
+            ));
+        }
+        if let Some(overflow) = overflow {
+            lines.push(goal(
+                "overflow ≥ 10 000 webhooks/s, all refused, no permit leaked",
+                overflow.rate() >= 10_000.0
+                    && overflow.problems.is_empty()
+                    && overflow.permits_intact,
+                format!(
+                    "{:.0} webhooks/s ({} sent, {} answered 503, {} otherwise; bridge CPU {:.0} %), permits {}",
+                    overflow.rate(),
+                    overflow.sent,
+                    overflow.refused_503,
+                    overflow.other,
+                    overflow.bridge_cores * 100.0,
+                    if overflow.permits_intact { "intact" } else { "LEAKED" }
+                ),
+            ));
+        }
+        Summary {
+            cpu_fit,
+            rss_fit,
+            lines,
+        }
+    }
+
+    fn render(&self) -> String {
+        let mut out = String::new();
+        for line in &self.lines {
+            out.push_str(line);
+            out.push('\n');
+        }
+        out
+    }
+}
+
+fn goal(name: &str, met: bool, value: String) -> String {
+    format!("[{}] {name}: {value}", if met { "met" } else { "NOT MET" })
+}
