@@ -597,6 +597,37 @@ mod tests {
     }
 
     #[test]
+    fn the_encoder_settings_are_read_and_checked() {
+        let config = Config::from_env(&minimal()).expect("valid");
+        assert_eq!(config.encoder, EncoderSettings::default());
+        let mut custom = minimal();
+        custom.extend(env(&[
+            (OPUS_BITRATE, "16000"),
+            (OPUS_COMPLEXITY, "3"),
+            (OPUS_BANDWIDTH, "Mediumband"),
+        ]));
+        let encoder = Config::from_env(&custom).expect("valid").encoder;
+        assert_eq!(
+            (
+                encoder.bitrate_bps,
+                encoder.complexity,
+                encoder.max_bandwidth
+            ),
+            (16_000, 3, Bandwidth::Mediumband)
+        );
+        let mut bad = minimal();
+        bad.extend(env(&[
+            (OPUS_BITRATE, "1000"),
+            (OPUS_COMPLEXITY, "11"),
+            (OPUS_BANDWIDTH, "fullband"),
+        ]));
+        let error = Config::from_env(&bad).expect_err("invalid").to_string();
+        for key in [OPUS_BITRATE, OPUS_COMPLEXITY, OPUS_BANDWIDTH] {
+            assert!(error.contains(key), "{error}");
+        }
+    }
+
+    #[test]
     fn azure_is_used_when_its_endpoint_is_set() {
         let mut vars = minimal();
         vars.extend(env(&[

@@ -10,6 +10,11 @@ use whatsapp_voice_bridge::config::{self, Config, LogFormat, ProcessEnv};
 use whatsapp_voice_bridge::demo::{self, DemoOptions};
 use whatsapp_voice_bridge::loadtest::{self, LoadtestOptions};
 
+/// jemalloc: cheaper than glibc malloc for the many small per-frame buffers, and it returns
+/// freed memory to the OS (docs/BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Exit code for invalid configuration (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
 

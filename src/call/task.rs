@@ -470,11 +470,20 @@ impl CallTask {
     }
 
     async fn run(&mut self) -> CallEnd {
+        // One timer and one cancellation wait for the whole call, re-armed only when the next
+        // deadline moves: the loop turns several times per 20 ms frame.
+        let timer = tokio::time::sleep_until(self.next_wake().into());
+        tokio::pin!(timer);
+        let cancelled = self.admission.cancel_token().clone().cancelled_owned();
+        tokio::pin!(cancelled);
         loop {
             self.admission.set_phase(self.flow.phase());
-            let wake = self.next_wake();
+            let wake = tokio::time::Instant::from(self.next_wake());
+            if timer.deadline() != wake {
+                timer.as_mut().reset(wake);
+            }
             tokio::select! {
-                () = self.admission.cancel_token().cancelled() => {
+                () = &mut cancelled => {
                     return self.end(CallEnd::Shutdown).await;
                 }
                 command = self.commands.recv() => {
@@ -526,7 +535,7 @@ impl CallTask {
                         return end;
                     }
                 }
-                () = tokio::time::sleep_until(wake.into()) => {
+                () = &mut timer => {
                     if let Some(end) = self.on_tick().await {
                         return end;
                     }

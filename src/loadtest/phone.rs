@@ -225,6 +225,15 @@ impl LiveCall {
         self.stats.lock().clone()
     }
 
+    /// Starts the steady-state window: late and bunched packets and the longest gap count from
+    /// here (the connect burst before it is measured as setup time).
+    pub fn begin_hold(&self) {
+        let mut stats = self.stats.lock();
+        stats.late = 0;
+        stats.bunched = 0;
+        stats.max_gap_ms = 0.0;
+    }
+
     /// The user hangs up: media stops, Meta sends `terminate`. Returns the phone's counters.
     pub async fn hang_up(mut self, caller: &Caller) -> (PhoneStats, Option<String>) {
         self.stop_media().await;

@@ -549,4 +549,47 @@ mod tests {
         assert!(packets.iter().all(|p| !p.is_empty() && p.len() < 60));
         assert!(rms(&decode_all(&packets)) < 10.0);
     }
+
+    #[test]
+    fn the_stream_encoder_keeps_pauses_silent_and_speech_after_them_intact() {
+        let settings = EncoderSettings::default();
+        let speech = tone(440.0, 400, PCM_SAMPLE_RATE, 8000);
+        let pause = vec![0i16; SAMPLES_PER_FRAME * 30];
+        let mut input = speech.clone();
+        input.extend_from_slice(&pause);
+        input.extend_from_slice(&speech);
+        let mut stream = StreamEncoder::new(settings).expect("encoder");
+        let mut buf = [0u8; MAX_OPUS_PACKET];
+        let packets: Vec<Vec<u8>> = input
+            .chunks_exact(SAMPLES_PER_FRAME)
+            .map(|frame| {
+                let silent = frame.iter().all(|&s| s == 0);
+                let n = stream.encode(frame, silent, &mut buf).expect("encode");
+                buf[..n].to_vec()
+            })
+            .collect();
+        assert!(!stream.resting, "audio ends the rest");
+        let decoded = decode_all(&packets);
+        let decoded_plain = decode_all(&encode_all(&input, settings));
+        let frames = |pcm: &[i16], from: usize, to: usize| {
+            pcm[from * SAMPLES_PER_FRAME..to * SAMPLES_PER_FRAME].to_vec()
+        };
+        // The pause (after the settling frames) is silent, as with plain encoding.
+        assert!(
+            rms(&frames(
+                &decoded,
+                20 + SILENCE_SETTLE_FRAMES as usize + 1,
+                50
+            )) < 10.0
+        );
+        // The speech after the pause comes back at once, at the level plain encoding gives.
+        let after = frames(&decoded, 51, 70);
+        let after_plain = frames(&decoded_plain, 51, 70);
+        assert_eq!(
+            dominant_frequency(&after, PCM_SAMPLE_RATE, &[440.0, 880.0]),
+            Some(440.0)
+        );
+        let (level, plain) = (rms(&after), rms(&after_plain));
+        assert!((level - plain).abs() < plain * 0.1, "{level} vs {plain}");
+    }
 }
