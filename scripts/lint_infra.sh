@@ -11,7 +11,13 @@ command -v pyenv >/dev/null 2>&1 && pyenv rehash || true
 hash -r
 hadolint Dockerfile
 echo "hadolint: Dockerfile ok"
-checkov -d infra/azure --config-file infra/azure/.checkov.yaml --skip-download --compact --quiet
+checkov_out="$(checkov -d infra/azure --config-file infra/azure/.checkov.yaml --skip-download --compact)"
+# checkov passes a file it cannot parse (it then checks nothing in it): that is a failure here.
+if grep -Eq "Parsing errors: [1-9]" <<<"$checkov_out"; then
+  echo "$checkov_out"
+  echo "checkov could not parse a template in infra/azure" >&2
+  exit 1
+fi
 echo "checkov: infra/azure ok"
 python3 -m json.tool infra/grafana/whatsapp-voice-bridge.json >/dev/null
 echo "grafana: dashboard JSON ok"

@@ -2,8 +2,8 @@
 //
 // One container per replica; the webhook is public HTTPS through ACA ingress; media is WebRTC
 // over UDP that the bridge dials *out* to Meta's relays (ACA ingress carries no UDP, and none is
-// needed). Replicas scale on live calls, read from the bridge's own Prometheus gauge through a
-// KEDA prometheus scaler; HTTP concurrency would count webhooks, not calls.
+// needed). Replicas scale on CPU, which tracks live calls (about 1 % of a core per call, measured
+// with `whatsapp-voice-bridge loadtest`); HTTP concurrency would count webhooks, not calls.
 
 @description('Name prefix of every resource.')
 param name string = 'wa-voice-bridge'
@@ -14,10 +14,10 @@ param location string = resourceGroup().location
 @description('Container image, e.g. myregistry.azurecr.io/whatsapp-voice-bridge:1.0.0.')
 param image string
 
-@description('Registry server of the image (uses the managed identity to pull).')
-param registryServer string
+@description('Azure Container Registry holding the image, in this resource group (pulled with the managed identity, which gets AcrPull on it).')
+param registryName string
 
-@description('Key Vault holding the secrets (names below); the app reads them with its managed identity.')
+@description('Key Vault holding the secrets (names below), in this resource group; the managed identity gets Key Vault Secrets User on it.')
 param keyVaultName string
 
 @description('Graph id of the business phone number.')
@@ -42,16 +42,14 @@ param supabaseUrl string
 @minValue(1)
 param maxCallsPerReplica int = 100
 
-@description('Live calls per replica at which KEDA adds a replica.')
-@minValue(1)
-param targetCallsPerReplica int = 70
+@description('Average CPU utilisation (% of the cores of a replica) at which a replica is added. The load harness measured about 1 % of a core per call and every frame on time up to about 55 % of a core, so 50 % of 2 cores is about 100 live calls.')
+@minValue(10)
+@maxValue(90)
+param targetCpuPercent int = 50
 
 @description('Seconds live calls may go on after SIGTERM (DRAIN_TIMEOUT).')
 @minValue(5)
 param drainTimeoutSeconds int = 300
-
-@description('Prometheus server that scrapes the replicas (KEDA prometheus scaler).')
-param prometheusServerAddress string
 
 @minValue(1)
 param minReplicas int = 1
@@ -63,6 +61,40 @@ var keyVaultUrl = 'https://${keyVaultName}${environment().suffixes.keyvaultDns}/
 resource identity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' = {
   name: '${name}-identity'
   location: location
+}
+
+resource keyVault 'Microsoft.KeyVault/vaults@2023-07-01' existing = {
+  name: keyVaultName
+}
+
+resource registry 'Microsoft.ContainerRegistry/registries@2023-07-01' existing = {
+  name: registryName
+}
+
+// Built-in roles: Key Vault Secrets User (read secret values) and AcrPull.
+var keyVaultSecretsUserRole = subscriptionResourceId('Microsoft.Authorization/roleDefinitions', '4633458b-17de-408a-b874-0445c86b69e6')
+var acrPullRole = subscriptionResourceId('Microsoft.Authorization/roleDefinitions', '7f951dda-4ed3-4680-a7ca-43fe172d538d')
+
+// The first revision reads its secrets and pulls its image with the identity, so both grants
+// must exist before the app does.
+resource secretsAccess 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(keyVault.id, identity.id, keyVaultSecretsUserRole)
+  scope: keyVault
+  properties: {
+    roleDefinitionId: keyVaultSecretsUserRole
+    principalId: identity.properties.principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+resource imagePull 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(registry.id, identity.id, acrPullRole)
+  scope: registry
+  properties: {
+    roleDefinitionId: acrPullRole
+    principalId: identity.properties.principalId
+    principalType: 'ServicePrincipal'
+  }
 }
 
 resource logs 'Microsoft.OperationalInsights/workspaces@2022-10-01' = {
@@ -93,6 +125,10 @@ resource environmentResource 'Microsoft.App/managedEnvironments@2024-03-01' = {
 resource app 'Microsoft.App/containerApps@2024-03-01' = {
   name: name
   location: location
+  dependsOn: [
+    secretsAccess
+    imagePull
+  ]
   identity: {
     type: 'UserAssigned'
     userAssignedIdentities: {
@@ -112,7 +148,7 @@ resource app 'Microsoft.App/containerApps@2024-03-01' = {
       }
       registries: [
         {
-          server: registryServer
+          server: registry.properties.loginServer
           identity: identity.id
         }
       ]
@@ -282,15 +318,14 @@ resource app 'Microsoft.App/containerApps@2024-03-01' = {
         maxReplicas: maxReplicas
         rules: [
           {
-            // Live calls per replica, from the bridge's gauge. KEDA divides the query result by
-            // the threshold to get the replica count it wants.
-            name: 'live-calls'
+            // CPU follows live calls closely (the codec is most of a call's cost), and the
+            // platform measures it itself: no metrics pipeline is needed for scaling.
+            name: 'cpu-per-replica'
             custom: {
-              type: 'prometheus'
+              type: 'cpu'
               metadata: {
-                serverAddress: prometheusServerAddress
-                query: 'sum(whatsapp_bridge_active_calls{app="${name}"})'
-                threshold: string(targetCallsPerReplica)
+                type: 'Utilization'
+                value: string(targetCpuPercent)
               }
             }
           }
