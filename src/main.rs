@@ -65,7 +65,7 @@ fn parse_key_value(text: &str) -> Result<(String, String), String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match build_runtime() {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("cannot start the async runtime: {err}");
@@ -109,6 +109,20 @@ fn main() -> ExitCode {
             init_tracing_for_demo();
             runtime.block_on(loadtest::run(*options))
         }
+    }
+}
+
+/// The async runtime: one thread when the process has one CPU (a `current_thread` scheduler
+/// wakes tasks without the cross-thread machinery a one-worker multi-thread scheduler still
+/// runs), a worker per CPU otherwise.
+fn build_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Runtime::new()
     }
 }
 
