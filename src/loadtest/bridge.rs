@@ -152,6 +152,10 @@ impl Bridge {
             .env(config::OPUS_BITRATE, encoder.bitrate_bps.to_string())
             .env(config::OPUS_COMPLEXITY, encoder.complexity.to_string())
             .env(config::OPUS_BANDWIDTH, encoder.max_bandwidth.as_str())
+            .envs(
+                // Allocator tuning, passed through for experiments (e.g. jemalloc decay times).
+                std::env::vars().filter(|(key, _)| key == "_RJEM_MALLOC_CONF"),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
