@@ -164,6 +164,9 @@ async fn metrics_on_their_own_port_count_exactly_what_happened() {
                 .await
                 .is_some()
         );
+        // Media starts once the bridge has read the `accept` response, so the first packet at
+        // the phone means that attempt is counted (hanging up earlier would cancel it).
+        assert!(call.wait_until(WAIT, |r| r.first_rtp_at.is_some()).await);
     }
     for call in live {
         call.hang_up().await.expect("hang up");
