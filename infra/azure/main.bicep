@@ -38,11 +38,11 @@ param azureOpenAiDeployment string = ''
 @description('Supabase project URL: the store shared by all replicas (the embedded store is per replica).')
 param supabaseUrl string
 
-@description('Calls one replica serves at once (MAX_CONCURRENT_CALLS). One core kept every frame on time at 75 calls in the load harness.')
+@description('Calls one replica serves at once (MAX_CONCURRENT_CALLS). One core sent every frame on time at 100 calls (73 % busy) in the load harness; 80 leaves headroom.')
 @minValue(1)
 param maxCallsPerReplica int = 80
 
-@description('Average CPU utilisation (% of the one core of a replica) at which a replica is added. The load harness measured about 0.8 % of a core per call and every frame on time at 75 calls (60 % of the core), so 55 % is about 70 live calls.')
+@description('Average CPU utilisation (% of the one core of a replica) at which a replica is added. The load harness measured about 0.7 % of a core per call and every frame sent on time at 100 calls (73 % of the core), so 55 % is about 70 live calls.')
 @minValue(10)
 @maxValue(90)
 param targetCpuPercent int = 55

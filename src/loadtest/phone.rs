@@ -297,7 +297,9 @@ async fn run_media(
     let mut ticker = tokio::time::interval(Duration::from_millis(20));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut connected = false;
-    let mut frame = 0usize;
+    // Each phone starts at its own point of the clip: real callers do not all speak at once,
+    // and callers in step would make the bridge's load (and the AI's answers) come in waves.
+    let mut frame = rand::random_range(0..clip.packets.len());
     let mut sequence_number: u16 = rand::random();
     let mut timestamp: u32 = rand::random();
     loop {
