@@ -234,7 +234,7 @@ async fn run_inner(options: LoadtestOptions) -> anyhow::Result<ExitCode> {
             result.refused,
             result.failed,
             result.bridge_cores * 100.0,
-            result.bridge_cores * 100.0 / result.admitted.max(1) as f64,
+            result.cpu_percent_per_call().unwrap_or(0.0),
             result.rss_mib,
             result.rss_after_mib
         );
@@ -400,19 +400,9 @@ async fn run_level(
             result.problems.push(format!("call {key}: {problem}"));
         }
         let marks = harness.probe.take(key);
-        let counted: Vec<Instant> = stats
-            .markers_sent
-            .iter()
-            .copied()
-            .filter(|&t| t >= hold_start && t + ROUND_TRIP_ROOM <= hung_up_at)
-            .collect();
+        let counted = within(&stats.markers_sent, hold_start, hung_up_at, ROUND_TRIP_ROOM);
         let (uplink, up_missing) = pair_delays(&counted, &marks.heard, MATCH_WINDOW);
-        let echoes: Vec<Instant> = marks
-            .said
-            .iter()
-            .copied()
-            .filter(|&t| t >= hold_start && t + MATCH_WINDOW <= hung_up_at)
-            .collect();
+        let echoes = within(&marks.said, hold_start, hung_up_at, MATCH_WINDOW);
         let (downlink, down_missing) = pair_delays(&echoes, &stats.onsets_heard, MATCH_WINDOW);
         let (_, round_trips_missing) =
             pair_delays(&counted, &stats.onsets_heard, Duration::from_millis(1_900));
@@ -437,6 +427,15 @@ async fn run_level(
     result.jitter_ms = report::max(&jitters).max(0.0);
     harness.probe.clear();
     Ok(result)
+}
+
+/// The instants from `start` on that leave at least `room` before `end`.
+fn within(times: &[Instant], start: Instant, end: Instant, room: Duration) -> Vec<Instant> {
+    times
+        .iter()
+        .copied()
+        .filter(|&t| t >= start && t + room <= end)
+        .collect()
 }
 
 /// Holds for `hold`, printing a line every 5 s.
@@ -545,20 +544,9 @@ async fn run_overflow(
         let template = body_template.clone();
         async move {
             let (mut sent, mut refused, mut other) = (0u64, 0u64, 0u64);
-            let url = format!("{}/webhook", caller.bridge_url);
             while Instant::now() < deadline {
                 let body = template.replace("wacid.OVERFLOW", &format!("wacid.OF{worker}-{sent}"));
-                let signature =
-                    crate::whatsapp::signature::sign(caller.app_secret.as_bytes(), body.as_bytes());
-                let status = caller
-                    .http
-                    .post(&url)
-                    .header("content-type", "application/json")
-                    .header(crate::whatsapp::signature::SIGNATURE_HEADER, signature)
-                    .body(body)
-                    .send()
-                    .await
-                    .map(|r| r.status().as_u16());
+                let status = caller.post(body).await;
                 sent += 1;
                 match status {
                     Ok(503) => refused += 1,

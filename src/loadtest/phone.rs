@@ -16,9 +16,8 @@ use super::markers::{CALLER_NAME_PREFIX, Clip, OnsetDetector};
 use crate::ids::{CallId, PhoneNumber};
 use crate::media::codec::{MAX_PACKET_SAMPLES, OpusDecoder, RTP_TIMESTAMP_STEP};
 use crate::media::peer::{MediaPeer, PeerEvent, PeerProfile, PeerSettings, next_track_event};
-use crate::sim::phone::{rename_mid, unix_now};
+use crate::sim::phone::{post_webhook, rename_mid, unix_now};
 use crate::sim::webhooks::{self, BusinessLine};
-use crate::whatsapp::signature;
 
 /// How long a phone waits for the bridge's `pre_accept` and `accept`.
 const ANSWER_WAIT: Duration = Duration::from_secs(15);
@@ -36,6 +35,14 @@ pub struct Caller {
     pub graph: GraphWatch,
     pub http: reqwest::Client,
     pub clip: Arc<Clip>,
+}
+
+impl Caller {
+    /// Signs `body` and posts it to the bridge's webhook, as Meta does; returns the HTTP status.
+    pub async fn post(&self, body: String) -> anyhow::Result<u16> {
+        let reply = post_webhook(&self.http, &self.bridge_url, &self.app_secret, body).await?;
+        Ok(reply.status)
+    }
 }
 
 /// What one phone counted.
@@ -85,17 +92,17 @@ impl PhoneStats {
     }
 }
 
-/// A phone ready to dial: its peer, its offer, its signed `connect`.
+/// A phone ready to dial: its peer, its offer, its `connect`.
 pub struct Prepared {
     pub key: u64,
     call_id: CallId,
+    user: PhoneNumber,
     peer: MediaPeer,
     body: String,
-    signature: String,
 }
 
 impl Prepared {
-    /// Builds the peer and the offer and signs the `connect` (all before the clock starts).
+    /// Builds the peer, the offer and the `connect` (all before the clock starts).
     pub async fn new(caller: &Caller, peer: &PeerSettings, key: u64) -> anyhow::Result<Self> {
         let call_id = CallId::new(format!("wacid.LOAD{key}-{:08x}", rand::random::<u32>()));
         let user = PhoneNumber::new(format!("4477{:08}", key));
@@ -110,13 +117,12 @@ impl Prepared {
             &offer,
             unix_now(),
         );
-        let signature = signature::sign(caller.app_secret.as_bytes(), body.as_bytes());
         Ok(Self {
             key,
             call_id,
+            user,
             peer,
             body,
-            signature,
         })
     }
 }
@@ -136,8 +142,6 @@ pub struct LiveCall {
     pub call_id: CallId,
     /// Webhook sent → `accept` received by the Graph double.
     pub setup: Duration,
-    /// When the Graph double received `accept`.
-    pub accepted_at: Instant,
     stats: Arc<Mutex<PhoneStats>>,
     stop: Option<oneshot::Sender<()>>,
     media: Option<JoinHandle<()>>,
@@ -150,23 +154,15 @@ pub async fn dial(caller: &Caller, prepared: Prepared) -> Dialled {
     let Prepared {
         key,
         call_id,
+        user,
         peer,
         body,
-        signature,
     } = prepared;
     let pre_accept = caller.graph.expect(&call_id, "pre_accept");
     let accept = caller.graph.expect(&call_id, "accept");
     let sent_at = Instant::now();
-    let response = caller
-        .http
-        .post(format!("{}/webhook", caller.bridge_url))
-        .header("content-type", "application/json")
-        .header(signature::SIGNATURE_HEADER, signature)
-        .body(body)
-        .send()
-        .await;
-    let status = match response {
-        Ok(response) => response.status().as_u16(),
+    let status = match caller.post(body).await {
+        Ok(status) => status,
         Err(err) => {
             caller.graph.forget(&call_id);
             peer.close().await;
@@ -195,12 +191,10 @@ pub async fn dial(caller: &Caller, prepared: Prepared) -> Dialled {
     let stats = Arc::new(Mutex::new(PhoneStats::default()));
     let (stop, stopped) = oneshot::channel();
     let media = tokio::spawn(run_media(peer, caller.clip.clone(), stats.clone(), stopped));
-    let user = PhoneNumber::new(format!("4477{:08}", key));
     let mut call = LiveCall {
         key,
         call_id: call_id.clone(),
         setup: Duration::ZERO,
-        accepted_at: sent_at,
         stats,
         stop: Some(stop),
         media: Some(media),
@@ -209,7 +203,6 @@ pub async fn dial(caller: &Caller, prepared: Prepared) -> Dialled {
     match tokio::time::timeout(ANSWER_WAIT, accept).await {
         Ok(Ok(action)) if action.status == 200 => {
             call.setup = action.received_at.saturating_duration_since(sent_at);
-            call.accepted_at = action.received_at;
             Dialled::Live(call)
         }
         _ => {
@@ -245,19 +238,10 @@ impl LiveCall {
             Some(1),
             false,
         );
-        let signature = signature::sign(caller.app_secret.as_bytes(), body.as_bytes());
-        let result = caller
-            .http
-            .post(format!("{}/webhook", caller.bridge_url))
-            .header("content-type", "application/json")
-            .header(signature::SIGNATURE_HEADER, signature)
-            .body(body)
-            .send()
-            .await;
-        let problem = match result {
-            Ok(response) if response.status().is_success() => None,
-            Ok(response) => Some(format!("terminate answered {}", response.status())),
-            Err(err) => Some(format!("terminate: {err}")),
+        let problem = match caller.post(body).await {
+            Ok(status) if (200..300).contains(&status) => None,
+            Ok(status) => Some(format!("terminate answered {status}")),
+            Err(err) => Some(format!("terminate: {err:#}")),
         };
         (self.stats(), problem)
     }

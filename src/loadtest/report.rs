@@ -44,6 +44,11 @@ pub struct LevelResult {
 }
 
 impl LevelResult {
+    /// Bridge CPU per admitted call, in % of a core (`None` with no call admitted).
+    pub fn cpu_percent_per_call(&self) -> Option<f64> {
+        (self.admitted > 0).then(|| self.bridge_cores * 100.0 / self.admitted as f64)
+    }
+
     /// Audio lost anywhere, or a call that failed.
     pub fn healthy(&self) -> bool {
         self.failed == 0
@@ -165,11 +170,7 @@ pub fn table(levels: &[LevelResult]) -> String {
         "after"
     );
     for level in levels {
-        let per_call = if level.admitted > 0 {
-            level.bridge_cores * 100.0 / level.admitted as f64
-        } else {
-            f64::NAN
-        };
+        let per_call = level.cpu_percent_per_call().unwrap_or(f64::NAN);
         let _ = writeln!(
             out,
             "{:>5} {:>6} {:>7} {:>17} {:>11} {:>11} {:>13} {:>11} {:>11} {:>8.1} {:>9.3} {:>8.1} {:>8.1}",
@@ -214,11 +215,7 @@ pub fn csv(levels: &[LevelResult]) -> String {
     let mut out = String::from(CSV_HEADER);
     out.push('\n');
     for l in levels {
-        let per_call = if l.admitted > 0 {
-            l.bridge_cores * 100.0 / l.admitted as f64
-        } else {
-            0.0
-        };
+        let per_call = l.cpu_percent_per_call().unwrap_or(0.0);
         let _ = writeln!(
             out,
             "{},{},{},{},{:.2},{:.2},{:.2},{},{:.2},{:.2},{},{:.2},{:.2},{},{},{},{},{},{},{},{},{},{:.1},{:.2},{},{:.2},{:.4},{:.1},{:.1},{:.2}",

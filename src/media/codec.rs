@@ -80,8 +80,8 @@ impl From<Bandwidth> for opus::Bandwidth {
 }
 
 /// Encoder tuning. The defaults match Meta's offer (`maxaveragebitrate=20000`, wideband,
-/// `useinbandfec=1`) at complexity 6: in the PESQ sweep of docs/BENCHMARKS.md it scores 3.82
-/// (best 3.96 at complexity 8 and up, which costs about a quarter more) for the same CPU as 5,
+/// `useinbandfec=1`) at complexity 6: in the PESQ sweep of docs/BENCHMARKS.md it scores 3.81
+/// (best 3.98 at complexity 8 and up, which costs about a quarter more) for about the CPU of 5,
 /// which scores 3.59. Encoding sets the bridge's capacity.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct EncoderSettings {
@@ -216,16 +216,14 @@ const PAUSE_COMPLEXITY: i32 = 0;
 pub struct StreamEncoder {
     inner: OpusEncoder,
     complexity: i32,
-    /// Consecutive silent frames so far.
+    /// Consecutive silent frames so far; past [`SILENCE_SETTLE_FRAMES`] the encoder rests.
     silent_frames: u32,
-    resting: bool,
 }
 
 impl std::fmt::Debug for StreamEncoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StreamEncoder")
             .field("silent_frames", &self.silent_frames)
-            .field("resting", &self.resting)
             .finish_non_exhaustive()
     }
 }
@@ -236,8 +234,12 @@ impl StreamEncoder {
             inner: OpusEncoder::new(settings)?,
             complexity: settings.complexity,
             silent_frames: 0,
-            resting: false,
         })
+    }
+
+    /// Whether the pause has lasted long enough for the encoder to run at pause complexity.
+    fn resting(&self) -> bool {
+        self.silent_frames > SILENCE_SETTLE_FRAMES
     }
 
     /// Encodes one frame into `out`; `silent` says it is the bridge's own fill (all zeros), not
@@ -249,18 +251,17 @@ impl StreamEncoder {
         out: &mut [u8],
     ) -> Result<usize, CodecError> {
         if silent {
+            let was_resting = self.resting();
             self.silent_frames = self.silent_frames.saturating_add(1);
-            if self.silent_frames > SILENCE_SETTLE_FRAMES && !self.resting {
+            if self.resting() && !was_resting {
                 self.inner
                     .set_complexity(PAUSE_COMPLEXITY.min(self.complexity))?;
-                self.resting = true;
             }
         } else {
-            self.silent_frames = 0;
-            if self.resting {
+            if self.resting() {
                 self.inner.set_complexity(self.complexity)?;
-                self.resting = false;
             }
+            self.silent_frames = 0;
         }
         self.inner.encode(pcm, out)
     }
@@ -568,7 +569,7 @@ mod tests {
                 buf[..n].to_vec()
             })
             .collect();
-        assert!(!stream.resting, "audio ends the rest");
+        assert!(!stream.resting(), "audio ends the rest");
         let decoded = decode_all(&packets);
         let decoded_plain = decode_all(&encode_all(&input, settings));
         let frames = |pcm: &[i16], from: usize, to: usize| {
