@@ -88,7 +88,7 @@ impl App {
             graph,
             realtime: RealtimeConfig {
                 provider: config.ai_provider.clone(),
-                session,
+                session: Arc::new(session),
                 connect_timeout: Duration::from_secs(10),
             },
             peer: PeerSettings {

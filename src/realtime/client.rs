@@ -5,6 +5,7 @@
 //! order of appends, cancels and truncates is the order the call decides (spec §13).
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -141,7 +142,8 @@ fn websocket_url(raw: &str) -> Result<Url, RealtimeError> {
 #[derive(Clone, Debug)]
 pub struct RealtimeConfig {
     pub provider: Provider,
-    pub session: SessionSettings,
+    /// Shared: every call (and every clone of the app state) reads the same settings.
+    pub session: Arc<SessionSettings>,
     /// Bounds the upgrade, `session.created` and `session.updated` together.
     pub connect_timeout: Duration,
 }
@@ -151,7 +153,7 @@ impl RealtimeConfig {
     pub fn new(provider: Provider) -> Self {
         Self {
             provider,
-            session: SessionSettings::default(),
+            session: Arc::default(),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
         }
     }
@@ -792,10 +794,10 @@ mod tests {
                 model: "gpt-realtime".into(),
                 api_key: SecretString::from(OPENAI_KEY),
             },
-            session: SessionSettings {
+            session: Arc::new(SessionSettings {
                 instructions: "Be brief.".into(),
                 ..SessionSettings::default()
-            },
+            }),
             connect_timeout: WAIT,
         }
     }
@@ -893,10 +895,10 @@ mod tests {
                 deployment: "voice-prod".into(),
                 api_key: SecretString::from(AZURE_KEY),
             },
-            session: SessionSettings {
+            session: Arc::new(SessionSettings {
                 model: Some("voice-prod".into()),
                 ..SessionSettings::default()
-            },
+            }),
             connect_timeout: WAIT,
         };
 
