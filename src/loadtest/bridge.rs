@@ -137,7 +137,9 @@ impl Bridge {
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env(
                 "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn,webrtc=error,rtc=error".into()),
+                std::env::var("RUST_LOG").unwrap_or_else(|_| {
+                    "warn,webrtc=error,rtc=error,rtc_dtls=error,rtc_ice=error".into()
+                }),
             )
             .env(config::PORT, port.to_string())
             .env(config::BIND_ADDR, "127.0.0.1")
@@ -158,7 +160,7 @@ impl Bridge {
             .env(config::OPUS_BANDWIDTH, encoder.max_bandwidth.as_str())
             .envs(
                 // Allocator tuning, passed through for experiments (e.g. jemalloc decay times).
-                std::env::vars().filter(|(key, _)| key == "_RJEM_MALLOC_CONF"),
+                std::env::vars().filter(|(key, _)| key == "MALLOC_CONF"),
             )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
