@@ -7,11 +7,15 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use rtc::crypto::SignatureScheme;
 
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::interceptor::Registry;
 use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::certificate::{CertificateParams, RTCCertificate};
 use rtc::peer_connection::configuration::interceptor_registry::configure_rtcp_reports;
 use rtc::peer_connection::configuration::media_engine::{
     MIME_TYPE_OPUS, MIME_TYPE_TELEPHONE_EVENT, MediaEngine,
@@ -49,6 +53,41 @@ const ICE_FAILED_AFTER: Duration = Duration::from_secs(3);
 const ICE_KEEPALIVE: Duration = Duration::from_secs(1);
 /// How long candidate gathering may take before the SDP is sent without waiting further.
 const GATHERING_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long the bridge uses one DTLS certificate before making a new one.
+const CERTIFICATE_LIFETIME: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// The bridge's DTLS certificate, shared by its calls and renewed daily. Making a key pair and a
+/// self-signed certificate for every call was about a tenth of a call's set-up CPU, and nothing
+/// asks for a fresh one: the far end only checks the certificate against the fingerprint in our
+/// SDP (WebRTC lets an application reuse a certificate across connections; SFUs use one per
+/// process). `None` if it cannot be made: the connection then makes its own, as before.
+fn bridge_certificate() -> Option<RTCCertificate> {
+    static CURRENT: Mutex<Option<(RTCCertificate, Instant)>> = Mutex::new(None);
+    let mut current = CURRENT.lock();
+    if let Some((certificate, made)) = current.as_ref()
+        && made.elapsed() < CERTIFICATE_LIFETIME
+    {
+        return Some(certificate.clone());
+    }
+    let made = rtc::crypto::default_provider()
+        .map_err(|err| err.to_string())
+        .and_then(|provider| {
+            let params = CertificateParams::new(vec!["whatsapp-voice-bridge".to_owned()])
+                .map_err(|err| err.to_string())?;
+            RTCCertificate::generate(provider.crypto(), SignatureScheme::EcdsaP256Sha256, params)
+                .map_err(|err| err.to_string())
+        });
+    match made {
+        Ok(certificate) => {
+            *current = Some((certificate.clone(), Instant::now()));
+            Some(certificate)
+        }
+        Err(err) => {
+            tracing::warn!(%err, "no shared DTLS certificate; each call makes its own");
+            None
+        }
+    }
+}
 
 /// Which side of a WhatsApp call this peer plays.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -188,13 +227,16 @@ impl MediaPeer {
             }]
         };
 
+        let mut configuration = RTCConfigurationBuilder::new().with_ice_servers(ice_servers);
+        // A simulated phone makes its own certificate per call, as a phone does.
+        if profile == PeerProfile::Bridge
+            && let Some(certificate) = bridge_certificate()
+        {
+            configuration = configuration.with_certificates(vec![certificate]);
+        }
         let (tx, events) = mpsc::channel(PEER_EVENT_CAPACITY);
         let pc = PeerConnectionBuilder::new()
-            .with_configuration(
-                RTCConfigurationBuilder::new()
-                    .with_ice_servers(ice_servers)
-                    .build(),
-            )
+            .with_configuration(configuration.build())
             .with_media_engine(media_engine)
             .with_interceptor_registry(registry)
             .with_setting_engine(setting_engine.build())
@@ -365,6 +407,37 @@ mod tests {
                 other => panic!("not connected: {}", other.is_ok()),
             }
         }
+    }
+
+    fn fingerprint(sdp: &str) -> String {
+        sdp.lines()
+            .find(|line| line.starts_with("a=fingerprint:"))
+            .expect("a fingerprint")
+            .to_owned()
+    }
+
+    #[tokio::test]
+    async fn the_bridge_reuses_one_certificate_while_each_phone_makes_its_own() {
+        let settings = PeerSettings {
+            loopback: true,
+            ..Default::default()
+        };
+        let mut fingerprints = Vec::new();
+        for profile in [
+            PeerProfile::Bridge,
+            PeerProfile::Bridge,
+            PeerProfile::SimulatedPhone,
+            PeerProfile::SimulatedPhone,
+        ] {
+            let mut peer = MediaPeer::new(&settings, profile, None)
+                .await
+                .expect("peer");
+            fingerprints.push(fingerprint(&peer.offer().await.expect("offer")));
+            peer.close().await;
+        }
+        assert_eq!(fingerprints[0], fingerprints[1]);
+        assert_ne!(fingerprints[0], fingerprints[2]);
+        assert_ne!(fingerprints[2], fingerprints[3]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

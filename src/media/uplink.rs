@@ -66,8 +66,10 @@ impl UplinkDecoder {
     /// packet once warm). Never fails: whatever the payload, the stream stays continuous.
     pub fn push(&mut self, sequence_number: u16, payload: &[u8], pcm_out: &mut Vec<i16>) {
         let Some(last) = self.last_sequence else {
+            // The decoder is fresh: nothing to forget (a reset costs as much as a decode).
             tracing::debug!(sequence_number, "first caller audio packet");
-            self.start_over(sequence_number, payload, pcm_out);
+            self.last_sequence = Some(sequence_number);
+            self.decode(payload, pcm_out);
             return;
         };
         // Serial-number arithmetic (RFC 1982): 1..=32767 ahead, the rest behind or equal.
