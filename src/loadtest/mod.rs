@@ -132,6 +132,14 @@ struct Harness {
     next_key: u64,
 }
 
+impl Harness {
+    /// Drops the phones' keep-alive connections to the bridge (a new client, a new pool), as
+    /// Meta's side closes idle ones, so the bridge's idle memory is measured without them.
+    fn close_idle_connections(&mut self) {
+        self.caller.http = reqwest::Client::new();
+    }
+}
+
 pub async fn run(options: LoadtestOptions) -> ExitCode {
     match run_inner(options).await {
         Ok(code) => code,
@@ -213,9 +221,19 @@ async fn run_inner(options: LoadtestOptions) -> anyhow::Result<ExitCode> {
     };
 
     let mut codec_samples = vec![codec_cost(encoder, harness.caller.clip.clone()).await];
+    // One short call first, so the baseline is a bridge that has run a call (its code paths
+    // paged in, its one-time set-up done) rather than one that never has.
+    println!("Warm-up: one call for 1 s...");
+    let warm_up = run_level(&mut harness, &bridge, 1, Duration::from_secs(1)).await?;
+    anyhow::ensure!(
+        warm_up.admitted == 1,
+        "the warm-up call failed: {:?}",
+        warm_up.problems
+    );
+    harness.close_idle_connections();
     let baseline = bridge.sample()?;
     println!(
-        "Bridge RSS before the first call: {:.1} MiB.",
+        "Bridge RSS after a warm-up call: {:.1} MiB.",
         baseline.rss_mib
     );
 
@@ -238,6 +256,16 @@ async fn run_inner(options: LoadtestOptions) -> anyhow::Result<ExitCode> {
             result.rss_mib,
             result.rss_after_mib
         );
+        let p = |values: &[f64], q| report::percentile(values, q);
+        println!(
+            "Level {calls}: setup p50/p99 ms: webhook answered {:.0}/{:.0}, pre_accept {:.0}/{:.0}, accept {:.0}/{:.0}.",
+            p(&result.webhook_answered_ms, 50.0),
+            p(&result.webhook_answered_ms, 99.0),
+            p(&result.pre_accept_ms, 50.0),
+            p(&result.pre_accept_ms, 99.0),
+            p(&result.setup_ms, 50.0),
+            p(&result.setup_ms, 99.0),
+        );
         for problem in &result.problems {
             println!("  problem: {problem}");
         }
@@ -252,6 +280,7 @@ async fn run_inner(options: LoadtestOptions) -> anyhow::Result<ExitCode> {
         codec.frame_us,
         codec.cores_per_call() * 100.0
     );
+    harness.close_idle_connections();
     let settled = settle_rss(&bridge, baseline.rss_mib).await;
     println!(
         "Bridge RSS {:.1} MiB {:.1} s after the last call ended (baseline {:.1} MiB).",
@@ -337,13 +366,27 @@ async fn run_level(
     let prepared: Vec<Prepared> = prepared.into_iter().collect::<anyhow::Result<_>>()?;
     let before = bridge.metrics().await?;
 
+    let (bridge_dial, self_dial) = (bridge.sample()?, bridge::sample(None)?);
     let dialled =
         futures_util::future::join_all(prepared.into_iter().map(|p| phone::dial(&caller, p))).await;
+    let (bridge_dialled, self_dialled) = (bridge.sample()?, bridge::sample(None)?);
+    println!(
+        "Level {calls}: dialling took {:.0} ms; bridge CPU {:.0} ms, harness CPU {:.0} ms.",
+        (bridge_dialled.at - bridge_dial.at).as_secs_f64() * 1000.0,
+        (bridge_dialled.cpu_seconds - bridge_dial.cpu_seconds) * 1000.0,
+        (self_dialled.cpu_seconds - self_dial.cpu_seconds) * 1000.0,
+    );
     let mut live: Vec<LiveCall> = Vec::new();
     for outcome in dialled {
         match outcome {
             Dialled::Live(call) => {
                 result.setup_ms.push(call.setup.as_secs_f64() * 1000.0);
+                result
+                    .webhook_answered_ms
+                    .push(call.webhook_answered.as_secs_f64() * 1000.0);
+                result
+                    .pre_accept_ms
+                    .push(call.pre_accepted.as_secs_f64() * 1000.0);
                 live.push(call);
             }
             Dialled::Refused(503) => result.refused += 1,
@@ -700,7 +743,7 @@ impl Summary {
             "RSS back to baseline after the calls end",
             back <= RSS_BASELINE_SLACK_MIB,
             format!(
-                "{baseline_rss:.1} MiB before the first call, {:.1} MiB {:.1} s after the last ended ({back:+.1})",
+                "{baseline_rss:.1} MiB after a warm-up call, {:.1} MiB {:.1} s after the last ended ({back:+.1})",
                 settled.0,
                 settled.1.as_secs_f64()
             ),

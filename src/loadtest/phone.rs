@@ -142,6 +142,9 @@ pub struct LiveCall {
     pub call_id: CallId,
     /// Webhook sent → `accept` received by the Graph double.
     pub setup: Duration,
+    /// Webhook sent → its HTTP answer, and → `pre_accept` at the Graph double.
+    pub webhook_answered: Duration,
+    pub pre_accepted: Duration,
     stats: Arc<Mutex<PhoneStats>>,
     stop: Option<oneshot::Sender<()>>,
     media: Option<JoinHandle<()>>,
@@ -174,9 +177,13 @@ pub async fn dial(caller: &Caller, prepared: Prepared) -> Dialled {
         peer.close().await;
         return Dialled::Refused(status);
     }
-    let answer = match tokio::time::timeout(ANSWER_WAIT, pre_accept).await {
-        Ok(Ok(action)) => action.sdp,
-        _ => None,
+    let webhook_answered = sent_at.elapsed();
+    let (answer, pre_accepted) = match tokio::time::timeout(ANSWER_WAIT, pre_accept).await {
+        Ok(Ok(action)) => (
+            action.sdp,
+            action.received_at.saturating_duration_since(sent_at),
+        ),
+        _ => (None, Duration::ZERO),
     };
     let Some(answer) = answer else {
         caller.graph.forget(&call_id);
@@ -195,6 +202,8 @@ pub async fn dial(caller: &Caller, prepared: Prepared) -> Dialled {
         key,
         call_id: call_id.clone(),
         setup: Duration::ZERO,
+        webhook_answered,
+        pre_accepted,
         stats,
         stop: Some(stop),
         media: Some(media),

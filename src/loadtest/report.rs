@@ -11,6 +11,9 @@ pub struct LevelResult {
     pub failed: usize,
     /// Webhook sent → `accept` at the Graph double, ms, per admitted call.
     pub setup_ms: Vec<f64>,
+    /// Webhook sent → its HTTP answer, and → `pre_accept` at the Graph double, ms.
+    pub webhook_answered_ms: Vec<f64>,
+    pub pre_accept_ms: Vec<f64>,
     /// Marker sent by a phone → seen by the AI double, ms.
     pub uplink_ms: Vec<f64>,
     /// Echo sent by the AI double → heard by the phone, ms.
