@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use rtc::crypto::SignatureScheme;
-
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::interceptor::Registry;
 use rtc::media_stream::MediaStreamTrack;
