@@ -152,6 +152,13 @@ impl EnvSource for Layered<'_> {
     }
 }
 
+/// Log filters used when RUST_LOG is unset: `serve`'s, and the quieter one of the demo, the load
+/// harness and the bridges they start. The WebRTC stack's DTLS and ICE crates warn on every call
+/// about things that are expected here (no SNI name for the DTLS client, an ICE check tick before
+/// the caller's candidates are paired), so only their errors are shown.
+pub const SERVE_LOG_FILTER: &str = "info,webrtc=warn,rtc=warn,rtc_dtls=error,rtc_ice=error";
+pub const QUIET_LOG_FILTER: &str = "warn,webrtc=error,rtc=error,rtc_dtls=error,rtc_ice=error";
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {
     Json,

@@ -16,11 +16,6 @@ use whatsapp_voice_bridge::loadtest::{self, LoadtestOptions};
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// Logging without RUST_LOG. The WebRTC stack's DTLS and ICE crates warn on every call about
-/// things that are expected here (no SNI name for the DTLS client, an ICE check tick before the
-/// caller's candidates are paired), so only their errors are shown.
-const DEFAULT_LOG_FILTER: &str = "info,webrtc=warn,rtc=warn,rtc_dtls=error,rtc_ice=error";
-
 /// Exit code for invalid configuration (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
 
@@ -202,7 +197,7 @@ async fn forward_signals(signals: tokio::sync::mpsc::Sender<()>) {
 
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(config::SERVE_LOG_FILTER));
     // Colours only on a terminal: a log file or collector gets plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -215,11 +210,8 @@ fn init_tracing(format: LogFormat) {
 
 /// The demo prints its own progress; the bridge's logs only show warnings unless RUST_LOG says otherwise.
 fn init_tracing_for_demo() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(
-            "warn,webrtc=error,rtc=error,rtc_dtls=error,rtc_ice=error",
-        )
-    });
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(config::QUIET_LOG_FILTER));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stdout().is_terminal())

@@ -137,9 +137,7 @@ impl Bridge {
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env(
                 "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| {
-                    "warn,webrtc=error,rtc=error,rtc_dtls=error,rtc_ice=error".into()
-                }),
+                std::env::var("RUST_LOG").unwrap_or_else(|_| config::QUIET_LOG_FILTER.into()),
             )
             .env(config::PORT, port.to_string())
             .env(config::BIND_ADDR, "127.0.0.1")
