@@ -62,10 +62,11 @@ const GATHERING_TIMEOUT: Duration = Duration::from_secs(3);
 const CERTIFICATE_LIFETIME: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// The bridge's DTLS certificate, shared by its calls and renewed daily. Making a key pair and a
-/// self-signed certificate for every call was about a tenth of a call's set-up CPU, and nothing
-/// asks for a fresh one: the far end only checks the certificate against the fingerprint in our
-/// SDP (WebRTC lets an application reuse a certificate across connections; SFUs use one per
-/// process). `None` if it cannot be made: the connection then makes its own, as before.
+/// self-signed certificate for every call was about a tenth of building the connection and
+/// answering the offer, and nothing asks for a fresh one: the far end only checks the
+/// certificate against the fingerprint in our SDP (WebRTC lets an application reuse a certificate
+/// across connections; SFUs use one per process). `None` if it cannot be made: the connection
+/// then makes its own, as before.
 fn bridge_certificate() -> Option<RTCCertificate> {
     static CURRENT: Mutex<Option<(RTCCertificate, Instant)>> = Mutex::new(None);
     let mut current = CURRENT.lock();
