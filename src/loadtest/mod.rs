@@ -24,7 +24,8 @@ use futures_util::StreamExt as _;
 
 use crate::config::parse_duration;
 use crate::media::codec::{
-    Bandwidth, EncoderSettings, MAX_OPUS_PACKET, MAX_PACKET_SAMPLES, OpusDecoder, OpusEncoder,
+    Bandwidth, EncoderSettings, MAX_OPUS_PACKET, MAX_PACKET_SAMPLES, OpusDecoder,
+    SAMPLES_PER_FRAME, SILENCE_SETTLE_FRAMES, StreamEncoder,
 };
 use crate::media::peer::PeerSettings;
 use crate::sim::graph_double::{GraphDouble, GraphDoubleConfig};
@@ -34,9 +35,9 @@ use crate::sim::webhooks::BusinessLine;
 
 use bridge::{Bridge, Launch};
 use host::HostSteadiness;
-use markers::{Clip, MarkerProbe, pair_delays};
+use markers::{CYCLE_FRAMES, Clip, MarkerProbe, pair_delays};
 use phone::{Caller, Dialled, LiveCall, Prepared};
-use report::{CodecCost, LevelResult, OverflowResult};
+use report::{CodecCost, CodecParts, LevelResult, OverflowResult};
 
 /// Phones prepared (peer + offer) at the same time before a level starts.
 const PREPARE_CONCURRENCY: usize = 32;
@@ -226,7 +227,7 @@ async fn run_inner(options: LoadtestOptions) -> anyhow::Result<ExitCode> {
 
     let host = tokio::task::spawn_blocking(|| HostSteadiness::measure(HOST_PROBE)).await?;
     println!("{}", host.describe());
-    let mut codec_samples = vec![codec_cost(encoder, harness.caller.clip.clone()).await];
+    let mut codec_samples = vec![codec_parts(encoder, harness.caller.clip.clone()).await];
     // One short call first, so the baseline is a bridge that has run a call (its code paths
     // paged in, its one-time set-up done) rather than one that never has.
     println!("Warm-up: one call for 1 s...");
@@ -247,7 +248,7 @@ async fn run_inner(options: LoadtestOptions) -> anyhow::Result<ExitCode> {
     for (index, &calls) in levels.iter().enumerate() {
         if index > 0 {
             // Measured again between levels, on the same idle machine; the median is used.
-            codec_samples.push(codec_cost(encoder, harness.caller.clip.clone()).await);
+            codec_samples.push(codec_parts(encoder, harness.caller.clip.clone()).await);
         }
         println!();
         println!("Level {calls}: dialling {calls} calls at once...");
@@ -278,11 +279,18 @@ async fn run_inner(options: LoadtestOptions) -> anyhow::Result<ExitCode> {
         results.push(result);
     }
 
-    codec_samples.sort_by(|a, b| a.frame_us.total_cmp(&b.frame_us));
-    let codec = codec_samples[codec_samples.len() / 2];
+    let parts = CodecParts::median(&codec_samples);
+    let ai_share = ai_audio_share(&results);
+    // Each echoed turn is followed by one pause, whose first frames are still encoded in full.
+    let full_share = ai_share + f64::from(SILENCE_SETTLE_FRAMES) / CYCLE_FRAMES as f64;
+    let codec = parts.cost(full_share);
     println!(
-        "Codec only (decode + encode of the same audio, bridge settings, median of {} runs): {:.1} µs per 20 ms frame = {:.3} % of a core per call.",
+        "Codec only (bridge settings, medians of {} runs): decode {:.1} µs, encode {:.1} µs of AI audio and {:.1} µs in a pause; the AI double sent audio {:.0} % of the time, so {:.1} µs per 20 ms frame = {:.3} % of a core per call.",
         codec_samples.len(),
+        parts.decode_us,
+        parts.voice_encode_us,
+        parts.pause_encode_us,
+        ai_share * 100.0,
         codec.frame_us,
         codec.cores_per_call() * 100.0
     );
@@ -450,6 +458,8 @@ async fn run_level(
             result.problems.push(format!("call {key}: {problem}"));
         }
         let marks = harness.probe.take(key);
+        result.ai_samples_in += marks.samples_in;
+        result.ai_samples_out += marks.samples_out;
         let counted = within(&stats.markers_sent, hold_start, hung_up_at, ROUND_TRIP_ROOM);
         let (uplink, up_missing) = pair_delays(&counted, &marks.heard, MATCH_WINDOW);
         let echoes = within(&marks.said, hold_start, hung_up_at, MATCH_WINDOW);
@@ -530,31 +540,78 @@ async fn settle_rss(bridge: &Bridge, baseline: f64) -> (f64, Duration) {
     }
 }
 
-/// Decodes the phone clip and encodes the result with the bridge's settings, on one thread,
-/// for at least a second: what one call's codec work costs with nothing else around it.
-async fn codec_cost(encoder: EncoderSettings, clip: Arc<Clip>) -> CodecCost {
-    tokio::task::spawn_blocking(move || codec_cost_now(encoder, &clip))
+/// Measures one call's codec work alone, on one thread, with nothing else around it: decoding
+/// the phone clip, and encoding as the bridge's stream encoder does, both AI audio and settled
+/// pauses (about a second each).
+async fn codec_parts(encoder: EncoderSettings, clip: Arc<Clip>) -> CodecParts {
+    tokio::task::spawn_blocking(move || codec_parts_now(encoder, &clip))
         .await
         .expect("the codec measurement does not panic")
 }
 
-fn codec_cost_now(encoder: EncoderSettings, clip: &Clip) -> CodecCost {
+fn codec_parts_now(settings: EncoderSettings, clip: &Clip) -> CodecParts {
+    const PART: Duration = Duration::from_millis(700);
     let mut decoder = OpusDecoder::new().expect("opus decoder");
-    let mut opus = OpusEncoder::new(encoder).expect("opus encoder");
     let mut pcm = vec![0i16; MAX_PACKET_SAMPLES];
-    let mut packet = vec![0u8; MAX_OPUS_PACKET];
-    let start = Instant::now();
-    let mut frames = 0u64;
-    while start.elapsed() < Duration::from_secs(1) {
+    // The echoed speech is the clip as the bridge decodes it.
+    let mut voice = Vec::with_capacity(clip.packets.len() * SAMPLES_PER_FRAME);
+    for payload in &clip.packets {
+        let samples = decoder.decode(payload, &mut pcm).unwrap_or(0);
+        voice.extend_from_slice(&pcm[..samples]);
+    }
+    let decode_us = per_frame_us(PART, || {
         for payload in &clip.packets {
-            let samples = decoder.decode(payload, &mut pcm).unwrap_or(0);
-            let _ = opus.encode(&pcm[..samples], &mut packet);
-            frames += 1;
+            let _ = decoder.decode(payload, &mut pcm);
         }
+        clip.packets.len()
+    });
+
+    let mut encoder = StreamEncoder::new(settings).expect("opus encoder");
+    let mut packet = vec![0u8; MAX_OPUS_PACKET];
+    let voice_encode_us = per_frame_us(PART, || {
+        let frames = voice.chunks_exact(SAMPLES_PER_FRAME);
+        let count = frames.len();
+        for frame in frames {
+            let _ = encoder.encode(frame, false, &mut packet);
+        }
+        count
+    });
+    let silence = vec![0i16; SAMPLES_PER_FRAME];
+    // Settle into the pause first: its first frames are encoded at full complexity.
+    for _ in 0..=SILENCE_SETTLE_FRAMES {
+        let _ = encoder.encode(&silence, true, &mut packet);
     }
-    CodecCost {
-        frame_us: start.elapsed().as_secs_f64() * 1e6 / frames as f64,
+    let pause_encode_us = per_frame_us(PART, || {
+        for _ in 0..CYCLE_FRAMES {
+            let _ = encoder.encode(&silence, true, &mut packet);
+        }
+        CYCLE_FRAMES
+    });
+    CodecParts {
+        decode_us,
+        voice_encode_us,
+        pause_encode_us,
     }
+}
+
+/// Runs `round` (which returns the frames it handled) until `at_least` has passed; µs per frame.
+fn per_frame_us(at_least: Duration, mut round: impl FnMut() -> usize) -> f64 {
+    let start = Instant::now();
+    let mut frames = 0;
+    while start.elapsed() < at_least {
+        frames += round();
+    }
+    start.elapsed().as_secs_f64() * 1e6 / frames.max(1) as f64
+}
+
+/// The share of the callers' time the AI double spent sending audio back, over every level.
+fn ai_audio_share(levels: &[LevelResult]) -> f64 {
+    let heard: u64 = levels.iter().map(|l| l.ai_samples_in).sum();
+    let said: u64 = levels.iter().map(|l| l.ai_samples_out).sum();
+    if heard == 0 {
+        return 1.0;
+    }
+    said as f64 / heard as f64
 }
 
 /// A second bridge with room for one call, which one phone takes; then signed `connect`s for

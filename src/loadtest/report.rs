@@ -43,6 +43,10 @@ pub struct LevelResult {
     pub rss_after_mib: f64,
     /// The harness's own CPU during the hold.
     pub harness_cores: f64,
+    /// Audio the AI double received and sent over the level's calls, in samples: what share of
+    /// the time the bridge had AI audio to encode.
+    pub ai_samples_in: u64,
+    pub ai_samples_out: u64,
     pub problems: Vec<String>,
 }
 
@@ -50,6 +54,12 @@ impl LevelResult {
     /// Bridge CPU per admitted call, in % of a core (`None` with no call admitted).
     pub fn cpu_percent_per_call(&self) -> Option<f64> {
         (self.admitted > 0).then(|| self.bridge_cores * 100.0 / self.admitted as f64)
+    }
+
+    /// The share of the caller's time the AI double was sending audio back (`None` if it
+    /// received none).
+    pub fn ai_audio_share(&self) -> Option<f64> {
+        (self.ai_samples_in > 0).then(|| self.ai_samples_out as f64 / self.ai_samples_in as f64)
     }
 
     /// Audio lost anywhere, or a call that failed.
@@ -110,6 +120,45 @@ pub fn linear_fit(points: &[(f64, f64)]) -> Option<Fit> {
 pub struct CodecCost {
     /// One decode plus one encode of a 20 ms frame, µs.
     pub frame_us: f64,
+}
+
+/// One call's codec work measured alone, in the parts the bridge's own work is made of: every
+/// uplink frame is decoded; a downlink frame is either AI audio, encoded at the configured
+/// complexity, or (in the AI's pauses) the bridge's silence, which its stream encoder encodes at
+/// pause complexity once a pause has settled.
+#[derive(Debug, Clone, Copy)]
+pub struct CodecParts {
+    /// One decode of a phone packet, µs.
+    pub decode_us: f64,
+    /// One encode of a frame of AI audio (the echoed speech), µs.
+    pub voice_encode_us: f64,
+    /// One encode of a silent frame in a settled pause, µs.
+    pub pause_encode_us: f64,
+}
+
+impl CodecParts {
+    /// The median of each part over several measurements.
+    pub fn median(samples: &[CodecParts]) -> CodecParts {
+        let median = |part: fn(&CodecParts) -> f64| {
+            percentile(&samples.iter().map(part).collect::<Vec<_>>(), 50.0)
+        };
+        CodecParts {
+            decode_us: median(|p| p.decode_us),
+            voice_encode_us: median(|p| p.voice_encode_us),
+            pause_encode_us: median(|p| p.pause_encode_us),
+        }
+    }
+
+    /// The codec cost of a call whose downlink frames are encoded at full complexity a share
+    /// `full` of the time (AI audio, and the first frames of each pause) and rest in pauses.
+    pub fn cost(&self, full: f64) -> CodecCost {
+        let full = full.clamp(0.0, 1.0);
+        CodecCost {
+            frame_us: self.decode_us
+                + full * self.voice_encode_us
+                + (1.0 - full) * self.pause_encode_us,
+        }
+    }
 }
 
 impl CodecCost {
@@ -212,7 +261,7 @@ pub const CSV_HEADER: &str = "calls,admitted,refused,failed,setup_p50_ms,setup_p
 uplink_markers,uplink_p50_ms,uplink_p99_ms,downlink_markers,downlink_p50_ms,downlink_p99_ms,uplink_markers_lost,\
 downlink_markers_lost,round_trips_missing,packets_sent,packets_received,downlink_lost,\
 uplink_concealed,late,bunched,max_gap_ms,jitter_ms,late_pacer_ticks,bridge_cpu_percent,\
-bridge_cpu_percent_per_call,rss_mib,rss_after_mib,harness_cpu_percent";
+bridge_cpu_percent_per_call,rss_mib,rss_after_mib,harness_cpu_percent,ai_audio_share";
 
 pub fn csv(levels: &[LevelResult]) -> String {
     let mut out = String::from(CSV_HEADER);
@@ -221,7 +270,7 @@ pub fn csv(levels: &[LevelResult]) -> String {
         let per_call = l.cpu_percent_per_call().unwrap_or(0.0);
         let _ = writeln!(
             out,
-            "{},{},{},{},{:.2},{:.2},{:.2},{},{:.2},{:.2},{},{:.2},{:.2},{},{},{},{},{},{},{},{},{},{:.1},{:.2},{},{:.2},{:.4},{:.1},{:.1},{:.2}",
+            "{},{},{},{},{:.2},{:.2},{:.2},{},{:.2},{:.2},{},{:.2},{:.2},{},{},{},{},{},{},{},{},{},{:.1},{:.2},{},{:.2},{:.4},{:.1},{:.1},{:.2},{:.3}",
             l.calls,
             l.admitted,
             l.refused,
@@ -252,6 +301,7 @@ pub fn csv(levels: &[LevelResult]) -> String {
             l.rss_mib,
             l.rss_after_mib,
             l.harness_cores * 100.0,
+            l.ai_audio_share().unwrap_or(f64::NAN),
         );
     }
     out
