@@ -24,6 +24,9 @@ pub struct ProcSample {
     pub cpu_seconds: f64,
     /// Resident set size, in MiB.
     pub rss_mib: f64,
+    /// The part of it that is anonymous memory (heap, stacks), not pages of mapped files such
+    /// as the executable's code.
+    pub rss_anon_mib: f64,
 }
 
 impl ProcSample {
@@ -52,7 +55,7 @@ fn clock_ticks() -> f64 {
     })
 }
 
-/// Reads `/proc/<pid>/stat` (utime, stime) and `/proc/<pid>/status` (VmRSS).
+/// Reads `/proc/<pid>/stat` (utime, stime) and `/proc/<pid>/status` (VmRSS, RssAnon).
 pub fn sample(pid: Option<u32>) -> anyhow::Result<ProcSample> {
     let dir = match pid {
         Some(pid) => PathBuf::from(format!("/proc/{pid}")),
@@ -75,16 +78,25 @@ pub fn sample(pid: Option<u32>) -> anyhow::Result<ProcSample> {
         .map(|f| f.parse::<f64>().unwrap_or(0.0))
         .sum();
     let status = std::fs::read_to_string(dir.join("status"))?;
-    let rss_kib: f64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|kib| kib.parse().ok())
-        .unwrap_or(0.0);
+    let kib = |field: &str| -> Option<f64> {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(field))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|kib| kib.parse().ok())
+    };
+    // A zombie (a bridge that has exited but not been reaped) has no VmRSS.
+    let rss_kib = kib("VmRSS:").with_context(|| {
+        format!(
+            "no VmRSS in {}/status: the process has exited",
+            dir.display()
+        )
+    })?;
     Ok(ProcSample {
         at,
         cpu_seconds: ticks / clock_ticks(),
         rss_mib: rss_kib / 1024.0,
+        rss_anon_mib: kib("RssAnon:").unwrap_or(f64::NAN) / 1024.0,
     })
 }
 

@@ -33,7 +33,7 @@ use crate::sim::realtime_ai::{AiDoubleConfig, AiMode, RealtimeAiDouble};
 use crate::sim::stack::APP_SECRET;
 use crate::sim::webhooks::BusinessLine;
 
-use bridge::{Bridge, Launch};
+use bridge::{Bridge, Launch, ProcSample};
 use host::HostSteadiness;
 use markers::{CYCLE_FRAMES, Clip, MarkerProbe, pair_delays};
 use phone::{Caller, Dialled, LiveCall, Prepared};
@@ -295,12 +295,16 @@ async fn run_inner(options: LoadtestOptions) -> anyhow::Result<ExitCode> {
         codec.cores_per_call() * 100.0
     );
     harness.close_idle_connections();
-    let settled = settle_rss(&bridge, baseline.rss_mib).await;
+    let (idle, waited) = settle_rss(&bridge, baseline.rss_mib).await;
+    let idle_anon = idle.map_or(f64::NAN, |s| s.rss_anon_mib);
+    let settled = (idle.map_or(f64::NAN, |s| s.rss_mib), waited);
     println!(
-        "Bridge RSS {:.1} MiB {:.1} s after the last call ended (baseline {:.1} MiB).",
+        "Bridge RSS {:.1} MiB {:.1} s after the last call ended (baseline {:.1} MiB); of it anonymous {:.1} MiB (baseline {:.1} MiB), the rest pages of mapped files such as the executable.",
         settled.0,
-        settled.1.as_secs_f64(),
-        baseline.rss_mib
+        waited.as_secs_f64(),
+        baseline.rss_mib,
+        idle_anon,
+        baseline.rss_anon_mib
     );
     let overflow = if started_here && !options.overflow.is_zero() {
         println!();
@@ -526,16 +530,21 @@ const RSS_BASELINE_SLACK_MIB: f64 = 5.0;
 /// Graph API (one per call of a burst) for 90 s before closing them.
 const RSS_SETTLE_TIMEOUT: Duration = Duration::from_secs(100);
 
-/// Waits (bounded) for the idle bridge's RSS to come back near `baseline`; returns the RSS and
-/// how long it took.
-async fn settle_rss(bridge: &Bridge, baseline: f64) -> (f64, Duration) {
+/// Waits (bounded) for the idle bridge's RSS to come back near `baseline`; returns the last
+/// sample (`None` if the bridge is gone) and how long it took.
+async fn settle_rss(bridge: &Bridge, baseline: f64) -> (Option<ProcSample>, Duration) {
     let start = Instant::now();
     let mut check = tokio::time::interval(Duration::from_millis(500));
     loop {
         check.tick().await;
-        let rss = bridge.sample().map_or(f64::NAN, |s| s.rss_mib);
-        if rss - baseline <= RSS_BASELINE_SLACK_MIB || start.elapsed() >= RSS_SETTLE_TIMEOUT {
-            return (rss, start.elapsed());
+        let Ok(sample) = bridge.sample() else {
+            // The bridge is gone: no figure, and the goal is not met.
+            return (None, start.elapsed());
+        };
+        if sample.rss_mib - baseline <= RSS_BASELINE_SLACK_MIB
+            || start.elapsed() >= RSS_SETTLE_TIMEOUT
+        {
+            return (Some(sample), start.elapsed());
         }
     }
 }
