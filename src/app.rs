@@ -16,6 +16,7 @@ use crate::call::task::CallContext;
 use crate::config::{Config, StoreSettings};
 use crate::http::{AppState, WebhookSettings, metrics_router, router};
 use crate::media::peer::PeerSettings;
+use crate::media::phases::FramePhases;
 use crate::media::ports::PortPool;
 use crate::memory::MemorySettings;
 use crate::metrics::Metrics;
@@ -109,6 +110,7 @@ impl App {
                 ..MemorySettings::default()
             },
             tool_timeout: config.tool_timeout,
+            frame_phases: FramePhases::default(),
         };
         let state = AppState {
             webhook: Arc::new(WebhookSettings {

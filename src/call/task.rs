@@ -29,6 +29,7 @@ use crate::media::codec::{
 use crate::media::peer::{
     MediaPeer, OPUS_PAYLOAD_TYPE, PeerEvent, PeerProfile, PeerSettings, next_track_event,
 };
+use crate::media::phases::{FramePhases, PhaseSlot};
 use crate::media::playback::{Pacer, PlaybackBuffer};
 use crate::media::ports::PortLease;
 use crate::media::uplink::UplinkDecoder;
@@ -64,6 +65,8 @@ pub struct CallContext {
     pub memory: MemorySettings,
     /// A tool call that takes longer is answered with an error output.
     pub tool_timeout: Duration,
+    /// Spreads the calls' 20 ms frame work over the period.
+    pub frame_phases: FramePhases,
 }
 
 /// An admitted inbound call, ready to be answered.
@@ -289,6 +292,8 @@ struct CallTask {
     frame: Vec<i16>,
     packet: Vec<u8>,
     pacer: Option<Pacer>,
+    /// The pacer's millisecond in the frame period, held until the call ends.
+    phase_slot: Option<PhaseSlot>,
     sequence_number: u16,
     timestamp: u32,
     /// What the AI is asked to say first once media flows (`None`: it waits for the caller).
@@ -387,6 +392,7 @@ impl CallTask {
             frame: vec![0; SAMPLES_PER_FRAME],
             packet: vec![0; MAX_OPUS_PACKET],
             pacer: None,
+            phase_slot: None,
             sequence_number: rand::random(),
             timestamp: rand::random(),
             greeting,
@@ -913,7 +919,9 @@ impl CallTask {
                 }
                 Action::StartMedia => {
                     // RTP starts at once (§7.1 step 7): the first frame is due now.
-                    self.pacer = Some(Pacer::new(Instant::now()));
+                    let slot = self.context.frame_phases.take();
+                    self.pacer = Some(Pacer::in_phase(Instant::now(), &slot));
+                    self.phase_slot = Some(slot);
                     if let Some(end) = self.maybe_greet().await {
                         return Some(end);
                     }

@@ -8,6 +8,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use super::codec::{PCM_SAMPLE_RATE, SAMPLES_PER_FRAME};
+use super::phases::PhaseSlot;
 
 const SAMPLES_PER_MS: usize = (PCM_SAMPLE_RATE / 1000) as usize;
 /// Cancelled responses remembered so that their late deltas are dropped.
@@ -214,6 +215,8 @@ pub struct Due {
 #[derive(Clone, Debug)]
 pub struct Pacer {
     next_due: Instant,
+    /// Where the schedule moves after the first frame (see [`Pacer::in_phase`]).
+    rephase_to: Option<Instant>,
     late_polls: u64,
 }
 
@@ -226,6 +229,18 @@ impl Pacer {
     pub fn new(start: Instant) -> Self {
         Self {
             next_due: start,
+            rephase_to: None,
+            late_polls: 0,
+        }
+    }
+
+    /// The first frame is due at `start` (media starts at once, §7.1); the rest follow in
+    /// `slot`, starting with its first instant at least half a period later, so the gap
+    /// between the first two frames stays within 10 ms of the period.
+    pub fn in_phase(start: Instant, slot: &PhaseSlot) -> Self {
+        Self {
+            next_due: start,
+            rephase_to: Some(slot.first_at_or_after(start + Self::PERIOD / 2)),
             late_polls: 0,
         }
     }
@@ -244,6 +259,14 @@ impl Pacer {
         if now < self.next_due {
             return Due::default();
         }
+        if let Some(next_due) = self.rephase_to.take() {
+            // The first frame; a poll this late that the next is due too sends it right after.
+            self.next_due = next_due;
+            return Due {
+                frames: 1,
+                skipped: 0,
+            };
+        }
         let behind = now.duration_since(self.next_due);
         let slots = 1 + (behind.as_micros() / Self::PERIOD.as_micros()) as u32;
         if slots > 1 {
@@ -261,6 +284,7 @@ impl Pacer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::media::phases::FramePhases;
 
     fn pcm_bytes(ms: usize, value: i16) -> Vec<u8> {
         std::iter::repeat_n(value.to_le_bytes(), ms * SAMPLES_PER_MS)
@@ -386,5 +410,32 @@ mod tests {
         );
         assert_eq!(pacer.deadline(), start + Duration::from_millis(220));
         assert_eq!(pacer.late_polls(), 2);
+    }
+
+    #[test]
+    fn pacer_in_phase_sends_the_first_frame_at_once_then_keeps_to_its_slot() {
+        let ms = Duration::from_millis;
+        let epoch = Instant::now();
+        let phases = FramePhases::new(epoch);
+        let _taken: Vec<_> = (0..7).map(|_| phases.take()).collect();
+        let slot = phases.take();
+        assert_eq!(slot.index(), 7);
+
+        // Media starts at 1 002 ms: the first frame goes at once; slot 7's next instant at
+        // least 10 ms on is 1 027 ms, and the frames after it follow every 20 ms.
+        let start = epoch + ms(1_002);
+        let mut pacer = Pacer::in_phase(start, &slot);
+        assert_eq!(pacer.deadline(), start);
+        assert_eq!(pacer.poll(start).frames, 1);
+        assert_eq!(pacer.deadline(), epoch + ms(1_027));
+        assert_eq!(pacer.poll(epoch + ms(1_027)).frames, 1);
+        assert_eq!(pacer.deadline(), epoch + ms(1_047));
+
+        // Media starts at 1 015 ms: 1 027 ms is 12 ms on, so the schedule moves there.
+        let start = epoch + ms(1_015);
+        let mut pacer = Pacer::in_phase(start, &slot);
+        assert_eq!(pacer.poll(start).frames, 1);
+        assert_eq!(pacer.deadline(), epoch + ms(1_027));
+        assert_eq!(pacer.late_polls(), 0);
     }
 }
