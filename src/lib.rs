@@ -14,6 +14,7 @@
 //! - [`app`]: wires it all together; [`demo`]: the local demo on the doubles;
 //!   [`loadtest`]: the load harness that measures a bridge process on the doubles.
 
+pub mod allocator;
 pub mod app;
 pub mod call;
 pub mod config;

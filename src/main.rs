@@ -115,16 +115,19 @@ fn main() -> ExitCode {
 
 /// The async runtime: one thread when the process has one CPU (a `current_thread` scheduler
 /// wakes tasks without the cross-thread machinery a one-worker multi-thread scheduler still
-/// runs), a worker per CPU otherwise.
+/// runs), a worker per CPU otherwise. A parking thread hands its allocator cache back when the
+/// last call has ended (`allocator`).
 fn build_runtime() -> std::io::Result<tokio::runtime::Runtime> {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if cpus == 1 {
+    let mut builder = if cpus == 1 {
         tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
     } else {
-        tokio::runtime::Runtime::new()
-    }
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    builder
+        .enable_all()
+        .on_thread_park(whatsapp_voice_bridge::allocator::on_thread_park)
+        .build()
 }
 
 async fn healthcheck(port: u16) -> ExitCode {

@@ -388,8 +388,12 @@ impl Registry {
             live.phones.remove(phone);
         }
         live.tombstones.insert(call_id.clone(), Instant::now());
-        self.inner.metrics.active_calls.set(live.occupied() as i64);
+        let occupied = live.occupied();
+        self.inner.metrics.active_calls.set(occupied as i64);
         drop(live);
+        if occupied == 0 {
+            crate::allocator::request_thread_cache_flush();
+        }
         self.inner.released.notify_waiters();
     }
 
