@@ -6,8 +6,9 @@
 //! last call ends, the registry asks for a flush. For the next [`FLUSH_WINDOW`] each runtime
 //! thread flushes its own cache whenever it parks (tokio's `on_thread_park` hook), since the
 //! ended calls' connections and tasks are still being torn down meanwhile; the memory returns to
-//! the arenas, whose background thread gives it back to the OS. A park costs one atomic load
-//! when nothing was asked.
+//! the arenas, whose background thread gives it back to the OS. A new call closes the window, so
+//! calls never run on a cache that keeps being emptied. A park costs one atomic load when
+//! nothing was asked.
 
 use std::cell::Cell;
 use std::sync::LazyLock;
@@ -17,7 +18,7 @@ use std::time::{Duration, Instant};
 use tikv_jemalloc_ctl::{Access as _, AsName as _};
 
 /// How long after the last call ended the parking threads keep flushing.
-pub const FLUSH_WINDOW: Duration = Duration::from_secs(2);
+pub const FLUSH_WINDOW: Duration = Duration::from_secs(10);
 
 /// Flush requests: the time of the latest (in ms from `EPOCH`, plus one so that 0 means none).
 /// Each thread remembers the latest it has finished with.
@@ -26,6 +27,18 @@ struct FlushRequests(AtomicU64);
 impl FlushRequests {
     fn request(&self, now_ms: u64) {
         self.0.store(now_ms + 1, Ordering::Relaxed);
+    }
+
+    /// Ends an open window early (each thread still flushes once more, then stops).
+    fn close(&self, now_ms: u64) {
+        let window = FLUSH_WINDOW.as_millis() as u64;
+        let latest = self.0.load(Ordering::Relaxed);
+        if latest != 0 && now_ms + 1 < latest + window {
+            let closed = (now_ms + 1).saturating_sub(window).max(1);
+            let _ = self
+                .0
+                .compare_exchange(latest, closed, Ordering::Relaxed, Ordering::Relaxed);
+        }
     }
 
     /// Whether this thread should flush at a park at `now_ms` (read only when a request is
@@ -59,6 +72,11 @@ pub fn request_thread_cache_flush() {
     REQUESTS.request(now_ms());
 }
 
+/// Closes the flush window: a call has started.
+pub fn close_thread_cache_flush() {
+    REQUESTS.close(now_ms());
+}
+
 /// For the runtime's `on_thread_park`: flushes this thread's cache while a request is open.
 pub fn on_thread_park() {
     if DONE_HERE.with(|done| REQUESTS.due(done, now_ms)) {
@@ -81,15 +99,16 @@ mod tests {
 
     #[test]
     fn threads_flush_at_every_park_in_the_window_then_stop() {
+        let window = FLUSH_WINDOW.as_millis() as u64;
         let requests = FlushRequests(AtomicU64::new(0));
         let (first, second) = (Cell::new(0), Cell::new(0));
         assert!(!requests.due(&first, || 5));
         requests.request(10_000);
         assert!(requests.due(&first, || 10_001));
-        assert!(requests.due(&first, || 11_000));
+        assert!(requests.due(&first, || 10_000 + window / 2));
         // The first park after the window flushes once more and closes the request.
-        assert!(requests.due(&first, || 12_500));
-        assert!(!requests.due(&first, || 12_600));
+        assert!(requests.due(&first, || 10_500 + window));
+        assert!(!requests.due(&first, || 10_600 + window));
         // Another thread that slept through the window still flushes once.
         assert!(requests.due(&second, || 60_000));
         assert!(!requests.due(&second, || 60_001));
@@ -97,6 +116,25 @@ mod tests {
         requests.request(70_000);
         assert!(requests.due(&first, || 70_001));
         assert!(requests.due(&second, || 70_500));
+    }
+
+    #[test]
+    fn a_new_call_closes_the_window() {
+        let window = FLUSH_WINDOW.as_millis() as u64;
+        let requests = FlushRequests(AtomicU64::new(0));
+        let thread = Cell::new(0);
+        requests.close(100);
+        assert!(!requests.due(&thread, || 100), "nothing to close");
+        requests.request(50_000);
+        assert!(requests.due(&thread, || 50_100));
+        requests.close(50_200);
+        // One last flush, then none although the window would still be open.
+        assert!(requests.due(&thread, || 50_300));
+        assert!(!requests.due(&thread, || 50_400));
+        // Closing a closed window changes nothing.
+        requests.close(50_500);
+        assert!(!requests.due(&thread, || 50_600));
+        assert!(50_600 < 50_000 + window);
     }
 
     #[test]

@@ -329,6 +329,7 @@ impl Registry {
             live.phones.insert(phone.clone());
         }
         self.inner.metrics.active_calls.set(live.occupied() as i64);
+        crate::allocator::close_thread_cache_flush();
         let admission = Admission {
             call_id: call_id.clone(),
             phone: phone.cloned(),
