@@ -918,7 +918,8 @@ impl CallTask {
                     }));
                 }
                 Action::StartMedia => {
-                    // RTP starts at once (§7.1 step 7): the first frame is due now.
+                    // RTP starts at once (§7.1 step 7): the first frame is due now; the rest
+                    // keep to the call's own millisecond of the 20 ms period.
                     let slot = self.context.frame_phases.take();
                     self.pacer = Some(Pacer::in_phase(Instant::now(), &slot));
                     self.phase_slot = Some(slot);
