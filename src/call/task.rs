@@ -29,7 +29,7 @@ use crate::media::codec::{
 use crate::media::peer::{
     MediaPeer, OPUS_PAYLOAD_TYPE, PeerEvent, PeerProfile, PeerSettings, next_track_event,
 };
-use crate::media::phases::{FramePhases, PhaseSlot};
+use crate::media::phases::FramePhases;
 use crate::media::playback::{Pacer, PlaybackBuffer};
 use crate::media::ports::PortLease;
 use crate::media::uplink::UplinkDecoder;
@@ -292,8 +292,6 @@ struct CallTask {
     frame: Vec<i16>,
     packet: Vec<u8>,
     pacer: Option<Pacer>,
-    /// The pacer's millisecond in the frame period, held until the call ends.
-    phase_slot: Option<PhaseSlot>,
     sequence_number: u16,
     timestamp: u32,
     /// What the AI is asked to say first once media flows (`None`: it waits for the caller).
@@ -392,7 +390,6 @@ impl CallTask {
             frame: vec![0; SAMPLES_PER_FRAME],
             packet: vec![0; MAX_OPUS_PACKET],
             pacer: None,
-            phase_slot: None,
             sequence_number: rand::random(),
             timestamp: rand::random(),
             greeting,
@@ -921,8 +918,7 @@ impl CallTask {
                     // RTP starts at once (§7.1 step 7): the first frame is due now; the rest
                     // keep to the call's own millisecond of the 20 ms period.
                     let slot = self.context.frame_phases.take();
-                    self.pacer = Some(Pacer::in_phase(Instant::now(), &slot));
-                    self.phase_slot = Some(slot);
+                    self.pacer = Some(Pacer::in_phase(Instant::now(), slot));
                     if let Some(end) = self.maybe_greet().await {
                         return Some(end);
                     }

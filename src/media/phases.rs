@@ -56,8 +56,8 @@ impl FramePhases {
         }
     }
 
-    /// Calls in each slot (for tests and diagnostics).
-    pub fn calls_per_slot(&self) -> [u32; SLOTS] {
+    #[cfg(test)]
+    fn calls_per_slot(&self) -> [u32; SLOTS] {
         *self.calls_per_slot.lock()
     }
 }

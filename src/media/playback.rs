@@ -212,12 +212,14 @@ pub struct Due {
 /// The 20 ms clock of the outgoing audio. It keeps a fixed schedule from its start, so timing
 /// errors do not accumulate; a late poll sends the missed frames (at most `MAX_BURST`) and
 /// skips the rest rather than flooding the caller's jitter buffer.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Pacer {
     next_due: Instant,
     /// Where the schedule moves after the first frame (see [`Pacer::in_phase`]).
     rephase_to: Option<Instant>,
     late_polls: u64,
+    /// The call's millisecond of the period, taken as long as the pacer lives.
+    _slot: Option<PhaseSlot>,
 }
 
 impl Pacer {
@@ -231,17 +233,20 @@ impl Pacer {
             next_due: start,
             rephase_to: None,
             late_polls: 0,
+            _slot: None,
         }
     }
 
     /// The first frame is due at `start` (media starts at once, §7.1); the rest follow in
     /// `slot`, starting with its first instant at least half a period later, so the gap
-    /// between the first two frames stays within 10 ms of the period.
-    pub fn in_phase(start: Instant, slot: &PhaseSlot) -> Self {
+    /// between the first two frames stays within 10 ms of the period. The slot is freed when
+    /// the pacer (the call's media) ends.
+    pub fn in_phase(start: Instant, slot: PhaseSlot) -> Self {
         Self {
             next_due: start,
             rephase_to: Some(slot.first_at_or_after(start + Self::PERIOD / 2)),
             late_polls: 0,
+            _slot: Some(slot),
         }
     }
 
@@ -260,7 +265,7 @@ impl Pacer {
             return Due::default();
         }
         if let Some(next_due) = self.rephase_to.take() {
-            // The first frame; a poll this late that the next is due too sends it right after.
+            // The first frame. If the slot's instant has passed too, the next poll sends it.
             self.next_due = next_due;
             return Due {
                 frames: 1,
@@ -424,16 +429,20 @@ mod tests {
         // Media starts at 1 002 ms: the first frame goes at once; slot 7's next instant at
         // least 10 ms on is 1 027 ms, and the frames after it follow every 20 ms.
         let start = epoch + ms(1_002);
-        let mut pacer = Pacer::in_phase(start, &slot);
+        let mut pacer = Pacer::in_phase(start, slot);
         assert_eq!(pacer.deadline(), start);
         assert_eq!(pacer.poll(start).frames, 1);
         assert_eq!(pacer.deadline(), epoch + ms(1_027));
         assert_eq!(pacer.poll(epoch + ms(1_027)).frames, 1);
         assert_eq!(pacer.deadline(), epoch + ms(1_047));
 
-        // Media starts at 1 015 ms: 1 027 ms is 12 ms on, so the schedule moves there.
+        // Media starts at 1 015 ms: 1 027 ms is 12 ms on, so the schedule moves there. (The
+        // first pacer's end frees slot 7, which is taken again.)
+        drop(pacer);
+        let slot = phases.take();
+        assert_eq!(slot.index(), 7);
         let start = epoch + ms(1_015);
-        let mut pacer = Pacer::in_phase(start, &slot);
+        let mut pacer = Pacer::in_phase(start, slot);
         assert_eq!(pacer.poll(start).frames, 1);
         assert_eq!(pacer.deadline(), epoch + ms(1_027));
         assert_eq!(pacer.late_polls(), 0);
