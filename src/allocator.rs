@@ -6,9 +6,9 @@
 //! last call ends, the registry asks for a flush. For the next [`FLUSH_WINDOW`] each runtime
 //! thread flushes its own cache whenever it parks (tokio's `on_thread_park` hook), since the
 //! ended calls' connections and tasks are still being torn down meanwhile; the memory returns to
-//! the arenas, whose background thread gives it back to the OS. A new call closes the window, so
-//! calls never run on a cache that keeps being emptied. A park costs one atomic load when
-//! nothing was asked.
+//! the arenas, whose background thread gives it back to the OS. The embedded store's SQLite
+//! thread does the same before it waits for work. A new call closes the window, so calls never
+//! run on a cache that keeps being emptied. A park costs one atomic load when nothing was asked.
 
 use std::cell::Cell;
 use std::sync::LazyLock;
@@ -20,24 +20,25 @@ use tikv_jemalloc_ctl::{Access as _, AsName as _};
 /// How long after the last call ended the parking threads keep flushing.
 pub const FLUSH_WINDOW: Duration = Duration::from_secs(10);
 
-/// Flush requests: the time of the latest (in ms from `EPOCH`, plus one so that 0 means none).
-/// Each thread remembers the latest it has finished with.
+/// Flush requests: when the latest window ends (in ms from `EPOCH`, plus one so that 0 means
+/// none). Each thread remembers the latest it has finished with.
 struct FlushRequests(AtomicU64);
 
 impl FlushRequests {
     fn request(&self, now_ms: u64) {
-        self.0.store(now_ms + 1, Ordering::Relaxed);
+        self.0.store(
+            now_ms + FLUSH_WINDOW.as_millis() as u64 + 1,
+            Ordering::Relaxed,
+        );
     }
 
-    /// Ends an open window early (each thread still flushes once more, then stops).
+    /// Ends an open window now (each thread still flushes once more, then stops).
     fn close(&self, now_ms: u64) {
-        let window = FLUSH_WINDOW.as_millis() as u64;
         let latest = self.0.load(Ordering::Relaxed);
-        if latest != 0 && now_ms + 1 < latest + window {
-            let closed = (now_ms + 1).saturating_sub(window).max(1);
-            let _ = self
-                .0
-                .compare_exchange(latest, closed, Ordering::Relaxed, Ordering::Relaxed);
+        if latest != 0 && now_ms + 1 < latest {
+            let _ =
+                self.0
+                    .compare_exchange(latest, now_ms + 1, Ordering::Relaxed, Ordering::Relaxed);
         }
     }
 
@@ -48,8 +49,7 @@ impl FlushRequests {
         if latest == done.get() {
             return false;
         }
-        let window = FLUSH_WINDOW.as_millis() as u64;
-        if now_ms() + 1 >= latest + window {
+        if now_ms() + 1 >= latest {
             done.set(latest);
         }
         true
@@ -77,7 +77,8 @@ pub fn close_thread_cache_flush() {
     REQUESTS.close(now_ms());
 }
 
-/// For the runtime's `on_thread_park`: flushes this thread's cache while a request is open.
+/// For the runtime's `on_thread_park` (and any long-lived thread about to wait): flushes this
+/// thread's cache while a request is open.
 pub fn on_thread_park() {
     if DONE_HERE.with(|done| REQUESTS.due(done, now_ms)) {
         flush_this_thread_cache();
@@ -135,6 +136,21 @@ mod tests {
         requests.close(50_500);
         assert!(!requests.due(&thread, || 50_600));
         assert!(50_600 < 50_000 + window);
+    }
+
+    #[test]
+    fn a_window_opened_right_after_start_closes_too() {
+        // The clock starts at the first request, so the first window opens at 0 ms.
+        let requests = FlushRequests(AtomicU64::new(0));
+        let thread = Cell::new(0);
+        requests.request(0);
+        assert!(requests.due(&thread, || 10));
+        requests.close(1_000);
+        assert!(requests.due(&thread, || 1_001));
+        assert!(
+            !requests.due(&thread, || 1_002),
+            "closed: no flush at every park"
+        );
     }
 
     #[test]
