@@ -1,20 +1,23 @@
 //! The embedded store: a SQLite database on disk under `DATA_DIR` (the default when Supabase is
 //! not configured), with the same tables and semantics as the Supabase schema. Blocking SQLite
-//! work runs on the blocking pool, never on the async workers.
+//! work runs on the connection's own thread ([`SqliteThread`]), never on the async workers.
 
 use std::path::Path;
 use std::str::FromStr;
-use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use parking_lot::Mutex;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
+use super::sqlite_thread::SqliteThread;
 use super::{
     CallLogDirection, CallOutcome, CallRecord, NewTask, Reminder, ReminderStatus, Store,
     StoreError, Task, TaskStatus, TranscriptTurn, enum_text, time_text,
 };
 use crate::ids::{CallId, PhoneNumber};
+
+/// Prepared statements kept for reuse: more than the store has (SQLite's parser was a tenth
+/// of the store's work when each write prepared its statement again).
+const STATEMENT_CACHE: usize = 32;
 
 /// The file under `DATA_DIR`.
 pub const DATABASE_FILE: &str = "bridge.sqlite3";
@@ -76,7 +79,7 @@ CREATE TABLE IF NOT EXISTS transcript_turns (
 /// The embedded store; cheap to clone.
 #[derive(Clone)]
 pub struct EmbeddedStore {
-    connection: Arc<Mutex<Connection>>,
+    connection: SqliteThread,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -85,7 +88,7 @@ impl std::fmt::Debug for EmbeddedStore {
     }
 }
 
-fn sql_error(err: rusqlite::Error) -> StoreError {
+pub(super) fn sql_error(err: rusqlite::Error) -> StoreError {
     match &err {
         rusqlite::Error::SqliteFailure(code, message) => {
             let message = message.clone().unwrap_or_else(|| err.to_string());
@@ -190,29 +193,29 @@ impl EmbeddedStore {
         })?;
         let connection = Connection::open(data_dir.join(DATABASE_FILE)).map_err(sql_error)?;
         connection.execute_batch(SCHEMA).map_err(sql_error)?;
+        connection.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         Ok(Self {
-            connection: Arc::new(Mutex::new(connection)),
+            connection: SqliteThread::start(connection, sql_error)?,
         })
     }
 
     /// Makes every later write fail (SQLite `query_only`), as a read-only or full disk would:
     /// for tests and for an operator freezing the data.
     pub fn set_read_only(&self, read_only: bool) -> Result<(), StoreError> {
-        self.connection
-            .lock()
-            .pragma_update(None, "query_only", read_only)
-            .map_err(sql_error)
+        self.connection.run_blocking(move |c| {
+            c.pragma_update(None, "query_only", read_only)
+                .map_err(sql_error)
+        })
     }
 
-    /// Runs `work` on the blocking pool with the connection.
+    /// Runs `work` on the connection's thread.
     async fn with<T: Send + 'static>(
         &self,
         work: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let connection = self.connection.clone();
-        tokio::task::spawn_blocking(move || work(&mut connection.lock()).map_err(sql_error))
+        self.connection
+            .run(move |c| work(c).map_err(sql_error))
             .await
-            .map_err(|err| StoreError::Unavailable(format!("store task failed: {err}")))?
     }
 }
 
@@ -231,18 +234,18 @@ impl Store for EmbeddedStore {
         };
         let row = task.clone();
         self.with(move |c| {
-            c.execute(
+            c.prepare_cached(
                 "INSERT INTO tasks (id, phone_number, title, notes, status, due_at, created_at)
                  VALUES (?1, ?2, ?3, ?4, 'open', ?5, ?6)",
-                params![
-                    row.id,
-                    row.phone_number.as_str(),
-                    row.title,
-                    row.notes,
-                    row.due_at.map(time_text),
-                    time_text(row.created_at)
-                ],
-            )
+            )?
+            .execute(params![
+                row.id,
+                row.phone_number.as_str(),
+                row.title,
+                row.notes,
+                row.due_at.map(time_text),
+                time_text(row.created_at)
+            ])
         })
         .await?;
         Ok(task)
@@ -277,11 +280,12 @@ impl Store for EmbeddedStore {
         }
         let (phone, id) = (phone.as_str().to_owned(), id.to_owned());
         self.with(move |c| {
-            let changed = c.execute(
-                "UPDATE tasks SET status = 'done', completed_at = ?3
+            let changed = c
+                .prepare_cached(
+                    "UPDATE tasks SET status = 'done', completed_at = ?3
                  WHERE id = ?1 AND phone_number = ?2",
-                params![id, phone, time_text(Utc::now())],
-            )?;
+                )?
+                .execute(params![id, phone, time_text(Utc::now())])?;
             if changed == 0 {
                 return Ok(None);
             }
@@ -313,17 +317,17 @@ impl Store for EmbeddedStore {
         };
         let row = reminder.clone();
         self.with(move |c| {
-            c.execute(
+            c.prepare_cached(
                 "INSERT INTO reminders (id, phone_number, text, remind_at, status, created_at)
                  VALUES (?1, ?2, ?3, ?4, 'pending', ?5)",
-                params![
-                    row.id,
-                    row.phone_number.as_str(),
-                    row.text,
-                    time_text(row.remind_at),
-                    time_text(row.created_at)
-                ],
-            )
+            )?
+            .execute(params![
+                row.id,
+                row.phone_number.as_str(),
+                row.text,
+                time_text(row.remind_at),
+                time_text(row.created_at)
+            ])
         })
         .await?;
         Ok(reminder)
@@ -358,11 +362,12 @@ impl Store for EmbeddedStore {
         }
         let (phone, id) = (phone.as_str().to_owned(), id.to_owned());
         self.with(move |c| {
-            let changed = c.execute(
-                "UPDATE reminders SET status = 'cancelled'
+            let changed = c
+                .prepare_cached(
+                    "UPDATE reminders SET status = 'cancelled'
                  WHERE id = ?1 AND phone_number = ?2 AND status = 'pending'",
-                params![id, phone],
-            )?;
+                )?
+                .execute(params![id, phone])?;
             if changed == 0 {
                 return Ok(None);
             }
@@ -379,17 +384,17 @@ impl Store for EmbeddedStore {
     async fn start_call(&self, call: &CallRecord) -> Result<(), StoreError> {
         let call = call.clone();
         self.with(move |c| {
-            c.execute(
+            c.prepare_cached(
                 "INSERT INTO calls (id, phone_number, direction, started_at, reminder_id)
                  VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (id) DO NOTHING",
-                params![
-                    call.id.as_str(),
-                    call.phone_number.as_ref().map(PhoneNumber::as_str),
-                    enum_text(&call.direction),
-                    time_text(call.started_at),
-                    call.reminder_id
-                ],
-            )
+            )?
+            .execute(params![
+                call.id.as_str(),
+                call.phone_number.as_ref().map(PhoneNumber::as_str),
+                enum_text(&call.direction),
+                time_text(call.started_at),
+                call.reminder_id
+            ])
             .map(|_| ())
         })
         .await
@@ -398,17 +403,17 @@ impl Store for EmbeddedStore {
     async fn finish_call(&self, id: &CallId, outcome: &CallOutcome) -> Result<(), StoreError> {
         let (id, outcome) = (id.as_str().to_owned(), outcome.clone());
         self.with(move |c| {
-            c.execute(
+            c.prepare_cached(
                 "UPDATE calls SET answered_at = ?2, ended_at = ?3, duration_seconds = ?4,
                  end_reason = ?5 WHERE id = ?1",
-                params![
-                    id,
-                    outcome.answered_at.map(time_text),
-                    time_text(outcome.ended_at),
-                    outcome.duration_seconds,
-                    outcome.end_reason
-                ],
-            )
+            )?
+            .execute(params![
+                id,
+                outcome.answered_at.map(time_text),
+                time_text(outcome.ended_at),
+                outcome.duration_seconds,
+                outcome.end_reason
+            ])
             .map(|_| ())
         })
         .await
@@ -417,12 +422,9 @@ impl Store for EmbeddedStore {
     async fn call(&self, id: &CallId) -> Result<Option<CallRecord>, StoreError> {
         let id = id.as_str().to_owned();
         self.with(move |c| {
-            c.query_row(
-                "SELECT * FROM calls WHERE id = ?1",
-                params![id],
-                call_from_row,
-            )
-            .optional()
+            c.prepare_cached("SELECT * FROM calls WHERE id = ?1")?
+                .query_row(params![id], call_from_row)
+                .optional()
         })
         .await
     }
@@ -430,7 +432,8 @@ impl Store for EmbeddedStore {
     async fn append_turns(&self, turns: &[TranscriptTurn]) -> Result<(), StoreError> {
         let turns = turns.to_vec();
         self.with(move |c| {
-            let transaction = c.transaction()?;
+            // A savepoint, not a transaction: this may run inside the thread's batch.
+            let transaction = c.savepoint()?;
             {
                 let mut insert = transaction.prepare_cached(
                     "INSERT INTO transcript_turns (call_id, seq, role, text, at)

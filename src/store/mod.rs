@@ -7,6 +7,7 @@
 //! call, never from the AI: an id belonging to another number is "not found".
 
 pub mod embedded;
+mod sqlite_thread;
 pub mod supabase;
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -111,7 +112,7 @@ pub struct TranscriptTurn {
     pub at: DateTime<Utc>,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
     /// The store could not be reached or did not answer in time.
     #[error("store unavailable: {0}")]
