@@ -136,5 +136,68 @@ fn webhooks(c: &mut Criterion) {
     });
 }
 
-criterion_group!(hot_paths, codec, uplink, downlink, webhooks);
+/// The embedded store's work when 100 calls arrive at once: each call's memory recall (three
+/// queries) and its call-log row, all in flight together on a one-thread runtime, as on a
+/// one-core bridge. Each burst gets a new database, so every one does the same work. Run it
+/// pinned (`taskset -c 0 cargo bench --bench hot_paths -- store_`) so the time is one core's,
+/// whatever threads the store uses.
+fn store_burst(c: &mut Criterion) {
+    use criterion::BatchSize;
+    use whatsapp_voice_bridge::ids::{CallId, PhoneNumber};
+    use whatsapp_voice_bridge::memory::{self, MemorySettings};
+    use whatsapp_voice_bridge::store::embedded::EmbeddedStore;
+    use whatsapp_voice_bridge::store::{CallLogDirection, CallRecord, Store};
+
+    /// A store in its own directory, removed when dropped (after the timing).
+    struct FreshStore(EmbeddedStore, std::path::PathBuf);
+    impl Drop for FreshStore {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.1);
+        }
+    }
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let settings = MemorySettings::default();
+    let mut burst = 0u64;
+    c.bench_function("store_100_call_starts_at_once", |b| {
+        b.iter_batched(
+            || {
+                burst += 1;
+                let dir = std::env::temp_dir()
+                    .join(format!("bench-store-{}-{burst}", std::process::id()));
+                FreshStore(EmbeddedStore::open(&dir).expect("store"), dir)
+            },
+            |fresh| {
+                let (store, settings) = (&fresh.0, &settings);
+                runtime.block_on(futures_util::future::join_all((0..100).map(
+                    |n| async move {
+                        let phone = PhoneNumber::new(format!("+1555{n:07}"));
+                        let record = CallRecord {
+                            id: CallId::new(format!("call-{n}")),
+                            phone_number: Some(phone.clone()),
+                            direction: CallLogDirection::Inbound,
+                            started_at: chrono::Utc::now(),
+                            answered_at: None,
+                            ended_at: None,
+                            duration_seconds: None,
+                            end_reason: None,
+                            reminder_id: None,
+                        };
+                        let remembered =
+                            memory::recall(store, &phone, settings, chrono::Utc::now()).await;
+                        store.start_call(&record).await.expect("call-log row");
+                        black_box(remembered.len())
+                    },
+                )));
+                fresh
+            },
+            BatchSize::PerIteration,
+        )
+    });
+}
+
+criterion_group!(hot_paths, codec, uplink, downlink, webhooks, store_burst);
 criterion_main!(hot_paths);
