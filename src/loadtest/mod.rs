@@ -25,7 +25,7 @@ use futures_util::StreamExt as _;
 use crate::config::parse_duration;
 use crate::media::codec::{
     Bandwidth, EncoderSettings, MAX_OPUS_PACKET, MAX_PACKET_SAMPLES, OpusDecoder,
-    SAMPLES_PER_FRAME, SILENCE_SETTLE_FRAMES, StreamEncoder,
+    SAMPLES_PER_FRAME, StreamEncoder,
 };
 use crate::media::peer::PeerSettings;
 use crate::sim::graph_double::{GraphDouble, GraphDoubleConfig};
@@ -289,15 +289,16 @@ async fn run_inner(options: LoadtestOptions) -> anyhow::Result<ExitCode> {
 
     let parts = CodecParts::median(&codec_samples);
     let ai_share = ai_audio_share(&results);
-    // Each echoed turn is followed by one pause, whose first frames are still encoded in full.
-    let full_share = ai_share + f64::from(SILENCE_SETTLE_FRAMES) / CYCLE_FRAMES as f64;
-    let codec = parts.cost(full_share);
+    // Each echoed turn is followed by one pause.
+    let codec = parts.cost(ai_share, CYCLE_FRAMES as f64);
     println!(
-        "Codec only (bridge settings, medians of {} runs): decode {:.1} µs, encode {:.1} µs of AI audio and {:.1} µs in a pause; the AI double sent audio {:.0} % of the time, so {:.1} µs per 20 ms frame = {:.3} % of a core per call.",
+        "Codec only (bridge settings, medians of {} runs): decode {:.1} µs, encode {:.1} µs of AI audio; a pause {:.0} µs for its first {:.0} frames, then {:.2} µs a frame (replayed); the AI double sent audio {:.0} % of the time, so {:.1} µs per 20 ms frame = {:.3} % of a core per call.",
         codec_samples.len(),
         parts.decode_us,
         parts.voice_encode_us,
-        parts.pause_encode_us,
+        parts.pause_start_us,
+        parts.pause_start_frames,
+        parts.pause_replay_us,
         ai_share * 100.0,
         codec.frame_us,
         codec.cores_per_call() * 100.0
@@ -594,11 +595,26 @@ fn codec_parts_now(settings: EncoderSettings, clip: &Clip) -> CodecParts {
         count
     });
     let silence = vec![0i16; SAMPLES_PER_FRAME];
-    // Settle into the pause first: its first frames are encoded at full complexity.
-    for _ in 0..=SILENCE_SETTLE_FRAMES {
-        let _ = encoder.encode(&silence, true, &mut packet);
+    // Pauses as the bridge has them, each after AI audio (here the marker's first frame): the
+    // frames encoded before the replay.
+    let last_voice = voice
+        .chunks_exact(SAMPLES_PER_FRAME)
+        .next()
+        .expect("the clip is longer than a frame");
+    let (mut pause_start, mut pause_start_frames, mut pauses) = (Duration::ZERO, 0usize, 0usize);
+    let measuring = Instant::now();
+    while measuring.elapsed() < PART {
+        let _ = encoder.encode(last_voice, false, &mut packet);
+        let start = Instant::now();
+        // A pause that never replays (another libopus) counts as encoded throughout.
+        while !encoder.replaying() && start.elapsed() < PART {
+            let _ = encoder.encode(&silence, true, &mut packet);
+            pause_start_frames += 1;
+        }
+        pause_start += start.elapsed();
+        pauses += 1;
     }
-    let pause_encode_us = per_frame_us(PART, || {
+    let pause_replay_us = per_frame_us(PART / 7, || {
         for _ in 0..CYCLE_FRAMES {
             let _ = encoder.encode(&silence, true, &mut packet);
         }
@@ -607,7 +623,9 @@ fn codec_parts_now(settings: EncoderSettings, clip: &Clip) -> CodecParts {
     CodecParts {
         decode_us,
         voice_encode_us,
-        pause_encode_us,
+        pause_start_us: pause_start.as_secs_f64() * 1e6 / pauses as f64,
+        pause_start_frames: pause_start_frames as f64 / pauses as f64,
+        pause_replay_us,
     }
 }
 

@@ -124,16 +124,21 @@ pub struct CodecCost {
 
 /// One call's codec work measured alone, in the parts the bridge's own work is made of: every
 /// uplink frame is decoded; a downlink frame is either AI audio, encoded at the configured
-/// complexity, or (in the AI's pauses) the bridge's silence, which its stream encoder encodes at
-/// pause complexity once a pause has settled.
+/// complexity, or (in the AI's pauses) the bridge's silence, which its stream encoder encodes
+/// (at full complexity, then at pause complexity once the pause has settled) until its packets
+/// repeat, and from then on replays.
 #[derive(Debug, Clone, Copy)]
 pub struct CodecParts {
     /// One decode of a phone packet, µs.
     pub decode_us: f64,
     /// One encode of a frame of AI audio (the echoed speech), µs.
     pub voice_encode_us: f64,
-    /// One encode of a silent frame in a settled pause, µs.
-    pub pause_encode_us: f64,
+    /// All the encoding of a pause before the replay starts, µs.
+    pub pause_start_us: f64,
+    /// How many frames of a pause that is.
+    pub pause_start_frames: f64,
+    /// One replayed frame of a pause, µs.
+    pub pause_replay_us: f64,
 }
 
 impl CodecParts {
@@ -145,18 +150,23 @@ impl CodecParts {
         CodecParts {
             decode_us: median(|p| p.decode_us),
             voice_encode_us: median(|p| p.voice_encode_us),
-            pause_encode_us: median(|p| p.pause_encode_us),
+            pause_start_us: median(|p| p.pause_start_us),
+            pause_start_frames: median(|p| p.pause_start_frames),
+            pause_replay_us: median(|p| p.pause_replay_us),
         }
     }
 
-    /// The codec cost of a call whose downlink frames are encoded at full complexity a share
-    /// `full` of the time (AI audio, and the first frames of each pause) and rest in pauses.
-    pub fn cost(&self, full: f64) -> CodecCost {
-        let full = full.clamp(0.0, 1.0);
+    /// The codec cost of a call whose downlink is AI audio a share `ai_share` of the time, in
+    /// cycles of `cycle_frames` frames with one pause each (the load harness's echo).
+    pub fn cost(&self, ai_share: f64, cycle_frames: f64) -> CodecCost {
+        let pause_frames = (1.0 - ai_share.clamp(0.0, 1.0)) * cycle_frames;
+        let encoded = pause_frames.min(self.pause_start_frames);
+        let pause_us = self.pause_start_us * encoded / self.pause_start_frames.max(1.0)
+            + (pause_frames - encoded) * self.pause_replay_us;
         CodecCost {
             frame_us: self.decode_us
-                + full * self.voice_encode_us
-                + (1.0 - full) * self.pause_encode_us,
+                + ai_share.clamp(0.0, 1.0) * self.voice_encode_us
+                + pause_us / cycle_frames.max(1.0),
         }
     }
 }

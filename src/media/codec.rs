@@ -213,17 +213,24 @@ const PAUSE_COMPLEXITY: i32 = 0;
 /// of audio: encoding zeros at full complexity costs about 80 % of encoding speech, and the AI is
 /// quiet for much of a call. The stream itself is unchanged: one encoder, a valid frame every
 /// 20 ms (§7.4: the leg is never silent at the RTP level).
+///
+/// Once a pause has settled, libopus's packets for zeros repeat in a short cycle (SILK's frame
+/// seed goes round in four), the encoder's state no longer changing. When the last packets show
+/// such a cycle, the encoder stops running and the cycle is replayed: the phone receives the very
+/// bytes libopus would have produced, at the cost of a copy. Audio ends the replay.
 pub struct StreamEncoder {
     inner: OpusEncoder,
     complexity: i32,
     /// Consecutive silent frames so far; past [`SILENCE_SETTLE_FRAMES`] the encoder rests.
     silent_frames: u32,
+    pause: PausePackets,
 }
 
 impl std::fmt::Debug for StreamEncoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StreamEncoder")
             .field("silent_frames", &self.silent_frames)
+            .field("replaying", &self.replaying())
             .finish_non_exhaustive()
     }
 }
@@ -234,12 +241,18 @@ impl StreamEncoder {
             inner: OpusEncoder::new(settings)?,
             complexity: settings.complexity,
             silent_frames: 0,
+            pause: PausePackets::default(),
         })
     }
 
     /// Whether the pause has lasted long enough for the encoder to run at pause complexity.
     fn resting(&self) -> bool {
         self.silent_frames > SILENCE_SETTLE_FRAMES
+    }
+
+    /// Whether silent frames are now replayed packets rather than encoded.
+    pub fn replaying(&self) -> bool {
+        self.pause.period.is_some()
     }
 
     /// Encodes one frame into `out`; `silent` says it is the bridge's own fill (all zeros), not
@@ -250,20 +263,94 @@ impl StreamEncoder {
         silent: bool,
         out: &mut [u8],
     ) -> Result<usize, CodecError> {
-        if silent {
-            let was_resting = self.resting();
-            self.silent_frames = self.silent_frames.saturating_add(1);
-            if self.resting() && !was_resting {
-                self.inner
-                    .set_complexity(PAUSE_COMPLEXITY.min(self.complexity))?;
-            }
-        } else {
+        if !silent {
             if self.resting() {
                 self.inner.set_complexity(self.complexity)?;
             }
             self.silent_frames = 0;
+            self.pause.clear();
+            return self.inner.encode(pcm, out);
         }
-        self.inner.encode(pcm, out)
+        if let Some(length) = self.pause.replay(out) {
+            return Ok(length);
+        }
+        let was_resting = self.resting();
+        self.silent_frames = self.silent_frames.saturating_add(1);
+        if self.resting() && !was_resting {
+            self.inner
+                .set_complexity(PAUSE_COMPLEXITY.min(self.complexity))?;
+        }
+        let length = self.inner.encode(pcm, out)?;
+        if self.resting() {
+            self.pause.record(&out[..length]);
+        }
+        Ok(length)
+    }
+}
+
+/// Longest packet cycle looked for in a settled pause.
+const PAUSE_CYCLE_MAX: usize = 4;
+/// Packets kept to see a cycle repeat twice (once could be chance while the pause settles).
+const PAUSE_PACKETS_KEPT: usize = 3 * PAUSE_CYCLE_MAX;
+/// A settled pause's packets are a few bytes; longer ones are not kept (nor replayed).
+const PAUSE_PACKET_MAX: usize = 32;
+
+/// The latest packets of a settled pause, to find and then replay their cycle.
+#[derive(Default)]
+struct PausePackets {
+    packets: [[u8; PAUSE_PACKET_MAX]; PAUSE_PACKETS_KEPT],
+    lengths: [usize; PAUSE_PACKETS_KEPT],
+    /// Packets recorded (or replayed) in this pause; the latest is at `(count - 1) % KEPT`.
+    count: usize,
+    /// The cycle's length, once found.
+    period: Option<usize>,
+}
+
+impl PausePackets {
+    fn clear(&mut self) {
+        self.count = 0;
+        self.period = None;
+    }
+
+    fn packet(&self, index: usize) -> &[u8] {
+        let slot = index % PAUSE_PACKETS_KEPT;
+        &self.packets[slot][..self.lengths[slot]]
+    }
+
+    fn push(&mut self, packet: &[u8]) {
+        let slot = self.count % PAUSE_PACKETS_KEPT;
+        self.packets[slot][..packet.len()].copy_from_slice(packet);
+        self.lengths[slot] = packet.len();
+        self.count += 1;
+    }
+
+    /// Keeps an encoded packet and looks for a cycle in the kept ones: each of the last
+    /// `2 * period` packets equal to the one `period` before it.
+    fn record(&mut self, packet: &[u8]) {
+        if packet.len() > PAUSE_PACKET_MAX {
+            self.clear();
+            return;
+        }
+        self.push(packet);
+        self.period = (1..=PAUSE_CYCLE_MAX)
+            .filter(|period| 3 * period <= self.count)
+            .find(|&period| {
+                (1..=2 * period).all(|back| {
+                    self.packet(self.count - back) == self.packet(self.count - back - period)
+                })
+            });
+    }
+
+    /// The next packet of the cycle, written to `out`; `None` before a cycle is found.
+    fn replay(&mut self, out: &mut [u8]) -> Option<usize> {
+        let period = self.period?;
+        let next = self.packet(self.count - period);
+        let length = next.len();
+        let mut copy = [0u8; PAUSE_PACKET_MAX];
+        copy[..length].copy_from_slice(next);
+        out.get_mut(..length)?.copy_from_slice(&copy[..length]);
+        self.push(&copy[..length]);
+        Some(length)
     }
 }
 
@@ -549,6 +636,79 @@ mod tests {
         let packets = encode_all(&[0; SAMPLES_PER_FRAME * 10], EncoderSettings::default());
         assert!(packets.iter().all(|p| !p.is_empty() && p.len() < 60));
         assert!(rms(&decode_all(&packets)) < 10.0);
+    }
+
+    #[test]
+    fn a_settled_pause_is_replayed_byte_for_byte_and_audio_ends_the_replay() {
+        let settings = EncoderSettings::default();
+        let speech = crate::sim::audio::speech_like(&[220.0, 330.0, 440.0], 180, 60, 24_000);
+        let speech: Vec<&[i16]> = speech.chunks_exact(SAMPLES_PER_FRAME).take(25).collect();
+        let silence = vec![0i16; SAMPLES_PER_FRAME];
+        let mut stream = StreamEncoder::new(settings).expect("encoder");
+        // What libopus itself gives, with the same switch to pause complexity.
+        let mut reference = OpusEncoder::new(settings).expect("encoder");
+        let (mut buf, mut reference_buf) = ([0u8; MAX_OPUS_PACKET], [0u8; MAX_OPUS_PACKET]);
+        for frame in &speech {
+            stream.encode(frame, false, &mut buf).expect("encode");
+            reference.encode(frame, &mut reference_buf).expect("encode");
+        }
+        let mut replayed = 0;
+        for n in 1..=60u32 {
+            if n == SILENCE_SETTLE_FRAMES + 1 {
+                reference
+                    .set_complexity(PAUSE_COMPLEXITY)
+                    .expect("complexity");
+            }
+            replayed += usize::from(stream.replaying());
+            let length = stream.encode(&silence, true, &mut buf).expect("encode");
+            let expected = reference
+                .encode(&silence, &mut reference_buf)
+                .expect("encode");
+            assert_eq!(buf[..length], reference_buf[..expected], "pause frame {n}");
+        }
+        assert!(
+            replayed >= 40,
+            "only {replayed} of 60 pause frames replayed"
+        );
+        // Audio ends the replay: it is encoded again, at full complexity, and decodes as speech.
+        let mut after = Vec::new();
+        for frame in &speech {
+            let length = stream.encode(frame, false, &mut buf).expect("encode");
+            assert!(!stream.replaying());
+            after.push(buf[..length].to_vec());
+        }
+        let plain = encode_all(&speech.concat(), settings);
+        let (level, plain_level) = (rms(&decode_all(&after)), rms(&decode_all(&plain)));
+        assert!(
+            (level - plain_level).abs() < plain_level * 0.1,
+            "{level} vs {plain_level}"
+        );
+    }
+
+    #[test]
+    fn a_pause_cycle_counts_only_once_it_has_repeated_twice() {
+        let mut pause = PausePackets::default();
+        let mut out = [0u8; 8];
+        for packet in [&[9u8][..], &[1], &[2], &[3], &[1], &[2], &[3], &[1], &[2]] {
+            assert_eq!(pause.replay(&mut out), None);
+            pause.record(packet);
+        }
+        // 1 2 3 1 2 3 1 2: not yet twice round for three.
+        assert_eq!(pause.period, None);
+        pause.record(&[3]);
+        assert_eq!(pause.period, Some(3));
+        let next: Vec<u8> = (0..4)
+            .map(|_| {
+                let length = pause.replay(&mut out).expect("replay");
+                assert_eq!(length, 1);
+                out[0]
+            })
+            .collect();
+        assert_eq!(next, [1, 2, 3, 1]);
+        // A packet too long to keep starts the search over.
+        pause.clear();
+        pause.record(&[7; PAUSE_PACKET_MAX + 1]);
+        assert_eq!((pause.count, pause.period), (0, None));
     }
 
     #[test]
