@@ -120,7 +120,7 @@ impl App {
             }),
             registry,
             metrics,
-            calls,
+            calls: Arc::new(calls),
             tracker: TaskTracker::new(),
             ports,
             started: Instant::now(),
@@ -169,7 +169,7 @@ impl App {
     /// Places business-initiated calls through this bridge.
     pub fn dialer(&self) -> Dialer {
         Dialer {
-            context: self.state.calls.clone(),
+            context: CallContext::clone(&self.state.calls),
             registry: self.state.registry.clone(),
             tracker: self.state.tracker.clone(),
             ports: self.state.ports.clone(),

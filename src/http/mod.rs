@@ -39,7 +39,9 @@ pub struct AppState {
     pub webhook: Arc<WebhookSettings>,
     pub registry: Registry,
     pub metrics: Metrics,
-    pub calls: CallContext,
+    /// Behind an `Arc`: axum clones the state for every request, and the calls' settings hold
+    /// strings and lists that would be copied each time.
+    pub calls: Arc<CallContext>,
     /// Every call task (and every end-of-call Graph request) is spawned on it.
     pub tracker: TaskTracker,
     pub ports: Option<PortPool>,

@@ -268,7 +268,7 @@ fn on_connect(state: &AppState, connect: ConnectEvent) -> Option<Refusal> {
             };
             info!(%call_id, caller = ?connect.user, "call admitted");
             spawn_inbound(
-                state.calls.clone(),
+                crate::call::task::CallContext::clone(&state.calls),
                 InboundCall {
                     admission,
                     commands,
