@@ -20,7 +20,7 @@ use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
 use super::{AppState, error_response};
-use crate::call::task::{InboundCall, spawn_inbound};
+use crate::call::task::{CallContext, InboundCall, spawn_inbound};
 use crate::call::{CallCommand, CallDirection};
 use crate::ids::CallId;
 use crate::registry::{AdmitResult, Refusal, RefusalReason};
@@ -268,7 +268,7 @@ fn on_connect(state: &AppState, connect: ConnectEvent) -> Option<Refusal> {
             };
             info!(%call_id, caller = ?connect.user, "call admitted");
             spawn_inbound(
-                crate::call::task::CallContext::clone(&state.calls),
+                CallContext::clone(&state.calls),
                 InboundCall {
                     admission,
                     commands,

@@ -597,14 +597,14 @@ fn codec_parts_now(settings: EncoderSettings, clip: &Clip) -> CodecParts {
     let silence = vec![0i16; SAMPLES_PER_FRAME];
     // Pauses as the bridge has them, each after AI audio (here the marker's first frame): the
     // frames encoded before the replay.
-    let last_voice = voice
+    let voice_frame = voice
         .chunks_exact(SAMPLES_PER_FRAME)
         .next()
         .expect("the clip is longer than a frame");
     let (mut pause_start, mut pause_start_frames, mut pauses) = (Duration::ZERO, 0usize, 0usize);
     let measuring = Instant::now();
     while measuring.elapsed() < PART {
-        let _ = encoder.encode(last_voice, false, &mut packet);
+        let _ = encoder.encode(voice_frame, false, &mut packet);
         let start = Instant::now();
         // A pause that never replays (another libopus) counts as encoded throughout.
         while !encoder.replaying() && start.elapsed() < PART {

@@ -159,13 +159,14 @@ impl CodecParts {
     /// The codec cost of a call whose downlink is AI audio a share `ai_share` of the time, in
     /// cycles of `cycle_frames` frames with one pause each (the load harness's echo).
     pub fn cost(&self, ai_share: f64, cycle_frames: f64) -> CodecCost {
-        let pause_frames = (1.0 - ai_share.clamp(0.0, 1.0)) * cycle_frames;
+        let ai_share = ai_share.clamp(0.0, 1.0);
+        let pause_frames = (1.0 - ai_share) * cycle_frames;
         let encoded = pause_frames.min(self.pause_start_frames);
         let pause_us = self.pause_start_us * encoded / self.pause_start_frames.max(1.0)
             + (pause_frames - encoded) * self.pause_replay_us;
         CodecCost {
             frame_us: self.decode_us
-                + ai_share.clamp(0.0, 1.0) * self.voice_encode_us
+                + ai_share * self.voice_encode_us
                 + pause_us / cycle_frames.max(1.0),
         }
     }

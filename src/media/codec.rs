@@ -343,13 +343,10 @@ impl PausePackets {
 
     /// The next packet of the cycle, written to `out`; `None` before a cycle is found.
     fn replay(&mut self, out: &mut [u8]) -> Option<usize> {
-        let period = self.period?;
-        let next = self.packet(self.count - period);
+        let next = self.packet(self.count - self.period?);
         let length = next.len();
-        let mut copy = [0u8; PAUSE_PACKET_MAX];
-        copy[..length].copy_from_slice(next);
-        out.get_mut(..length)?.copy_from_slice(&copy[..length]);
-        self.push(&copy[..length]);
+        out.get_mut(..length)?.copy_from_slice(next);
+        self.push(&out[..length]);
         Some(length)
     }
 }

@@ -431,25 +431,22 @@ impl Store for EmbeddedStore {
 
     async fn append_turns(&self, turns: &[TranscriptTurn]) -> Result<(), StoreError> {
         let turns = turns.to_vec();
+        // All turns or none: the store's thread runs each piece of work in a savepoint.
         self.with(move |c| {
-            // A savepoint, not a transaction: this may run inside the thread's batch.
-            let transaction = c.savepoint()?;
-            {
-                let mut insert = transaction.prepare_cached(
-                    "INSERT INTO transcript_turns (call_id, seq, role, text, at)
-                     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (call_id, seq) DO NOTHING",
-                )?;
-                for turn in &turns {
-                    insert.execute(params![
-                        turn.call_id.as_str(),
-                        turn.seq,
-                        enum_text(&turn.role),
-                        turn.text,
-                        time_text(turn.at)
-                    ])?;
-                }
+            let mut insert = c.prepare_cached(
+                "INSERT INTO transcript_turns (call_id, seq, role, text, at)
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (call_id, seq) DO NOTHING",
+            )?;
+            for turn in &turns {
+                insert.execute(params![
+                    turn.call_id.as_str(),
+                    turn.seq,
+                    enum_text(&turn.role),
+                    turn.text,
+                    time_text(turn.at)
+                ])?;
             }
-            transaction.commit()
+            Ok(())
         })
         .await
     }

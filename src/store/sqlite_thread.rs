@@ -9,7 +9,8 @@
 //!
 //! Nobody waits to fill a batch: the thread takes what is queued when it looks, so a piece of
 //! work that arrives alone runs at once, in a transaction of its own. Either way a piece of work
-//! is atomic: one that fails halfway leaves none of its writes.
+//! is atomic: one that fails halfway leaves none of its writes, and work the thread cannot
+//! guard so is answered with the error instead of run.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::mpsc;
@@ -30,7 +31,9 @@ struct Ran {
     deliver: Box<dyn FnOnce(Result<(), StoreError>) + Send>,
 }
 
-type Job = Box<dyn FnOnce(&mut Connection) -> Ran + Send>;
+/// A piece of work with its reply; given an error instead of the connection, it does not run
+/// and replies with that error.
+type Job = Box<dyn FnOnce(Result<&mut Connection, StoreError>) -> Ran + Send>;
 
 /// The handle to the connection's thread; the thread stops (closing the connection) once every
 /// handle is dropped and the queued work is done.
@@ -85,7 +88,7 @@ impl SqliteThread {
         reply: impl FnOnce(Result<T, StoreError>) + Send + 'static,
     ) -> Result<(), StoreError> {
         let job: Job = Box::new(move |connection| {
-            let result = work(connection);
+            let result = connection.and_then(work);
             Ran {
                 succeeded: result.is_ok(),
                 deliver: Box::new(move |committed| {
@@ -121,45 +124,50 @@ fn serve(
                 Err(_) => break,
             }
         }
-        if connection.execute_batch("BEGIN").is_err() {
-            for job in batch {
-                if let Some(ran) = run_caught(&mut connection, job) {
-                    (ran.deliver)(Ok(()));
-                }
-            }
-            continue;
-        }
+        // Work that cannot be guarded by a savepoint does not run: it is answered with the error.
+        let began = connection.execute_batch("BEGIN").map_err(to_error);
         let mut ran_all = Vec::with_capacity(batch.len());
         for job in batch {
-            // A savepoint that cannot be opened leaves the work unprotected; it still runs,
-            // and the commit below reports any failure to everyone in the batch.
-            let guarded = connection.execute_batch("SAVEPOINT work").is_ok();
-            let ran = run_caught(&mut connection, job);
-            if guarded {
-                let keep = ran.as_ref().is_some_and(|ran| ran.succeeded);
-                let end = if keep {
-                    "RELEASE work"
-                } else {
-                    "ROLLBACK TO work; RELEASE work"
-                };
-                let _ = connection.execute_batch(end);
+            ran_all.extend(match &began {
+                Ok(()) => run_in_savepoint(&mut connection, job, to_error),
+                Err(err) => Some(job(Err(err.clone()))),
+            });
+        }
+        let committed = match began {
+            Ok(()) => {
+                let committed = connection.execute_batch("COMMIT").map_err(to_error);
+                if committed.is_err() {
+                    let _ = connection.execute_batch("ROLLBACK");
+                }
+                committed
             }
-            ran_all.extend(ran);
-        }
-        let committed = connection.execute_batch("COMMIT").map_err(to_error);
-        if committed.is_err() {
-            let _ = connection.execute_batch("ROLLBACK");
-        }
+            // Nothing ran; each reply already holds the error.
+            Err(_) => Ok(()),
+        };
         for ran in ran_all {
             (ran.deliver)(committed.clone());
         }
     }
 }
 
-/// Runs one piece of work; a panic in it loses only its own answer (its caller then hears that
-/// the thread stopped), never the thread.
-fn run_caught(connection: &mut Connection, job: Job) -> Option<Ran> {
-    catch_unwind(AssertUnwindSafe(|| job(connection))).ok()
+/// Runs one piece of work in a savepoint of its own, undone if the work fails. A panic in it
+/// loses only its own answer (its caller then hears that the thread gave none), never the thread.
+fn run_in_savepoint(
+    connection: &mut Connection,
+    job: Job,
+    to_error: fn(rusqlite::Error) -> StoreError,
+) -> Option<Ran> {
+    if let Err(err) = connection.execute_batch("SAVEPOINT work") {
+        return Some(job(Err(to_error(err))));
+    }
+    let ran = catch_unwind(AssertUnwindSafe(|| job(Ok(&mut *connection)))).ok();
+    let end = if ran.as_ref().is_some_and(|ran| ran.succeeded) {
+        "RELEASE work"
+    } else {
+        "ROLLBACK TO work; RELEASE work"
+    };
+    let _ = connection.execute_batch(end);
+    ran
 }
 
 #[cfg(test)]
