@@ -37,6 +37,9 @@ pub struct Metrics {
     pub concealed_frames: IntCounter,
     /// Pacer polls that came a whole frame or more late.
     pub late_pacer_ticks: IntCounter,
+    /// How long after its 20 ms slot each outgoing frame is sent (the call task's wake-up
+    /// delay): the bridge's share of the jitter the caller hears.
+    pub frame_send_delay_seconds: Histogram,
     /// AI `error` events and session failures by code.
     pub ai_errors: IntCounterVec,
     /// Tool calls by tool and outcome.
@@ -155,6 +158,14 @@ impl Metrics {
             "Outgoing audio ticks that ran a frame or more late",
         )
         .expect("valid metric");
+        let frame_send_delay_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "whatsapp_bridge_frame_send_delay_seconds",
+                "How long after its 20 ms slot each outgoing audio frame was sent",
+            )
+            .buckets(vec![0.001, 0.002, 0.005, 0.01, 0.02, 0.05]),
+        )
+        .expect("valid metric");
         let ai_errors = IntCounterVec::new(
             Opts::new(
                 "whatsapp_bridge_ai_errors_total",
@@ -200,6 +211,7 @@ impl Metrics {
             Box::new(audio_frames.clone()),
             Box::new(concealed_frames.clone()),
             Box::new(late_pacer_ticks.clone()),
+            Box::new(frame_send_delay_seconds.clone()),
             Box::new(ai_errors.clone()),
             Box::new(tool_calls.clone()),
             Box::new(store_errors.clone()),
@@ -226,6 +238,7 @@ impl Metrics {
             audio_frames,
             concealed_frames,
             late_pacer_ticks,
+            frame_send_delay_seconds,
             ai_errors,
             tool_calls,
             store_errors,

@@ -569,6 +569,12 @@ impl CallTask {
     async fn send_due_frames(&mut self, now: Instant) -> Option<CallEnd> {
         let pacer = self.pacer.as_mut()?;
         let due = pacer.poll(now);
+        if due.frames > 0 {
+            self.context
+                .metrics
+                .frame_send_delay_seconds
+                .observe(due.delay.as_secs_f64());
+        }
         if due.skipped > 0 || due.frames > 1 {
             self.context.metrics.late_pacer_ticks.inc();
             self.timestamp = self

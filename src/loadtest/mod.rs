@@ -436,7 +436,9 @@ async fn run_level(
     let hold_start = Instant::now();
     let at_hold = bridge.metrics().await?;
     let (bridge_start, self_start) = (bridge.sample()?, bridge::sample(None)?);
-    progress_hold(hold, live.len()).await;
+    let lag = progress_hold(hold, live.len()).await;
+    result.harness_stalls = lag.stalls;
+    result.harness_max_lag_ms = lag.max_ms;
     let (bridge_end, self_end) = (bridge.sample()?, bridge::sample(None)?);
     result.bridge_cores = bridge_end.cores_since(&bridge_start);
     result.harness_cores = self_end.cores_since(&self_start);
@@ -464,6 +466,12 @@ async fn run_level(
         (after.value(concealed, &[]) - before.value(concealed, &[])).max(0.0) as u64;
     let name = "whatsapp_bridge_late_pacer_ticks_total";
     result.late_pacer_ticks = (after.value(name, &[]) - at_hold.value(name, &[])).max(0.0) as u64;
+    let sent_late = |metrics: &bridge::Metrics| {
+        let delays = "whatsapp_bridge_frame_send_delay_seconds";
+        metrics.value(&format!("{delays}_count"), &[])
+            - metrics.value(&format!("{delays}_bucket"), &[("le", "0.01")])
+    };
+    result.frames_sent_late = (sent_late(&after) - sent_late(&at_hold)).max(0.0) as u64;
 
     let mut jitters = Vec::new();
     for (key, stats, problem) in ended {
@@ -512,22 +520,48 @@ fn within(times: &[Instant], start: Instant, end: Instant, room: Duration) -> Ve
 }
 
 /// Holds for `hold`, printing a line every 5 s.
-async fn progress_hold(hold: Duration, calls: usize) {
+/// A harness timer this late means the phones' arrival times were late by as much: a late
+/// frame the phones count then says more about the harness than about the bridge.
+const HARNESS_STALL: Duration = Duration::from_millis(10);
+/// How often the harness checks its own timeliness during a hold.
+const HARNESS_LAG_TICK: Duration = Duration::from_millis(2);
+
+/// How late the harness's own runtime ran its timers during a hold.
+#[derive(Debug, Default)]
+struct HarnessLag {
+    /// Ticks that ran `HARNESS_STALL` or more late.
+    stalls: u64,
+    max_ms: f64,
+}
+
+/// Waits out the hold, printing progress, and measures how late the harness's runtime (the
+/// thread its phones read their packets on) ran a 2 ms timer.
+async fn progress_hold(hold: Duration, calls: usize) -> HarnessLag {
     let start = Instant::now();
-    let mut ticker = tokio::time::interval(Duration::from_secs(5));
-    ticker.tick().await;
+    let mut progress = tokio::time::interval(Duration::from_secs(5));
+    progress.tick().await;
+    let mut lag_ticker = tokio::time::interval(HARNESS_LAG_TICK);
+    lag_ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut lag = HarnessLag::default();
     loop {
         let left = hold.saturating_sub(start.elapsed());
         if left.is_zero() {
-            return;
+            return lag;
         }
         tokio::select! {
-            _ = ticker.tick() => println!(
+            due = lag_ticker.tick() => {
+                let late = Instant::now().saturating_duration_since(due.into_std());
+                lag.max_ms = lag.max_ms.max(late.as_secs_f64() * 1e3);
+                if late >= HARNESS_STALL {
+                    lag.stalls += 1;
+                }
+            }
+            _ = progress.tick() => println!(
                 "  holding {calls} calls: {:.0} s of {:.0} s",
                 start.elapsed().as_secs_f64(),
                 hold.as_secs_f64()
             ),
-            _ = tokio::time::sleep(left) => return,
+            _ = tokio::time::sleep(left) => return lag,
         }
     }
 }
@@ -868,8 +902,8 @@ impl Summary {
                 &format!("no late frames at the phone, at {} calls", level.admitted),
                 level.late == 0,
                 format!(
-                    "{} late, {} bunched of {} packets",
-                    level.late, level.bunched, level.packets_received
+                    "{} late, {} bunched of {} packets; the bridge sent {} frames more than 10 ms after their slot; the harness's own timer ran 10 ms or more late {} times (at most {:.1} ms)",
+                    level.late, level.bunched, level.packets_received, level.frames_sent_late, level.harness_stalls, level.harness_max_lag_ms
                 ),
             ));
         }

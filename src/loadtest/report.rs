@@ -36,6 +36,9 @@ pub struct LevelResult {
     pub jitter_ms: f64,
     /// The bridge's own count of late pacer ticks.
     pub late_pacer_ticks: u64,
+    /// Frames the bridge sent more than 10 ms after their slot (its own histogram): where a
+    /// phone's late frame started.
+    pub frames_sent_late: u64,
     /// Bridge CPU during the hold, in cores (1.0 = one core busy).
     pub bridge_cores: f64,
     /// Bridge RSS at the end of the hold, and once every call of the level had ended.
@@ -43,6 +46,10 @@ pub struct LevelResult {
     pub rss_after_mib: f64,
     /// The harness's own CPU during the hold.
     pub harness_cores: f64,
+    /// Times the harness's runtime ran a timer 10 ms or more late during the hold, and the
+    /// latest it ran one: the phones time arrivals on that runtime.
+    pub harness_stalls: u64,
+    pub harness_max_lag_ms: f64,
     /// Audio the AI double received and sent over the level's calls, in samples: what share of
     /// the time the bridge had AI audio to encode.
     pub ai_samples_in: u64,
@@ -271,8 +278,8 @@ pub fn table(levels: &[LevelResult]) -> String {
 pub const CSV_HEADER: &str = "calls,admitted,refused,failed,setup_p50_ms,setup_p99_ms,setup_max_ms,\
 uplink_markers,uplink_p50_ms,uplink_p99_ms,downlink_markers,downlink_p50_ms,downlink_p99_ms,uplink_markers_lost,\
 downlink_markers_lost,round_trips_missing,packets_sent,packets_received,downlink_lost,\
-uplink_concealed,late,bunched,max_gap_ms,jitter_ms,late_pacer_ticks,bridge_cpu_percent,\
-bridge_cpu_percent_per_call,rss_mib,rss_after_mib,harness_cpu_percent,ai_audio_share";
+uplink_concealed,late,bunched,max_gap_ms,jitter_ms,late_pacer_ticks,frames_sent_over_10ms_late,bridge_cpu_percent,\
+bridge_cpu_percent_per_call,rss_mib,rss_after_mib,harness_cpu_percent,harness_stalls,harness_max_lag_ms,ai_audio_share";
 
 pub fn csv(levels: &[LevelResult]) -> String {
     let mut out = String::from(CSV_HEADER);
@@ -281,7 +288,7 @@ pub fn csv(levels: &[LevelResult]) -> String {
         let per_call = l.cpu_percent_per_call().unwrap_or(0.0);
         let _ = writeln!(
             out,
-            "{},{},{},{},{:.2},{:.2},{:.2},{},{:.2},{:.2},{},{:.2},{:.2},{},{},{},{},{},{},{},{},{},{:.1},{:.2},{},{:.2},{:.4},{:.1},{:.1},{:.2},{:.3}",
+            "{},{},{},{},{:.2},{:.2},{:.2},{},{:.2},{:.2},{},{:.2},{:.2},{},{},{},{},{},{},{},{},{},{:.1},{:.2},{},{},{:.2},{:.4},{:.1},{:.1},{:.2},{},{:.1},{:.3}",
             l.calls,
             l.admitted,
             l.refused,
@@ -307,11 +314,14 @@ pub fn csv(levels: &[LevelResult]) -> String {
             l.max_gap_ms,
             l.jitter_ms,
             l.late_pacer_ticks,
+            l.frames_sent_late,
             l.bridge_cores * 100.0,
             per_call,
             l.rss_mib,
             l.rss_after_mib,
             l.harness_cores * 100.0,
+            l.harness_stalls,
+            l.harness_max_lag_ms,
             l.ai_audio_share().unwrap_or(f64::NAN),
         );
     }

@@ -207,6 +207,8 @@ pub struct Due {
     /// Frame slots given up because the task was too late to send them in time; the RTP
     /// timestamp still advances over them.
     pub skipped: u32,
+    /// How long after its due instant the first of these frames is sent.
+    pub delay: Duration,
 }
 
 /// The 20 ms clock of the outgoing audio. It keeps a fixed schedule from its start, so timing
@@ -264,15 +266,16 @@ impl Pacer {
         if now < self.next_due {
             return Due::default();
         }
+        let behind = now.duration_since(self.next_due);
         if let Some(next_due) = self.rephase_to.take() {
             // The first frame. If the slot's instant has passed too, the next poll sends it.
             self.next_due = next_due;
             return Due {
                 frames: 1,
                 skipped: 0,
+                delay: behind,
             };
         }
-        let behind = now.duration_since(self.next_due);
         let slots = 1 + (behind.as_micros() / Self::PERIOD.as_micros()) as u32;
         if slots > 1 {
             self.late_polls += 1;
@@ -282,6 +285,7 @@ impl Pacer {
         Due {
             frames,
             skipped: slots - frames,
+            delay: behind,
         }
     }
 }
@@ -386,7 +390,8 @@ mod tests {
         assert_eq!(pacer.poll(start + Duration::from_millis(5)).frames, 0);
         assert_eq!(pacer.deadline(), start + Duration::from_millis(20));
         // A poll 3 ms late does not shift the schedule.
-        assert_eq!(pacer.poll(start + Duration::from_millis(23)).frames, 1);
+        let due = pacer.poll(start + Duration::from_millis(23));
+        assert_eq!((due.frames, due.delay), (1, Duration::from_millis(3)));
         assert_eq!(pacer.deadline(), start + Duration::from_millis(40));
         assert_eq!(pacer.late_polls(), 0);
     }
@@ -401,7 +406,8 @@ mod tests {
             due,
             Due {
                 frames: 3,
-                skipped: 0
+                skipped: 0,
+                delay: Duration::from_millis(41),
             }
         );
         assert_eq!(pacer.deadline(), start + Duration::from_millis(80));
@@ -410,7 +416,8 @@ mod tests {
             due,
             Due {
                 frames: 3,
-                skipped: 4
+                skipped: 4,
+                delay: Duration::from_millis(120),
             }
         );
         assert_eq!(pacer.deadline(), start + Duration::from_millis(220));

@@ -237,13 +237,28 @@ async fn metrics_on_their_own_port_count_exactly_what_happened() {
         }
         other => panic!("not a histogram: {other:?}"),
     }
-    assert!(
-        counter(
-            &scrape,
-            "whatsapp_bridge_audio_frames_total",
-            &[("direction", "out")]
-        ) > 0.0
+    let frames_out = counter(
+        &scrape,
+        "whatsapp_bridge_audio_frames_total",
+        &[("direction", "out")],
     );
+    assert!(frames_out > 0.0);
+    // One send delay per pacer poll that sent frames (a late poll sends up to three).
+    let delays = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == "whatsapp_bridge_frame_send_delay_seconds")
+        .expect("frame send delay histogram");
+    match &delays.value {
+        prometheus_parse::Value::Histogram(buckets) => {
+            let total = buckets.iter().map(|b| b.count).fold(0.0, f64::max);
+            assert!(
+                total >= frames_out / 3.0 && total <= frames_out,
+                "{total} delays for {frames_out} frames"
+            );
+        }
+        other => panic!("not a histogram: {other:?}"),
+    }
     stack.stop().await.expect("stop");
 }
 
