@@ -21,6 +21,8 @@ use crate::sim::webhooks::{self, BusinessLine};
 
 /// How long a phone waits for the bridge's `pre_accept` and `accept`.
 const ANSWER_WAIT: Duration = Duration::from_secs(15);
+/// One Opus packet's worth of audio: the phone sends one every frame.
+const FRAME: Duration = Duration::from_millis(20);
 /// A packet arriving more than this after the previous one is late.
 const LATE_GAP: Duration = Duration::from_millis(30);
 /// A packet arriving less than this after the previous one is bunched.
@@ -287,7 +289,12 @@ async fn run_media(
     let mut pcm = vec![0i16; MAX_PACKET_SAMPLES];
     let mut onsets = OnsetDetector::default();
     let mut track: Option<Arc<dyn TrackRemote>> = None;
-    let mut ticker = tokio::time::interval(Duration::from_millis(20));
+    // Each phone's 20 ms clock has its own phase, as real callers' clocks do. Phones answered
+    // in the same millisecond (a burst's `pre_accept`s arrive together) would otherwise send
+    // every packet in step, and the bridge would get each period's uplink (and the AI's
+    // echoes timed from it) in one clump.
+    let phase = Duration::from_micros(rand::random_range(0..FRAME.as_micros() as u64));
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + phase, FRAME);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut connected = false;
     // Each phone starts at its own point of the clip: real callers do not all speak at once,
