@@ -236,11 +236,17 @@ impl std::fmt::Debug for StreamEncoder {
 }
 
 impl StreamEncoder {
+    /// A new stream starts rested, at pause complexity: its first silence follows no audio, so
+    /// there is nothing to fade out. A call's media starts with the bridge's silence until the
+    /// AI speaks, and during a burst of calls those first frames at full complexity were a
+    /// noticeable share of the work.
     pub fn new(settings: EncoderSettings) -> Result<Self, CodecError> {
+        let mut inner = OpusEncoder::new(settings)?;
+        inner.set_complexity(PAUSE_COMPLEXITY.min(settings.complexity))?;
         Ok(Self {
-            inner: OpusEncoder::new(settings)?,
+            inner,
             complexity: settings.complexity,
-            silent_frames: 0,
+            silent_frames: SILENCE_SETTLE_FRAMES + 1,
             pause: PausePackets::default(),
         })
     }
@@ -680,6 +686,51 @@ mod tests {
             (level - plain_level).abs() < plain_level * 0.1,
             "{level} vs {plain_level}"
         );
+    }
+
+    #[test]
+    fn a_new_stream_starts_its_silence_rested_and_its_first_audio_at_full_complexity() {
+        let settings = EncoderSettings::default();
+        let silence = vec![0i16; SAMPLES_PER_FRAME];
+        let mut stream = StreamEncoder::new(settings).expect("encoder");
+        // libopus at pause complexity from the first frame gives the same bytes.
+        let mut reference = OpusEncoder::new(settings).expect("encoder");
+        reference
+            .set_complexity(PAUSE_COMPLEXITY)
+            .expect("complexity");
+        let (mut buf, mut reference_buf) = ([0u8; MAX_OPUS_PACKET], [0u8; MAX_OPUS_PACKET]);
+        let mut packets = Vec::new();
+        for n in 1..=25 {
+            let length = stream.encode(&silence, true, &mut buf).expect("encode");
+            let expected = reference
+                .encode(&silence, &mut reference_buf)
+                .expect("encode");
+            assert_eq!(buf[..length], reference_buf[..expected], "start frame {n}");
+            packets.push(buf[..length].to_vec());
+        }
+        assert!(
+            stream.replaying(),
+            "the start's silence is replayed once settled"
+        );
+        // Audio ends the rest and comes out at the level plain encoding gives.
+        let speech = crate::sim::audio::speech_like(&[220.0, 330.0, 440.0], 180, 60, 24_000);
+        let speech: Vec<&[i16]> = speech.chunks_exact(SAMPLES_PER_FRAME).take(25).collect();
+        let mut speech_packets = Vec::new();
+        for frame in &speech {
+            let length = stream.encode(frame, false, &mut buf).expect("encode");
+            speech_packets.push(buf[..length].to_vec());
+        }
+        assert!(!stream.resting());
+        let plain = encode_all(&speech.concat(), settings);
+        let (level, plain_level) = (rms(&decode_all(&speech_packets)), rms(&decode_all(&plain)));
+        assert!(
+            (level - plain_level).abs() < plain_level * 0.1,
+            "{level} vs {plain_level}"
+        );
+        // Decoded as one stream (as the phone does), the start is silent.
+        packets.extend(speech_packets);
+        let decoded = decode_all(&packets);
+        assert!(rms(&decoded[..25 * SAMPLES_PER_FRAME]) < 10.0);
     }
 
     #[test]
