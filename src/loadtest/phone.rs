@@ -14,15 +14,13 @@ use webrtc::peer_connection::RTCPeerConnectionState;
 use super::graph_watch::GraphWatch;
 use super::markers::{CALLER_NAME_PREFIX, Clip, OnsetDetector};
 use crate::ids::{CallId, PhoneNumber};
-use crate::media::codec::{MAX_PACKET_SAMPLES, OpusDecoder, RTP_TIMESTAMP_STEP};
+use crate::media::codec::{FRAME_MS, MAX_PACKET_SAMPLES, OpusDecoder, RTP_TIMESTAMP_STEP};
 use crate::media::peer::{MediaPeer, PeerEvent, PeerProfile, PeerSettings, next_track_event};
 use crate::sim::phone::{post_webhook, rename_mid, unix_now};
 use crate::sim::webhooks::{self, BusinessLine};
 
 /// How long a phone waits for the bridge's `pre_accept` and `accept`.
 const ANSWER_WAIT: Duration = Duration::from_secs(15);
-/// One Opus packet's worth of audio: the phone sends one every frame.
-const FRAME: Duration = Duration::from_millis(20);
 /// A packet arriving more than this after the previous one is late.
 const LATE_GAP: Duration = Duration::from_millis(30);
 /// A packet arriving less than this after the previous one is bunched.
@@ -293,8 +291,9 @@ async fn run_media(
     // in the same millisecond (a burst's `pre_accept`s arrive together) would otherwise send
     // every packet in step, and the bridge would get each period's uplink (and the AI's
     // echoes timed from it) in one clump.
-    let phase = Duration::from_micros(rand::random_range(0..FRAME.as_micros() as u64));
-    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + phase, FRAME);
+    let frame = Duration::from_millis(u64::from(FRAME_MS));
+    let phase = Duration::from_micros(rand::random_range(0..frame.as_micros() as u64));
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + phase, frame);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut connected = false;
     // Each phone starts at its own point of the clip: real callers do not all speak at once,

@@ -37,6 +37,21 @@ async fn get(stack: &LocalStack, path: &str, token: Option<&str>) -> (u16, Strin
     )
 }
 
+/// How many observations a histogram holds (its largest bucket count).
+fn histogram_count(scrape: &prometheus_parse::Scrape, name: &str) -> f64 {
+    let histogram = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name)
+        .unwrap_or_else(|| panic!("no histogram {name}"));
+    match &histogram.value {
+        prometheus_parse::Value::Histogram(buckets) => {
+            buckets.iter().map(|b| b.count).fold(0.0, f64::max)
+        }
+        other => panic!("{name} is not a histogram: {other:?}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_reports_the_process_and_readiness_turns_off_at_capacity() {
     let stack = stack_with(1, &[]).await;
@@ -225,18 +240,8 @@ async fn metrics_on_their_own_port_count_exactly_what_happened() {
         ),
         2.0
     );
-    let setup = scrape
-        .samples
-        .iter()
-        .find(|s| s.metric == "whatsapp_bridge_call_setup_seconds")
-        .expect("setup histogram");
-    match &setup.value {
-        prometheus_parse::Value::Histogram(buckets) => {
-            let total = buckets.iter().map(|b| b.count).fold(0.0, f64::max);
-            assert_eq!(total, 3.0, "three setups observed: {buckets:?}");
-        }
-        other => panic!("not a histogram: {other:?}"),
-    }
+    let setups = histogram_count(&scrape, "whatsapp_bridge_call_setup_seconds");
+    assert_eq!(setups, 3.0, "three setups observed");
     let frames_out = counter(
         &scrape,
         "whatsapp_bridge_audio_frames_total",
@@ -244,21 +249,11 @@ async fn metrics_on_their_own_port_count_exactly_what_happened() {
     );
     assert!(frames_out > 0.0);
     // One send delay per pacer poll that sent frames (a late poll sends up to three).
-    let delays = scrape
-        .samples
-        .iter()
-        .find(|s| s.metric == "whatsapp_bridge_frame_send_delay_seconds")
-        .expect("frame send delay histogram");
-    match &delays.value {
-        prometheus_parse::Value::Histogram(buckets) => {
-            let total = buckets.iter().map(|b| b.count).fold(0.0, f64::max);
-            assert!(
-                total >= frames_out / 3.0 && total <= frames_out,
-                "{total} delays for {frames_out} frames"
-            );
-        }
-        other => panic!("not a histogram: {other:?}"),
-    }
+    let delays = histogram_count(&scrape, "whatsapp_bridge_frame_send_delay_seconds");
+    assert!(
+        delays >= frames_out / 3.0 && delays <= frames_out,
+        "{delays} delays for {frames_out} frames"
+    );
     stack.stop().await.expect("stop");
 }
 
