@@ -1,25 +1,33 @@
 # whatsapp-voice-bridge container image.
 # Build: docker build -t whatsapp-voice-bridge .
-# Stage 1 compiles the dependencies in a layer of their own (from Cargo.toml/Cargo.lock only), so a
-# source change rebuilds just the crate; stage 2 is a slim runtime with the binary, run as non-root.
+# Stage 1 compiles the dependencies in a layer of their own (from the manifests and Cargo.lock only),
+# so a source change rebuilds just the workspace's crates; stage 2 is a slim runtime with the
+# serving binary, run as non-root.
 FROM rust:1.95-bookworm AS build
 # cmake: the opus crate builds libopus 1.6 from source.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends cmake \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
+# The workspace's manifests first, with placeholder sources for every target they name, so that
+# the dependencies build in a layer of their own.
 COPY Cargo.toml Cargo.lock ./
-# Cargo.toml names a [[bench]] target, so a placeholder for it is needed to load the manifest.
-RUN mkdir src benches \
+COPY crates/bridge/Cargo.toml crates/bridge/
+COPY crates/sim/Cargo.toml crates/sim/
+COPY crates/testkit/Cargo.toml crates/testkit/
+RUN mkdir -p src tests/bridge crates/bridge/src crates/bridge/benches crates/sim/src crates/testkit/src \
  && echo 'fn main() {}' > src/main.rs \
- && touch src/lib.rs \
- && echo 'fn main() {}' > benches/hot_paths.rs \
- && cargo build --release --locked \
- && rm -rf src benches
+ && echo 'fn main() {}' > tests/bridge/main.rs \
+ && echo 'fn main() {}' > crates/bridge/benches/hot_paths.rs \
+ && touch crates/bridge/src/lib.rs crates/sim/src/lib.rs crates/testkit/src/lib.rs \
+ && cargo build --release --locked -p whatsapp-voice-bridge --no-default-features \
+ && rm -rf src crates/bridge/src crates/sim/src crates/testkit/src
+# The serving binary only: the core, without the doubles, the demo, the load harness and the
+# plotting crate (`--no-default-features` leaves out the `sim` feature).
 COPY src ./src
-COPY benches ./benches
-RUN touch src/main.rs src/lib.rs \
- && cargo build --release --locked \
+COPY crates ./crates
+RUN touch src/main.rs crates/bridge/src/lib.rs \
+ && cargo build --release --locked -p whatsapp-voice-bridge --no-default-features \
  && cp target/release/whatsapp-voice-bridge /usr/local/bin/
 
 FROM debian:bookworm-slim

@@ -30,5 +30,5 @@ for i in "${!sentences[@]}"; do
   espeak-ng -v "${voices[$i]}" -s 155 -w "$out/s$i.wav" "${sentences[$i]}"
 done
 sox "$out"/s*.wav -r 24000 -c 1 -b 16 "$out/speech.wav"
-cargo run --release --locked --quiet --example codec_sweep -- "$out/speech.wav" "$out/decoded" > "$out/sweep.csv"
+cargo run --release --locked --quiet -p bridge --example codec_sweep -- "$out/speech.wav" "$out/decoded" > "$out/sweep.csv"
 python3 scripts/codec_quality.py "$out/decoded" "$out/sweep.csv"

@@ -8,8 +8,11 @@ bash scripts/lint_infra.sh
 DATABASE_URL="postgresql://postgres@127.0.0.1:5432/whatsapp_bridge_ci_$$" bash scripts/apply_migrations.sh --fresh
 psql "postgresql://postgres@127.0.0.1:5432/postgres" -q -c "drop database if exists whatsapp_bridge_ci_$$"
 cargo fmt --all -- --check
-cargo clippy --all-targets --locked -- -D warnings
-cargo test --all-targets --locked
+cargo clippy --workspace --all-targets --locked -- -D warnings
+# The serving binary as the container image builds it: the core alone, without the doubles,
+# the demo and the load harness.
+cargo check --locked -p whatsapp-voice-bridge --no-default-features
+cargo test --workspace --all-targets --locked
 # Load smoke run: the bridge as its own process, 5 calls for 5 s over WebRTC on loopback, then a
 # short overflow flood; fails if any call fails, any audio is lost or a permit leaks.
 smoke_out="$(mktemp -d)"

@@ -1,14 +1,17 @@
-//! The `whatsapp-voice-bridge` binary: `serve` (the default), `demo`, `loadtest` and `healthcheck`.
+//! The `whatsapp-voice-bridge` binary: `serve` (the default) and `healthcheck`; with the `sim`
+//! feature (the default; the container image leaves it out) also `demo` and `loadtest`.
 
 use std::collections::HashMap;
 use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
+use bridge::app::App;
+use bridge::config::{self, Config, LogFormat, ProcessEnv};
 use clap::{Parser, Subcommand};
-use whatsapp_voice_bridge::app::App;
-use whatsapp_voice_bridge::config::{self, Config, LogFormat, ProcessEnv};
-use whatsapp_voice_bridge::demo::{self, DemoOptions};
-use whatsapp_voice_bridge::loadtest::{self, LoadtestOptions};
+#[cfg(feature = "sim")]
+use sim::demo::{self, DemoOptions};
+#[cfg(feature = "sim")]
+use sim::loadtest::{self, LoadtestOptions};
 
 /// jemalloc: cheaper than glibc malloc for the many small per-frame buffers, and it returns
 /// freed memory to the OS (docs/BENCHMARKS.md). It also serves the C libraries' `malloc`
@@ -42,9 +45,11 @@ enum Command {
         set: Vec<(String, String)>,
     },
     /// Run the bridge locally with simulated callers and a simulated AI: no credentials, no network.
+    #[cfg(feature = "sim")]
     Demo(DemoOptions),
     /// Measure a bridge under load: N simulated callers over WebRTC on loopback, ramped by level;
     /// reports setup time, latency, loss, CPU and memory per call (table, CSV, plots).
+    #[cfg(feature = "sim")]
     Loadtest(Box<LoadtestOptions>),
     /// Exit 0 when the local bridge's /health answers 200 (for container health checks).
     Healthcheck {
@@ -102,10 +107,12 @@ fn main() -> ExitCode {
                 .unwrap_or(8080);
             runtime.block_on(healthcheck(port))
         }
+        #[cfg(feature = "sim")]
         Command::Demo(options) => {
             init_tracing_for_demo();
             runtime.block_on(demo::run(options))
         }
+        #[cfg(feature = "sim")]
         Command::Loadtest(options) => {
             init_tracing_for_demo();
             runtime.block_on(loadtest::run(*options))
@@ -126,7 +133,7 @@ fn build_runtime() -> std::io::Result<tokio::runtime::Runtime> {
     };
     builder
         .enable_all()
-        .on_thread_park(whatsapp_voice_bridge::allocator::on_thread_park)
+        .on_thread_park(bridge::allocator::on_thread_park)
         .build()
 }
 
@@ -212,6 +219,7 @@ fn init_tracing(format: LogFormat) {
 }
 
 /// The demo prints its own progress; the bridge's logs only show warnings unless RUST_LOG says otherwise.
+#[cfg(feature = "sim")]
 fn init_tracing_for_demo() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(config::QUIET_LOG_FILTER));

@@ -3,9 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use whatsapp_voice_bridge::sim::audio;
-use whatsapp_voice_bridge::sim::realtime_ai::AiMode;
-use whatsapp_voice_bridge::whatsapp::sdp;
+use bridge::whatsapp::sdp;
+use sim::realtime_ai::AiMode;
+use testkit::audio;
 
 use crate::support::*;
 
@@ -197,7 +197,7 @@ async fn the_bridge_places_a_call_and_the_ai_opens_it_once_the_user_picks_up() {
     assert!(offer.contains("a=setup:actpass"));
     assert_eq!(stack.registry.active_calls(), 1);
 
-    let call = whatsapp_voice_bridge::sim::phone::PhoneCall::pick_up(
+    let call = sim::phone::PhoneCall::pick_up(
         stack.phone_settings(),
         call_id.clone(),
         user.clone(),

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use whatsapp_voice_bridge::call::{CallCommand, CallEnd};
-use whatsapp_voice_bridge::sim::realtime_ai::CloseKind;
+use bridge::call::{CallCommand, CallEnd};
+use sim::realtime_ai::CloseKind;
 
 use crate::support::*;
 

@@ -4,12 +4,12 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use bridge::media::peer::PeerSettings;
+use sim::graph_double::{GraphDouble, GraphDoubleConfig};
+use sim::phone::{PhoneCall, PhoneSettings};
+use sim::realtime_ai::{AiDoubleConfig, RealtimeAiDouble};
+use sim::webhooks::BusinessLine;
 use tokio::process::{Child, Command};
-use whatsapp_voice_bridge::media::peer::PeerSettings;
-use whatsapp_voice_bridge::sim::graph_double::{GraphDouble, GraphDoubleConfig};
-use whatsapp_voice_bridge::sim::phone::{PhoneCall, PhoneSettings};
-use whatsapp_voice_bridge::sim::realtime_ai::{AiDoubleConfig, RealtimeAiDouble};
-use whatsapp_voice_bridge::sim::webhooks::BusinessLine;
 
 use crate::support::*;
 

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use whatsapp_voice_bridge::sim::phone::PhoneCall;
-use whatsapp_voice_bridge::sim::stack::{LocalStack, StackOptions};
+use sim::phone::PhoneCall;
+use sim::stack::{LocalStack, StackOptions};
 
 use crate::support::*;
 

@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use whatsapp_voice_bridge::sim::stack::APP_SECRET;
+use sim::stack::APP_SECRET;
 
 use crate::support::*;
 

@@ -2,12 +2,12 @@
 
 use std::time::Duration;
 
-use whatsapp_voice_bridge::ids::{CallId, PhoneNumber};
-use whatsapp_voice_bridge::sim::audio;
-use whatsapp_voice_bridge::sim::phone::{PhoneCall, post_webhook, unix_now};
-use whatsapp_voice_bridge::sim::realtime_ai::{AiDoubleConfig, AiMode};
-use whatsapp_voice_bridge::sim::stack::{APP_SECRET, LocalStack, StackOptions};
-use whatsapp_voice_bridge::sim::webhooks::{self, BusinessLine};
+use bridge::ids::{CallId, PhoneNumber};
+use sim::phone::{PhoneCall, post_webhook, unix_now};
+use sim::realtime_ai::{AiDoubleConfig, AiMode};
+use sim::stack::{APP_SECRET, LocalStack, StackOptions};
+use sim::webhooks::{self, BusinessLine};
+use testkit::audio;
 
 pub const SAMPLE_RATE: u32 = 24_000;
 pub const WAIT: Duration = Duration::from_secs(15);
@@ -103,23 +103,7 @@ pub async fn health(stack: &LocalStack) -> serde_json::Value {
 /// Whether the expected pitches appear in order in the recording.
 pub fn pitches_in_order(samples: &[i16], candidates: &[f32], expected: &[f32]) -> bool {
     let segments = audio::tone_sequence(samples, SAMPLE_RATE, candidates, 40);
-    whatsapp_voice_bridge::demo::contains_in_order(&segments, expected)
+    sim::demo::contains_in_order(&segments, expected)
 }
 
-/// Meta's fixture offer with its candidates moved to a dead loopback port, so that nothing is
-/// ever sent off this machine.
-pub fn loopback_offer() -> String {
-    let fixture: serde_json::Value =
-        serde_json::from_str(include_str!("../fixtures/connect_uic.json")).expect("fixture");
-    let sdp = fixture["entry"][0]["changes"][0]["value"]["calls"][0]["session"]["sdp"]
-        .as_str()
-        .expect("sdp")
-        .to_owned();
-    sdp.lines()
-        .filter(|line| !line.contains("2001:db8"))
-        .map(|line| line.replace("203.0.113.49 3484", "127.0.0.1 9"))
-        .map(|line| line.replace("203.0.113.49", "127.0.0.1"))
-        .collect::<Vec<_>>()
-        .join("\r\n")
-        + "\r\n"
-}
+pub use testkit::fixtures::loopback_offer;

@@ -5,16 +5,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bridge::ids::PhoneNumber;
+use bridge::store::embedded::EmbeddedStore;
+use bridge::store::{ReminderStatus, Role, Store, TaskStatus};
 use serde_json::json;
-use whatsapp_voice_bridge::ids::PhoneNumber;
-use whatsapp_voice_bridge::sim::audio;
-use whatsapp_voice_bridge::sim::phone::PhoneCall;
-use whatsapp_voice_bridge::sim::realtime_ai::{
-    AiDoubleConfig, AiMode, ScriptedCall, SessionSnapshot,
-};
-use whatsapp_voice_bridge::sim::stack::{LocalStack, StackOptions};
-use whatsapp_voice_bridge::store::embedded::EmbeddedStore;
-use whatsapp_voice_bridge::store::{ReminderStatus, Role, Store, TaskStatus};
+use sim::phone::PhoneCall;
+use sim::realtime_ai::{AiDoubleConfig, AiMode, ScriptedCall, SessionSnapshot};
+use sim::stack::{LocalStack, StackOptions};
+use testkit::audio;
 
 use crate::support::*;
 
@@ -337,8 +335,8 @@ async fn a_second_call_from_the_same_phone_remembers_the_first() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_supabase_the_call_log_and_transcript_are_written_and_an_outage_is_survived() {
-    use whatsapp_voice_bridge::sim::postgrest_double::PostgrestDouble;
-    use whatsapp_voice_bridge::store::supabase::{SupabaseConfig, SupabaseStore};
+    use bridge::store::supabase::{SupabaseConfig, SupabaseStore};
+    use sim::postgrest_double::PostgrestDouble;
 
     let double = PostgrestDouble::start("service-key")
         .await

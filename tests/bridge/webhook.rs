@@ -3,14 +3,14 @@
 
 use std::time::Duration;
 
-use whatsapp_voice_bridge::sim::phone::PhoneCall;
-use whatsapp_voice_bridge::sim::stack::{APP_SECRET, VERIFY_TOKEN};
-use whatsapp_voice_bridge::whatsapp::signature;
+use bridge::whatsapp::signature;
+use sim::phone::PhoneCall;
+use sim::stack::{APP_SECRET, VERIFY_TOKEN};
 
 use crate::support::*;
 
 async fn post_raw(
-    stack: &whatsapp_voice_bridge::sim::stack::LocalStack,
+    stack: &sim::stack::LocalStack,
     body: Vec<u8>,
     signature: Option<String>,
 ) -> reqwest::Response {
@@ -250,13 +250,11 @@ async fn a_full_udp_port_range_refuses_calls_like_capacity_and_ports_come_back()
         .and_then(|socket| socket.local_addr())
         .expect("a free port")
         .port();
-    let stack = whatsapp_voice_bridge::sim::stack::LocalStack::start(
-        whatsapp_voice_bridge::sim::stack::StackOptions {
-            max_calls: 5,
-            settings: [("WEBRTC_UDP_PORTS".to_owned(), format!("{port}-{port}"))].into(),
-            ..Default::default()
-        },
-    )
+    let stack = sim::stack::LocalStack::start(sim::stack::StackOptions {
+        max_calls: 5,
+        settings: [("WEBRTC_UDP_PORTS".to_owned(), format!("{port}-{port}"))].into(),
+        ..Default::default()
+    })
     .await
     .expect("stack");
     let first = answered_call(&stack, "port1", 300).await;

@@ -1,0 +1,712 @@
+//! Every setting, read from the environment (or a map in tests) and validated at start.
+//!
+//! All invalid values are reported together; `main` exits with code 64 (EX_USAGE) on any.
+//! Each key is documented in `.env.example`.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::ops::RangeInclusive;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use secrecy::SecretString;
+
+use crate::media::codec::{Bandwidth, EncoderSettings};
+use crate::realtime::client::Provider;
+
+pub const PORT: &str = "PORT";
+pub const BIND_ADDR: &str = "BIND_ADDR";
+pub const WHATSAPP_APP_SECRET: &str = "WHATSAPP_APP_SECRET";
+pub const WHATSAPP_VERIFY_TOKEN: &str = "WHATSAPP_VERIFY_TOKEN";
+pub const WHATSAPP_GRAPH_URL: &str = "WHATSAPP_GRAPH_URL";
+pub const WHATSAPP_GRAPH_VERSION: &str = "WHATSAPP_GRAPH_VERSION";
+pub const WHATSAPP_PHONE_NUMBER_ID: &str = "WHATSAPP_PHONE_NUMBER_ID";
+pub const WHATSAPP_ACCESS_TOKEN: &str = "WHATSAPP_ACCESS_TOKEN";
+pub const GRAPH_TIMEOUT: &str = "GRAPH_TIMEOUT";
+pub const MAX_CONCURRENT_CALLS: &str = "MAX_CONCURRENT_CALLS";
+pub const MAX_CALL_DURATION: &str = "MAX_CALL_DURATION";
+pub const ANSWER_DEADLINE: &str = "ANSWER_DEADLINE";
+pub const OPENAI_API_KEY: &str = "OPENAI_API_KEY";
+pub const OPENAI_REALTIME_URL: &str = "OPENAI_REALTIME_URL";
+pub const OPENAI_REALTIME_MODEL: &str = "OPENAI_REALTIME_MODEL";
+pub const OPENAI_VOICE: &str = "OPENAI_VOICE";
+pub const AZURE_OPENAI_ENDPOINT: &str = "AZURE_OPENAI_ENDPOINT";
+pub const AZURE_OPENAI_API_KEY: &str = "AZURE_OPENAI_API_KEY";
+pub const AZURE_OPENAI_DEPLOYMENT: &str = "AZURE_OPENAI_DEPLOYMENT";
+pub const ASSISTANT_INSTRUCTIONS: &str = "ASSISTANT_INSTRUCTIONS";
+pub const ASSISTANT_INSTRUCTIONS_FILE: &str = "ASSISTANT_INSTRUCTIONS_FILE";
+pub const ASSISTANT_GREETING: &str = "ASSISTANT_GREETING";
+pub const WEBRTC_PUBLIC_IP: &str = "WEBRTC_PUBLIC_IP";
+pub const WEBRTC_UDP_PORTS: &str = "WEBRTC_UDP_PORTS";
+pub const WEBRTC_LOOPBACK: &str = "WEBRTC_LOOPBACK";
+pub const STUN_URLS: &str = "STUN_URLS";
+pub const LOG_FORMAT: &str = "LOG_FORMAT";
+pub const METRICS_PORT: &str = "METRICS_PORT";
+pub const ADMIN_TOKEN: &str = "ADMIN_TOKEN";
+pub const DRAIN_TIMEOUT: &str = "DRAIN_TIMEOUT";
+pub const SUPABASE_URL: &str = "SUPABASE_URL";
+pub const SUPABASE_SERVICE_ROLE_KEY: &str = "SUPABASE_SERVICE_ROLE_KEY";
+pub const DATA_DIR: &str = "DATA_DIR";
+pub const MEMORY_TURNS: &str = "MEMORY_TURNS";
+pub const MEMORY_DAYS: &str = "MEMORY_DAYS";
+pub const TOOL_TIMEOUT: &str = "TOOL_TIMEOUT";
+pub const OPUS_BITRATE: &str = "OPUS_BITRATE";
+pub const OPUS_COMPLEXITY: &str = "OPUS_COMPLEXITY";
+pub const OPUS_BANDWIDTH: &str = "OPUS_BANDWIDTH";
+
+/// Every key, for `.env.example` checks and `--help`.
+pub const ALL_KEYS: &[&str] = &[
+    PORT,
+    BIND_ADDR,
+    WHATSAPP_APP_SECRET,
+    WHATSAPP_VERIFY_TOKEN,
+    WHATSAPP_GRAPH_URL,
+    WHATSAPP_GRAPH_VERSION,
+    WHATSAPP_PHONE_NUMBER_ID,
+    WHATSAPP_ACCESS_TOKEN,
+    GRAPH_TIMEOUT,
+    MAX_CONCURRENT_CALLS,
+    MAX_CALL_DURATION,
+    ANSWER_DEADLINE,
+    OPENAI_API_KEY,
+    OPENAI_REALTIME_URL,
+    OPENAI_REALTIME_MODEL,
+    OPENAI_VOICE,
+    AZURE_OPENAI_ENDPOINT,
+    AZURE_OPENAI_API_KEY,
+    AZURE_OPENAI_DEPLOYMENT,
+    ASSISTANT_INSTRUCTIONS,
+    ASSISTANT_INSTRUCTIONS_FILE,
+    ASSISTANT_GREETING,
+    WEBRTC_PUBLIC_IP,
+    WEBRTC_UDP_PORTS,
+    WEBRTC_LOOPBACK,
+    STUN_URLS,
+    LOG_FORMAT,
+    METRICS_PORT,
+    ADMIN_TOKEN,
+    DRAIN_TIMEOUT,
+    SUPABASE_URL,
+    SUPABASE_SERVICE_ROLE_KEY,
+    DATA_DIR,
+    MEMORY_TURNS,
+    MEMORY_DAYS,
+    TOOL_TIMEOUT,
+    OPUS_BITRATE,
+    OPUS_COMPLEXITY,
+    OPUS_BANDWIDTH,
+];
+
+/// Where the caller's data lives.
+#[derive(Clone, Debug)]
+pub enum StoreSettings {
+    /// Supabase over PostgREST.
+    Supabase {
+        url: String,
+        service_role_key: SecretString,
+    },
+    /// The embedded on-disk database under this directory.
+    Embedded { data_dir: PathBuf },
+}
+
+/// The instructions for the AI's first words once a call is answered.
+pub const DEFAULT_GREETING: &str =
+    "Greet the caller in one short sentence and ask how you can help.";
+
+const DEFAULT_INSTRUCTIONS: &str = "You are a friendly phone assistant answering a WhatsApp voice \
+call for a business. Keep every answer to one or two short sentences, speak naturally, and ask one \
+question at a time.";
+
+/// Where settings come from: the process environment in production, a map in tests.
+pub trait EnvSource {
+    fn get(&self, key: &str) -> Option<String>;
+}
+
+/// The process environment.
+pub struct ProcessEnv;
+
+impl EnvSource for ProcessEnv {
+    fn get(&self, key: &str) -> Option<String> {
+        std::env::var(key).ok()
+    }
+}
+
+impl EnvSource for HashMap<String, String> {
+    fn get(&self, key: &str) -> Option<String> {
+        HashMap::get(self, key).cloned()
+    }
+}
+
+/// An environment with overrides (command-line flags) on top.
+pub struct Layered<'a> {
+    pub overrides: &'a HashMap<String, String>,
+    pub base: &'a dyn EnvSource,
+}
+
+impl EnvSource for Layered<'_> {
+    fn get(&self, key: &str) -> Option<String> {
+        self.overrides
+            .get(key)
+            .cloned()
+            .or_else(|| self.base.get(key))
+    }
+}
+
+/// Log filters used when RUST_LOG is unset: `serve`'s, and the quieter one of the demo, the load
+/// harness and the bridges they start. The WebRTC stack's DTLS and ICE crates warn on every call
+/// about things that are expected here (no SNI name for the DTLS client, an ICE check tick before
+/// the caller's candidates are paired), so only their errors are shown.
+pub const SERVE_LOG_FILTER: &str = "info,webrtc=warn,rtc=warn,rtc_dtls=error,rtc_ice=error";
+pub const QUIET_LOG_FILTER: &str = "warn,webrtc=error,rtc=error,rtc_dtls=error,rtc_ice=error";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+/// The validated configuration of one bridge process.
+#[derive(Clone)]
+pub struct Config {
+    pub port: u16,
+    pub bind_addr: IpAddr,
+    pub app_secret: SecretString,
+    pub verify_token: SecretString,
+    pub graph_url: String,
+    pub graph_version: String,
+    pub phone_number_id: String,
+    pub access_token: SecretString,
+    pub graph_timeout: Duration,
+    pub max_concurrent_calls: usize,
+    pub max_call_duration: Duration,
+    pub answer_deadline: Duration,
+    pub ai_provider: Provider,
+    pub voice: Option<String>,
+    pub instructions: String,
+    /// What the AI is asked to say first; `None` (`ASSISTANT_GREETING=off`): it waits for the caller.
+    pub greeting: Option<String>,
+    pub public_ip: Option<IpAddr>,
+    pub udp_ports: Option<RangeInclusive<u16>>,
+    pub loopback: bool,
+    pub stun_urls: Vec<String>,
+    pub log_format: LogFormat,
+    /// Serve `/metrics` on this port (same bind address) instead of the main one.
+    pub metrics_port: Option<u16>,
+    /// Bearer token of the admin API; `None` disables it (its routes answer 404).
+    pub admin_token: Option<SecretString>,
+    /// How long live calls may go on after a shutdown signal before they are ended.
+    pub drain_timeout: Duration,
+    pub store: StoreSettings,
+    /// Recent turns remembered across calls, and how far back.
+    pub memory_turns: usize,
+    pub memory_days: u32,
+    pub tool_timeout: Duration,
+    /// How the AI's voice is encoded for the caller.
+    pub encoder: EncoderSettings,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Secrets are left out on purpose.
+        f.debug_struct("Config")
+            .field("port", &self.port)
+            .field("bind_addr", &self.bind_addr)
+            .field("graph_url", &self.graph_url)
+            .field("graph_version", &self.graph_version)
+            .field("phone_number_id", &self.phone_number_id)
+            .field("max_concurrent_calls", &self.max_concurrent_calls)
+            .field("loopback", &self.loopback)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Every problem found, one line each.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  {}", .0.join("\n  "))]
+pub struct ConfigError(pub Vec<String>);
+
+/// Collects values and problems while reading.
+struct Reader<'a> {
+    env: &'a dyn EnvSource,
+    problems: Vec<String>,
+}
+
+impl Reader<'_> {
+    fn raw(&self, key: &str) -> Option<String> {
+        self.env
+            .get(key)
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+    }
+
+    fn string(&self, key: &str, default: &str) -> String {
+        self.raw(key).unwrap_or_else(|| default.to_owned())
+    }
+
+    fn required(&mut self, key: &str) -> String {
+        self.raw(key).unwrap_or_else(|| {
+            self.problems.push(format!("{key} is required"));
+            String::new()
+        })
+    }
+
+    fn parsed<T: std::str::FromStr>(&mut self, key: &str, default: T, what: &str) -> T {
+        match self.raw(key) {
+            None => default,
+            Some(value) => value.parse().unwrap_or_else(|_| {
+                self.problems.push(format!("{key}={value:?} is not {what}"));
+                default
+            }),
+        }
+    }
+
+    fn duration(&mut self, key: &str, default: Duration) -> Duration {
+        match self.raw(key) {
+            None => default,
+            Some(value) => parse_duration(&value).unwrap_or_else(|| {
+                self.problems.push(format!(
+                    "{key}={value:?} is not a duration (write e.g. 250ms, 30s, 5m)"
+                ));
+                default
+            }),
+        }
+    }
+}
+
+/// `250ms`, `30s`, `5m`, `1h`, or bare seconds.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    match unit.trim() {
+        "ms" => Some(Duration::from_millis(number)),
+        "" | "s" => Some(Duration::from_secs(number)),
+        "m" => Some(Duration::from_secs(number * 60)),
+        "h" => Some(Duration::from_secs(number * 3600)),
+        _ => None,
+    }
+}
+
+fn parse_port_range(text: &str) -> Option<RangeInclusive<u16>> {
+    let (low, high) = text.split_once('-')?;
+    let (low, high): (u16, u16) = (low.trim().parse().ok()?, high.trim().parse().ok()?);
+    (low > 0 && low <= high).then_some(low..=high)
+}
+
+/// The Opus encoder settings; defaults from [`EncoderSettings::default`] (chosen by measurement,
+/// see docs/BENCHMARKS.md).
+fn read_encoder(r: &mut Reader) -> EncoderSettings {
+    let defaults = EncoderSettings::default();
+    let bitrate_bps = r.parsed(OPUS_BITRATE, defaults.bitrate_bps, "a bitrate in bit/s");
+    if !(6_000..=128_000).contains(&bitrate_bps) {
+        r.problems.push(format!(
+            "{OPUS_BITRATE}={bitrate_bps} is outside 6000..=128000 bit/s"
+        ));
+    }
+    let complexity = r.parsed(OPUS_COMPLEXITY, defaults.complexity, "0 to 10");
+    if !(0..=10).contains(&complexity) {
+        r.problems
+            .push(format!("{OPUS_COMPLEXITY}={complexity} is outside 0..=10"));
+    }
+    let max_bandwidth = match r.raw(OPUS_BANDWIDTH) {
+        None => defaults.max_bandwidth,
+        Some(text) => Bandwidth::parse(&text).unwrap_or_else(|| {
+            r.problems.push(format!(
+                "{OPUS_BANDWIDTH}={text:?} is not narrowband, mediumband, wideband or superwideband"
+            ));
+            defaults.max_bandwidth
+        }),
+    };
+    EncoderSettings {
+        bitrate_bps,
+        complexity,
+        max_bandwidth,
+        ..defaults
+    }
+}
+
+fn parse_bool(text: &str) -> Option<bool> {
+    match text.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Some(true),
+        "0" | "false" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+impl Config {
+    pub fn from_env(env: &dyn EnvSource) -> Result<Self, ConfigError> {
+        let mut r = Reader {
+            env,
+            problems: Vec::new(),
+        };
+        let port = r.parsed(PORT, 8080u16, "a port number");
+        let bind_addr = r.parsed(BIND_ADDR, IpAddr::from([0, 0, 0, 0]), "an IP address");
+        let app_secret = SecretString::from(r.required(WHATSAPP_APP_SECRET));
+        let verify_token = SecretString::from(r.required(WHATSAPP_VERIFY_TOKEN));
+        let graph_url = r
+            .string(WHATSAPP_GRAPH_URL, "https://graph.facebook.com")
+            .trim_end_matches('/')
+            .to_owned();
+        if !(graph_url.starts_with("http://") || graph_url.starts_with("https://")) {
+            r.problems.push(format!(
+                "{WHATSAPP_GRAPH_URL}={graph_url:?} is not an http(s) URL"
+            ));
+        }
+        let graph_version = r.string(WHATSAPP_GRAPH_VERSION, "v23.0");
+        let phone_number_id = r.required(WHATSAPP_PHONE_NUMBER_ID);
+        let access_token = SecretString::from(r.required(WHATSAPP_ACCESS_TOKEN));
+        let graph_timeout = r.duration(GRAPH_TIMEOUT, Duration::from_secs(10));
+        let max_concurrent_calls = r.parsed(MAX_CONCURRENT_CALLS, 100usize, "a number of calls");
+        if max_concurrent_calls == 0 {
+            r.problems
+                .push(format!("{MAX_CONCURRENT_CALLS} must be at least 1"));
+        }
+        let max_call_duration = r.duration(MAX_CALL_DURATION, Duration::from_secs(3600));
+        let answer_deadline = r.duration(ANSWER_DEADLINE, Duration::from_secs(20));
+
+        let ai_provider = read_provider(&mut r);
+        let voice = r.raw(OPENAI_VOICE);
+        let instructions = match (
+            r.raw(ASSISTANT_INSTRUCTIONS),
+            r.raw(ASSISTANT_INSTRUCTIONS_FILE),
+        ) {
+            (Some(text), _) => text,
+            (None, Some(path)) => std::fs::read_to_string(PathBuf::from(&path))
+                .map(|text| text.trim().to_owned())
+                .unwrap_or_else(|err| {
+                    r.problems.push(format!(
+                        "{ASSISTANT_INSTRUCTIONS_FILE}={path:?} cannot be read: {err}"
+                    ));
+                    String::new()
+                }),
+            (None, None) => DEFAULT_INSTRUCTIONS.to_owned(),
+        };
+
+        let greeting = match r.raw(ASSISTANT_GREETING) {
+            None => Some(DEFAULT_GREETING.to_owned()),
+            Some(text) if text.eq_ignore_ascii_case("off") => None,
+            Some(text) => Some(text),
+        };
+        let public_ip = match r.raw(WEBRTC_PUBLIC_IP) {
+            None => None,
+            Some(value) => match value.parse() {
+                Ok(ip) => Some(ip),
+                Err(_) => {
+                    r.problems
+                        .push(format!("{WEBRTC_PUBLIC_IP}={value:?} is not an IP address"));
+                    None
+                }
+            },
+        };
+        let udp_ports = match r.raw(WEBRTC_UDP_PORTS) {
+            None => None,
+            Some(value) => {
+                let range = parse_port_range(&value);
+                if range.is_none() {
+                    r.problems.push(format!(
+                        "{WEBRTC_UDP_PORTS}={value:?} is not a port range like 40000-40999"
+                    ));
+                }
+                range
+            }
+        };
+        let loopback = match r.raw(WEBRTC_LOOPBACK) {
+            None => false,
+            Some(value) => parse_bool(&value).unwrap_or_else(|| {
+                r.problems
+                    .push(format!("{WEBRTC_LOOPBACK}={value:?} is not true or false"));
+                false
+            }),
+        };
+        let stun_urls = r
+            .raw(STUN_URLS)
+            .map(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        for url in &stun_urls {
+            if !url.starts_with("stun:") {
+                r.problems.push(format!(
+                    "{STUN_URLS} entry {url:?} does not start with stun:"
+                ));
+            }
+        }
+        let log_format = match r.string(LOG_FORMAT, "pretty").as_str() {
+            "json" => LogFormat::Json,
+            "pretty" => LogFormat::Pretty,
+            other => {
+                r.problems
+                    .push(format!("{LOG_FORMAT}={other:?} is not json or pretty"));
+                LogFormat::Pretty
+            }
+        };
+
+        let metrics_port = r
+            .raw(METRICS_PORT)
+            .is_some()
+            .then(|| r.parsed(METRICS_PORT, 0u16, "a port number"));
+        if metrics_port.is_some_and(|p| p != 0 && p == port) {
+            r.problems
+                .push(format!("{METRICS_PORT} must differ from {PORT}"));
+        }
+        let admin_token = r.raw(ADMIN_TOKEN).map(SecretString::from);
+        let drain_timeout = r.duration(DRAIN_TIMEOUT, Duration::from_secs(30));
+        let store = match (r.raw(SUPABASE_URL), r.raw(SUPABASE_SERVICE_ROLE_KEY)) {
+            (Some(url), Some(key)) => {
+                if !(url.starts_with("https://") || url.starts_with("http://")) {
+                    r.problems
+                        .push(format!("{SUPABASE_URL}={url:?} is not an http(s) URL"));
+                }
+                StoreSettings::Supabase {
+                    url: url.trim_end_matches('/').to_owned(),
+                    service_role_key: SecretString::from(key),
+                }
+            }
+            (Some(_), None) => {
+                r.problems.push(format!(
+                    "{SUPABASE_SERVICE_ROLE_KEY} is required with {SUPABASE_URL}"
+                ));
+                StoreSettings::Embedded {
+                    data_dir: PathBuf::new(),
+                }
+            }
+            (None, Some(_)) => {
+                r.problems.push(format!(
+                    "{SUPABASE_URL} is required with {SUPABASE_SERVICE_ROLE_KEY}"
+                ));
+                StoreSettings::Embedded {
+                    data_dir: PathBuf::new(),
+                }
+            }
+            (None, None) => StoreSettings::Embedded {
+                data_dir: PathBuf::from(r.string(DATA_DIR, "./data")),
+            },
+        };
+        let memory_turns = r.parsed(MEMORY_TURNS, 10usize, "a number of turns");
+        let memory_days = r.parsed(MEMORY_DAYS, 7u32, "a number of days");
+        let tool_timeout = r.duration(TOOL_TIMEOUT, Duration::from_secs(5));
+        let encoder = read_encoder(&mut r);
+
+        if !r.problems.is_empty() {
+            return Err(ConfigError(r.problems));
+        }
+        Ok(Self {
+            port,
+            bind_addr,
+            app_secret,
+            verify_token,
+            graph_url,
+            graph_version,
+            phone_number_id,
+            access_token,
+            graph_timeout,
+            max_concurrent_calls,
+            max_call_duration,
+            answer_deadline,
+            ai_provider,
+            voice,
+            instructions,
+            greeting,
+            public_ip,
+            udp_ports,
+            loopback,
+            stun_urls,
+            log_format,
+            metrics_port,
+            admin_token,
+            drain_timeout,
+            store,
+            memory_turns,
+            memory_days,
+            tool_timeout,
+            encoder,
+        })
+    }
+}
+
+/// Azure when its endpoint is set, OpenAI otherwise.
+fn read_provider(r: &mut Reader<'_>) -> Provider {
+    if let Some(endpoint) = r.raw(AZURE_OPENAI_ENDPOINT) {
+        if !(endpoint.starts_with("https://") || endpoint.starts_with("http://")) {
+            r.problems.push(format!(
+                "{AZURE_OPENAI_ENDPOINT}={endpoint:?} is not an http(s) URL"
+            ));
+        }
+        let api_key = SecretString::from(r.required(AZURE_OPENAI_API_KEY));
+        let deployment = r.required(AZURE_OPENAI_DEPLOYMENT);
+        return Provider::Azure {
+            endpoint: endpoint.trim_end_matches('/').to_owned(),
+            deployment,
+            api_key,
+        };
+    }
+    let url = r.string(OPENAI_REALTIME_URL, "wss://api.openai.com/v1/realtime");
+    if !(url.starts_with("wss://") || url.starts_with("ws://")) {
+        r.problems
+            .push(format!("{OPENAI_REALTIME_URL}={url:?} is not a ws(s) URL"));
+    }
+    if r.raw(OPENAI_API_KEY).is_none() {
+        r.problems.push(format!(
+            "{OPENAI_API_KEY} is required (or set {AZURE_OPENAI_ENDPOINT}, {AZURE_OPENAI_API_KEY} and {AZURE_OPENAI_DEPLOYMENT})"
+        ));
+    }
+    Provider::OpenAi {
+        url,
+        model: r.string(OPENAI_REALTIME_MODEL, "gpt-realtime"),
+        api_key: SecretString::from(r.raw(OPENAI_API_KEY).unwrap_or_default()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn minimal() -> HashMap<String, String> {
+        env(&[
+            (WHATSAPP_APP_SECRET, "secret"),
+            (WHATSAPP_VERIFY_TOKEN, "verify"),
+            (WHATSAPP_PHONE_NUMBER_ID, "106540352242922"),
+            (WHATSAPP_ACCESS_TOKEN, "token"),
+            (OPENAI_API_KEY, "sk-test"),
+        ])
+    }
+
+    #[test]
+    fn minimal_settings_get_the_documented_defaults() {
+        let config = Config::from_env(&minimal()).expect("valid");
+        assert_eq!(config.port, 8080);
+        assert_eq!(config.max_concurrent_calls, 100);
+        assert_eq!(config.graph_url, "https://graph.facebook.com");
+        assert_eq!(config.graph_version, "v23.0");
+        assert_eq!(config.answer_deadline, Duration::from_secs(20));
+        assert!(!config.loopback);
+        match config.ai_provider {
+            Provider::OpenAi { url, model, .. } => {
+                assert_eq!(url, "wss://api.openai.com/v1/realtime");
+                assert_eq!(model, "gpt-realtime");
+            }
+            Provider::Azure { .. } => panic!("expected OpenAI"),
+        }
+    }
+
+    #[test]
+    fn the_encoder_settings_are_read_and_checked() {
+        let config = Config::from_env(&minimal()).expect("valid");
+        assert_eq!(config.encoder, EncoderSettings::default());
+        let mut custom = minimal();
+        custom.extend(env(&[
+            (OPUS_BITRATE, "16000"),
+            (OPUS_COMPLEXITY, "3"),
+            (OPUS_BANDWIDTH, "Mediumband"),
+        ]));
+        let encoder = Config::from_env(&custom).expect("valid").encoder;
+        assert_eq!(
+            (
+                encoder.bitrate_bps,
+                encoder.complexity,
+                encoder.max_bandwidth
+            ),
+            (16_000, 3, Bandwidth::Mediumband)
+        );
+        let mut bad = minimal();
+        bad.extend(env(&[
+            (OPUS_BITRATE, "1000"),
+            (OPUS_COMPLEXITY, "11"),
+            (OPUS_BANDWIDTH, "fullband"),
+        ]));
+        let error = Config::from_env(&bad).expect_err("invalid").to_string();
+        for key in [OPUS_BITRATE, OPUS_COMPLEXITY, OPUS_BANDWIDTH] {
+            assert!(error.contains(key), "{error}");
+        }
+    }
+
+    #[test]
+    fn azure_is_used_when_its_endpoint_is_set() {
+        let mut vars = minimal();
+        vars.extend(env(&[
+            (AZURE_OPENAI_ENDPOINT, "https://res.openai.azure.com/"),
+            (AZURE_OPENAI_API_KEY, "k"),
+            (AZURE_OPENAI_DEPLOYMENT, "rt"),
+        ]));
+        let config = Config::from_env(&vars).expect("valid");
+        match config.ai_provider {
+            Provider::Azure {
+                endpoint,
+                deployment,
+                ..
+            } => {
+                assert_eq!(endpoint, "https://res.openai.azure.com");
+                assert_eq!(deployment, "rt");
+            }
+            Provider::OpenAi { .. } => panic!("expected Azure"),
+        }
+    }
+
+    #[test]
+    fn every_invalid_value_is_reported_at_once() {
+        let vars = env(&[
+            (PORT, "eighty"),
+            (MAX_CONCURRENT_CALLS, "-1"),
+            (WEBRTC_UDP_PORTS, "40999-40000"),
+            (WEBRTC_LOOPBACK, "maybe"),
+            (GRAPH_TIMEOUT, "soon"),
+        ]);
+        let err = Config::from_env(&vars).expect_err("invalid");
+        let text = err.to_string();
+        for key in [
+            PORT,
+            MAX_CONCURRENT_CALLS,
+            WEBRTC_UDP_PORTS,
+            WEBRTC_LOOPBACK,
+            GRAPH_TIMEOUT,
+            WHATSAPP_APP_SECRET,
+            OPENAI_API_KEY,
+        ] {
+            assert!(text.contains(key), "{key} missing from: {text}");
+        }
+    }
+
+    #[test]
+    fn durations_and_port_ranges_parse() {
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("30s"), Some(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
+        assert_eq!(parse_duration("12"), Some(Duration::from_secs(12)));
+        assert_eq!(parse_duration("fast"), None);
+        assert_eq!(parse_port_range("40000-40999"), Some(40000..=40999));
+        assert_eq!(parse_port_range("40000"), None);
+    }
+
+    #[test]
+    fn env_example_lists_every_key_once() {
+        let example = include_str!("../../../.env.example");
+        for key in ALL_KEYS {
+            let lines = example
+                .lines()
+                .filter(|line| line.starts_with(&format!("{key}=")))
+                .count();
+            assert_eq!(lines, 1, "{key} in .env.example");
+        }
+    }
+
+    #[test]
+    fn secrets_are_not_in_debug_output() {
+        let config = Config::from_env(&minimal()).expect("valid");
+        let text = format!("{config:?}");
+        assert!(!text.contains("secret") && !text.contains("sk-test") && !text.contains("token\""));
+    }
+}

@@ -1,0 +1,291 @@
+//! The Prometheus metrics of one bridge process, registered once; labels come from enums only
+//! (never phone numbers or call ids).
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+/// All metrics; cheap to clone (every field is an `Arc` inside).
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub active_calls: IntGauge,
+    pub max_calls: IntGauge,
+    /// 1 while the process drains (refusing new calls), else 0.
+    pub draining: IntGauge,
+    /// Ended calls by direction and `CallEnd` outcome.
+    pub calls: IntCounterVec,
+    /// Calls refused at admission, by reason.
+    pub rejections: IntCounterVec,
+    /// Refused calls whose `reject` was not sent because too many were already in flight.
+    pub rejects_skipped: IntCounter,
+    /// Webhook deliveries by result (ok, unauthorized, too_large, bad_request, at_capacity…).
+    pub webhook_requests: IntCounterVec,
+    /// Graph API request attempts by action and outcome (HTTP status, `timeout`, ...).
+    pub graph_requests: IntCounterVec,
+    /// Webhook received → `accept` returned 200.
+    pub call_setup_seconds: Histogram,
+    /// The caller stops speaking (VAD) → the AI's first audio of its answer.
+    pub ai_response_latency_seconds: Histogram,
+    /// Answered calls, from answer to end.
+    pub call_duration_seconds: Histogram,
+    pub barge_ins: IntCounter,
+    /// 20 ms audio frames by direction (`in`: caller → AI, `out`: AI → caller).
+    pub audio_frames: IntCounterVec,
+    /// Caller frames filled by loss concealment (PLC or FEC).
+    pub concealed_frames: IntCounter,
+    /// Pacer polls that came a whole frame or more late.
+    pub late_pacer_ticks: IntCounter,
+    /// How long after its 20 ms slot each outgoing frame is sent (the call task's wake-up
+    /// delay): the bridge's share of the jitter the caller hears.
+    pub frame_send_delay_seconds: Histogram,
+    /// AI `error` events and session failures by code.
+    pub ai_errors: IntCounterVec,
+    /// Tool calls by tool and outcome.
+    pub tool_calls: IntCounterVec,
+    /// Failed store writes by operation.
+    pub store_errors: IntCounterVec,
+    /// Transcript turns dropped because the store fell behind.
+    pub transcript_turns_dropped: IntCounter,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let active_calls = IntGauge::new(
+            "whatsapp_bridge_active_calls",
+            "Calls admitted and not yet ended",
+        )
+        .expect("valid metric");
+        let max_calls = IntGauge::new(
+            "whatsapp_bridge_max_calls",
+            "Maximum concurrent calls (MAX_CONCURRENT_CALLS)",
+        )
+        .expect("valid metric");
+        let draining = IntGauge::new(
+            "whatsapp_bridge_draining",
+            "1 while shutting down and refusing new calls",
+        )
+        .expect("valid metric");
+        let calls = IntCounterVec::new(
+            Opts::new(
+                "whatsapp_bridge_calls_total",
+                "Ended calls by direction and outcome",
+            ),
+            &["direction", "outcome"],
+        )
+        .expect("valid metric");
+        let rejections = IntCounterVec::new(
+            Opts::new(
+                "whatsapp_bridge_call_rejections_total",
+                "Calls refused at admission, by reason",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let webhook_requests = IntCounterVec::new(
+            Opts::new(
+                "whatsapp_bridge_webhook_requests_total",
+                "Webhook requests by result",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        let graph_requests = IntCounterVec::new(
+            Opts::new(
+                "whatsapp_bridge_graph_requests_total",
+                "Graph API request attempts by action and outcome",
+            ),
+            &["action", "status"],
+        )
+        .expect("valid metric");
+        let call_setup_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "whatsapp_bridge_call_setup_seconds",
+                "Time from the connect webhook to a successful accept",
+            )
+            .buckets(vec![
+                0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0,
+            ]),
+        )
+        .expect("valid metric");
+        let ai_response_latency_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "whatsapp_bridge_ai_response_latency_seconds",
+                "Time from the caller's end of speech to the AI's first audio",
+            )
+            .buckets(vec![
+                0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0,
+            ]),
+        )
+        .expect("valid metric");
+        let call_duration_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "whatsapp_bridge_call_duration_seconds",
+                "Duration of answered calls",
+            )
+            .buckets(vec![
+                5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0,
+            ]),
+        )
+        .expect("valid metric");
+        let barge_ins = IntCounter::new(
+            "whatsapp_bridge_barge_ins_total",
+            "Times the caller interrupted queued AI audio",
+        )
+        .expect("valid metric");
+        let audio_frames = IntCounterVec::new(
+            Opts::new(
+                "whatsapp_bridge_audio_frames_total",
+                "20 ms audio frames by direction",
+            ),
+            &["direction"],
+        )
+        .expect("valid metric");
+        let rejects_skipped = IntCounter::new(
+            "whatsapp_bridge_rejects_skipped_total",
+            "Refused calls not declined to Meta because too many rejects were in flight",
+        )
+        .expect("valid metric");
+        let concealed_frames = IntCounter::new(
+            "whatsapp_bridge_concealed_frames_total",
+            "Caller audio frames filled by packet loss concealment",
+        )
+        .expect("valid metric");
+        let late_pacer_ticks = IntCounter::new(
+            "whatsapp_bridge_late_pacer_ticks_total",
+            "Outgoing audio ticks that ran a frame or more late",
+        )
+        .expect("valid metric");
+        let frame_send_delay_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "whatsapp_bridge_frame_send_delay_seconds",
+                "How long after its 20 ms slot each outgoing audio frame was sent",
+            )
+            .buckets(vec![0.001, 0.002, 0.005, 0.01, 0.02, 0.05]),
+        )
+        .expect("valid metric");
+        let ai_errors = IntCounterVec::new(
+            Opts::new(
+                "whatsapp_bridge_ai_errors_total",
+                "Realtime AI error events and session failures by code",
+            ),
+            &["code"],
+        )
+        .expect("valid metric");
+        let tool_calls = IntCounterVec::new(
+            Opts::new(
+                "whatsapp_bridge_tool_calls_total",
+                "AI function calls by tool and outcome",
+            ),
+            &["tool", "outcome"],
+        )
+        .expect("valid metric");
+        let store_errors = IntCounterVec::new(
+            Opts::new(
+                "whatsapp_bridge_store_errors_total",
+                "Failed call-log and transcript writes by operation",
+            ),
+            &["operation"],
+        )
+        .expect("valid metric");
+        let transcript_turns_dropped = IntCounter::new(
+            "whatsapp_bridge_transcript_turns_dropped_total",
+            "Transcript turns dropped because the store fell behind",
+        )
+        .expect("valid metric");
+        for collector in [
+            Box::new(active_calls.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(max_calls.clone()),
+            Box::new(draining.clone()),
+            Box::new(calls.clone()),
+            Box::new(rejections.clone()),
+            Box::new(rejects_skipped.clone()),
+            Box::new(webhook_requests.clone()),
+            Box::new(graph_requests.clone()),
+            Box::new(call_setup_seconds.clone()),
+            Box::new(ai_response_latency_seconds.clone()),
+            Box::new(call_duration_seconds.clone()),
+            Box::new(barge_ins.clone()),
+            Box::new(audio_frames.clone()),
+            Box::new(concealed_frames.clone()),
+            Box::new(late_pacer_ticks.clone()),
+            Box::new(frame_send_delay_seconds.clone()),
+            Box::new(ai_errors.clone()),
+            Box::new(tool_calls.clone()),
+            Box::new(store_errors.clone()),
+            Box::new(transcript_turns_dropped.clone()),
+        ] {
+            registry
+                .register(collector)
+                .expect("metric registered once");
+        }
+        Self {
+            registry,
+            active_calls,
+            max_calls,
+            draining,
+            calls,
+            rejections,
+            rejects_skipped,
+            webhook_requests,
+            graph_requests,
+            call_setup_seconds,
+            ai_response_latency_seconds,
+            call_duration_seconds,
+            barge_ins,
+            audio_frames,
+            concealed_frames,
+            late_pacer_ticks,
+            frame_send_delay_seconds,
+            ai_errors,
+            tool_calls,
+            store_errors,
+            transcript_turns_dropped,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        let encoder = TextEncoder::new();
+        if let Err(err) = encoder.encode(&self.registry.gather(), &mut buffer) {
+            tracing::warn!(%err, "encoding metrics");
+        }
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_grafana_dashboard_shows_every_metric() {
+        let dashboard = include_str!("../../../infra/grafana/whatsapp-voice-bridge.json");
+        for family in Metrics::new().registry.gather() {
+            assert!(
+                dashboard.contains(family.name()),
+                "{} is not on the dashboard",
+                family.name()
+            );
+        }
+    }
+
+    #[test]
+    fn rendered_text_carries_the_counters() {
+        let metrics = Metrics::new();
+        metrics.max_calls.set(3);
+        metrics.rejections.with_label_values(&["at_capacity"]).inc();
+        let text = metrics.render();
+        assert!(text.contains("whatsapp_bridge_max_calls 3"));
+        assert!(text.contains("whatsapp_bridge_call_rejections_total{reason=\"at_capacity\"} 1"));
+    }
+}

@@ -1,0 +1,1004 @@
+//! Tolerant parsing of Meta's `calls` webhooks into call events (spec §4).
+//!
+//! Meta's documentation and its real traffic disagree on types (strings vs numbers, a terminate
+//! `status` as string or array, missing `direction`), and Meta keeps adding fields. So the body
+//! is walked as a `serde_json::Value`: only a body that is not JSON at all is an error; every
+//! element that cannot become an event is skipped with a line in [`ParsedWebhook::ignored`], and
+//! the other elements of the same delivery still count.
+
+use serde_json::{Map, Value};
+
+use crate::ids::{CallId, PhoneNumber};
+
+/// Who placed the call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// The WhatsApp user called the business (UIC); the connect carries Meta's SDP offer.
+    UserInitiated,
+    /// The business called the user (BIC); the connect carries Meta's SDP answer.
+    BusinessInitiated,
+}
+
+/// Whether a connect's SDP is an offer (UIC) or an answer to our offer (BIC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SdpType {
+    Offer,
+    Answer,
+}
+
+/// The `session` object of a connect event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallSession {
+    pub sdp_type: SdpType,
+    /// The SDP exactly as Meta sent it (CRLF line endings).
+    pub sdp: String,
+}
+
+/// A `connect` call event: a new inbound call (offer) or Meta's answer to our outbound call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectEvent {
+    pub call_id: CallId,
+    /// Our business number's Graph id (`value.metadata.phone_number_id`), for routing.
+    pub phone_number_id: String,
+    pub direction: Direction,
+    /// The WhatsApp user's number: `from` on UIC, `to` on BIC, falling back to contacts[0].wa_id.
+    /// `None` for users known only by a business-scoped user id.
+    pub user: Option<PhoneNumber>,
+    /// The user's WhatsApp profile name, when Meta sent one.
+    pub user_name: Option<String>,
+    /// Event time, UNIX seconds: lets the caller drop stale redeliveries (spec §3.3).
+    pub timestamp: Option<u64>,
+    pub session: CallSession,
+}
+
+/// How a call ended, as Meta reports it. Not a reliable "answered" flag (see
+/// [`TerminateEvent::answered`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum TerminateStatus {
+    Completed,
+    Failed,
+    /// Any other value, upper-cased (e.g. `REJECTED`); empty when Meta sent no status.
+    Other(String),
+}
+
+/// An error object from a webhook (spec §4.5). Only `code` is guaranteed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookError {
+    pub code: i64,
+    pub title: Option<String>,
+    pub message: Option<String>,
+    /// `error_data.details`.
+    pub details: Option<String>,
+}
+
+/// A `terminate` call event: the call is over, whatever the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TerminateEvent {
+    pub call_id: CallId,
+    pub phone_number_id: String,
+    pub status: TerminateStatus,
+    /// `start_time` or `duration` present: the call was answered. Meta may report an unanswered
+    /// call as `COMPLETED`, so this, not `status`, tells answered from unanswered.
+    pub answered: bool,
+    pub duration_seconds: Option<u64>,
+    /// The call's own `errors`, or the change's `value.errors` when the call carries none.
+    pub errors: Vec<WebhookError>,
+    pub timestamp: Option<u64>,
+}
+
+/// Progress of a business-initiated call (`statuses[]`, spec §4.4).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum CallStatus {
+    Ringing,
+    Accepted,
+    Rejected,
+    /// Any other value, upper-cased.
+    Other(String),
+}
+
+/// A `statuses[]` element of type `call`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusEvent {
+    pub call_id: CallId,
+    pub phone_number_id: String,
+    pub status: CallStatus,
+    /// The called user's number (`recipient_id`), when Meta sent one.
+    pub recipient: Option<PhoneNumber>,
+    pub timestamp: Option<u64>,
+}
+
+/// One call event or status from a webhook delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WebhookEvent {
+    Connect(ConnectEvent),
+    Terminate(TerminateEvent),
+    Status(StatusEvent),
+}
+
+/// Everything usable in one delivery, in delivery order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ParsedWebhook {
+    pub events: Vec<WebhookEvent>,
+    /// One line per ignored element (unknown event, malformed element, other object) for
+    /// logging. Lines never contain phone numbers or SDP.
+    pub ignored: Vec<String>,
+}
+
+/// The only way parsing fails: the body is not JSON.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookParseError {
+    #[error("webhook body is not valid JSON: {0}")]
+    InvalidJson(String),
+}
+
+/// The `object` value of every WhatsApp Business webhook.
+const WHATSAPP_OBJECT: &str = "whatsapp_business_account";
+
+/// Parses a webhook body. Errors only when the body is not JSON; anything else that cannot be
+/// used becomes a line in [`ParsedWebhook::ignored`].
+pub fn parse(body: &[u8]) -> Result<ParsedWebhook, WebhookParseError> {
+    let root: Value =
+        serde_json::from_slice(body).map_err(|e| WebhookParseError::InvalidJson(e.to_string()))?;
+    let mut parsed = ParsedWebhook::default();
+    let Some(root) = root.as_object() else {
+        parsed
+            .ignored
+            .push(format!("body is a JSON {}, not an object", kind(&root)));
+        return Ok(parsed);
+    };
+    match root.get("object").and_then(Value::as_str) {
+        Some(WHATSAPP_OBJECT) => {}
+        other => {
+            parsed.ignored.push(format!(
+                "object {} is not {WHATSAPP_OBJECT}",
+                other.map_or_else(|| "(missing)".to_owned(), quoted)
+            ));
+            return Ok(parsed);
+        }
+    }
+    let Some(entries) = root.get("entry").and_then(Value::as_array) else {
+        parsed.ignored.push("no entry array".to_owned());
+        return Ok(parsed);
+    };
+    for (e, entry) in entries.iter().enumerate() {
+        let Some(changes) = entry.get("changes").and_then(Value::as_array) else {
+            parsed.ignored.push(format!("entry[{e}]: no changes array"));
+            continue;
+        };
+        for (c, change) in changes.iter().enumerate() {
+            parse_change(change, &format!("entry[{e}].changes[{c}]"), &mut parsed);
+        }
+    }
+    Ok(parsed)
+}
+
+fn parse_change(change: &Value, at: &str, out: &mut ParsedWebhook) {
+    let field = change.get("field").and_then(Value::as_str).unwrap_or("");
+    if field != "calls" {
+        out.ignored
+            .push(format!("{at}: field {} is not \"calls\"", quoted(field)));
+        return;
+    }
+    let Some(value) = change.get("value").and_then(Value::as_object) else {
+        out.ignored.push(format!("{at}: no value object"));
+        return;
+    };
+    let Some(phone_number_id) = value
+        .get("metadata")
+        .and_then(|m| m.get("phone_number_id"))
+        .and_then(lenient_string)
+        .filter(|id| !id.is_empty())
+    else {
+        out.ignored
+            .push(format!("{at}: no metadata.phone_number_id, cannot route"));
+        return;
+    };
+    let contacts = value
+        .get("contacts")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let change_errors = value
+        .get("errors")
+        .map(|errors| parse_errors(errors, &format!("{at}.value.errors"), &mut out.ignored))
+        .unwrap_or_default();
+    let ctx = ChangeContext {
+        phone_number_id: &phone_number_id,
+        contacts,
+        change_errors: &change_errors,
+    };
+
+    let calls = value.get("calls");
+    let statuses = value.get("statuses");
+    if let Some(calls) = calls {
+        match calls.as_array() {
+            Some(calls) => {
+                for (i, call) in calls.iter().enumerate() {
+                    let at = format!("{at}.calls[{i}]");
+                    match parse_call(call, &ctx, &at, &mut out.ignored) {
+                        Ok(Some(event)) => out.events.push(event),
+                        Ok(None) => out.ignored.push(format!(
+                            "{at}: unknown event {}",
+                            quoted(call.get("event").and_then(Value::as_str).unwrap_or(""))
+                        )),
+                        Err(reason) => out.ignored.push(format!("{at}: {reason}")),
+                    }
+                }
+            }
+            None => out.ignored.push(format!("{at}: calls is not an array")),
+        }
+    }
+    if let Some(statuses) = statuses {
+        match statuses.as_array() {
+            Some(statuses) => {
+                for (i, status) in statuses.iter().enumerate() {
+                    let at = format!("{at}.statuses[{i}]");
+                    match parse_status(status, &phone_number_id) {
+                        Ok(event) => out.events.push(event),
+                        Err(reason) => out.ignored.push(format!("{at}: {reason}")),
+                    }
+                }
+            }
+            None => out.ignored.push(format!("{at}: statuses is not an array")),
+        }
+    }
+    if calls.is_none() && statuses.is_none() {
+        // An error-only change (e.g. 131044 for a call Meta could not deliver): nothing to act
+        // on, but the codes belong in the log.
+        let codes: Vec<String> = change_errors
+            .iter()
+            .map(|e| match &e.title {
+                Some(title) => format!("{} ({title})", e.code),
+                None => e.code.to_string(),
+            })
+            .collect();
+        out.ignored.push(if codes.is_empty() {
+            format!("{at}: neither calls nor statuses")
+        } else {
+            format!("{at}: errors without a call: {}", codes.join(", "))
+        });
+    }
+}
+
+/// What the elements of one change share.
+struct ChangeContext<'a> {
+    phone_number_id: &'a str,
+    contacts: &'a [Value],
+    change_errors: &'a [WebhookError],
+}
+
+/// `Ok(None)` for an event name we do not handle; `Err` for an element we cannot use.
+fn parse_call(
+    call: &Value,
+    ctx: &ChangeContext<'_>,
+    at: &str,
+    ignored: &mut Vec<String>,
+) -> Result<Option<WebhookEvent>, String> {
+    let call = call.as_object().ok_or("not an object")?;
+    let event = call.get("event").and_then(Value::as_str).unwrap_or("");
+    if !event.eq_ignore_ascii_case("connect") && !event.eq_ignore_ascii_case("terminate") {
+        return Ok(None);
+    }
+    let call_id = call
+        .get("id")
+        .and_then(Value::as_str)
+        .filter(|id| !id.is_empty())
+        .map(CallId::new)
+        .ok_or("no call id")?;
+    let timestamp = call.get("timestamp").and_then(lenient_u64);
+    if event.eq_ignore_ascii_case("connect") {
+        parse_connect(call, call_id, timestamp, ctx).map(|c| Some(WebhookEvent::Connect(c)))
+    } else {
+        let errors = call
+            .get("errors")
+            .map(|errors| parse_errors(errors, &format!("{at}.errors"), ignored))
+            .unwrap_or_default();
+        Ok(Some(WebhookEvent::Terminate(parse_terminate(
+            call, call_id, timestamp, errors, ctx,
+        ))))
+    }
+}
+
+fn parse_connect(
+    call: &Map<String, Value>,
+    call_id: CallId,
+    timestamp: Option<u64>,
+    ctx: &ChangeContext<'_>,
+) -> Result<ConnectEvent, String> {
+    let session = call
+        .get("session")
+        .and_then(Value::as_object)
+        .ok_or_else(|| format!("connect {call_id} has no session"))?;
+    let sdp_type = match session.get("sdp_type").and_then(Value::as_str) {
+        Some(t) if t.eq_ignore_ascii_case("offer") => SdpType::Offer,
+        Some(t) if t.eq_ignore_ascii_case("answer") => SdpType::Answer,
+        Some(t) => return Err(format!("connect {call_id} has sdp_type {}", quoted(t))),
+        None => return Err(format!("connect {call_id} has no session.sdp_type")),
+    };
+    let sdp = session
+        .get("sdp")
+        .and_then(Value::as_str)
+        .filter(|sdp| !sdp.is_empty())
+        .ok_or_else(|| format!("connect {call_id} has no session.sdp"))?
+        .to_owned();
+    // Some samples omit `direction`: an offer can only come from a user's call, an answer only
+    // from ours.
+    let direction = match call.get("direction").and_then(Value::as_str) {
+        Some(d) if d.eq_ignore_ascii_case("USER_INITIATED") => Direction::UserInitiated,
+        Some(d) if d.eq_ignore_ascii_case("BUSINESS_INITIATED") => Direction::BusinessInitiated,
+        _ => match sdp_type {
+            SdpType::Offer => Direction::UserInitiated,
+            SdpType::Answer => Direction::BusinessInitiated,
+        },
+    };
+    let user_field = match direction {
+        Direction::UserInitiated => "from",
+        Direction::BusinessInitiated => "to",
+    };
+    let user = call
+        .get(user_field)
+        .and_then(phone_number)
+        .or_else(|| ctx.contacts.first()?.get("wa_id").and_then(phone_number));
+    Ok(ConnectEvent {
+        call_id,
+        phone_number_id: ctx.phone_number_id.to_owned(),
+        direction,
+        user_name: contact_name(ctx.contacts, user.as_ref()),
+        user,
+        timestamp,
+        session: CallSession { sdp_type, sdp },
+    })
+}
+
+fn parse_terminate(
+    call: &Map<String, Value>,
+    call_id: CallId,
+    timestamp: Option<u64>,
+    mut errors: Vec<WebhookError>,
+    ctx: &ChangeContext<'_>,
+) -> TerminateEvent {
+    // Real payloads send a string; doc samples an array of one, in mixed case.
+    let status_text = match call.get("status") {
+        Some(Value::Array(items)) => items.first().and_then(Value::as_str),
+        Some(other) => other.as_str(),
+        None => None,
+    }
+    .unwrap_or("")
+    .trim()
+    .to_ascii_uppercase();
+    let status = match status_text.as_str() {
+        "COMPLETED" => TerminateStatus::Completed,
+        "FAILED" => TerminateStatus::Failed,
+        _ => TerminateStatus::Other(status_text),
+    };
+    let present = |key: &str| call.get(key).is_some_and(|v| !v.is_null());
+    if errors.is_empty() {
+        errors = ctx.change_errors.to_vec();
+    }
+    TerminateEvent {
+        call_id,
+        phone_number_id: ctx.phone_number_id.to_owned(),
+        status,
+        answered: present("start_time") || present("duration"),
+        duration_seconds: call.get("duration").and_then(lenient_u64),
+        errors,
+        timestamp,
+    }
+}
+
+fn parse_status(status: &Value, phone_number_id: &str) -> Result<WebhookEvent, String> {
+    let status = status.as_object().ok_or("not an object")?;
+    match status.get("type").and_then(Value::as_str) {
+        Some(t) if t.eq_ignore_ascii_case("call") => {}
+        Some(other) => return Err(format!("status type {} is not \"call\"", quoted(other))),
+        None => return Err("status without a type".to_owned()),
+    }
+    let call_id = status
+        .get("id")
+        .and_then(Value::as_str)
+        .filter(|id| !id.is_empty())
+        .map(CallId::new)
+        .ok_or("no call id")?;
+    let text = status
+        .get("status")
+        .and_then(Value::as_str)
+        .map(|s| s.trim().to_ascii_uppercase())
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| format!("status for {call_id} has no status value"))?;
+    let status_value = match text.as_str() {
+        "RINGING" => CallStatus::Ringing,
+        "ACCEPTED" => CallStatus::Accepted,
+        "REJECTED" => CallStatus::Rejected,
+        _ => CallStatus::Other(text),
+    };
+    Ok(WebhookEvent::Status(StatusEvent {
+        call_id,
+        phone_number_id: phone_number_id.to_owned(),
+        status: status_value,
+        recipient: status.get("recipient_id").and_then(phone_number),
+        timestamp: status.get("timestamp").and_then(lenient_u64),
+    }))
+}
+
+/// Error objects without a usable `code` are skipped, each with an ignored line.
+fn parse_errors(errors: &Value, at: &str, ignored: &mut Vec<String>) -> Vec<WebhookError> {
+    let Some(errors) = errors.as_array() else {
+        ignored.push(format!("{at}: not an array"));
+        return Vec::new();
+    };
+    errors
+        .iter()
+        .enumerate()
+        .filter_map(|(i, error)| {
+            let code = error.get("code").and_then(lenient_i64);
+            if code.is_none() {
+                ignored.push(format!("{at}[{i}]: error without a code"));
+            }
+            let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_owned);
+            Some(WebhookError {
+                code: code?,
+                title: text(error.get("title")),
+                message: text(error.get("message")),
+                details: text(error.get("error_data").and_then(|d| d.get("details"))),
+            })
+        })
+        .collect()
+}
+
+/// The profile name of the contact that is `user`; without a user number, the first contact's.
+fn contact_name(contacts: &[Value], user: Option<&PhoneNumber>) -> Option<String> {
+    let contact = match user {
+        Some(user) => contacts.iter().find(|c| {
+            c.get("wa_id")
+                .and_then(phone_number)
+                .is_some_and(|wa_id| &wa_id == user)
+        })?,
+        None => contacts.first()?,
+    };
+    contact
+        .get("profile")
+        .and_then(|p| p.get("name"))
+        .and_then(Value::as_str)
+        .filter(|name| !name.is_empty())
+        .map(str::to_owned)
+}
+
+/// A JSON string, or a number written as its decimal text.
+fn lenient_string(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// A non-negative integer sent as a number or a numeric string.
+fn lenient_u64(value: &Value) -> Option<u64> {
+    match value {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+fn lenient_i64(value: &Value) -> Option<i64> {
+    match value {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// A user number: digits (optionally after `+`), as a string or a number. Anything else (empty,
+/// letters) is not a phone number and yields `None` rather than a mangled number.
+fn phone_number(value: &Value) -> Option<PhoneNumber> {
+    let text = match value {
+        Value::String(s) => s.trim().to_owned(),
+        Value::Number(n) if n.is_u64() => n.to_string(),
+        _ => return None,
+    };
+    let digits = text.strip_prefix('+').unwrap_or(&text);
+    (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| PhoneNumber::new(digits))
+}
+
+/// Input text for an ignored line: quoted, escaped, and cut short so a hostile body cannot
+/// flood the log.
+fn quoted(text: &str) -> String {
+    const MAX_CHARS: usize = 40;
+    let mut short: String = text.chars().take(MAX_CHARS).collect();
+    if short.len() < text.len() {
+        short.push('…');
+    }
+    format!("{short:?}")
+}
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use testkit::fixtures::{
+        BIC_STATUS_RINGING, CONNECT_UIC, TERMINATE_COMPLETED, TERMINATE_FAILED,
+    };
+
+    const CALL_ID: &str = "wacid.HBgMNDQ3NzAwOTAwMTIzFQIAEhggN0ExQzlEMkU0QjZGOEEwQzNFNUQ3RjlCMUQzRTVGN0EcGAsxNTU1MDAwMTExMRUCABUKAA==";
+    const PHONE_NUMBER_ID: &str = "106540352242922";
+    const USER: &str = "447700900123";
+
+    fn parse_str(body: &str) -> ParsedWebhook {
+        parse(body.as_bytes()).expect("valid JSON")
+    }
+
+    fn only_event(body: &str) -> WebhookEvent {
+        let parsed = parse_str(body);
+        assert!(parsed.ignored.is_empty(), "ignored: {:?}", parsed.ignored);
+        assert_eq!(parsed.events.len(), 1, "{:?}", parsed.events);
+        parsed.events.into_iter().next().unwrap()
+    }
+
+    fn only_connect(body: &str) -> ConnectEvent {
+        match only_event(body) {
+            WebhookEvent::Connect(c) => c,
+            other => panic!("expected connect, got {other:?}"),
+        }
+    }
+
+    fn only_terminate(body: &str) -> TerminateEvent {
+        match only_event(body) {
+            WebhookEvent::Terminate(t) => t,
+            other => panic!("expected terminate, got {other:?}"),
+        }
+    }
+
+    /// Edits the first call element of a fixture.
+    fn with_call(fixture: &str, edit: impl FnOnce(&mut Map<String, Value>)) -> String {
+        edit_value(fixture, |value| {
+            edit(value["calls"][0].as_object_mut().unwrap());
+        })
+    }
+
+    /// Edits the first change's `value` of a fixture.
+    fn edit_value(fixture: &str, edit: impl FnOnce(&mut Value)) -> String {
+        let mut root: Value = serde_json::from_str(fixture).unwrap();
+        edit(&mut root["entry"][0]["changes"][0]["value"]);
+        root.to_string()
+    }
+
+    #[test]
+    fn uic_connect_fixture_becomes_one_connect_event() {
+        let connect = only_connect(CONNECT_UIC);
+        assert_eq!(connect.call_id, CallId::new(CALL_ID));
+        assert_eq!(connect.phone_number_id, PHONE_NUMBER_ID);
+        assert_eq!(connect.direction, Direction::UserInitiated);
+        assert_eq!(connect.user, Some(PhoneNumber::new(USER)));
+        assert_eq!(connect.user_name.as_deref(), Some("Ada Lovelace"));
+        assert_eq!(connect.timestamp, Some(1_760_681_506));
+        assert_eq!(connect.session.sdp_type, SdpType::Offer);
+        assert!(connect.session.sdp.starts_with("v=0\r\no=- 1760681506762"));
+        assert!(
+            connect
+                .session
+                .sdp
+                .ends_with("cname:WhatsAppAudioStream1\r\n")
+        );
+    }
+
+    #[test]
+    fn completed_terminate_fixture_is_answered_with_its_duration() {
+        let terminate = only_terminate(TERMINATE_COMPLETED);
+        assert_eq!(
+            terminate,
+            TerminateEvent {
+                call_id: CallId::new(CALL_ID),
+                phone_number_id: PHONE_NUMBER_ID.to_owned(),
+                status: TerminateStatus::Completed,
+                answered: true,
+                duration_seconds: Some(124),
+                errors: vec![],
+                timestamp: Some(1_760_681_633),
+            }
+        );
+    }
+
+    #[test]
+    fn failed_terminate_fixture_carries_its_error_once() {
+        let terminate = only_terminate(TERMINATE_FAILED);
+        assert_eq!(terminate.status, TerminateStatus::Failed);
+        assert!(terminate.answered);
+        assert_eq!(terminate.duration_seconds, Some(20));
+        assert_eq!(
+            terminate.errors,
+            vec![WebhookError {
+                code: 138_021,
+                title: Some("Media receive timeout".to_owned()),
+                message: Some("Media receive timeout".to_owned()),
+                details: Some(
+                    "No media received by the WhatsApp client for a long time.".to_owned()
+                ),
+            }]
+        );
+    }
+
+    #[test]
+    fn change_level_errors_stand_in_when_the_call_has_none() {
+        let body = with_call(TERMINATE_FAILED, |call| {
+            call.remove("errors");
+        });
+        let terminate = only_terminate(&body);
+        assert_eq!(terminate.errors.len(), 1);
+        assert_eq!(terminate.errors[0].code, 138_021);
+    }
+
+    #[test]
+    fn bic_ringing_status_fixture_becomes_a_status_event() {
+        let WebhookEvent::Status(status) = only_event(BIC_STATUS_RINGING) else {
+            panic!("expected a status");
+        };
+        assert_eq!(
+            status,
+            StatusEvent {
+                call_id: CallId::new(
+                    "wacid.HBgMNDQ3NzAwOTAwMTIzFQIAEhggQjJDM0Q0RTVGNkE3QjhDOUQwRTFGMkEzQjRDNUQ2RTcgGAsxNTU1MDAwMTExMRUCABUKAA=="
+                ),
+                phone_number_id: PHONE_NUMBER_ID.to_owned(),
+                status: CallStatus::Ringing,
+                recipient: Some(PhoneNumber::new(USER)),
+                timestamp: Some(1_760_690_001),
+            }
+        );
+    }
+
+    #[test]
+    fn status_values_are_case_insensitive_and_unknown_ones_kept() {
+        for (sent, expected) in [
+            ("accepted", CallStatus::Accepted),
+            ("REJECTED", CallStatus::Rejected),
+            ("Ringing", CallStatus::Ringing),
+            ("missed", CallStatus::Other("MISSED".to_owned())),
+        ] {
+            let body = edit_value(BIC_STATUS_RINGING, |value| {
+                value["statuses"][0]["status"] = sent.into();
+            });
+            let WebhookEvent::Status(status) = only_event(&body) else {
+                panic!("expected a status");
+            };
+            assert_eq!(status.status, expected, "{sent}");
+        }
+    }
+
+    #[test]
+    fn terminate_status_as_array_or_mixed_case_is_understood() {
+        for (sent, expected) in [
+            (serde_json::json!(["FAILED"]), TerminateStatus::Failed),
+            (serde_json::json!("Completed"), TerminateStatus::Completed),
+            (serde_json::json!(["completed"]), TerminateStatus::Completed),
+            (
+                serde_json::json!("Rejected"),
+                TerminateStatus::Other("REJECTED".to_owned()),
+            ),
+            (serde_json::json!([]), TerminateStatus::Other(String::new())),
+        ] {
+            let body = with_call(TERMINATE_COMPLETED, |call| {
+                call.insert("status".to_owned(), sent.clone());
+            });
+            assert_eq!(only_terminate(&body).status, expected, "{sent}");
+        }
+        let body = with_call(TERMINATE_COMPLETED, |call| {
+            call.remove("status");
+        });
+        assert_eq!(
+            only_terminate(&body).status,
+            TerminateStatus::Other(String::new())
+        );
+    }
+
+    #[test]
+    fn numeric_timestamps_durations_and_numbers_are_accepted() {
+        let body = with_call(TERMINATE_COMPLETED, |call| {
+            call.insert("timestamp".to_owned(), 1_760_681_633u64.into());
+            call.insert("start_time".to_owned(), 1_760_681_509u64.into());
+            call.insert("duration".to_owned(), "124".into());
+        });
+        let terminate = only_terminate(&body);
+        assert_eq!(terminate.timestamp, Some(1_760_681_633));
+        assert!(terminate.answered);
+        assert_eq!(terminate.duration_seconds, Some(124));
+
+        let body = with_call(CONNECT_UIC, |call| {
+            call.insert("from".to_owned(), 447_700_900_123u64.into());
+            call.insert("timestamp".to_owned(), 1_760_681_506u64.into());
+        });
+        let connect = only_connect(&body);
+        assert_eq!(connect.user, Some(PhoneNumber::new(USER)));
+        assert_eq!(connect.timestamp, Some(1_760_681_506));
+    }
+
+    #[test]
+    fn unanswered_terminate_is_not_answered_even_when_completed() {
+        let body = with_call(TERMINATE_COMPLETED, |call| {
+            for key in ["start_time", "end_time", "duration"] {
+                call.remove(key);
+            }
+        });
+        let terminate = only_terminate(&body);
+        assert_eq!(terminate.status, TerminateStatus::Completed);
+        assert!(!terminate.answered);
+        assert_eq!(terminate.duration_seconds, None);
+    }
+
+    #[test]
+    fn missing_contacts_fall_back_to_from_and_leave_no_name() {
+        let body = edit_value(CONNECT_UIC, |value| {
+            value.as_object_mut().unwrap().remove("contacts");
+        });
+        let connect = only_connect(&body);
+        assert_eq!(connect.user, Some(PhoneNumber::new(USER)));
+        assert_eq!(connect.user_name, None);
+
+        let terminate = only_terminate(&edit_value(TERMINATE_COMPLETED, |value| {
+            value.as_object_mut().unwrap().remove("contacts");
+        }));
+        assert_eq!(terminate.status, TerminateStatus::Completed);
+    }
+
+    #[test]
+    fn missing_from_falls_back_to_the_first_contact() {
+        let body = with_call(CONNECT_UIC, |call| {
+            call.remove("from");
+        });
+        let connect = only_connect(&body);
+        assert_eq!(connect.user, Some(PhoneNumber::new(USER)));
+        assert_eq!(connect.user_name.as_deref(), Some("Ada Lovelace"));
+    }
+
+    #[test]
+    fn a_username_user_without_any_number_has_no_user() {
+        let body = edit_value(CONNECT_UIC, |value| {
+            value["calls"][0].as_object_mut().unwrap().remove("from");
+            value["calls"][0]["from_user_id"] = "US.13491208655302741918".into();
+            value["contacts"][0]
+                .as_object_mut()
+                .unwrap()
+                .remove("wa_id");
+            value["contacts"][0]["user_id"] = "US.13491208655302741918".into();
+        });
+        let connect = only_connect(&body);
+        assert_eq!(connect.user, None);
+        assert_eq!(connect.user_name.as_deref(), Some("Ada Lovelace"));
+    }
+
+    #[test]
+    fn missing_direction_is_inferred_from_the_sdp_type() {
+        let body = with_call(CONNECT_UIC, |call| {
+            call.remove("direction");
+        });
+        assert_eq!(only_connect(&body).direction, Direction::UserInitiated);
+
+        let body = with_call(CONNECT_UIC, |call| {
+            call.remove("direction");
+            call["session"]["sdp_type"] = "answer".into();
+            // On a BIC the user is the callee.
+            call.insert("from".to_owned(), "15550001111".into());
+            call.insert("to".to_owned(), USER.into());
+        });
+        let connect = only_connect(&body);
+        assert_eq!(connect.direction, Direction::BusinessInitiated);
+        assert_eq!(connect.session.sdp_type, SdpType::Answer);
+        assert_eq!(connect.user, Some(PhoneNumber::new(USER)));
+
+        let body = with_call(TERMINATE_COMPLETED, |call| {
+            call.remove("direction");
+        });
+        assert!(only_terminate(&body).answered);
+    }
+
+    #[test]
+    fn unknown_fields_anywhere_are_ignored() {
+        let mut root: Value = serde_json::from_str(CONNECT_UIC).unwrap();
+        root["new_top_level"] = true.into();
+        root["entry"][0]["time"] = 1_760_681_506u64.into();
+        let value = &mut root["entry"][0]["changes"][0]["value"];
+        value["contacts"][0]["user_id"] = "US.13491208655302741918".into();
+        value["contacts"][0]["profile"]["username"] = "ada".into();
+        let call = &mut value["calls"][0];
+        call["deeplink_payload"] = "promo".into();
+        call["cta_payload"] = "button".into();
+        call["to_user_id"] = "US.1".into();
+        call["connection"] = serde_json::json!({"webrtc": {"sdp": "v=0"}});
+        call["session"]["future"] = serde_json::json!({"a": [1, 2]});
+        let connect = only_connect(&root.to_string());
+        assert_eq!(connect, only_connect(CONNECT_UIC));
+    }
+
+    #[test]
+    fn unknown_events_are_ignored_with_a_line() {
+        let body = with_call(CONNECT_UIC, |call| {
+            call.insert("event".to_owned(), "call_created".into());
+        });
+        let parsed = parse_str(&body);
+        assert!(parsed.events.is_empty());
+        assert_eq!(parsed.ignored.len(), 1);
+        assert!(parsed.ignored[0].contains("call_created"), "{parsed:?}");
+    }
+
+    #[test]
+    fn malformed_call_elements_are_ignored_not_turned_into_events() {
+        type Edit = Box<dyn Fn(&mut Map<String, Value>)>;
+        let broken: Vec<Edit> = vec![
+            Box::new(|call| {
+                call.remove("session");
+            }),
+            Box::new(|call| {
+                call["session"].as_object_mut().unwrap().remove("sdp");
+            }),
+            Box::new(|call| {
+                call["session"]["sdp"] = 42.into();
+            }),
+            Box::new(|call| {
+                call["session"]["sdp_type"] = "pranswer".into();
+            }),
+            Box::new(|call| {
+                call.remove("id");
+            }),
+            Box::new(|call| {
+                call.insert("id".to_owned(), "".into());
+            }),
+        ];
+        for (i, edit) in broken.iter().enumerate() {
+            let body = with_call(CONNECT_UIC, |call| edit(call));
+            let parsed = parse_str(&body);
+            assert!(parsed.events.is_empty(), "case {i}: {parsed:?}");
+            assert_eq!(parsed.ignored.len(), 1, "case {i}: {parsed:?}");
+        }
+    }
+
+    #[test]
+    fn ignored_lines_never_contain_the_phone_number() {
+        let body = with_call(CONNECT_UIC, |call| {
+            call.remove("session");
+        });
+        let parsed = parse_str(&body);
+        assert!(!parsed.ignored[0].contains(USER), "{parsed:?}");
+    }
+
+    #[test]
+    fn other_objects_are_ignored_with_a_line() {
+        let parsed = parse_str(r#"{"object":"page","entry":[]}"#);
+        assert!(parsed.events.is_empty());
+        assert_eq!(parsed.ignored.len(), 1);
+        assert!(parsed.ignored[0].contains("page"));
+    }
+
+    #[test]
+    fn message_statuses_are_not_call_statuses() {
+        // A message delivery status under field "messages".
+        let messages =
+            BIC_STATUS_RINGING.replace("\"field\": \"calls\"", "\"field\": \"messages\"");
+        let parsed = parse_str(&messages);
+        assert!(parsed.events.is_empty());
+        assert_eq!(parsed.ignored.len(), 1);
+
+        // A status under field "calls" whose type is not "call".
+        let body = edit_value(BIC_STATUS_RINGING, |value| {
+            value["statuses"][0]["type"] = "message".into();
+        });
+        let parsed = parse_str(&body);
+        assert!(parsed.events.is_empty());
+        assert_eq!(parsed.ignored.len(), 1);
+    }
+
+    #[test]
+    fn error_only_changes_are_ignored_with_their_codes() {
+        let body = edit_value(TERMINATE_FAILED, |value| {
+            value.as_object_mut().unwrap().remove("calls");
+            value["errors"][0]["code"] = 131_044.into();
+        });
+        let parsed = parse_str(&body);
+        assert!(parsed.events.is_empty());
+        assert_eq!(parsed.ignored.len(), 1);
+        assert!(parsed.ignored[0].contains("131044"), "{parsed:?}");
+    }
+
+    #[test]
+    fn batched_deliveries_yield_every_event_in_order() {
+        let mut root: Value = serde_json::from_str(CONNECT_UIC).unwrap();
+        let connect: Value = root["entry"][0]["changes"][0]["value"]["calls"][0].clone();
+        let terminate: Value = serde_json::from_str::<Value>(TERMINATE_COMPLETED).unwrap()["entry"]
+            [0]["changes"][0]["value"]["calls"][0]
+            .clone();
+        let call = |template: &Value, id: &str| {
+            let mut call = template.clone();
+            call["id"] = id.into();
+            call
+        };
+        root["entry"][0]["changes"][0]["value"]["calls"] =
+            Value::Array(vec![call(&connect, "wacid.A"), call(&terminate, "wacid.B")]);
+        let mut second = root["entry"][0].clone();
+        second["changes"][0]["value"]["calls"] =
+            Value::Array(vec![call(&connect, "wacid.C"), call(&terminate, "wacid.D")]);
+        root["entry"].as_array_mut().unwrap().push(second);
+
+        let parsed = parse_str(&root.to_string());
+        assert!(parsed.ignored.is_empty(), "{parsed:?}");
+        let summary: Vec<(&str, &str)> = parsed
+            .events
+            .iter()
+            .map(|event| match event {
+                WebhookEvent::Connect(c) => ("connect", c.call_id.as_str()),
+                WebhookEvent::Terminate(t) => ("terminate", t.call_id.as_str()),
+                WebhookEvent::Status(s) => ("status", s.call_id.as_str()),
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("connect", "wacid.A"),
+                ("terminate", "wacid.B"),
+                ("connect", "wacid.C"),
+                ("terminate", "wacid.D"),
+            ]
+        );
+    }
+
+    #[test]
+    fn one_bad_element_does_not_spoil_the_rest_of_the_batch() {
+        let body = edit_value(CONNECT_UIC, |value| {
+            let good = value["calls"][0].clone();
+            value["calls"] = Value::Array(vec!["garbage".into(), serde_json::json!({}), good]);
+        });
+        let parsed = parse_str(&body);
+        assert_eq!(parsed.events.len(), 1);
+        assert_eq!(parsed.ignored.len(), 2, "{parsed:?}");
+    }
+
+    #[test]
+    fn terminate_before_connect_and_duplicates_parse_independently() {
+        // Ordering and deduplication are the caller's job; the parser keeps each as delivered.
+        let terminate = only_terminate(TERMINATE_COMPLETED);
+        let first = only_connect(CONNECT_UIC);
+        let again = only_connect(CONNECT_UIC);
+        assert_eq!(terminate.call_id, first.call_id);
+        assert_eq!(first, again);
+    }
+
+    #[test]
+    fn non_json_bodies_are_errors() {
+        for body in [&b""[..], b"not json", b"{\"object\":", b"\xff\xfe"] {
+            assert!(matches!(
+                parse(body),
+                Err(WebhookParseError::InvalidJson(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn json_garbage_never_errors_and_never_produces_events() {
+        for body in [
+            "null",
+            "42",
+            "[]",
+            "\"whatsapp_business_account\"",
+            "{}",
+            r#"{"object":"whatsapp_business_account"}"#,
+            r#"{"object":"whatsapp_business_account","entry":{}}"#,
+            r#"{"object":"whatsapp_business_account","entry":[1,{"changes":7}]}"#,
+            r#"{"object":"whatsapp_business_account","entry":[{"changes":[null,{"field":"calls"},{"field":"calls","value":{"metadata":{}}}]}]}"#,
+            r#"{"object":"whatsapp_business_account","entry":[{"changes":[{"field":"calls","value":{"metadata":{"phone_number_id":"1"},"calls":{},"statuses":[null]}}]}]}"#,
+        ] {
+            let parsed = parse_str(body);
+            assert!(parsed.events.is_empty(), "{body}: {parsed:?}");
+            assert!(!parsed.ignored.is_empty(), "{body}");
+        }
+    }
+}

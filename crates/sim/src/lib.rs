@@ -1,0 +1,18 @@
+//! The wing around the serving core: faithful doubles of the external parties, built from the
+//! specs, and what runs on them. Depends on the core (`bridge`); the core never on this.
+//!
+//! - [`graph_double`], [`webhooks`], [`phone`]: Meta: the Graph API, signed webhooks, a WebRTC
+//!   phone that sends real Opus.
+//! - [`realtime_ai`]: the OpenAI Realtime API (a WebSocket server with an energy VAD).
+//! - [`postgrest_double`]: Supabase's PostgREST.
+//! - [`stack`]: a whole local set-up in one process: both doubles and a bridge wired to them.
+//! - [`demo`]: the `demo` command; [`loadtest`]: the load harness that measures a bridge process.
+
+pub mod demo;
+pub mod graph_double;
+pub mod loadtest;
+pub mod phone;
+pub mod postgrest_double;
+pub mod realtime_ai;
+pub mod stack;
+pub mod webhooks;

@@ -1,0 +1,455 @@
+//! A simulated WhatsApp caller: a real WebRTC peer that offers like Meta (§8.1), sends the signed
+//! `connect` and `terminate` webhooks, takes the bridge's answer from the Graph API double,
+//! streams real Opus from PCM, and records what it hears.
+//!
+//! On the wire its offer carries `a=mid:audio` like Meta's; webrtc-rs 0.21 names its section
+//! `0` and has no working mid generator, so the phone renames it on the way out and back.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::task::JoinHandle;
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::peer_connection::RTCPeerConnectionState;
+
+use crate::graph_double::GraphDouble;
+use crate::webhooks::{self, BusinessLine};
+use bridge::ids::{CallId, PhoneNumber};
+use bridge::media::codec::{
+    EncoderSettings, MAX_OPUS_PACKET, OpusDecoder, OpusEncoder, RTP_TIMESTAMP_STEP,
+    SAMPLES_PER_FRAME,
+};
+use bridge::media::peer::{MediaPeer, PeerEvent, PeerProfile, PeerSettings, next_track_event};
+use bridge::whatsapp::signature;
+
+/// How long the phone waits for the bridge's `pre_accept`.
+const ANSWER_WAIT: Duration = Duration::from_secs(10);
+
+/// Where the phone calls and how it signs.
+#[derive(Clone)]
+pub struct PhoneSettings {
+    /// The bridge's base URL, e.g. `http://127.0.0.1:8080`.
+    pub bridge_url: String,
+    pub app_secret: String,
+    pub line: BusinessLine,
+    pub graph: GraphDouble,
+    pub peer: PeerSettings,
+    pub http: reqwest::Client,
+}
+
+/// The webhook answer to the phone's `connect`.
+#[derive(Clone, Debug)]
+pub struct WebhookReply {
+    pub status: u16,
+    pub body: String,
+}
+
+/// What the phone heard and sent, shared with its media task.
+#[derive(Debug, Default)]
+pub struct Recording {
+    /// Everything received, decoded to 24 kHz, in arrival order.
+    pub received: Vec<i16>,
+    /// Arrival time of each received packet and the sample offset where its audio starts.
+    pub arrivals: Vec<(Instant, usize)>,
+    pub packets_received: u64,
+    pub packets_sent: u64,
+    pub first_rtp_at: Option<Instant>,
+    /// Set when the connection reported connected.
+    pub connected_at: Option<Instant>,
+    /// Set when the connection closed or failed.
+    pub disconnected_at: Option<Instant>,
+}
+
+enum PhoneCommand {
+    Say(Vec<i16>),
+    Close(oneshot::Sender<()>),
+}
+
+/// One simulated call from a phone to the bridge.
+pub struct PhoneCall {
+    pub call_id: CallId,
+    pub user: PhoneNumber,
+    pub reply: WebhookReply,
+    settings: PhoneSettings,
+    recording: Arc<Mutex<Recording>>,
+    /// Notified whenever the recording changes.
+    changed: Arc<Notify>,
+    commands: Option<mpsc::Sender<PhoneCommand>>,
+    media: Option<JoinHandle<()>>,
+    /// The peer until the media task takes it (refused calls keep it here to close it).
+    peer: Option<MediaPeer>,
+    /// When the phone's speech queue runs dry.
+    speaking_until: Arc<Mutex<Instant>>,
+}
+
+/// Unix seconds now, as Meta stamps events.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Sends a signed webhook body to the bridge, as Meta does.
+pub async fn post_webhook(
+    http: &reqwest::Client,
+    bridge_url: &str,
+    app_secret: &str,
+    body: String,
+) -> anyhow::Result<WebhookReply> {
+    let signature = signature::sign(app_secret.as_bytes(), body.as_bytes());
+    let response = http
+        .post(format!("{bridge_url}/webhook"))
+        .header("content-type", "application/json")
+        .header(signature::SIGNATURE_HEADER, signature)
+        .body(body)
+        .send()
+        .await?;
+    let status = response.status().as_u16();
+    let body = response.text().await.unwrap_or_default();
+    Ok(WebhookReply { status, body })
+}
+
+impl PhoneCall {
+    /// Dials the bridge: makes the offer, sends the signed `connect` webhook and, unless the
+    /// bridge refused, waits for its answer (`pre_accept` at the Graph double) and starts media.
+    pub async fn dial(
+        settings: PhoneSettings,
+        call_id: CallId,
+        user: PhoneNumber,
+        user_name: &str,
+    ) -> anyhow::Result<PhoneCall> {
+        let mut peer = MediaPeer::new(&settings.peer, PeerProfile::SimulatedPhone, None).await?;
+        let local_offer = peer.offer().await?;
+        let wire_offer = rename_mid(&local_offer, "0", "audio");
+        settings.graph.register_offer(&call_id, &wire_offer);
+        let body = webhooks::connect_offer(
+            &settings.line,
+            &call_id,
+            &user,
+            user_name,
+            &wire_offer,
+            unix_now(),
+        );
+        let reply = post_webhook(
+            &settings.http,
+            &settings.bridge_url,
+            &settings.app_secret,
+            body,
+        )
+        .await?;
+        let mut call = PhoneCall {
+            call_id,
+            user,
+            reply,
+            settings,
+            recording: Arc::new(Mutex::new(Recording::default())),
+            changed: Arc::new(Notify::new()),
+            commands: None,
+            media: None,
+            peer: Some(peer),
+            speaking_until: Arc::new(Mutex::new(Instant::now())),
+        };
+        if call.reply.status != 200 {
+            return Ok(call);
+        }
+        let answer = call
+            .settings
+            .graph
+            .wait_for(&call.call_id, "pre_accept", ANSWER_WAIT)
+            .await
+            .and_then(|action| action.sdp)
+            .ok_or_else(|| anyhow::anyhow!("the bridge sent no pre_accept"))?;
+        let Some(peer) = call.peer.take() else {
+            anyhow::bail!("peer already taken");
+        };
+        peer.apply_answer(&rename_mid(&answer, "audio", "0"))
+            .await?;
+        call.start_media(peer)?;
+        Ok(call)
+    }
+
+    /// Picks up a call the bridge placed, the way Meta and the user's app do (§7.2): answers the
+    /// bridge's offer, sends the `connect` webhook carrying the answer, then the `RINGING` and
+    /// `ACCEPTED` statuses, and starts media.
+    pub async fn pick_up(
+        settings: PhoneSettings,
+        call_id: CallId,
+        user: PhoneNumber,
+        offer_sdp: &str,
+    ) -> anyhow::Result<PhoneCall> {
+        let mut peer = MediaPeer::new(&settings.peer, PeerProfile::SimulatedPhone, None).await?;
+        let answer = peer.answer(offer_sdp).await?;
+        let post = |body: String| {
+            post_webhook(
+                &settings.http,
+                &settings.bridge_url,
+                &settings.app_secret,
+                body,
+            )
+        };
+        let line = &settings.line;
+        let reply = post(webhooks::connect_answer(
+            line,
+            &call_id,
+            &user,
+            &answer,
+            unix_now(),
+        ))
+        .await?;
+        for status in ["RINGING", "ACCEPTED"] {
+            let status_reply =
+                post(webhooks::status(line, &call_id, &user, status, unix_now())).await?;
+            anyhow::ensure!(
+                status_reply.status == 200,
+                "{status} webhook answered {}",
+                status_reply.status
+            );
+        }
+        let mut call = PhoneCall {
+            call_id,
+            user,
+            reply,
+            settings: settings.clone(),
+            recording: Arc::new(Mutex::new(Recording::default())),
+            changed: Arc::new(Notify::new()),
+            commands: None,
+            media: None,
+            peer: None,
+            speaking_until: Arc::new(Mutex::new(Instant::now())),
+        };
+        call.start_media(peer)?;
+        Ok(call)
+    }
+
+    fn start_media(&mut self, peer: MediaPeer) -> anyhow::Result<()> {
+        let (tx, rx) = mpsc::channel(16);
+        let media = PhoneMedia {
+            peer,
+            encoder: OpusEncoder::new(EncoderSettings::default())?,
+            decoder: OpusDecoder::new()?,
+            recording: self.recording.clone(),
+            changed: self.changed.clone(),
+            outgoing: VecDeque::new(),
+            track: None,
+            speaking_until: self.speaking_until.clone(),
+        };
+        self.commands = Some(tx);
+        self.media = Some(tokio::spawn(media.run(rx)));
+        Ok(())
+    }
+
+    /// Queues speech (24 kHz PCM16) to send after whatever is still queued.
+    pub async fn say(&self, pcm: Vec<i16>) {
+        let duration = Duration::from_millis((pcm.len() / 24) as u64);
+        {
+            let mut until = self.speaking_until.lock();
+            *until = (*until).max(Instant::now()) + duration;
+        }
+        if let Some(commands) = &self.commands {
+            let _ = commands.send(PhoneCommand::Say(pcm)).await;
+        }
+    }
+
+    /// When everything queued with [`PhoneCall::say`] will have been sent.
+    pub fn speaking_until(&self) -> Instant {
+        *self.speaking_until.lock()
+    }
+
+    pub fn recording(&self) -> Arc<Mutex<Recording>> {
+        self.recording.clone()
+    }
+
+    /// Waits until the connection is up (bounded).
+    pub async fn wait_connected(&self, timeout: Duration) -> bool {
+        self.wait_until(timeout, |r| r.connected_at.is_some()).await
+    }
+
+    /// Waits until `condition` holds on the recording, re-checking at every change (bounded).
+    pub async fn wait_until(
+        &self,
+        timeout: Duration,
+        condition: impl Fn(&Recording) -> bool,
+    ) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if condition(&self.recording.lock()) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return condition(&self.recording.lock());
+            }
+        }
+    }
+
+    /// The user hangs up: Meta sends `terminate` and the media stops.
+    pub async fn hang_up(mut self) -> anyhow::Result<WebhookReply> {
+        self.stop_media().await;
+        let body = webhooks::terminate(
+            &self.settings.line,
+            &self.call_id,
+            &self.user,
+            unix_now(),
+            Some(1),
+            false,
+        );
+        post_webhook(
+            &self.settings.http,
+            &self.settings.bridge_url,
+            &self.settings.app_secret,
+            body,
+        )
+        .await
+    }
+
+    /// The phone vanishes without any webhook: only its media stops (the bridge must notice).
+    pub async fn drop_media(mut self) {
+        self.stop_media().await;
+    }
+
+    /// Ends the media side only (used after the bridge ended the call).
+    pub async fn stop_media(&mut self) {
+        if let Some(commands) = self.commands.take() {
+            let (done_tx, done_rx) = oneshot::channel();
+            if commands.send(PhoneCommand::Close(done_tx)).await.is_ok() {
+                let _ = tokio::time::timeout(Duration::from_secs(5), done_rx).await;
+            }
+        }
+        if let Some(media) = self.media.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), media).await;
+        }
+        if let Some(peer) = self.peer.take() {
+            peer.close().await;
+        }
+    }
+}
+
+impl Drop for PhoneCall {
+    fn drop(&mut self) {
+        if let Some(media) = self.media.take() {
+            media.abort();
+        }
+    }
+}
+
+/// Renames the audio section's mid (and the BUNDLE group) in an SDP.
+pub(crate) fn rename_mid(sdp: &str, from: &str, to: &str) -> String {
+    sdp.replace(&format!("a=mid:{from}\r\n"), &format!("a=mid:{to}\r\n"))
+        .replace(
+            &format!("a=group:BUNDLE {from}\r\n"),
+            &format!("a=group:BUNDLE {to}\r\n"),
+        )
+}
+
+/// The phone's media loop: sends 20 ms Opus frames (queued speech or silence), records what
+/// arrives.
+struct PhoneMedia {
+    peer: MediaPeer,
+    encoder: OpusEncoder,
+    decoder: OpusDecoder,
+    recording: Arc<Mutex<Recording>>,
+    changed: Arc<Notify>,
+    outgoing: VecDeque<i16>,
+    track: Option<Arc<dyn TrackRemote>>,
+    speaking_until: Arc<Mutex<Instant>>,
+}
+
+impl PhoneMedia {
+    async fn run(mut self, mut commands: mpsc::Receiver<PhoneCommand>) {
+        let mut ticker = tokio::time::interval(Duration::from_millis(20));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let mut connected = false;
+        let mut sequence_number: u16 = rand::random();
+        let mut timestamp: u32 = rand::random();
+        let mut frame = vec![0i16; SAMPLES_PER_FRAME];
+        let mut packet = vec![0u8; MAX_OPUS_PACKET];
+        let mut decoded = vec![0i16; SAMPLES_PER_FRAME * 6];
+        loop {
+            tokio::select! {
+                command = commands.recv() => match command {
+                    Some(PhoneCommand::Say(pcm)) => self.outgoing.extend(pcm),
+                    Some(PhoneCommand::Close(done)) => {
+                        self.peer.close().await;
+                        self.recording.lock().disconnected_at.get_or_insert(Instant::now());
+                        self.changed.notify_waiters();
+                        let _ = done.send(());
+                        return;
+                    }
+                    None => {
+                        self.peer.close().await;
+                        return;
+                    }
+                },
+                event = self.peer.next_event() => match event {
+                    Some(PeerEvent::State(RTCPeerConnectionState::Connected)) => {
+                        connected = true;
+                        self.recording.lock().connected_at = Some(Instant::now());
+                    }
+                    Some(PeerEvent::State(
+                        RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed,
+                    )) | None => {
+                        connected = false;
+                        self.recording.lock().disconnected_at.get_or_insert(Instant::now());
+                    }
+                    Some(PeerEvent::Track(track)) => self.track = Some(track),
+                    Some(_) => {}
+                },
+                event = next_track_event(&self.track) => match event {
+                    Some(TrackRemoteEvent::OnRtpPacket(rtp)) => {
+                        let now = Instant::now();
+                        let samples = self.decoder.decode(&rtp.payload, &mut decoded).unwrap_or(0);
+                        let mut recording = self.recording.lock();
+                        recording.first_rtp_at.get_or_insert(now);
+                        recording.packets_received += 1;
+                        let offset = recording.received.len();
+                        recording.arrivals.push((now, offset));
+                        recording.received.extend_from_slice(&decoded[..samples]);
+                    }
+                    Some(_) => {}
+                    None => self.track = None,
+                },
+                _ = ticker.tick() => {
+                    if !connected {
+                        continue;
+                    }
+                    for slot in frame.iter_mut() {
+                        *slot = self.outgoing.pop_front().unwrap_or(0);
+                    }
+                    if self.outgoing.is_empty() {
+                        let mut until = self.speaking_until.lock();
+                        *until = (*until).min(Instant::now());
+                    }
+                    let Ok(length) = self.encoder.encode(&frame, &mut packet) else {
+                        continue;
+                    };
+                    let payload = bytes::Bytes::copy_from_slice(&packet[..length]);
+                    if self.peer.write_opus(sequence_number, timestamp, payload).await.is_ok() {
+                        self.recording.lock().packets_sent += 1;
+                    }
+                    sequence_number = sequence_number.wrapping_add(1);
+                    timestamp = timestamp.wrapping_add(RTP_TIMESTAMP_STEP);
+                }
+            }
+            self.changed.notify_waiters();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rename_mid;
+
+    #[test]
+    fn the_mid_is_renamed_in_the_section_and_the_bundle() {
+        let sdp = "v=0\r\na=group:BUNDLE 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\n";
+        let wire = rename_mid(sdp, "0", "audio");
+        assert!(wire.contains("a=group:BUNDLE audio\r\n") && wire.contains("a=mid:audio\r\n"));
+        assert_eq!(rename_mid(&wire, "audio", "0"), sdp);
+    }
+}
