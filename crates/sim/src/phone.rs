@@ -12,8 +12,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use parking_lot::Mutex;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
-use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
-use webrtc::peer_connection::RTCPeerConnectionState;
 
 use crate::graph_double::GraphDouble;
 use crate::webhooks::{self, BusinessLine};
@@ -22,7 +20,7 @@ use bridge::media::codec::{
     EncoderSettings, MAX_OPUS_PACKET, OpusDecoder, OpusEncoder, RTP_TIMESTAMP_STEP,
     SAMPLES_PER_FRAME,
 };
-use bridge::media::peer::{MediaPeer, PeerEvent, PeerProfile, PeerSettings, next_track_event};
+use bridge::media::peer::{MediaPeer, PeerEvent, PeerProfile, PeerSettings};
 use bridge::whatsapp::signature;
 
 /// How long the phone waits for the bridge's `pre_accept`.
@@ -234,7 +232,6 @@ impl PhoneCall {
             recording: self.recording.clone(),
             changed: self.changed.clone(),
             outgoing: VecDeque::new(),
-            track: None,
             speaking_until: self.speaking_until.clone(),
         };
         self.commands = Some(tx);
@@ -356,7 +353,6 @@ struct PhoneMedia {
     recording: Arc<Mutex<Recording>>,
     changed: Arc<Notify>,
     outgoing: VecDeque<i16>,
-    track: Option<Arc<dyn TrackRemote>>,
     speaking_until: Arc<Mutex<Instant>>,
 }
 
@@ -387,21 +383,15 @@ impl PhoneMedia {
                     }
                 },
                 event = self.peer.next_event() => match event {
-                    Some(PeerEvent::State(RTCPeerConnectionState::Connected)) => {
+                    Some(PeerEvent::Connected) => {
                         connected = true;
                         self.recording.lock().connected_at = Some(Instant::now());
                     }
-                    Some(PeerEvent::State(
-                        RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed,
-                    )) | None => {
+                    Some(PeerEvent::Gone) | None => {
                         connected = false;
                         self.recording.lock().disconnected_at.get_or_insert(Instant::now());
                     }
-                    Some(PeerEvent::Track(track)) => self.track = Some(track),
-                    Some(_) => {}
-                },
-                event = next_track_event(&self.track) => match event {
-                    Some(TrackRemoteEvent::OnRtpPacket(rtp)) => {
+                    Some(PeerEvent::Rtp(rtp)) => {
                         let now = Instant::now();
                         let samples = self.decoder.decode(&rtp.payload, &mut decoded).unwrap_or(0);
                         let mut recording = self.recording.lock();
@@ -411,8 +401,6 @@ impl PhoneMedia {
                         recording.arrivals.push((now, offset));
                         recording.received.extend_from_slice(&decoded[..samples]);
                     }
-                    Some(_) => {}
-                    None => self.track = None,
                 },
                 _ = ticker.tick() => {
                     if !connected {

@@ -15,8 +15,6 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
-use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
-use webrtc::peer_connection::RTCPeerConnectionState;
 
 use super::flow::{Action, CallFlow};
 use super::journal::Journal;
@@ -27,7 +25,7 @@ use crate::media::codec::{
     EncoderSettings, MAX_OPUS_PACKET, RTP_TIMESTAMP_STEP, SAMPLES_PER_FRAME, StreamEncoder,
 };
 use crate::media::peer::{
-    MediaPeer, OPUS_PAYLOAD_TYPE, PeerEvent, PeerProfile, PeerSettings, next_track_event,
+    MediaPeer, OPUS_PAYLOAD_TYPE, PeerEvent, PeerProfile, PeerSettings, RtpPacket,
 };
 use crate::media::phases::FramePhases;
 use crate::media::playback::{Pacer, PlaybackBuffer};
@@ -284,7 +282,6 @@ struct CallTask {
     ai: Option<RealtimeSession>,
     ai_connect: Option<AiConnect>,
     graph_op: Option<GraphOp>,
-    remote_track: Option<Arc<dyn TrackRemote>>,
     uplink: UplinkDecoder,
     uplink_pcm: Vec<i16>,
     playback: PlaybackBuffer,
@@ -382,7 +379,6 @@ impl CallTask {
             ai: None,
             ai_connect: None,
             graph_op: None,
-            remote_track: None,
             uplink: media.uplink,
             uplink_pcm: Vec::with_capacity(SAMPLES_PER_FRAME * 8),
             playback: PlaybackBuffer::new(),
@@ -499,14 +495,6 @@ impl CallTask {
                         return end;
                     }
                 }
-                event = next_track_event(&self.remote_track) => match event {
-                    Some(event) => {
-                        if let Some(end) = self.on_track_event(event).await {
-                            return end;
-                        }
-                    }
-                    None => self.remote_track = None,
-                },
                 Some(result) = poll_opt(&mut self.ai_connect) => {
                     self.ai_connect = None;
                     match result {
@@ -639,69 +627,46 @@ impl CallTask {
 
     async fn on_peer_event(&mut self, event: Option<PeerEvent>) -> Option<CallEnd> {
         match event {
-            None => Some(self.end(CallEnd::CallerGone).await),
-            Some(PeerEvent::Track(track)) => {
-                debug!("caller track arrived");
-                self.remote_track = Some(track);
-                None
+            Some(PeerEvent::Rtp(packet)) => self.on_caller_packet(packet).await,
+            Some(PeerEvent::Connected) => {
+                let actions = self.flow.media_connected(Instant::now());
+                self.apply(actions).await
             }
-            Some(PeerEvent::GatheringComplete) => None,
-            Some(PeerEvent::State(state)) => {
-                debug!(?state, "peer connection state");
-                match state {
-                    RTCPeerConnectionState::Connected => {
-                        let actions = self.flow.media_connected(Instant::now());
-                        self.apply(actions).await
-                    }
-                    RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
-                        Some(self.end(CallEnd::CallerGone).await)
-                    }
-                    _ => None,
-                }
-            }
+            Some(PeerEvent::Gone) | None => Some(self.end(CallEnd::CallerGone).await),
         }
     }
 
-    async fn on_track_event(&mut self, event: TrackRemoteEvent) -> Option<CallEnd> {
-        match event {
-            TrackRemoteEvent::OnRtpPacket(packet) => {
-                if packet.header.payload_type != OPUS_PAYLOAD_TYPE {
-                    // DTMF (PT 126) or anything unexpected: not audio for the AI.
-                    return None;
-                }
-                self.uplink_pcm.clear();
-                self.uplink.push(
-                    packet.header.sequence_number,
-                    &packet.payload,
-                    &mut self.uplink_pcm,
-                );
-                let frames = (self.uplink_pcm.len() / SAMPLES_PER_FRAME) as u64;
-                self.frames_in.inc_by(frames);
-                let metrics = &self.context.metrics;
-                let concealed = self.uplink.stats().concealed + self.uplink.stats().fec_recovered;
-                if concealed > self.concealed_seen {
-                    metrics
-                        .concealed_frames
-                        .inc_by(concealed - self.concealed_seen);
-                    self.concealed_seen = concealed;
-                }
-                // The AI hears the caller only once the call is answered.
-                if self.pacer.is_some()
-                    && !self.uplink_pcm.is_empty()
-                    && let Some(ai) = self.ai.as_mut()
-                    && let Err(err) = ai.send_audio(&self.uplink_pcm).await
-                {
-                    return Some(self.ai_failed(err).await);
-                }
-                None
-            }
-            TrackRemoteEvent::OnEnded => {
-                debug!("caller track ended");
-                self.remote_track = None;
-                None
-            }
-            _ => None,
+    /// One RTP packet from the caller: Opus is decoded (losses concealed) and sent to the AI.
+    async fn on_caller_packet(&mut self, packet: RtpPacket) -> Option<CallEnd> {
+        if packet.payload_type != OPUS_PAYLOAD_TYPE {
+            // DTMF (PT 126) or anything unexpected: not audio for the AI.
+            return None;
         }
+        self.uplink_pcm.clear();
+        self.uplink.push(
+            packet.sequence_number,
+            &packet.payload,
+            &mut self.uplink_pcm,
+        );
+        let frames = (self.uplink_pcm.len() / SAMPLES_PER_FRAME) as u64;
+        self.frames_in.inc_by(frames);
+        let metrics = &self.context.metrics;
+        let concealed = self.uplink.stats().concealed + self.uplink.stats().fec_recovered;
+        if concealed > self.concealed_seen {
+            metrics
+                .concealed_frames
+                .inc_by(concealed - self.concealed_seen);
+            self.concealed_seen = concealed;
+        }
+        // The AI hears the caller only once the call is answered.
+        if self.pacer.is_some()
+            && !self.uplink_pcm.is_empty()
+            && let Some(ai) = self.ai.as_mut()
+            && let Err(err) = ai.send_audio(&self.uplink_pcm).await
+        {
+            return Some(self.ai_failed(err).await);
+        }
+        None
     }
 
     async fn on_ai_event(
@@ -986,7 +951,6 @@ impl CallTask {
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, ai.close()).await;
         }
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.peer.close()).await;
-        self.remote_track = None;
         debug_assert_eq!(self.flow.end_reason(), Some(end));
         self.tool_runs.abort_all();
         if let Some(journal) = self.journal.take() {

@@ -4,6 +4,9 @@
 //! call, DTLS client when answering (`a=setup:active`), no mDNS, a short ICE check interval,
 //! RTCP sender/receiver reports on. Events from the connection (state changes, the caller's
 //! track) are forwarded into a bounded channel read by the call task that owns this peer.
+//!
+//! This is the one file that names the WebRTC crate's types: everything else speaks in
+//! [`PeerEvent`] and [`RtpPacket`].
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -27,7 +30,7 @@ use rtc::rtp_transceiver::rtp_sender::{
 use tokio::sync::mpsc;
 use webrtc::media_stream::track_local::TrackLocal;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
-use webrtc::media_stream::track_remote::TrackRemote;
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
     PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
     RTCIceGatheringState, RTCIceServer, RTCPeerConnectionState, RTCSessionDescription,
@@ -132,34 +135,54 @@ impl From<webrtc::error::Error> for PeerError {
     }
 }
 
-/// What the connection tells its call task.
+/// What the connection tells its owner.
+#[derive(Debug)]
 pub enum PeerEvent {
+    /// ICE and DTLS are up: media can flow both ways.
+    Connected,
+    /// The connection failed or was closed: the far end is gone.
+    Gone,
+    /// One RTP packet from the far end.
+    Rtp(RtpPacket),
+}
+
+/// One received RTP packet: what the bridge reads of it.
+#[derive(Debug)]
+pub struct RtpPacket {
+    pub payload_type: u8,
+    pub sequence_number: u16,
+    pub timestamp: u32,
+    pub payload: bytes::Bytes,
+}
+
+/// What the connection's driver reports, before [`MediaPeer::next_event`] makes it a
+/// [`PeerEvent`] (or keeps it: the remote track, gathering).
+enum DriverEvent {
     State(RTCPeerConnectionState),
-    /// The caller's audio track; read it with `TrackRemote::poll`.
     Track(Arc<dyn TrackRemote>),
     GatheringComplete,
 }
 
 /// Forwards driver callbacks into the call task's channel without ever blocking the driver.
 struct EventForwarder {
-    tx: mpsc::Sender<PeerEvent>,
+    tx: mpsc::Sender<DriverEvent>,
 }
 
 #[async_trait::async_trait]
 impl PeerConnectionEventHandler for EventForwarder {
     async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
-        let _ = self.tx.try_send(PeerEvent::State(state));
+        let _ = self.tx.try_send(DriverEvent::State(state));
     }
 
     async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
         if state == RTCIceGatheringState::Complete {
-            let _ = self.tx.try_send(PeerEvent::GatheringComplete);
+            let _ = self.tx.try_send(DriverEvent::GatheringComplete);
         }
     }
 
     async fn on_track(&self, track: Arc<dyn TrackRemote>) {
         // A track is delivered once; wait for room rather than lose it.
-        let _ = self.tx.send(PeerEvent::Track(track)).await;
+        let _ = self.tx.send(DriverEvent::Track(track)).await;
     }
 }
 
@@ -168,10 +191,12 @@ pub struct MediaPeer {
     pc: Arc<dyn PeerConnection>,
     track: Arc<TrackLocalStaticRTP>,
     ssrc: u32,
-    events: mpsc::Receiver<PeerEvent>,
+    events: mpsc::Receiver<DriverEvent>,
     /// Events that arrived while waiting for gathering, delivered before newer ones.
-    pending: std::collections::VecDeque<PeerEvent>,
+    pending: std::collections::VecDeque<DriverEvent>,
     gathering_complete: bool,
+    /// The far end's audio track, once it has arrived and until it ends.
+    remote: Option<Arc<dyn TrackRemote>>,
     /// Released when the peer is dropped, after the connection is closed.
     _port: Option<PortLease>,
 }
@@ -285,6 +310,7 @@ impl MediaPeer {
             events,
             pending: Default::default(),
             gathering_complete: false,
+            remote: None,
             _port: port,
         })
     }
@@ -321,7 +347,7 @@ impl MediaPeer {
         let mut held = Vec::new();
         while !self.gathering_complete {
             match tokio::time::timeout_at(deadline, self.events.recv()).await {
-                Ok(Some(PeerEvent::GatheringComplete)) => self.gathering_complete = true,
+                Ok(Some(DriverEvent::GatheringComplete)) => self.gathering_complete = true,
                 Ok(Some(other)) => held.push(other),
                 Ok(None) | Err(_) => break,
             }
@@ -335,12 +361,50 @@ impl MediaPeer {
             .ok_or(PeerError::NoLocalDescription)
     }
 
-    /// The next event of this connection (cancellation-safe). `None` once the connection is gone.
+    /// The next event of this connection: a state that matters or a received RTP packet
+    /// (cancellation-safe). `None` once the connection's driver is gone.
     pub async fn next_event(&mut self) -> Option<PeerEvent> {
-        if let Some(event) = self.pending.pop_front() {
-            return Some(event);
+        loop {
+            let event = match self.pending.pop_front() {
+                Some(event) => event,
+                None => tokio::select! {
+                    event = self.events.recv() => event?,
+                    event = next_track_event(&self.remote) => match event {
+                        Some(TrackRemoteEvent::OnRtpPacket(packet)) => {
+                            return Some(PeerEvent::Rtp(RtpPacket {
+                                payload_type: packet.header.payload_type,
+                                sequence_number: packet.header.sequence_number,
+                                timestamp: packet.header.timestamp,
+                                payload: packet.payload,
+                            }));
+                        }
+                        Some(TrackRemoteEvent::OnEnded) | None => {
+                            tracing::debug!("the far end's track ended");
+                            self.remote = None;
+                            continue;
+                        }
+                        Some(_) => continue,
+                    },
+                },
+            };
+            match event {
+                DriverEvent::Track(track) => {
+                    tracing::debug!("the far end's track arrived");
+                    self.remote = Some(track);
+                }
+                DriverEvent::GatheringComplete => {}
+                DriverEvent::State(state) => {
+                    tracing::debug!(?state, "peer connection state");
+                    match state {
+                        RTCPeerConnectionState::Connected => return Some(PeerEvent::Connected),
+                        RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
+                            return Some(PeerEvent::Gone);
+                        }
+                        _ => {}
+                    }
+                }
+            }
         }
-        self.events.recv().await
     }
 
     /// Sends one Opus frame on the outgoing track.
@@ -375,9 +439,7 @@ impl MediaPeer {
 
 /// The next event of an optional remote track; pending forever without one (for a `select!`
 /// branch that waits for the track to arrive). `None` once the track has ended.
-pub async fn next_track_event(
-    track: &Option<Arc<dyn TrackRemote>>,
-) -> Option<webrtc::media_stream::track_remote::TrackRemoteEvent> {
+async fn next_track_event(track: &Option<Arc<dyn TrackRemote>>) -> Option<TrackRemoteEvent> {
     match track {
         Some(track) => track.poll().await,
         None => std::future::pending().await,
@@ -406,14 +468,11 @@ fn opus_codec(profile: PeerProfile) -> RTCRtpCodecParameters {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use webrtc::media_stream::track_remote::TrackRemoteEvent;
 
-    async fn wait_connected(peer: &mut MediaPeer) -> Option<Arc<dyn TrackRemote>> {
-        let mut track = None;
+    async fn wait_connected(peer: &mut MediaPeer) {
         loop {
             match tokio::time::timeout(Duration::from_secs(10), peer.next_event()).await {
-                Ok(Some(PeerEvent::State(RTCPeerConnectionState::Connected))) => return track,
-                Ok(Some(PeerEvent::Track(t))) => track = Some(t),
+                Ok(Some(PeerEvent::Connected)) => return,
                 Ok(Some(_)) => {}
                 other => panic!("not connected: {}", other.is_ok()),
             }
@@ -472,7 +531,7 @@ mod tests {
         assert!(answer.contains("a=candidate:"), "{answer}");
         phone.apply_answer(&answer).await.expect("apply answer");
 
-        let (_, _) = tokio::join!(wait_connected(&mut phone), wait_connected(&mut bridge));
+        tokio::join!(wait_connected(&mut phone), wait_connected(&mut bridge));
         // The bridge sends; the phone's track appears with the first packets.
         let sender = async {
             for i in 0..50u16 {
@@ -488,18 +547,12 @@ mod tests {
             }
         };
         let receiver = async {
-            let track = loop {
-                match tokio::time::timeout(Duration::from_secs(5), phone.next_event()).await {
-                    Ok(Some(PeerEvent::Track(track))) => break track,
-                    Ok(Some(_)) => {}
-                    _ => panic!("no track at the phone"),
-                }
-            };
             let mut packets = 0;
             while packets < 10 {
-                match tokio::time::timeout(Duration::from_secs(5), track.poll()).await {
-                    Ok(Some(TrackRemoteEvent::OnRtpPacket(packet))) => {
-                        assert_eq!(packet.header.payload_type, OPUS_PAYLOAD_TYPE);
+                match tokio::time::timeout(Duration::from_secs(5), phone.next_event()).await {
+                    Ok(Some(PeerEvent::Rtp(packet))) => {
+                        assert_eq!(packet.payload_type, OPUS_PAYLOAD_TYPE);
+                        assert_eq!(packet.payload.as_ref(), &[0xf8, 0xff, 0xfe]);
                         packets += 1;
                     }
                     Ok(Some(_)) => {}

@@ -8,8 +8,6 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
-use webrtc::peer_connection::RTCPeerConnectionState;
 
 use super::graph_watch::GraphWatch;
 use super::markers::{CALLER_NAME_PREFIX, Clip, OnsetDetector};
@@ -17,7 +15,7 @@ use crate::phone::{post_webhook, rename_mid, unix_now};
 use crate::webhooks::{self, BusinessLine};
 use bridge::ids::{CallId, PhoneNumber};
 use bridge::media::codec::{FRAME_MS, MAX_PACKET_SAMPLES, OpusDecoder, RTP_TIMESTAMP_STEP};
-use bridge::media::peer::{MediaPeer, PeerEvent, PeerProfile, PeerSettings, next_track_event};
+use bridge::media::peer::{MediaPeer, PeerEvent, PeerProfile, PeerSettings};
 
 /// How long a phone waits for the bridge's `pre_accept` and `accept`.
 const ANSWER_WAIT: Duration = Duration::from_secs(15);
@@ -286,7 +284,6 @@ async fn run_media(
     };
     let mut pcm = vec![0i16; MAX_PACKET_SAMPLES];
     let mut onsets = OnsetDetector::default();
-    let mut track: Option<Arc<dyn TrackRemote>> = None;
     // Each phone's 20 ms clock has its own phase, as real callers' clocks do. Phones answered
     // in the same millisecond (a burst's `pre_accept`s arrive together) would otherwise send
     // every packet in step, and the bridge would get each period's uplink (and the AI's
@@ -305,27 +302,19 @@ async fn run_media(
         tokio::select! {
             _ = &mut stop => break,
             event = peer.next_event() => match event {
-                Some(PeerEvent::State(RTCPeerConnectionState::Connected)) => connected = true,
-                Some(PeerEvent::State(
-                    RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed,
-                )) | None => break,
-                Some(PeerEvent::Track(remote)) => track = Some(remote),
-                Some(_) => {}
-            },
-            event = next_track_event(&track) => match event {
-                Some(TrackRemoteEvent::OnRtpPacket(rtp)) => {
+                Some(PeerEvent::Connected) => connected = true,
+                Some(PeerEvent::Gone) | None => break,
+                Some(PeerEvent::Rtp(rtp)) => {
                     let now = Instant::now();
                     let onset = decoder
                         .decode(&rtp.payload, &mut pcm)
                         .is_ok_and(|samples| onsets.feed(&pcm[..samples]));
                     let mut stats = stats.lock();
-                    stats.on_packet(now, rtp.header.sequence_number, rtp.header.timestamp);
+                    stats.on_packet(now, rtp.sequence_number, rtp.timestamp);
                     if onset {
                         stats.onsets_heard.push(now);
                     }
                 }
-                Some(_) => {}
-                None => track = None,
             },
             _ = ticker.tick() => {
                 if !connected {
