@@ -1,6 +1,6 @@
-//! The call task: one per call, sole owner of the call's PeerConnection, AI session, codecs,
-//! playback queue and timers. One `select!` loop drives it; everything with timing is decided by
-//! the sans-IO [`CallFlow`] and [`Pacer`]. Others reach the call only through its
+//! The call task: one per call, sole owner of the call's PeerConnection, AI session, both
+//! directions of its media and its timers. One `select!` loop drives it; everything with timing
+//! is decided by the sans-IO [`CallFlow`] and [`Downlink`]. Others reach the call only through its
 //! [`CallHandle`](crate::registry::CallHandle).
 
 use std::future::Future;
@@ -21,14 +21,12 @@ use super::journal::Journal;
 use super::tool_calls::{Send as ToolSend, ToolCalls};
 use super::{CallCommand, CallDirection, CallEnd};
 use crate::ids::{CallId, PhoneNumber};
-use crate::media::codec::{
-    EncoderSettings, MAX_OPUS_PACKET, RTP_TIMESTAMP_STEP, SAMPLES_PER_FRAME, StreamEncoder,
-};
+use crate::media::codec::{EncoderSettings, SAMPLES_PER_FRAME, StreamEncoder};
+use crate::media::downlink::{Downlink, OutgoingFrame};
 use crate::media::peer::{
     MediaPeer, OPUS_PAYLOAD_TYPE, PeerEvent, PeerProfile, PeerSettings, RtpPacket,
 };
 use crate::media::phases::FramePhases;
-use crate::media::playback::{Pacer, PlaybackBuffer};
 use crate::media::ports::PortLease;
 use crate::media::uplink::UplinkDecoder;
 use crate::memory::{self, MemorySettings};
@@ -284,13 +282,10 @@ struct CallTask {
     graph_op: Option<GraphOp>,
     uplink: UplinkDecoder,
     uplink_pcm: Vec<i16>,
-    playback: PlaybackBuffer,
-    encoder: StreamEncoder,
-    frame: Vec<i16>,
-    packet: Vec<u8>,
-    pacer: Option<Pacer>,
-    sequence_number: u16,
-    timestamp: u32,
+    /// The AI's voice toward the caller: queue, pacer, encoder, RTP numbering.
+    downlink: Downlink,
+    /// The frames due at one poll of the downlink (reused).
+    outgoing: Vec<OutgoingFrame>,
     /// What the AI is asked to say first once media flows (`None`: it waits for the caller).
     greeting: Option<String>,
     greeted: bool,
@@ -381,13 +376,8 @@ impl CallTask {
             graph_op: None,
             uplink: media.uplink,
             uplink_pcm: Vec::with_capacity(SAMPLES_PER_FRAME * 8),
-            playback: PlaybackBuffer::new(),
-            encoder: media.encoder,
-            frame: vec![0; SAMPLES_PER_FRAME],
-            packet: vec![0; MAX_OPUS_PACKET],
-            pacer: None,
-            sequence_number: rand::random(),
-            timestamp: rand::random(),
+            downlink: Downlink::new(media.encoder, rand::random(), rand::random()),
+            outgoing: Vec::with_capacity(4),
             greeting,
             greeted: false,
             concealed_seen: 0,
@@ -538,9 +528,9 @@ impl CallTask {
     /// The earliest of the pacer's next frame and the flow's next timer.
     fn next_wake(&self) -> Instant {
         let far = Instant::now() + Duration::from_secs(3600);
-        let pacer = self.pacer.as_ref().map(Pacer::deadline);
+        let frame = self.downlink.deadline();
         let flow = self.flow.next_deadline();
-        [pacer, flow].into_iter().flatten().min().unwrap_or(far)
+        [frame, flow].into_iter().flatten().min().unwrap_or(far)
     }
 
     async fn on_tick(&mut self) -> Option<CallEnd> {
@@ -552,45 +542,27 @@ impl CallTask {
         self.send_due_frames(now).await
     }
 
-    /// Sends the frames the pacer says are due: AI audio when queued, encoded silence otherwise,
-    /// so the caller's leg is never silent at the RTP level (§7.4).
+    /// Sends the frames the downlink says are due: AI audio when queued, encoded silence
+    /// otherwise, so the caller's leg is never silent at the RTP level (§7.4).
     async fn send_due_frames(&mut self, now: Instant) -> Option<CallEnd> {
-        let pacer = self.pacer.as_mut()?;
-        let due = pacer.poll(now);
-        if due.frames > 0 {
+        let polled = self.downlink.poll(now, &mut self.outgoing);
+        if polled.frames > 0 {
             self.context
                 .metrics
                 .frame_send_delay_seconds
-                .observe(due.delay.as_secs_f64());
+                .observe(polled.delay.as_secs_f64());
         }
-        if due.skipped > 0 || due.frames > 1 {
+        if polled.late {
             self.context.metrics.late_pacer_ticks.inc();
-            self.timestamp = self
-                .timestamp
-                .wrapping_add(RTP_TIMESTAMP_STEP * due.skipped);
         }
-        for _ in 0..due.frames {
-            let ai_samples = self.playback.pop_frame(&mut self.frame);
-            let length = match self
-                .encoder
-                .encode(&self.frame, ai_samples == 0, &mut self.packet)
-            {
-                Ok(length) => length,
-                Err(err) => {
-                    warn!(%err, "opus encode failed");
-                    continue;
-                }
-            };
-            let payload = bytes::Bytes::copy_from_slice(&self.packet[..length]);
+        for frame in self.outgoing.drain(..) {
             if let Err(err) = self
                 .peer
-                .write_opus(self.sequence_number, self.timestamp, payload)
+                .write_opus(frame.sequence_number, frame.timestamp, frame.payload)
                 .await
             {
                 debug!(%err, "writing RTP failed");
             }
-            self.sequence_number = self.sequence_number.wrapping_add(1);
-            self.timestamp = self.timestamp.wrapping_add(RTP_TIMESTAMP_STEP);
             self.frames_out.inc();
         }
         None
@@ -659,7 +631,7 @@ impl CallTask {
             self.concealed_seen = concealed;
         }
         // The AI hears the caller only once the call is answered.
-        if self.pacer.is_some()
+        if self.downlink.is_started()
             && !self.uplink_pcm.is_empty()
             && let Some(ai) = self.ai.as_mut()
             && let Err(err) = ai.send_audio(&self.uplink_pcm).await
@@ -689,8 +661,8 @@ impl CallTask {
                 pcm,
             } => {
                 let queued = self
-                    .playback
-                    .push(&response_id, &item_id, content_index, &pcm);
+                    .downlink
+                    .push_audio(&response_id, &item_id, content_index, &pcm);
                 if queued && let Some(stopped) = self.speech_stopped_at.take() {
                     self.context
                         .metrics
@@ -700,7 +672,7 @@ impl CallTask {
             }
             ServerEvent::SpeechStopped { .. } => self.speech_stopped_at = Some(Instant::now()),
             ServerEvent::SpeechStarted { .. } => {
-                let truncations = self.playback.barge_in();
+                let truncations = self.downlink.barge_in();
                 if !truncations.is_empty() {
                     self.context.metrics.barge_ins.inc();
                     debug!(count = truncations.len(), "barge-in: playback dropped");
@@ -889,7 +861,7 @@ impl CallTask {
                     // RTP starts at once (§7.1 step 7): the first frame is due now; the rest
                     // keep to the call's own millisecond of the 20 ms period.
                     let slot = self.context.frame_phases.take();
-                    self.pacer = Some(Pacer::in_phase(Instant::now(), slot));
+                    self.downlink.start(Instant::now(), slot);
                     if let Some(end) = self.maybe_greet().await {
                         return Some(end);
                     }
@@ -908,7 +880,7 @@ impl CallTask {
 
     /// Once answered and the AI is ready, let it speak first (if a greeting is configured).
     async fn maybe_greet(&mut self) -> Option<CallEnd> {
-        if self.greeted || self.pacer.is_none() || self.ai.is_none() {
+        if self.greeted || !self.downlink.is_started() || self.ai.is_none() {
             return None;
         }
         self.greeted = true;

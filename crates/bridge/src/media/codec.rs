@@ -9,6 +9,8 @@ use opus::{Application, Channels};
 pub const PCM_SAMPLE_RATE: u32 = 24_000;
 /// Duration of one Opus frame, as negotiated (`a=ptime:20`).
 pub const FRAME_MS: u32 = 20;
+/// [`FRAME_MS`] as a duration: the period of the pacer and of the frame phases.
+pub const FRAME_PERIOD: std::time::Duration = std::time::Duration::from_millis(FRAME_MS as u64);
 /// Samples in one 20 ms frame at [`PCM_SAMPLE_RATE`].
 pub const SAMPLES_PER_FRAME: usize = 480;
 /// The Opus RTP clock, whatever the codec's internal rate (RFC 7587).

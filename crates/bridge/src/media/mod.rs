@@ -1,6 +1,10 @@
-//! Media: PeerConnection set-up, Opus codec, playback buffer, 20 ms pacer and its phases.
+//! Media: the PeerConnection, the Opus codec, and the two directions of a call's audio: the
+//! [`uplink`] (caller to AI) and the [`downlink`] (AI to caller: playback queue, pacer and its
+//! phase in the 20 ms period, stream encoder).
 
 pub mod codec;
+pub mod downlink;
+pub mod pacer;
 pub mod peer;
 pub mod phases;
 pub mod playback;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use super::playback::Pacer;
+use super::codec::FRAME_PERIOD;
 
 /// One slot per millisecond of the frame period.
 pub const SLOTS: usize = 20;
@@ -81,7 +81,7 @@ impl PhaseSlot {
         let Some(since) = at.checked_duration_since(self.offset) else {
             return self.offset;
         };
-        let period = Pacer::PERIOD.as_nanos();
+        let period = FRAME_PERIOD.as_nanos();
         let periods = since.as_nanos().div_ceil(period);
         self.offset + Duration::from_nanos((periods * period) as u64)
     }

@@ -965,7 +965,7 @@ fn level_nearest(levels: &[LevelResult], size: fn(&LevelResult) -> usize) -> Opt
 /// its latency is the bridge's; the downlink's includes the wait for the next 20 ms slot.
 const UPLINK_P99_GOAL_MS: f64 = 5.0;
 const DOWNLINK_P99_GOAL_MS: f64 =
-    bridge::media::playback::Pacer::PERIOD.as_millis() as f64 + UPLINK_P99_GOAL_MS;
+    bridge::media::codec::FRAME_PERIOD.as_millis() as f64 + UPLINK_P99_GOAL_MS;
 const PER_CALL_GOAL: &str = "≥ 100 calls per core (≤ 1.0 % of a core per call)";
 const RATIO_GOAL: &str = "bridge CPU per call ≤ 1.3 × codec only";
 

@@ -1,0 +1,173 @@
+//! The 20 ms clock of the AI's voice toward the caller: a fixed schedule, kept in the call's
+//! phase slot, that says how many frames are due at each poll. Sans-IO: it is given `now`.
+
+use std::time::{Duration, Instant};
+
+use super::codec::FRAME_PERIOD;
+use super::phases::PhaseSlot;
+
+/// Frames due at one pacer poll.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Due {
+    /// Frames to send now (0 when polled early).
+    pub frames: u32,
+    /// Frame slots given up because the task was too late to send them in time; the RTP
+    /// timestamp still advances over them.
+    pub skipped: u32,
+    /// How long after its due instant the first of these frames is sent.
+    pub delay: Duration,
+}
+
+/// The 20 ms clock of the outgoing audio. It keeps a fixed schedule from its start, so timing
+/// errors do not accumulate; a late poll sends the missed frames (at most `MAX_BURST`) and
+/// skips the rest rather than flooding the caller's jitter buffer.
+#[derive(Debug)]
+pub struct Pacer {
+    next_due: Instant,
+    /// Where the schedule moves after the first frame (see [`Pacer::in_phase`]).
+    rephase_to: Option<Instant>,
+    late_polls: u64,
+}
+
+impl Pacer {
+    pub const PERIOD: Duration = FRAME_PERIOD;
+    /// Frames sent at once after a stall.
+    pub const MAX_BURST: u32 = 3;
+
+    /// The first frame is due at `start`.
+    pub fn new(start: Instant) -> Self {
+        Self {
+            next_due: start,
+            rephase_to: None,
+            late_polls: 0,
+        }
+    }
+
+    /// The first frame is due at `start` (media starts at once, §7.1); the rest follow in
+    /// `slot`, starting with its first instant at least half a period later, so the gap
+    /// between the first two frames stays within 10 ms of the period. The owner holds the slot
+    /// for as long as the pacer runs.
+    pub fn in_phase(start: Instant, slot: &PhaseSlot) -> Self {
+        Self {
+            next_due: start,
+            rephase_to: Some(slot.first_at_or_after(start + Self::PERIOD / 2)),
+            late_polls: 0,
+        }
+    }
+
+    /// When the next frame is due.
+    pub fn deadline(&self) -> Instant {
+        self.next_due
+    }
+
+    /// Polls that came a whole period or more after their deadline.
+    pub fn late_polls(&self) -> u64 {
+        self.late_polls
+    }
+
+    pub fn poll(&mut self, now: Instant) -> Due {
+        if now < self.next_due {
+            return Due::default();
+        }
+        let behind = now.duration_since(self.next_due);
+        if let Some(next_due) = self.rephase_to.take() {
+            // The first frame. If the slot's instant has passed too, the next poll sends it.
+            self.next_due = next_due;
+            return Due {
+                frames: 1,
+                skipped: 0,
+                delay: behind,
+            };
+        }
+        let slots = 1 + (behind.as_micros() / Self::PERIOD.as_micros()) as u32;
+        if slots > 1 {
+            self.late_polls += 1;
+        }
+        let frames = slots.min(Self::MAX_BURST);
+        self.next_due += Self::PERIOD * slots;
+        Due {
+            frames,
+            skipped: slots - frames,
+            delay: behind,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::phases::FramePhases;
+
+    #[test]
+    fn pacer_sends_one_frame_per_period_on_a_fixed_schedule() {
+        let start = Instant::now();
+        let mut pacer = Pacer::new(start);
+        assert_eq!(pacer.poll(start).frames, 1);
+        assert_eq!(pacer.poll(start + Duration::from_millis(5)).frames, 0);
+        assert_eq!(pacer.deadline(), start + Duration::from_millis(20));
+        // A poll 3 ms late does not shift the schedule.
+        let due = pacer.poll(start + Duration::from_millis(23));
+        assert_eq!((due.frames, due.delay), (1, Duration::from_millis(3)));
+        assert_eq!(pacer.deadline(), start + Duration::from_millis(40));
+        assert_eq!(pacer.late_polls(), 0);
+    }
+
+    #[test]
+    fn pacer_catches_up_a_short_stall_and_skips_a_long_one() {
+        let start = Instant::now();
+        let mut pacer = Pacer::new(start);
+        pacer.poll(start);
+        let due = pacer.poll(start + Duration::from_millis(61));
+        assert_eq!(
+            due,
+            Due {
+                frames: 3,
+                skipped: 0,
+                delay: Duration::from_millis(41),
+            }
+        );
+        assert_eq!(pacer.deadline(), start + Duration::from_millis(80));
+        let due = pacer.poll(start + Duration::from_millis(200));
+        assert_eq!(
+            due,
+            Due {
+                frames: 3,
+                skipped: 4,
+                delay: Duration::from_millis(120),
+            }
+        );
+        assert_eq!(pacer.deadline(), start + Duration::from_millis(220));
+        assert_eq!(pacer.late_polls(), 2);
+    }
+
+    #[test]
+    fn pacer_in_phase_sends_the_first_frame_at_once_then_keeps_to_its_slot() {
+        let ms = Duration::from_millis;
+        let epoch = Instant::now();
+        let phases = FramePhases::new(epoch);
+        let _taken: Vec<_> = (0..7).map(|_| phases.take()).collect();
+        let slot = phases.take();
+        assert_eq!(slot.index(), 7);
+
+        // Media starts at 1 002 ms: the first frame goes at once; slot 7's next instant at
+        // least 10 ms on is 1 027 ms, and the frames after it follow every 20 ms.
+        let start = epoch + ms(1_002);
+        let mut pacer = Pacer::in_phase(start, &slot);
+        assert_eq!(pacer.deadline(), start);
+        assert_eq!(pacer.poll(start).frames, 1);
+        assert_eq!(pacer.deadline(), epoch + ms(1_027));
+        assert_eq!(pacer.poll(epoch + ms(1_027)).frames, 1);
+        assert_eq!(pacer.deadline(), epoch + ms(1_047));
+
+        // Media starts at 1 015 ms: 1 027 ms is 12 ms on, so the schedule moves there. (The
+        // first call's end frees slot 7, which is taken again.)
+        drop(slot);
+        let slot = phases.take();
+        assert_eq!(slot.index(), 7);
+        let start = epoch + ms(1_015);
+        let mut pacer = Pacer::in_phase(start, &slot);
+        assert_eq!(pacer.poll(start).frames, 1);
+        assert_eq!(pacer.deadline(), epoch + ms(1_027));
+        assert_eq!(pacer.late_polls(), 0);
+    }
+}
