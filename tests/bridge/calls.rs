@@ -179,8 +179,8 @@ async fn the_bridge_places_a_call_and_the_ai_opens_it_once_the_user_picks_up() {
     .await;
     let user = user(40);
     let call_id = stack
-        .dialer
-        .call(
+        .calls
+        .place(
             &user,
             "Remind the user of their 3 pm appointment.",
             "Reminder call.",
@@ -221,7 +221,7 @@ async fn the_bridge_places_a_call_and_the_ai_opens_it_once_the_user_picks_up() {
     assert!(opening.json.to_string().contains("3 pm appointment"));
 
     // Busy: a second call to the same user is refused while this one is live.
-    assert!(stack.dialer.call(&user, "x", "y").await.is_err());
+    assert!(stack.calls.place(&user, "x", "y").await.is_err());
 
     call.hang_up().await.expect("hang up");
     assert!(stack.wait_idle(WAIT).await);

@@ -11,7 +11,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::call::dialer::Dialer;
+use crate::call::calls::Calls;
+use crate::call::registry::Registry;
 use crate::call::task::CallContext;
 use crate::config::{Config, StoreSettings};
 use crate::http::{AppState, WebhookSettings, metrics_router, router};
@@ -22,7 +23,6 @@ use crate::memory::MemorySettings;
 use crate::metrics::Metrics;
 use crate::realtime::client::RealtimeConfig;
 use crate::realtime::events::SessionSettings;
-use crate::registry::Registry;
 use crate::store::Store;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::supabase::{SupabaseConfig, SupabaseStore};
@@ -85,7 +85,7 @@ impl App {
         if let crate::realtime::client::Provider::Azure { deployment, .. } = &config.ai_provider {
             session.model = Some(deployment.clone());
         }
-        let calls = CallContext {
+        let context = CallContext {
             graph,
             realtime: RealtimeConfig {
                 provider: config.ai_provider.clone(),
@@ -118,14 +118,10 @@ impl App {
                 verify_token: config.verify_token.clone(),
                 phone_number_id: config.phone_number_id.clone(),
             }),
-            registry,
+            calls: Calls::new(context, registry, TaskTracker::new(), ports),
             metrics,
-            calls: Arc::new(calls),
-            tracker: TaskTracker::new(),
-            ports,
             started: Instant::now(),
             admin_token: config.admin_token.clone(),
-            refusals: Arc::default(),
         };
         let listener = TcpListener::bind((config.bind_addr, config.port)).await?;
         let metrics_listener = match config.metrics_port {
@@ -154,7 +150,7 @@ impl App {
     }
 
     pub fn registry(&self) -> Registry {
-        self.state.registry.clone()
+        self.state.calls.registry().clone()
     }
 
     pub fn metrics(&self) -> Metrics {
@@ -163,17 +159,12 @@ impl App {
 
     /// The caller-data store the calls use.
     pub fn store(&self) -> Arc<dyn Store> {
-        self.state.calls.store.clone()
+        self.state.calls.context().store.clone()
     }
 
-    /// Places business-initiated calls through this bridge.
-    pub fn dialer(&self) -> Dialer {
-        Dialer {
-            context: CallContext::clone(&self.state.calls),
-            registry: self.state.registry.clone(),
-            tracker: self.state.tracker.clone(),
-            ports: self.state.ports.clone(),
-        }
+    /// The calls of this bridge: live calls, and placing business-initiated ones.
+    pub fn calls(&self) -> Calls {
+        self.state.calls.clone()
     }
 
     /// Cancelling this token ends every call with `CallEnd::Shutdown`.
@@ -193,8 +184,8 @@ impl App {
             root,
             drain_timeout,
         } = self;
-        let registry = state.registry.clone();
-        let tracker = state.tracker.clone();
+        let registry = state.calls.registry().clone();
+        let tracker = state.calls.tracker().clone();
         let app = router(state.clone(), metrics_listener.is_some());
         info!(addr = %listener.local_addr()?, "bridge listening");
         let stopped = CancellationToken::new();

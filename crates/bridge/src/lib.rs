@@ -24,7 +24,6 @@ pub mod media;
 pub mod memory;
 pub mod metrics;
 pub mod realtime;
-pub mod registry;
 pub mod store;
 pub mod tools;
 pub mod whatsapp;

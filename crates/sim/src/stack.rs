@@ -14,11 +14,11 @@ use crate::phone::PhoneSettings;
 use crate::realtime_ai::{AiDoubleConfig, RealtimeAiDouble};
 use crate::webhooks::BusinessLine;
 use bridge::app::App;
-use bridge::call::dialer::Dialer;
+use bridge::call::calls::Calls;
+use bridge::call::registry::Registry;
 use bridge::config::{self, Config};
 use bridge::media::peer::PeerSettings;
 use bridge::metrics::Metrics;
-use bridge::registry::Registry;
 use bridge::store::Store;
 use bridge::store::embedded::EmbeddedStore;
 
@@ -59,8 +59,8 @@ pub struct LocalStack {
     pub metrics: Metrics,
     /// The caller-data store the bridge uses.
     pub store: Arc<dyn Store>,
-    /// Places outbound calls through the bridge.
-    pub dialer: Dialer,
+    /// The bridge's calls: places outbound calls through it.
+    pub calls: Calls,
     /// Cancelling it ends every call with `shutdown` (without stopping the server).
     pub calls_token: CancellationToken,
     /// Like SIGTERM for a process: the first starts the drain, the second ends it.
@@ -118,7 +118,7 @@ impl LocalStack {
         let bridge_url = format!("http://127.0.0.1:{}", app.port());
         let registry = app.registry();
         let metrics = app.metrics();
-        let dialer = app.dialer();
+        let calls = app.calls();
         let calls_token = app.calls_token();
         let (stop, signals) = mpsc::channel::<()>(2);
         let server = tokio::spawn(app.run_until_stopped(signals));
@@ -129,7 +129,7 @@ impl LocalStack {
             registry,
             metrics,
             store,
-            dialer,
+            calls,
             calls_token,
             stop: Some(stop),
             temp_dir,

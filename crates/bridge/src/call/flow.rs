@@ -86,6 +86,8 @@ pub enum Action {
 #[derive(Debug)]
 pub struct CallFlow {
     direction: CallDirection,
+    /// When the call began for us: the `connect` webhook's arrival, or the start of placing it.
+    started: Instant,
     phase: Phase,
     /// Reject (inbound) or give up (outbound) when not active by then.
     answer_deadline: Instant,
@@ -112,6 +114,7 @@ impl CallFlow {
         };
         Self {
             direction,
+            started,
             phase: Phase::Negotiating,
             answer_deadline: started + wait,
             media_deadline: None,
@@ -123,8 +126,26 @@ impl CallFlow {
         }
     }
 
+    /// An outbound call whose offer went out with `connect` at `signalled` (the call task
+    /// takes it over once Meta has named it): it rings until the callee answers.
+    pub fn placed(started: Instant, signalled: Instant, max_duration: Duration) -> Self {
+        let mut flow = Self::new(
+            CallDirection::Outbound,
+            started,
+            OUTBOUND_RING_TIMEOUT,
+            max_duration,
+        );
+        flow.sdp_ready();
+        flow.signalled(signalled);
+        flow
+    }
+
     pub fn direction(&self) -> CallDirection {
         self.direction
+    }
+
+    pub fn started(&self) -> Instant {
+        self.started
     }
 
     pub fn phase(&self) -> Phase {

@@ -1,9 +1,13 @@
-//! One call from offer to hang-up: the sans-IO call flow ([`flow`]) and the task that owns the
-//! call's PeerConnection, AI session, codecs and timers ([`task`]).
+//! Calls, from admission to hang-up: [`calls`] admits inbound and outbound calls alike and
+//! starts each on its own task; [`registry`] holds the live calls (capacity, one call per
+//! caller, tombstones); [`flow`] is the sans-IO call flow of whatsapp-calling §7; [`task`] owns
+//! one call's PeerConnection, AI session, media and timers, helped by its [`journal`] (call log
+//! and transcript) and [`tool_calls`] (when tool results go back to the AI).
 
-pub mod dialer;
+pub mod calls;
 pub mod flow;
 pub mod journal;
+pub mod registry;
 pub mod task;
 pub mod tool_calls;
 

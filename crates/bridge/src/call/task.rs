@@ -1,7 +1,7 @@
 //! The call task: one per call, sole owner of the call's PeerConnection, AI session, both
 //! directions of its media and its timers. One `select!` loop drives it; everything with timing
 //! is decided by the sans-IO [`CallFlow`] and [`Downlink`]. Others reach the call only through its
-//! [`CallHandle`](crate::registry::CallHandle).
+//! [`CallHandle`](crate::call::registry::CallHandle).
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -13,14 +13,14 @@ use chrono::Utc;
 use futures_util::FutureExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-use tokio_util::task::TaskTracker;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{debug, info, warn};
 
 use super::flow::{Action, CallFlow};
 use super::journal::Journal;
+use super::registry::Admission;
 use super::tool_calls::{Send as ToolSend, ToolCalls};
 use super::{CallCommand, CallDirection, CallEnd};
-use crate::ids::{CallId, PhoneNumber};
+use crate::ids::CallId;
 use crate::media::codec::{EncoderSettings, SAMPLES_PER_FRAME, StreamEncoder};
 use crate::media::downlink::{Downlink, OutgoingFrame};
 use crate::media::peer::{
@@ -33,7 +33,6 @@ use crate::memory::{self, MemorySettings};
 use crate::metrics::Metrics;
 use crate::realtime::client::{RealtimeConfig, RealtimeError, RealtimeSession};
 use crate::realtime::events::{self, ServerEvent};
-use crate::registry::{Admission, Reservation};
 use crate::store::{CallLogDirection, CallOutcome, CallRecord, Role, Store};
 use crate::tools::{self, ToolOutcome, ToolResult};
 use crate::whatsapp::graph::{GraphAction, GraphClient, GraphError};
@@ -65,212 +64,23 @@ pub struct CallContext {
     pub frame_phases: FramePhases,
 }
 
-/// An admitted inbound call, ready to be answered.
-pub struct InboundCall {
-    pub admission: Admission,
-    pub commands: mpsc::Receiver<CallCommand>,
-    pub offer_sdp: String,
-    pub caller_name: Option<String>,
-    /// The call's UDP port, when `WEBRTC_UDP_PORTS` is set.
-    pub port: Option<PortLease>,
-    /// When the `connect` webhook arrived (the answer deadline and setup time count from here).
-    pub received_at: Instant,
-}
-
-/// Spawns the task of an admitted inbound call on `tracker`.
-pub fn spawn_inbound(context: CallContext, call: InboundCall, tracker: &TaskTracker) {
-    let call_id = call.admission.call_id().clone();
-    let span = info_span!("call", call_id = %call_id, direction = "inbound");
-    tracker.spawn(
-        async move {
-            // A panic in the task is a bug; it must not take the process down, and the
-            // admission (owned by the task) is released by unwinding.
-            if AssertUnwindSafe(run_inbound(context, call))
-                .catch_unwind()
-                .await
-                .is_err()
-            {
-                warn!(call_id = %call_id, "call task panicked");
-            }
-        }
-        .instrument(span),
-    );
-}
-
 type AiConnect = Pin<Box<dyn Future<Output = Result<RealtimeSession, RealtimeError>> + Send>>;
 type GraphOp = Pin<Box<dyn Future<Output = (GraphAction, Result<(), GraphError>)> + Send>>;
 
-async fn run_inbound(context: CallContext, call: InboundCall) {
-    let InboundCall {
-        admission,
-        commands,
-        offer_sdp,
-        caller_name,
-        port,
-        received_at,
-    } = call;
-    let flow = CallFlow::new(
-        CallDirection::Inbound,
-        received_at,
-        context.answer_deadline,
-        context.max_call_duration,
-    );
-    let caller_context = caller_context(admission.phone(), caller_name.as_deref());
-    let offer = match sdp::inspect(&offer_sdp) {
-        Ok(offer) => offer,
-        Err(err) => {
-            warn!(%err, "unusable offer");
-            fail_before_start(&context, &admission, flow, received_at).await;
-            return;
-        }
-    };
-    let media = match CallMedia::new(&context, port, offer.opus_fec).await {
-        Ok(media) => media,
-        Err(err) => {
-            warn!(%err, "media set-up failed");
-            fail_before_start(&context, &admission, flow, received_at).await;
-            return;
-        }
-    };
-    let greeting = context.greeting.clone();
-    let mut task = CallTask::new(
-        context,
-        admission,
-        commands,
-        flow,
-        media,
-        greeting,
-        received_at,
-    );
-    task.start_ai(caller_context);
-    let end = task.answer_and_run(&offer_sdp).await;
-    task.finish(end).await;
-}
-
-/// A call the business places (e.g. to deliver a reminder).
-pub struct OutboundCall {
-    /// The slot taken for it; becomes the registry entry once Meta names the call.
-    pub reservation: Reservation,
-    /// What the AI is asked to open the call with.
-    pub opening: String,
-    /// Context for the AI's instructions (who is called and why).
-    pub context: String,
-    pub port: Option<PortLease>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum PlaceError {
-    #[error("media set-up failed: {0}")]
-    Setup(String),
-    #[error("the Graph API refused the call: {0}")]
-    Graph(#[from] GraphError),
-}
-
-/// Places a call (§7.2): makes the offer, sends `connect` (never retried: a replay could ring
-/// the user twice), registers the call under the id Meta gave it, and hands it to its own task,
-/// which applies Meta's answer when the `connect` webhook brings it and starts the AI once the
-/// callee picks up. Returns Meta's call id.
-pub async fn place_outbound(
-    context: CallContext,
-    call: OutboundCall,
-    tracker: &TaskTracker,
-) -> Result<CallId, PlaceError> {
-    let started = Instant::now();
-    let OutboundCall {
-        reservation,
-        opening,
-        context: ai_context,
-        port,
-    } = call;
-    // Our offer asks for in-band FEC, so the callee's audio may carry it.
-    let mut media = CallMedia::new(&context, port, true)
-        .await
-        .map_err(PlaceError::Setup)?;
-    let offer = match media.peer.offer().await {
-        Ok(offer) => sdp::normalize_offer(&offer),
-        Err(err) => {
-            media.peer.close().await;
-            return Err(PlaceError::Setup(err.to_string()));
-        }
-    };
-    let connected = context
-        .graph
-        .connect(reservation.phone(), &offer, None)
-        .await;
-    let call_id = match connected {
-        Ok(call_id) => call_id,
-        Err(err) => {
-            media.peer.close().await;
-            return Err(err.into());
-        }
-    };
-    let (admission, commands) = reservation.register(&call_id);
-    let mut flow = CallFlow::new(
-        CallDirection::Outbound,
-        started,
-        context.answer_deadline,
-        context.max_call_duration,
-    );
-    // The flow's `connect` is the request just made.
-    flow.sdp_ready();
-    flow.signalled(Instant::now());
-    let mut task = CallTask::new(
-        context,
-        admission,
-        commands,
-        flow,
-        media,
-        Some(opening),
-        started,
-    );
-    let span = info_span!("call", call_id = %call_id, direction = "outbound");
-    info!(parent: &span, "outbound call placed");
-    tracker.spawn(
-        async move {
-            if AssertUnwindSafe(async move {
-                task.start_ai(ai_context);
-                let end = task.run().await;
-                task.finish(end).await;
-            })
-            .catch_unwind()
-            .await
-            .is_err()
-            {
-                warn!("call task panicked");
-            }
-        }
-        .instrument(span),
-    );
-    Ok(call_id)
-}
-
 /// Ends a call that could not even be set up: Meta is told, the end is counted.
-async fn fail_before_start(
+pub(super) async fn fail_before_start(
     context: &CallContext,
     admission: &Admission,
     mut flow: CallFlow,
-    received_at: Instant,
 ) {
     let actions = flow.end(CallEnd::SetupFailed);
     signal_end(&context.graph, admission.call_id(), &actions).await;
-    record_end(&context.metrics, &flow, CallDirection::Inbound, received_at);
-}
-
-/// The AI learns who is calling (name only; numbers stay out of prompts and logs).
-fn caller_context(phone: Option<&PhoneNumber>, name: Option<&str>) -> String {
-    let mut context = String::new();
-    if let Some(name) = name.filter(|n| !n.trim().is_empty()) {
-        context.push_str(&format!("The caller's WhatsApp profile name is {name}."));
-    }
-    if phone.is_none() {
-        context.push_str(" The caller's number is hidden.");
-    }
-    context.trim().to_owned()
+    record_end(&context.metrics, &flow);
 }
 
 /// Everything one call owns while it runs.
-struct CallTask {
-    context: CallContext,
+pub(super) struct CallTask {
+    context: Arc<CallContext>,
     admission: Admission,
     commands: mpsc::Receiver<CallCommand>,
     flow: CallFlow,
@@ -297,22 +107,20 @@ struct CallTask {
     tool_calls: ToolCalls,
     /// Running tools; aborted if the call ends first.
     tool_runs: JoinSet<ToolRun>,
-    /// When the call began for us (webhook arrival, or the start of placing it).
-    started: Instant,
     /// This call's handles on the per-frame counters (looked up once, not per frame).
     frames_in: prometheus::IntCounter,
     frames_out: prometheus::IntCounter,
 }
 
 /// The media side of a call before it has a task: the PeerConnection and both codecs.
-struct CallMedia {
-    peer: MediaPeer,
+pub(super) struct CallMedia {
+    pub(super) peer: MediaPeer,
     uplink: UplinkDecoder,
     encoder: StreamEncoder,
 }
 
 impl CallMedia {
-    async fn new(
+    pub(super) async fn new(
         context: &CallContext,
         port: Option<PortLease>,
         caller_sends_fec: bool,
@@ -338,14 +146,13 @@ enum Early {
 }
 
 impl CallTask {
-    fn new(
-        context: CallContext,
+    pub(super) fn new(
+        context: Arc<CallContext>,
         admission: Admission,
         commands: mpsc::Receiver<CallCommand>,
         flow: CallFlow,
         media: CallMedia,
         greeting: Option<String>,
-        started: Instant,
     ) -> Self {
         let record = CallRecord {
             id: admission.call_id().clone(),
@@ -354,7 +161,7 @@ impl CallTask {
                 CallDirection::Inbound => CallLogDirection::Inbound,
                 CallDirection::Outbound => CallLogDirection::Outbound,
             },
-            started_at: wall_clock(started),
+            started_at: wall_clock(flow.started()),
             answered_at: None,
             ended_at: None,
             duration_seconds: None,
@@ -385,7 +192,6 @@ impl CallTask {
             journal: None,
             tool_calls: ToolCalls::new(),
             tool_runs: JoinSet::new(),
-            started,
             frames_in,
             frames_out,
         };
@@ -395,7 +201,7 @@ impl CallTask {
 
     /// Starts connecting to the AI; the connection is driven by the select loop, in parallel
     /// with answering the offer.
-    fn start_ai(&mut self, caller_context: String) {
+    pub(super) fn start_ai(&mut self, caller_context: String) {
         let config = self.context.realtime.clone();
         let store = self.context.store.clone();
         let memory = self.context.memory.clone();
@@ -414,7 +220,7 @@ impl CallTask {
     }
 
     /// Answers the offer (while the AI connects), then runs the call until it ends.
-    async fn answer_and_run(&mut self, offer_sdp: &str) -> CallEnd {
+    pub(super) async fn answer_and_run(&mut self, offer_sdp: &str) -> CallEnd {
         let early = {
             let answering = self.peer.answer(offer_sdp);
             tokio::pin!(answering);
@@ -458,7 +264,7 @@ impl CallTask {
         self.run().await
     }
 
-    async fn run(&mut self) -> CallEnd {
+    pub(super) async fn run(&mut self) -> CallEnd {
         // One timer and one cancellation wait for the whole call, re-armed only when the next
         // deadline moves: the loop turns several times per 20 ms frame.
         let timer = tokio::time::sleep_until(self.next_wake().into());
@@ -738,7 +544,7 @@ impl CallTask {
         action: GraphAction,
         result: Result<(), GraphError>,
     ) -> Option<CallEnd> {
-        let received_at = self.started;
+        let received_at = self.flow.started();
         if let Err(err) = result {
             warn!(action = action.as_str(), %err, "Graph API action failed");
             return Some(self.end(CallEnd::GraphFailed).await);
@@ -916,7 +722,7 @@ impl CallTask {
     }
 
     /// Releases everything the call owns; the admission goes last.
-    async fn finish(mut self, end: CallEnd) {
+    pub(super) async fn finish(mut self, end: CallEnd) {
         self.graph_op = None;
         self.ai_connect = None;
         if let Some(mut ai) = self.ai.take() {
@@ -937,12 +743,7 @@ impl CallTask {
                 })
                 .await;
         }
-        record_end(
-            &self.context.metrics,
-            &self.flow,
-            self.flow.direction(),
-            self.started,
-        );
+        record_end(&self.context.metrics, &self.flow);
         drop(self.admission);
     }
 }
@@ -996,7 +797,8 @@ async fn signal_end(graph: &GraphClient, call_id: &CallId, actions: &[Action]) {
 }
 
 /// The one line and the metrics of an ended call.
-fn record_end(metrics: &Metrics, flow: &CallFlow, direction: CallDirection, started: Instant) {
+fn record_end(metrics: &Metrics, flow: &CallFlow) {
+    let (direction, started) = (flow.direction(), flow.started());
     let end = flow.end_reason().unwrap_or(CallEnd::SetupFailed);
     let duration = flow
         .active_since()

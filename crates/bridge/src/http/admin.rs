@@ -8,7 +8,7 @@ use serde_json::json;
 use tracing::info;
 
 use super::{AppState, error_response};
-use crate::call::{CallCommand, CallEnd};
+use crate::call::CallEnd;
 use crate::ids::CallId;
 
 /// Whether the request carries the admin token (compared in constant time).
@@ -39,7 +39,7 @@ pub async fn list_calls(State(state): State<AppState>, headers: HeaderMap) -> Re
     if !authorized(&state, &headers) {
         return unauthorized();
     }
-    let mut calls = state.registry.list();
+    let mut calls = state.calls.registry().list();
     calls.sort_by_key(|call| call.started);
     let calls: Vec<_> = calls
         .into_iter()
@@ -71,16 +71,8 @@ pub async fn hang_up(
         return unauthorized();
     }
     let call_id = CallId::new(id);
-    let Some(handle) = state.registry.get(&call_id) else {
+    if !state.calls.hang_up(&call_id, CallEnd::AdminHangup) {
         return error_response(StatusCode::NOT_FOUND, "no such live call");
-    };
-    if handle
-        .commands
-        .try_send(CallCommand::Hangup(CallEnd::AdminHangup))
-        .is_err()
-    {
-        // The call's queue is full or it is already ending: make sure it stops.
-        handle.cancel.cancel();
     }
     info!(%call_id, "hang-up requested by an operator");
     (

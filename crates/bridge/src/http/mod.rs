@@ -14,12 +14,9 @@ use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 use secrecy::SecretString;
 use serde_json::json;
-use tokio_util::task::TaskTracker;
 
-use crate::call::task::CallContext;
-use crate::media::ports::PortPool;
+use crate::call::calls::Calls;
 use crate::metrics::Metrics;
-use crate::registry::Registry;
 
 /// Webhook bodies above this are refused with 413 before anything else (Meta batches up to
 /// 1000 updates, far below it).
@@ -37,19 +34,12 @@ pub struct WebhookSettings {
 #[derive(Clone)]
 pub struct AppState {
     pub webhook: Arc<WebhookSettings>,
-    pub registry: Registry,
+    /// Admission and the live calls (one `Arc` inside: axum clones the state for every request).
+    pub calls: Calls,
     pub metrics: Metrics,
-    /// Behind an `Arc`: axum clones the state for every request, and the calls' settings hold
-    /// strings and lists that would be copied each time.
-    pub calls: Arc<CallContext>,
-    /// Every call task (and every end-of-call Graph request) is spawned on it.
-    pub tracker: TaskTracker,
-    pub ports: Option<PortPool>,
     pub started: Instant,
     /// Bearer token of the admin API; `None`: its routes do not exist (404).
     pub admin_token: Option<SecretString>,
-    /// Rejects and warnings for refused calls.
-    pub refusals: Arc<webhook::Refusals>,
 }
 
 /// The main router. `/metrics` is on it unless `metrics_separately` (then see
@@ -81,9 +71,10 @@ pub fn metrics_router(state: AppState) -> Router {
 
 /// Liveness: 200 while the process serves.
 async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
-    let active = state.registry.active_calls();
-    let max = state.registry.max_calls();
-    let status = if state.registry.is_draining() {
+    let registry = state.calls.registry();
+    let active = registry.active_calls();
+    let max = registry.max_calls();
+    let status = if registry.is_draining() {
         "draining"
     } else {
         "healthy"
@@ -101,7 +92,7 @@ async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
 /// Readiness: 200 while new calls are accepted; 503 when draining or full, so a load balancer
 /// sends new work elsewhere.
 async fn ready(State(state): State<AppState>) -> Response {
-    let registry = &state.registry;
+    let registry = state.calls.registry();
     let (status, reason) = if registry.is_draining() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining")
     } else if !registry.accepting_calls() {

@@ -14,8 +14,8 @@ use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::call::flow::Phase;
-use crate::call::{CallCommand, CallDirection};
+use super::flow::Phase;
+use super::{CallCommand, CallDirection};
 use crate::ids::{CallId, PhoneNumber};
 use crate::metrics::Metrics;
 

@@ -1,0 +1,431 @@
+//! The calls of this process: one admission path for inbound and outbound calls, one way to
+//! start a call's task, and the ways in to a live call (Meta's events, an operator).
+//!
+//! Admission never waits: a call takes a slot in the [`Registry`] (capacity, one live call per
+//! caller, tombstones) and, when `WEBRTC_UDP_PORTS` is set, a UDP port; then its task is spawned
+//! and owns both until it ends. A refused inbound call is declined with `reject` in the
+//! background, bounded, and summarised in the log rather than flooding it.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt as _;
+use parking_lot::Mutex;
+use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument as _, debug, info, info_span, warn};
+
+use super::flow::CallFlow;
+use super::registry::{AdmitResult, Refusal, RefusalReason, Registry};
+use super::task::{CallContext, CallMedia, CallTask, fail_before_start};
+use super::{CallCommand, CallDirection, CallEnd};
+use crate::ids::{CallId, PhoneNumber};
+use crate::media::ports::{PortLease, PortPool};
+use crate::whatsapp::graph::GraphError;
+use crate::whatsapp::sdp;
+
+/// Bound on the `reject` of a refused call.
+const REJECT_TIMEOUT: Duration = Duration::from_secs(12);
+/// `reject`s of refused calls in flight at once. A flood of connects at capacity (or a slow
+/// Graph API) must not grow tasks without bound; past this, a refused call is not declined
+/// (Meta ends it on its own) and `whatsapp_bridge_rejects_skipped_total` counts it.
+pub const MAX_REJECTS_IN_FLIGHT: usize = 256;
+/// At most one warning line about refused calls per this period; each refusal is a debug line.
+const REFUSAL_LOG_PERIOD: Duration = Duration::from_secs(10);
+
+/// A `connect` webhook that offers the bridge a call (whatsapp-calling §4.1).
+#[derive(Debug)]
+pub struct InboundOffer {
+    pub call_id: CallId,
+    /// The caller's number; `None` when hidden.
+    pub caller: Option<PhoneNumber>,
+    /// The caller's WhatsApp profile name.
+    pub caller_name: Option<String>,
+    pub sdp: String,
+    /// When the webhook arrived (the answer deadline and setup time count from here).
+    pub received_at: Instant,
+}
+
+/// What became of an offered call.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Offered {
+    /// Admitted: the call runs on its own task.
+    Started,
+    /// The call is live already: a redelivery, ignored.
+    Duplicate,
+    /// The call ended, was refused or was terminated before: ignored.
+    Ended,
+    /// Refused; Meta is sent `reject` in the background.
+    Refused(Refusal),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlaceError {
+    #[error("refused: {}", .0.reason.as_str())]
+    Refused(Refusal),
+    #[error("media set-up failed: {0}")]
+    Setup(String),
+    #[error("the Graph API refused the call: {0}")]
+    Graph(#[from] GraphError),
+}
+
+/// The calls of this process; cheap to clone.
+#[derive(Clone)]
+pub struct Calls {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    context: Arc<CallContext>,
+    registry: Registry,
+    /// Every call task (and every background `reject`) runs on it; shutdown waits on it.
+    tracker: TaskTracker,
+    /// One UDP port per call when `WEBRTC_UDP_PORTS` is set.
+    ports: Option<PortPool>,
+    refusals: Refusals,
+}
+
+impl Calls {
+    pub fn new(
+        context: CallContext,
+        registry: Registry,
+        tracker: TaskTracker,
+        ports: Option<PortPool>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                context: Arc::new(context),
+                registry,
+                tracker,
+                ports,
+                refusals: Refusals::default(),
+            }),
+        }
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+
+    pub fn tracker(&self) -> &TaskTracker {
+        &self.inner.tracker
+    }
+
+    /// What every call shares (clients, settings, the store).
+    pub fn context(&self) -> &CallContext {
+        &self.inner.context
+    }
+
+    /// Admits an offered call and starts answering it on its own task, or refuses it (Meta is
+    /// sent `reject` in the background). Never waits.
+    pub fn answer(&self, offer: InboundOffer) -> Offered {
+        let InboundOffer {
+            call_id,
+            caller,
+            caller_name,
+            sdp,
+            received_at,
+        } = offer;
+        let registry = &self.inner.registry;
+        let refusal = match registry.admit(&call_id, CallDirection::Inbound, caller.as_ref()) {
+            AdmitResult::Admitted(admission, commands) => match self.lease_port() {
+                Ok(port) => {
+                    info!(%call_id, caller = ?caller, "call admitted");
+                    let context = self.inner.context.clone();
+                    let span = call_span(&call_id, CallDirection::Inbound);
+                    self.spawn_call(span, async move {
+                        let flow = CallFlow::new(
+                            CallDirection::Inbound,
+                            received_at,
+                            context.answer_deadline,
+                            context.max_call_duration,
+                        );
+                        let offer = match sdp::inspect(&sdp) {
+                            Ok(offer) => offer,
+                            Err(err) => {
+                                warn!(%err, "unusable offer");
+                                return fail_before_start(&context, &admission, flow).await;
+                            }
+                        };
+                        let media = match CallMedia::new(&context, port, offer.opus_fec).await {
+                            Ok(media) => media,
+                            Err(err) => {
+                                warn!(%err, "media set-up failed");
+                                return fail_before_start(&context, &admission, flow).await;
+                            }
+                        };
+                        let ai_context = caller_context(caller.as_ref(), caller_name.as_deref());
+                        let greeting = context.greeting.clone();
+                        let mut task =
+                            CallTask::new(context, admission, commands, flow, media, greeting);
+                        task.start_ai(ai_context);
+                        let end = task.answer_and_run(&sdp).await;
+                        task.finish(end).await;
+                    });
+                    return Offered::Started;
+                }
+                Err(reason) => {
+                    drop(admission);
+                    self.refusal(reason)
+                }
+            },
+            AdmitResult::Duplicate => {
+                debug!(%call_id, "duplicate connect ignored");
+                return Offered::Duplicate;
+            }
+            AdmitResult::Tombstoned => {
+                info!(%call_id, "connect for an ended or refused call ignored");
+                return Offered::Ended;
+            }
+            AdmitResult::Refused(refusal) => refusal,
+        };
+        self.inner.refusals.note(&call_id, refusal.reason.as_str());
+        self.reject_in_background(call_id);
+        Offered::Refused(refusal)
+    }
+
+    /// Places a call to `to` (§7.2): takes a slot like an inbound call, makes the offer, sends
+    /// `connect` (never retried: a replay could ring the user twice), registers the call under
+    /// the id Meta gave it and hands it to its own task, which applies Meta's answer when the
+    /// `connect` webhook brings it and lets the AI speak once the callee picks up. `opening` is
+    /// what the AI is asked to say first; `ai_context` goes into its instructions. Returns
+    /// Meta's call id.
+    pub async fn place(
+        &self,
+        to: &PhoneNumber,
+        opening: &str,
+        ai_context: &str,
+    ) -> Result<CallId, PlaceError> {
+        let started = Instant::now();
+        let reservation = self
+            .inner
+            .registry
+            .reserve(to)
+            .map_err(PlaceError::Refused)?;
+        let port = match self.lease_port() {
+            Ok(port) => port,
+            Err(reason) => {
+                drop(reservation);
+                return Err(PlaceError::Refused(self.refusal(reason)));
+            }
+        };
+        let context = self.inner.context.clone();
+        // Our offer asks for in-band FEC, so the callee's audio may carry it.
+        let mut media = CallMedia::new(&context, port, true)
+            .await
+            .map_err(PlaceError::Setup)?;
+        let offer = match media.peer.offer().await {
+            Ok(offer) => sdp::normalize_offer(&offer),
+            Err(err) => {
+                media.peer.close().await;
+                return Err(PlaceError::Setup(err.to_string()));
+            }
+        };
+        let call_id = match context.graph.connect(to, &offer, None).await {
+            Ok(call_id) => call_id,
+            Err(err) => {
+                media.peer.close().await;
+                return Err(err.into());
+            }
+        };
+        let (admission, commands) = reservation.register(&call_id);
+        // The flow's `connect` is the request just made.
+        let flow = CallFlow::placed(started, Instant::now(), context.max_call_duration);
+        let span = call_span(&call_id, CallDirection::Outbound);
+        info!(parent: &span, "outbound call placed");
+        let (opening, ai_context) = (opening.to_owned(), ai_context.to_owned());
+        self.spawn_call(span, async move {
+            let mut task = CallTask::new(context, admission, commands, flow, media, Some(opening));
+            task.start_ai(ai_context);
+            let end = task.run().await;
+            task.finish(end).await;
+        });
+        Ok(call_id)
+    }
+
+    /// Meta ended the call (a `terminate` webhook). A call not live here is remembered, so a
+    /// `connect` arriving after it is not answered.
+    pub fn remote_terminated(&self, call_id: &CallId) {
+        let registry = &self.inner.registry;
+        match registry.get(call_id) {
+            Some(handle) => {
+                if handle
+                    .commands
+                    .try_send(CallCommand::RemoteTerminated)
+                    .is_err()
+                {
+                    // The call's queue is full or it is ending already; make sure it stops.
+                    handle.cancel.cancel();
+                }
+            }
+            None => {
+                debug!(%call_id, "terminate for a call not live; remembered");
+                registry.tombstone(call_id);
+            }
+        }
+    }
+
+    /// Meta's answer (`RemoteAnswer`) or the callee picking up (`RemoteAccepted`) for a call
+    /// we placed. Kept for a call whose `connect` response has not come back yet: Meta's
+    /// webhook can be faster than its own API response.
+    pub fn deliver(&self, call_id: &CallId, command: CallCommand) {
+        let registry = &self.inner.registry;
+        match registry.get(call_id) {
+            Some(handle) => {
+                if handle.commands.try_send(command).is_err() {
+                    warn!(%call_id, "call command queue full; command dropped");
+                }
+            }
+            None => {
+                if !registry.hold_for_unknown(call_id, command) {
+                    debug!(%call_id, "command for an ended call ignored");
+                }
+            }
+        }
+    }
+
+    /// Ends a live call for `end` (an operator's hang-up); the call task tells Meta. False when
+    /// no such call is live.
+    pub fn hang_up(&self, call_id: &CallId, end: CallEnd) -> bool {
+        let Some(handle) = self.inner.registry.get(call_id) else {
+            return false;
+        };
+        if handle.commands.try_send(CallCommand::Hangup(end)).is_err() {
+            // The call's queue is full or it is already ending: make sure it stops.
+            handle.cancel.cancel();
+        }
+        true
+    }
+
+    /// A UDP port for a new call when a range is configured; a full range refuses the call.
+    fn lease_port(&self) -> Result<Option<PortLease>, RefusalReason> {
+        match &self.inner.ports {
+            None => Ok(None),
+            Some(pool) => pool.lease().map(Some).ok_or(RefusalReason::NoUdpPort),
+        }
+    }
+
+    /// Counts a refusal that came after the registry's own checks (no UDP port).
+    fn refusal(&self, reason: RefusalReason) -> Refusal {
+        let registry = &self.inner.registry;
+        registry.count_refusal(reason);
+        Refusal {
+            reason,
+            active_calls: registry.active_calls(),
+            max_calls: registry.max_calls(),
+        }
+    }
+
+    /// Runs a call's task on the tracker, in the call's span. A panic in it is a bug: it is
+    /// logged, the admission the task owns is released by unwinding, and no other call is
+    /// touched.
+    fn spawn_call(&self, span: tracing::Span, task: impl Future<Output = ()> + Send + 'static) {
+        self.inner.tracker.spawn(
+            async move {
+                if AssertUnwindSafe(task).catch_unwind().await.is_err() {
+                    warn!("call task panicked");
+                }
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Declines a refused call without holding up the webhook response (§7.1: reject promptly
+    /// rather than let the caller ring).
+    fn reject_in_background(&self, call_id: CallId) {
+        let Ok(permit) = self.inner.refusals.rejects.clone().try_acquire_owned() else {
+            self.inner.context.metrics.rejects_skipped.inc();
+            debug!(%call_id, "reject not sent: too many in flight");
+            return;
+        };
+        let graph = self.inner.context.graph.clone();
+        self.inner.tracker.spawn(async move {
+            let result = tokio::time::timeout(REJECT_TIMEOUT, graph.reject(&call_id)).await;
+            drop(permit);
+            if !matches!(result, Ok(Ok(()))) {
+                warn!(%call_id, "reject of a refused call failed");
+            }
+        });
+    }
+}
+
+fn call_span(call_id: &CallId, direction: CallDirection) -> tracing::Span {
+    info_span!("call", call_id = %call_id, direction = direction.as_str())
+}
+
+/// The AI learns who is calling (name only; numbers stay out of prompts and logs).
+fn caller_context(phone: Option<&PhoneNumber>, name: Option<&str>) -> String {
+    let mut context = String::new();
+    if let Some(name) = name.filter(|n| !n.trim().is_empty()) {
+        context.push_str(&format!("The caller's WhatsApp profile name is {name}."));
+    }
+    if phone.is_none() {
+        context.push_str(" The caller's number is hidden.");
+    }
+    context.trim().to_owned()
+}
+
+/// What the bridge does about refused calls besides answering 503: a bounded number of
+/// background `reject`s, and a warning that summarises rather than floods.
+struct Refusals {
+    rejects: Arc<Semaphore>,
+    log: Mutex<RefusalLog>,
+}
+
+#[derive(Default)]
+struct RefusalLog {
+    last_warning: Option<Instant>,
+    unreported: u64,
+}
+
+impl Default for Refusals {
+    fn default() -> Self {
+        Self {
+            rejects: Arc::new(Semaphore::new(MAX_REJECTS_IN_FLIGHT)),
+            log: Mutex::new(RefusalLog::default()),
+        }
+    }
+}
+
+impl Refusals {
+    /// Logs a refusal: a warning for the first one and then at most one per period, with the
+    /// number refused since the last warning.
+    fn note(&self, call_id: &CallId, reason: &str) {
+        debug!(%call_id, reason, "call refused");
+        let now = Instant::now();
+        let mut log = self.log.lock();
+        log.unreported += 1;
+        if log
+            .last_warning
+            .is_none_or(|last| now.duration_since(last) >= REFUSAL_LOG_PERIOD)
+        {
+            warn!(
+                refused = log.unreported,
+                latest_reason = reason,
+                "calls refused since the last report"
+            );
+            log.last_warning = Some(now);
+            log.unreported = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::caller_context;
+    use crate::ids::PhoneNumber;
+
+    #[test]
+    fn the_ai_is_told_the_callers_name_and_never_the_number() {
+        let phone = PhoneNumber::new("447700900123");
+        let context = caller_context(Some(&phone), Some("Ada"));
+        assert_eq!(context, "The caller's WhatsApp profile name is Ada.");
+        assert_eq!(
+            caller_context(None, Some(" ")),
+            "The caller's number is hidden."
+        );
+        assert!(!caller_context(Some(&phone), None).contains("447700900123"));
+    }
+}
