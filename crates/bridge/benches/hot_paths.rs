@@ -175,17 +175,12 @@ fn store_burst(c: &mut Criterion) {
                 runtime.block_on(futures_util::future::join_all((0..100).map(
                     |n| async move {
                         let phone = PhoneNumber::new(format!("+1555{n:07}"));
-                        let record = CallRecord {
-                            id: CallId::new(format!("call-{n}")),
-                            phone_number: Some(phone.clone()),
-                            direction: CallLogDirection::Inbound,
-                            started_at: chrono::Utc::now(),
-                            answered_at: None,
-                            ended_at: None,
-                            duration_seconds: None,
-                            end_reason: None,
-                            reminder_id: None,
-                        };
+                        let record = CallRecord::started(
+                            CallId::new(format!("call-{n}")),
+                            Some(phone.clone()),
+                            CallLogDirection::Inbound,
+                            chrono::Utc::now(),
+                        );
                         let remembered =
                             memory::recall(store, &phone, settings, chrono::Utc::now()).await;
                         store.start_call(&record).await.expect("call-log row");

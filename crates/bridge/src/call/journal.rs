@@ -236,17 +236,12 @@ mod tests {
     #[tokio::test]
     async fn a_store_that_falls_behind_loses_the_oldest_turns_counted_and_never_blocks() {
         let metrics = Metrics::new();
-        let record = CallRecord {
-            id: CallId::new("wacid.J"),
-            phone_number: None,
-            direction: CallLogDirection::Inbound,
-            started_at: Utc::now(),
-            answered_at: None,
-            ended_at: None,
-            duration_seconds: None,
-            end_reason: None,
-            reminder_id: None,
-        };
+        let record = CallRecord::started(
+            CallId::new("wacid.J"),
+            None,
+            CallLogDirection::Inbound,
+            Utc::now(),
+        );
         let journal = Journal::start(Arc::new(StuckStore), record, metrics.clone());
         for n in 0..(TURN_QUEUE_CAPACITY + 6) {
             journal.push(Role::User, &format!("turn {n}"));

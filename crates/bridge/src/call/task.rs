@@ -154,20 +154,16 @@ impl CallTask {
         media: CallMedia,
         greeting: Option<String>,
     ) -> Self {
-        let record = CallRecord {
-            id: admission.call_id().clone(),
-            phone_number: admission.phone().cloned(),
-            direction: match flow.direction() {
-                CallDirection::Inbound => CallLogDirection::Inbound,
-                CallDirection::Outbound => CallLogDirection::Outbound,
-            },
-            started_at: wall_clock(flow.started()),
-            answered_at: None,
-            ended_at: None,
-            duration_seconds: None,
-            end_reason: None,
-            reminder_id: None,
+        let direction = match flow.direction() {
+            CallDirection::Inbound => CallLogDirection::Inbound,
+            CallDirection::Outbound => CallLogDirection::Outbound,
         };
+        let record = CallRecord::started(
+            admission.call_id().clone(),
+            admission.phone().cloned(),
+            direction,
+            wall_clock(flow.started()),
+        );
         let journal = Journal::start(context.store.clone(), record, context.metrics.clone());
         let frames_in = context.metrics.audio_frames.with_label_values(&["in"]);
         let frames_out = context.metrics.audio_frames.with_label_values(&["out"]);

@@ -593,17 +593,12 @@ mod tests {
         let id = CallId::new("wacid.A");
         {
             let store = EmbeddedStore::open(&dir).expect("open");
-            let record = CallRecord {
-                id: id.clone(),
-                phone_number: Some(ada()),
-                direction: CallLogDirection::Inbound,
-                started_at: Utc::now(),
-                answered_at: None,
-                ended_at: None,
-                duration_seconds: None,
-                end_reason: None,
-                reminder_id: None,
-            };
+            let record = CallRecord::started(
+                id.clone(),
+                Some(ada()),
+                CallLogDirection::Inbound,
+                Utc::now(),
+            );
             store.start_call(&record).await.unwrap();
             store.start_call(&record).await.unwrap();
             let turn = |seq, role, text: &str| TranscriptTurn {

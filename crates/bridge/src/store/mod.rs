@@ -86,6 +86,28 @@ pub struct CallRecord {
     pub reminder_id: Option<String>,
 }
 
+impl CallRecord {
+    /// The row of a call that has just started: nothing about its answer or end yet.
+    pub fn started(
+        id: CallId,
+        phone_number: Option<PhoneNumber>,
+        direction: CallLogDirection,
+        started_at: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            id,
+            phone_number,
+            direction,
+            started_at,
+            answered_at: None,
+            ended_at: None,
+            duration_seconds: None,
+            end_reason: None,
+            reminder_id: None,
+        }
+    }
+}
+
 /// How a call ended, for [`Store::finish_call`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CallOutcome {

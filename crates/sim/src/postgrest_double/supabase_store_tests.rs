@@ -114,17 +114,12 @@ async fn reminders_calls_and_turns_round_trip() {
     );
 
     let id = CallId::new("wacid.SUPA");
-    let record = CallRecord {
-        id: id.clone(),
-        phone_number: Some(ada()),
-        direction: CallLogDirection::Inbound,
-        started_at: Utc::now(),
-        answered_at: None,
-        ended_at: None,
-        duration_seconds: None,
-        end_reason: None,
-        reminder_id: None,
-    };
+    let record = CallRecord::started(
+        id.clone(),
+        Some(ada()),
+        CallLogDirection::Inbound,
+        Utc::now(),
+    );
     store.start_call(&record).await.unwrap();
     store.start_call(&record).await.expect("idempotent on 409");
     let turn = TranscriptTurn {
