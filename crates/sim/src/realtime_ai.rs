@@ -2,8 +2,10 @@
 //! strict like the real service (spec §12) and cheap enough for hundreds of sessions at once.
 //!
 //! Layout: this file holds the public handle, the listener and one task per connection; the
-//! protocol itself is the sans-IO `session::Session` (config in `session_config`, energy VAD
-//! in `vad`, audio formats in `pcm`), so its timing is testable without a clock.
+//! protocol itself is the sans-IO `session::Session` (its input audio buffer and turns, its
+//! conversation items and its responses each in a file of `session/`; config in
+//! `session_config`, energy VAD in `vad`, audio formats in `pcm`), so its timing is testable
+//! without a clock.
 //!
 //! Choices where the spec leaves room:
 //! - `speech_stopped.audio_end_ms` is where the silence reached `silence_duration_ms` (the end of
