@@ -17,8 +17,9 @@
 //!   `high`/`medium`+`auto`/`low` eagerness.
 //! - The Azure preview path is accepted but speaks GA shapes.
 //!
-//! What it does not model: tool calls (it never calls a function), scripted replies and failure
-//! injection (responses come from [`AiMode`]), the beta protocol beyond rejecting its handshake.
+//! Responses come from [`AiMode`], or are function calls scripted per user turn
+//! ([`ScriptedCall`]). What it does not model: failure injection, scripted speech, the beta
+//! protocol beyond rejecting its handshake.
 
 mod pcm;
 mod session;
