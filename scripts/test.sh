@@ -7,6 +7,10 @@ bash scripts/lint_infra.sh
 # The Supabase schema on the local PostgreSQL, in a fresh database for this run.
 DATABASE_URL="postgresql://postgres@127.0.0.1:5432/whatsapp_bridge_ci_$$" bash scripts/apply_migrations.sh --fresh
 psql "postgresql://postgres@127.0.0.1:5432/postgres" -q -c "drop database if exists whatsapp_bridge_ci_$$"
+# No import loops between the modules of the core or of the wing, tests included (docs/ARCHITECTURE.md).
+for crate in crates/bridge crates/sim; do
+  python3 scripts/module_deps.py "$crate/src" --tests --check >/dev/null
+done
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # The serving binary as the container image builds it: the core alone, without the doubles,
