@@ -1,18 +1,22 @@
-//! whatsapp-voice-bridge: answers WhatsApp voice calls over WebRTC and bridges each one to a
-//! realtime speech AI (OpenAI Realtime or Azure OpenAI).
+//! The serving core of whatsapp-voice-bridge: answers WhatsApp voice calls over WebRTC and
+//! bridges each one to a realtime speech AI (OpenAI Realtime or Azure OpenAI). Everything
+//! `serve` runs is here; the doubles, the demo and the load harness are the `sim` crate, which
+//! depends on this one and never the other way round (docs/ARCHITECTURE.md).
 //!
-//! Map of the crate (arrows point one way: `http → registry → call → {media, realtime}`):
-//! - [`config`]: every setting, read from the environment, validated at start.
-//! - [`http`]: the axum router: webhook, health, metrics.
-//! - [`whatsapp`]: webhook payloads, signature check, SDP rules, Graph API client.
-//! - [`registry`]: admission: capacity semaphore, call map, one live call per caller.
-//! - [`call`]: the call task that owns one call from offer to hang-up.
-//! - [`media`]: PeerConnection set-up, Opus codec, playback buffer and 20 ms pacer.
-//! - [`realtime`]: the Realtime API WebSocket client and its events.
-//! - [`metrics`]: the Prometheus metrics.
-//! - [`sim`]: faithful doubles of Meta (webhooks, Graph API, a WebRTC phone) and of the AI.
-//! - [`app`]: wires it all together; [`demo`]: the local demo on the doubles;
-//!   [`loadtest`]: the load harness that measures a bridge process on the doubles.
+//! Map of the crate, by floor (a module imports only from floors below it; no loops):
+//! - floor 5 — [`app`]: wires it all together: `App::build(config)`, `run_until_stopped`, drain.
+//! - floor 4 — [`http`]: the axum router: signed webhook, `/health`, `/ready`, `/metrics`, admin.
+//! - floor 3 — [`call`]: admission of inbound and outbound calls (`Calls`), the registry of live
+//!   calls, the call flow, and the call task that owns one call from offer to hang-up.
+//! - floor 2 — [`memory`]: what the AI is told about a caller at the start of a call;
+//!   [`tools`]: the AI's functions on the caller's tasks and reminders.
+//! - floor 1 — [`config`]: every setting, from the environment, validated at start;
+//!   [`store`]: the caller's data (`Store`: Supabase, or embedded SQLite on its own thread);
+//!   [`whatsapp`]: webhook payloads, signature check, SDP rules, Graph API client.
+//! - floor 0 — [`media`]: the PeerConnection (the one place that names WebRTC types), Opus, the
+//!   uplink and the downlink of a call's audio; [`realtime`]: the Realtime API client and its
+//!   events; [`metrics`]: the Prometheus metrics; [`ids`]: call ids and phone numbers (masked
+//!   in logs); [`allocator`]: hands the allocator's thread caches back once the bridge is idle.
 
 pub mod allocator;
 pub mod app;
