@@ -17,7 +17,7 @@ Options:
   --calls N               simultaneous calls (default 5)
   --phone-number-id ID    the business phone number id the bridge serves (default 106540352242922)
   --offer FILE            SDP offer to send (CRLF or LF lines). Default: the offer of
-                          tests/fixtures/connect_uic.json, whose candidates are documentation
+                          crates/testkit/fixtures/connect_uic.json, whose candidates are documentation
                           addresses (203.0.113.49, 2001:db8::): a bridge that is not on
                           loopback will send ICE checks there. Use an offer with reachable
                           candidates (or 127.0.0.1 ones for a local bridge).
@@ -57,7 +57,7 @@ here="$(cd "$(dirname "$0")/.." && pwd)"
 if [ -n "$offer_file" ]; then
   offer_json="$(tr -d '\r' < "$offer_file" | sed -e 's/\\/\\\\/g' -e 's/"/\\"/g' | awk '{printf "%s\\r\\n", $0}')"
 else
-  offer_json="$(grep -o '"sdp": *"[^"]*"' "$here/tests/fixtures/connect_uic.json" | head -n 1 | sed -e 's/^"sdp": *"//' -e 's/"$//')"
+  offer_json="$(grep -o '"sdp": *"[^"]*"' "$here/crates/testkit/fixtures/connect_uic.json" | head -n 1 | sed -e 's/^"sdp": *"//' -e 's/"$//')"
 fi
 
 run="$(date +%s)$$"
