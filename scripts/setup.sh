@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Installs what a fresh Debian machine lacks to build and test the bridge:
-# cmake (the opus crate builds libopus 1.6 from source) and the Rust lint components.
+# Installs what a fresh Debian machine lacks to build and test the bridge: cmake (the opus crate
+# builds libopus 1.6 from source), the PostgreSQL client (the schema test), redis-server (the
+# fleet's tests and `demo --replicas`) and the Rust lint components.
 set -euo pipefail
 
 missing=()
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)
 command -v cc >/dev/null 2>&1 || missing+=(build-essential)
 command -v psql >/dev/null 2>&1 || missing+=(postgresql-client)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   SUDO=""

@@ -16,6 +16,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # The serving binary as the container image builds it: the core alone, without the doubles,
 # the demo and the load harness.
 cargo check --locked -p whatsapp-voice-bridge --no-default-features
+# The fleet's tests share call state through a Redis: the local one, started if it is not
+# running (each test uses a key prefix of its own).
+bash scripts/redis.sh
 cargo test --workspace --all-targets --locked
 # Load smoke run: the bridge as its own process, 5 calls for 5 s over WebRTC on loopback, then a
 # short overflow flood; fails if any call fails, any audio is lost or a permit leaks.

@@ -8,8 +8,8 @@ usage() {
 Usage: scripts/test_concurrent_calls.sh --url URL --secret APP_SECRET [options]
 
 Sends N simultaneous connect webhooks, signed with X-Hub-Signature-256 exactly as Meta signs
-them, each carrying a realistic SDP offer; prints each answer (200 admitted, 503 refused), then
-/health and a summary, then ends the calls with signed terminate webhooks.
+them, each carrying a realistic SDP offer; prints each answer (admitted, or refused with the
+reason), then /health and a summary, then ends the calls with signed terminate webhooks.
 
 Options:
   --url URL               the bridge's base URL, e.g. http://127.0.0.1:8080 (required)
@@ -25,7 +25,7 @@ Options:
   --no-terminate          leave the calls running
   -h, --help              this text
 
-Exit code: 0 when every connect got 200 or 503, 1 otherwise, 2 on bad usage.
+Exit code: 0 when every connect was admitted or refused, 1 otherwise, 2 on bad usage.
 The summary line reads: admitted: A  refused: R  other: O
 EOF
 }
@@ -104,10 +104,14 @@ wait
 admitted=0 refused=0 other=0
 for i in $(seq 1 "$calls"); do
   status="$(cat "$work/connect-$i.status")"
-  case "$status" in
-    200) admitted=$((admitted + 1)); echo "call $i $(call_id_of "$i"): 200 admitted" ;;
-    503) refused=$((refused + 1)); echo "call $i $(call_id_of "$i"): 503 refused $(cat "$work/connect-$i.body")" ;;
-    *) other=$((other + 1)); echo "call $i $(call_id_of "$i"): $status $(cat "$work/connect-$i.body" 2>/dev/null)" ;;
+  body="$(cat "$work/connect-$i.body" 2>/dev/null)"
+  # A refused call is declined with reject and answered 200 with the refusal in the body
+  # (503 only when the bridge could not send the reject).
+  case "$status:$body" in
+    200:*'"status":"refused"'*) refused=$((refused + 1)); echo "call $i $(call_id_of "$i"): 200 refused $body" ;;
+    200:*) admitted=$((admitted + 1)); echo "call $i $(call_id_of "$i"): 200 admitted" ;;
+    503:*) refused=$((refused + 1)); echo "call $i $(call_id_of "$i"): 503 refused $body" ;;
+    *) other=$((other + 1)); echo "call $i $(call_id_of "$i"): $status $body" ;;
   esac
 done
 echo "health: $(curl -sS "$url/health" || echo unreachable)"

@@ -4,6 +4,7 @@ mod calls;
 mod cleanup;
 mod cli;
 mod drain;
+mod fleet;
 mod ops;
 mod schema;
 mod script;

@@ -53,7 +53,7 @@ fn histogram_count(scrape: &prometheus_parse::Scrape, name: &str) -> f64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn health_reports_the_process_and_readiness_turns_off_at_capacity() {
+async fn health_reports_the_process_and_a_full_replica_stays_ready_for_webhooks() {
     let stack = stack_with(1, &[]).await;
     let report = health(&stack).await;
     assert_eq!(report["status"], "healthy");
@@ -62,11 +62,16 @@ async fn health_reports_the_process_and_readiness_turns_off_at_capacity() {
     assert_eq!(report["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(get(&stack, "/ready", None).await.0, 200);
 
+    // Full: still ready, since the terminates of its own calls must reach it; it refuses new
+    // calls itself.
     let call = answered_call(&stack, "ready", 1).await;
     let (status, body) = get(&stack, "/ready", None).await;
-    assert_eq!(status, 503, "{body}");
-    assert!(body.contains("at_capacity"));
+    assert_eq!(status, 200, "{body}");
     assert_eq!(health(&stack).await["capacity_used_percent"], 100.0);
+    assert!(
+        health(&stack).await.get("cluster").is_none(),
+        "one process: no fleet"
+    );
     call.hang_up().await.expect("hang up");
     assert!(stack.wait_idle(WAIT).await);
     assert_eq!(get(&stack, "/ready", None).await.0, 200);
@@ -169,7 +174,8 @@ async fn metrics_on_their_own_port_count_exactly_what_happened() {
         }
     });
     let calls = futures_util::future::join_all(dials).await;
-    let (live, refused): (Vec<_>, Vec<_>) = calls.into_iter().partition(|c| c.reply.status == 200);
+    let (refused, live): (Vec<_>, Vec<_>) =
+        calls.into_iter().partition(|c| c.reply.refusal().is_some());
     assert_eq!((live.len(), refused.len()), (3, 2));
     for call in &live {
         assert!(
@@ -366,7 +372,7 @@ async fn a_callers_full_number_never_reaches_the_logs() {
     )
     .await
     .expect("dial");
-    assert_eq!(busy.reply.status, 503);
+    assert_eq!(busy.reply.refusal().as_deref(), Some("caller_busy"));
     call.hang_up().await.expect("hang up");
     assert!(stack.wait_idle(WAIT).await);
     stack.stop().await.expect("stop");

@@ -55,7 +55,8 @@ async fn five_simultaneous_signed_connects_admit_three_and_refuse_two() {
         stdout.contains("admitted: 3  refused: 2  other: 0"),
         "{stdout}"
     );
-    assert!(stdout.contains("\"error\":\"at_capacity\""), "{stdout}");
+    assert!(stdout.contains("200 refused"), "{stdout}");
+    assert!(stdout.contains("\"reason\":\"at_capacity\""), "{stdout}");
     let rejects = stack
         .graph
         .actions()

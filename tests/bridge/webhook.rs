@@ -162,7 +162,8 @@ async fn a_duplicate_connect_makes_one_call_and_a_terminate_before_connect_block
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn at_capacity_calls_are_rejected_with_503_and_the_slots_come_back() {
+async fn at_capacity_calls_are_declined_and_answered_200_with_the_refusal_and_the_slots_come_back()
+{
     let stack = echo_stack(3).await;
     let dials = (0..5u32).map(|n| {
         let settings = stack.phone_settings();
@@ -178,13 +179,15 @@ async fn at_capacity_calls_are_rejected_with_503_and_the_slots_come_back() {
         }
     });
     let calls = futures_util::future::join_all(dials).await;
-    let (live, refused): (Vec<_>, Vec<_>) = calls.into_iter().partition(|c| c.reply.status == 200);
+    let (refused, live): (Vec<_>, Vec<_>) =
+        calls.into_iter().partition(|c| c.reply.refusal().is_some());
     assert_eq!(live.len(), 3);
     assert_eq!(refused.len(), 2);
     for call in &refused {
-        assert_eq!(call.reply.status, 503);
+        assert_eq!(call.reply.status, 200);
         let body: serde_json::Value = serde_json::from_str(&call.reply.body).expect("JSON");
-        assert_eq!(body["error"], "at_capacity");
+        assert_eq!(body["status"], "refused");
+        assert_eq!(body["reason"], "at_capacity");
         assert_eq!(body["active_calls"], 3);
         assert_eq!(body["max_calls"], 3);
         assert!(
@@ -221,9 +224,8 @@ async fn at_capacity_calls_are_rejected_with_503_and_the_slots_come_back() {
     )
     .await
     .expect("dial");
-    assert_eq!(busy.reply.status, 503);
-    let body: serde_json::Value = serde_json::from_str(&busy.reply.body).expect("JSON");
-    assert_eq!(body["error"], "caller_busy");
+    assert_eq!(busy.reply.status, 200);
+    assert_eq!(busy.reply.refusal().as_deref(), Some("caller_busy"));
 
     for call in live {
         call.hang_up().await.expect("hang up");
@@ -275,9 +277,8 @@ async fn a_full_udp_port_range_refuses_calls_like_capacity_and_ports_come_back()
     )
     .await
     .expect("dial");
-    assert_eq!(second.reply.status, 503);
-    let body: serde_json::Value = serde_json::from_str(&second.reply.body).expect("JSON");
-    assert_eq!(body["error"], "no_udp_port");
+    assert_eq!(second.reply.status, 200);
+    assert_eq!(second.reply.refusal().as_deref(), Some("no_udp_port"));
     assert!(
         stack
             .graph

@@ -15,6 +15,7 @@ use crate::call::calls::Calls;
 use crate::call::registry::Registry;
 use crate::call::task::CallContext;
 use crate::config::{Config, StoreSettings};
+use crate::fleet::{Fleet, FleetSettings, default_replica_name};
 use crate::http::{AppState, WebhookSettings, metrics_router, router};
 use crate::media::peer::PeerSettings;
 use crate::media::phases::FramePhases;
@@ -32,6 +33,8 @@ use crate::whatsapp::graph::{GraphClient, GraphConfig};
 /// After the drain, how long shutdown waits for calls to finish ending (each sends its
 /// `terminate`, bounded by the Graph client's own retry budget).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
+/// After the calls, how long shutdown waits for the fleet's last writes (releases, leaving).
+const FLEET_STOP_GRACE: Duration = Duration::from_secs(3);
 
 /// A built bridge, bound to its port and ready to serve.
 pub struct App {
@@ -40,6 +43,10 @@ pub struct App {
     state: AppState,
     root: CancellationToken,
     drain_timeout: Duration,
+    /// Stops the fleet's background work once every call has ended; the worker then writes
+    /// the calls' releases (awaited, bounded) and leaves the fleet's reports.
+    fleet_stop: CancellationToken,
+    fleet_worker: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl App {
@@ -59,7 +66,21 @@ impl App {
         };
         let metrics = Metrics::new();
         let root = CancellationToken::new();
-        let registry = Registry::new(config.max_concurrent_calls, metrics.clone(), root.clone());
+        let fleet_settings = config.fleet.as_ref().map(|fleet| FleetSettings {
+            url: fleet.url.clone(),
+            prefix: fleet.prefix.clone(),
+            replica: fleet.replica.clone().unwrap_or_else(default_replica_name),
+        });
+        let fleet = match &fleet_settings {
+            Some(settings) => Some(Fleet::new(settings, metrics.clone())?),
+            None => None,
+        };
+        let registry = Registry::new(
+            config.max_concurrent_calls,
+            metrics.clone(),
+            root.clone(),
+            fleet.clone(),
+        );
         let ports = config.udp_ports.clone().map(PortPool::new);
         let attempts = metrics.graph_requests.clone();
         let graph = GraphClient::new(GraphConfig {
@@ -118,11 +139,20 @@ impl App {
                 verify_token: config.verify_token.clone(),
                 phone_number_id: config.phone_number_id.clone(),
             }),
-            calls: Calls::new(context, registry, TaskTracker::new(), ports),
+            calls: Calls::new(context, registry, TaskTracker::new(), ports, fleet.clone()),
             metrics,
             started: Instant::now(),
             admin_token: config.admin_token.clone(),
         };
+        let fleet_stop = CancellationToken::new();
+        let mut fleet_worker = None;
+        if let (Some(fleet), Some(settings)) = (&fleet, &fleet_settings) {
+            let calls = state.calls.clone();
+            let report = Arc::new(move || calls.report());
+            let (inbox, worker) = fleet.start(settings, report, fleet_stop.clone())?;
+            state.calls.take_forwarded(inbox);
+            fleet_worker = Some(worker);
+        }
         let listener = TcpListener::bind((config.bind_addr, config.port)).await?;
         let metrics_listener = match config.metrics_port {
             Some(port) => Some(TcpListener::bind((config.bind_addr, port)).await?),
@@ -134,6 +164,8 @@ impl App {
             state,
             root,
             drain_timeout: config.drain_timeout,
+            fleet_stop,
+            fleet_worker,
         })
     }
 
@@ -183,6 +215,8 @@ impl App {
             state,
             root,
             drain_timeout,
+            fleet_stop,
+            fleet_worker,
         } = self;
         let registry = state.calls.registry().clone();
         let tracker = state.calls.tracker().clone();
@@ -236,6 +270,14 @@ impl App {
             .with_graceful_shutdown(drained)
             .await;
         stopped.cancel();
+        fleet_stop.cancel();
+        if let Some(worker) = fleet_worker
+            && tokio::time::timeout(FLEET_STOP_GRACE, worker)
+                .await
+                .is_err()
+        {
+            warn!("the fleet's last writes did not finish; the claims expire with their lease");
+        }
         served?;
         Ok(())
     }

@@ -53,6 +53,9 @@ pub const TOOL_TIMEOUT: &str = "TOOL_TIMEOUT";
 pub const OPUS_BITRATE: &str = "OPUS_BITRATE";
 pub const OPUS_COMPLEXITY: &str = "OPUS_COMPLEXITY";
 pub const OPUS_BANDWIDTH: &str = "OPUS_BANDWIDTH";
+pub const REDIS_URL: &str = "REDIS_URL";
+pub const REDIS_KEY_PREFIX: &str = "REDIS_KEY_PREFIX";
+pub const REPLICA_ID: &str = "REPLICA_ID";
 
 /// Every key, for `.env.example` checks and `--help`.
 pub const ALL_KEYS: &[&str] = &[
@@ -95,6 +98,9 @@ pub const ALL_KEYS: &[&str] = &[
     OPUS_BITRATE,
     OPUS_COMPLEXITY,
     OPUS_BANDWIDTH,
+    REDIS_URL,
+    REDIS_KEY_PREFIX,
+    REPLICA_ID,
 ];
 
 /// Where the caller's data lives.
@@ -107,6 +113,15 @@ pub enum StoreSettings {
     },
     /// The embedded on-disk database under this directory.
     Embedded { data_dir: PathBuf },
+}
+
+/// How the replicas of a fleet share call state (`REDIS_URL` set).
+#[derive(Clone)]
+pub struct FleetConfig {
+    pub url: SecretString,
+    pub prefix: String,
+    /// `None`: named after the container or host, with a random suffix.
+    pub replica: Option<String>,
 }
 
 /// The instructions for the AI's first words once a call is answered.
@@ -203,6 +218,8 @@ pub struct Config {
     pub tool_timeout: Duration,
     /// How the AI's voice is encoded for the caller.
     pub encoder: EncoderSettings,
+    /// Call state shared with the other replicas; `None`: one process, state in memory.
+    pub fleet: Option<FleetConfig>,
 }
 
 impl std::fmt::Debug for Config {
@@ -216,6 +233,7 @@ impl std::fmt::Debug for Config {
             .field("phone_number_id", &self.phone_number_id)
             .field("max_concurrent_calls", &self.max_concurrent_calls)
             .field("loopback", &self.loopback)
+            .field("fleet", &self.fleet.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -493,6 +511,7 @@ impl Config {
         let memory_days = r.parsed(MEMORY_DAYS, 7u32, "a number of days");
         let tool_timeout = r.duration(TOOL_TIMEOUT, Duration::from_secs(5));
         let encoder = read_encoder(&mut r);
+        let fleet = read_fleet(&mut r);
 
         if !r.problems.is_empty() {
             return Err(ConfigError(r.problems));
@@ -527,8 +546,39 @@ impl Config {
             memory_days,
             tool_timeout,
             encoder,
+            fleet,
         })
     }
+}
+
+/// The fleet's settings when `REDIS_URL` is set.
+fn read_fleet(r: &mut Reader<'_>) -> Option<FleetConfig> {
+    let url = r.raw(REDIS_URL)?;
+    if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+        // The value may hold a password: it is not echoed.
+        r.problems
+            .push(format!("{REDIS_URL} is not a redis:// or rediss:// URL"));
+    }
+    let prefix = r.string(REDIS_KEY_PREFIX, "wvb");
+    if prefix.contains(char::is_whitespace) {
+        r.problems
+            .push(format!("{REDIS_KEY_PREFIX}={prefix:?} contains whitespace"));
+    }
+    let replica = r.raw(REPLICA_ID);
+    if let Some(replica) = &replica
+        && !replica
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        r.problems.push(format!(
+            "{REPLICA_ID}={replica:?} may hold only letters, digits, '-', '_' and '.'"
+        ));
+    }
+    Some(FleetConfig {
+        url: SecretString::from(url),
+        prefix,
+        replica,
+    })
 }
 
 /// Azure when its endpoint is set, OpenAI otherwise.

@@ -22,6 +22,7 @@ pub mod allocator;
 pub mod app;
 pub mod call;
 pub mod config;
+pub mod fleet;
 pub mod http;
 pub mod ids;
 pub mod media;

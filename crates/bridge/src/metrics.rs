@@ -48,6 +48,19 @@ pub struct Metrics {
     pub store_errors: IntCounterVec,
     /// Transcript turns dropped because the store fell behind.
     pub transcript_turns_dropped: IntCounter,
+    /// 1 while Redis cannot be reached (`REDIS_URL` set): calls go on, admission uses what this
+    /// replica knows.
+    pub fleet_degraded: IntGauge,
+    /// Redis operations of the fleet by operation and outcome (`ok`, `error`, `timeout`).
+    pub fleet_operations: IntCounterVec,
+    /// Webhook events for calls owned by another replica, by kind and outcome (`sent`,
+    /// `received`, `no_owner`, `unavailable`, `dropped`).
+    pub forwarded_events: IntCounterVec,
+    /// From a replica forwarding an event to its owner taking it in.
+    pub forward_latency_seconds: Histogram,
+    /// Live calls and live replicas of the whole fleet, as of the last heartbeat.
+    pub cluster_active_calls: IntGauge,
+    pub cluster_replicas: IntGauge,
 }
 
 impl Metrics {
@@ -195,6 +208,47 @@ impl Metrics {
             "Transcript turns dropped because the store fell behind",
         )
         .expect("valid metric");
+        let fleet_degraded = IntGauge::new(
+            "whatsapp_bridge_fleet_degraded",
+            "1 while Redis cannot be reached and admission uses this replica's own knowledge",
+        )
+        .expect("valid metric");
+        let fleet_operations = IntCounterVec::new(
+            Opts::new(
+                "whatsapp_bridge_fleet_operations_total",
+                "Redis operations of the fleet by operation and outcome",
+            ),
+            &["op", "outcome"],
+        )
+        .expect("valid metric");
+        let forwarded_events = IntCounterVec::new(
+            Opts::new(
+                "whatsapp_bridge_forwarded_events_total",
+                "Webhook events for calls owned by another replica, by kind and outcome",
+            ),
+            &["kind", "outcome"],
+        )
+        .expect("valid metric");
+        let forward_latency_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "whatsapp_bridge_forward_latency_seconds",
+                "From forwarding an event to the call's owner to the owner taking it in",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+            ]),
+        )
+        .expect("valid metric");
+        let cluster_active_calls = IntGauge::new(
+            "whatsapp_bridge_cluster_active_calls",
+            "Live calls of every replica sharing this Redis, as of the last heartbeat",
+        )
+        .expect("valid metric");
+        let cluster_replicas = IntGauge::new(
+            "whatsapp_bridge_cluster_replicas",
+            "Replicas sharing this Redis that sent a heartbeat recently",
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(active_calls.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(max_calls.clone()),
@@ -216,6 +270,12 @@ impl Metrics {
             Box::new(tool_calls.clone()),
             Box::new(store_errors.clone()),
             Box::new(transcript_turns_dropped.clone()),
+            Box::new(fleet_degraded.clone()),
+            Box::new(fleet_operations.clone()),
+            Box::new(forwarded_events.clone()),
+            Box::new(forward_latency_seconds.clone()),
+            Box::new(cluster_active_calls.clone()),
+            Box::new(cluster_replicas.clone()),
         ] {
             registry
                 .register(collector)
@@ -243,6 +303,12 @@ impl Metrics {
             tool_calls,
             store_errors,
             transcript_turns_dropped,
+            fleet_degraded,
+            fleet_operations,
+            forwarded_events,
+            forward_latency_seconds,
+            cluster_active_calls,
+            cluster_replicas,
         }
     }
 

@@ -178,6 +178,10 @@ pub async fn echo_call(
             return report;
         }
     };
+    if let Some(reason) = call.reply.refusal() {
+        report.error = Some(format!("the bridge refused the call: {reason}"));
+        return report;
+    }
     if call.reply.status != 200 {
         report.error = Some(format!("webhook answered {}", call.reply.status));
         return report;

@@ -5,10 +5,14 @@
 //!   phone that sends real Opus.
 //! - [`realtime_ai`]: the OpenAI Realtime API (a WebSocket server with an energy VAD).
 //! - [`postgrest_double`]: Supabase's PostgREST.
-//! - [`stack`]: a whole local set-up in one process: both doubles and a bridge wired to them.
+//! - [`stack`]: a whole local set-up in one process: both doubles and a bridge wired to them;
+//!   [`bridge_process`]: a bridge as a process of its own (the harness's, the fleet's);
+//!   [`fleet`]: several bridge processes sharing one Redis behind a round-robin ingress.
 //! - [`demo`]: the `demo` command; [`loadtest`]: the load harness that measures a bridge process.
 
+pub mod bridge_process;
 pub mod demo;
+pub mod fleet;
 pub mod graph_double;
 pub mod loadtest;
 pub mod phone;

@@ -45,6 +45,21 @@ pub struct WebhookReply {
     pub body: String,
 }
 
+impl WebhookReply {
+    /// Why the bridge refused the call this webhook offered, if it did: 200 with
+    /// `{"status":"refused","reason":…}` when it declined the call with `reject`, 503 with
+    /// `{"error":…}` when it could not.
+    pub fn refusal(&self) -> Option<String> {
+        let body: serde_json::Value = serde_json::from_str(&self.body).ok()?;
+        let reason = match self.status {
+            200 if body["status"] == "refused" => &body["reason"],
+            503 => &body["error"],
+            _ => return None,
+        };
+        reason.as_str().map(str::to_owned)
+    }
+}
+
 /// What the phone heard and sent, shared with its media task.
 #[derive(Debug, Default)]
 pub struct Recording {
@@ -151,7 +166,7 @@ impl PhoneCall {
             peer: Some(peer),
             speaking_until: Arc::new(Mutex::new(Instant::now())),
         };
-        if call.reply.status != 200 {
+        if call.reply.status != 200 || call.reply.refusal().is_some() {
             return Ok(call);
         }
         let answer = call

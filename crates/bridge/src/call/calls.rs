@@ -1,10 +1,15 @@
 //! The calls of this process: one admission path for inbound and outbound calls, one way to
-//! start a call's task, and the ways in to a live call (Meta's events, an operator).
+//! start a call's task, and the ways in to a live call (Meta's events, an operator, other
+//! replicas; in `routes`).
 //!
-//! Admission never waits: a call takes a slot in the [`Registry`] (capacity, one live call per
-//! caller, tombstones) and, when `WEBRTC_UDP_PORTS` is set, a UDP port; then its task is spawned
-//! and owns both until it ends. A refused inbound call is declined with `reject` in the
-//! background, bounded, and summarised in the log rather than flooding it.
+//! Admission never waits on a call: a call takes a slot in the [`Registry`] (capacity, one live
+//! call per caller, tombstones), its claim in the fleet when there is one (the same checks across
+//! replicas, bounded by the fleet's command timeout) and, when `WEBRTC_UDP_PORTS` is set, a UDP
+//! port; then its task is spawned and owns all of them until it ends. A refused inbound call is
+//! declined with `reject` in the background, bounded, and summarised in the log rather than
+//! flooding it.
+
+mod routes;
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -17,10 +22,12 @@ use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument as _, debug, info, info_span, warn};
 
+use super::CallDirection;
 use super::flow::CallFlow;
+use super::registry::CallSummary;
 use super::registry::{AdmitResult, Refusal, RefusalReason, Registry};
 use super::task::{CallContext, CallMedia, CallTask, fail_before_start};
-use super::{CallCommand, CallDirection, CallEnd};
+use crate::fleet::{CallBrief, Claim, Fleet, ReplicaReport};
 use crate::ids::{CallId, PhoneNumber};
 use crate::media::ports::{PortLease, PortPool};
 use crate::whatsapp::graph::GraphError;
@@ -57,8 +64,9 @@ pub enum Offered {
     Duplicate,
     /// The call ended, was refused or was terminated before: ignored.
     Ended,
-    /// Refused; Meta is sent `reject` in the background.
-    Refused(Refusal),
+    /// Refused. `declined`: Meta is sent `reject` in the background; otherwise too many
+    /// rejects were in flight, and Meta is left to end the call (or redeliver it).
+    Refused { refusal: Refusal, declined: bool },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +93,8 @@ struct Inner {
     /// One UDP port per call when `WEBRTC_UDP_PORTS` is set.
     ports: Option<PortPool>,
     refusals: Refusals,
+    /// The other replicas, when `REDIS_URL` is set.
+    fleet: Option<Fleet>,
 }
 
 impl Calls {
@@ -93,6 +103,7 @@ impl Calls {
         registry: Registry,
         tracker: TaskTracker,
         ports: Option<PortPool>,
+        fleet: Option<Fleet>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -101,7 +112,30 @@ impl Calls {
                 tracker,
                 ports,
                 refusals: Refusals::default(),
+                fleet,
             }),
+        }
+    }
+
+    /// The other replicas, when `REDIS_URL` is set.
+    pub fn fleet(&self) -> Option<&Fleet> {
+        self.inner.fleet.as_ref()
+    }
+
+    /// What this replica tells the fleet at each heartbeat.
+    pub fn report(&self) -> ReplicaReport {
+        let registry = &self.inner.registry;
+        ReplicaReport {
+            replica: self
+                .inner
+                .fleet
+                .as_ref()
+                .map(|fleet| fleet.replica().to_owned())
+                .unwrap_or_default(),
+            active_calls: registry.active_calls(),
+            max_calls: registry.max_calls(),
+            draining: registry.is_draining(),
+            calls: registry.list().iter().map(brief).collect(),
         }
     }
 
@@ -119,8 +153,8 @@ impl Calls {
     }
 
     /// Admits an offered call and starts answering it on its own task, or refuses it (Meta is
-    /// sent `reject` in the background). Never waits.
-    pub fn answer(&self, offer: InboundOffer) -> Offered {
+    /// sent `reject` in the background). Waits only for the fleet's claim, which is bounded.
+    pub async fn answer(&self, offer: InboundOffer) -> Offered {
         let InboundOffer {
             call_id,
             caller,
@@ -130,46 +164,57 @@ impl Calls {
         } = offer;
         let registry = &self.inner.registry;
         let refusal = match registry.admit(&call_id, CallDirection::Inbound, caller.as_ref()) {
-            AdmitResult::Admitted(admission, commands) => match self.lease_port() {
-                Ok(port) => {
-                    info!(%call_id, caller = ?caller, "call admitted");
-                    let context = self.inner.context.clone();
-                    let span = call_span(&call_id, CallDirection::Inbound);
-                    self.spawn_call(span, async move {
-                        let flow = CallFlow::new(
-                            CallDirection::Inbound,
-                            received_at,
-                            context.answer_deadline,
-                            context.max_call_duration,
-                        );
-                        let offer = match sdp::inspect(&sdp) {
-                            Ok(offer) => offer,
-                            Err(err) => {
-                                warn!(%err, "unusable offer");
-                                return fail_before_start(&context, &admission, flow).await;
-                            }
-                        };
-                        let media = match CallMedia::new(&context, port, offer.opus_fec).await {
-                            Ok(media) => media,
-                            Err(err) => {
-                                warn!(%err, "media set-up failed");
-                                return fail_before_start(&context, &admission, flow).await;
-                            }
-                        };
-                        let ai_context = caller_context(caller.as_ref(), caller_name.as_deref());
-                        let greeting = context.greeting.clone();
-                        let mut task =
-                            CallTask::new(context, admission, commands, flow, media, greeting);
-                        task.start_ai(ai_context);
-                        let end = task.answer_and_run(&sdp).await;
-                        task.finish(end).await;
-                    });
-                    return Offered::Started;
-                }
-                Err(reason) => {
+            AdmitResult::Admitted(admission, commands) => match self.claim(&call_id, &caller).await
+            {
+                Err(outcome) => {
                     drop(admission);
-                    self.refusal(reason)
+                    match outcome {
+                        Claimed::Elsewhere(offered) => return offered,
+                        Claimed::Refused(reason) => self.refusal(reason),
+                    }
                 }
+                Ok(()) => match self.lease_port() {
+                    Ok(port) => {
+                        info!(%call_id, caller = ?caller, "call admitted");
+                        let context = self.inner.context.clone();
+                        let span = call_span(&call_id, CallDirection::Inbound);
+                        self.spawn_call(span, async move {
+                            let flow = CallFlow::new(
+                                CallDirection::Inbound,
+                                received_at,
+                                context.answer_deadline,
+                                context.max_call_duration,
+                            );
+                            let offer = match sdp::inspect(&sdp) {
+                                Ok(offer) => offer,
+                                Err(err) => {
+                                    warn!(%err, "unusable offer");
+                                    return fail_before_start(&context, &admission, flow).await;
+                                }
+                            };
+                            let media = match CallMedia::new(&context, port, offer.opus_fec).await {
+                                Ok(media) => media,
+                                Err(err) => {
+                                    warn!(%err, "media set-up failed");
+                                    return fail_before_start(&context, &admission, flow).await;
+                                }
+                            };
+                            let ai_context =
+                                caller_context(caller.as_ref(), caller_name.as_deref());
+                            let greeting = context.greeting.clone();
+                            let mut task =
+                                CallTask::new(context, admission, commands, flow, media, greeting);
+                            task.start_ai(ai_context);
+                            let end = task.answer_and_run(&sdp).await;
+                            task.finish(end).await;
+                        });
+                        return Offered::Started;
+                    }
+                    Err(reason) => {
+                        drop(admission);
+                        self.refusal(reason)
+                    }
+                },
             },
             AdmitResult::Duplicate => {
                 debug!(%call_id, "duplicate connect ignored");
@@ -182,8 +227,34 @@ impl Calls {
             AdmitResult::Refused(refusal) => refusal,
         };
         self.inner.refusals.note(&call_id, refusal.reason.as_str());
-        self.reject_in_background(call_id);
-        Offered::Refused(refusal)
+        // Every replica must know: a redelivery of a declined call is not answered anywhere.
+        registry.tombstone(&call_id);
+        let declined = self.reject_in_background(call_id);
+        Offered::Refused { refusal, declined }
+    }
+
+    /// The fleet's claim of an admitted call (nothing to claim without a fleet). `Err`: the
+    /// call is live on another replica or ended there, or its caller has a live call there.
+    async fn claim(&self, call_id: &CallId, caller: &Option<PhoneNumber>) -> Result<(), Claimed> {
+        let Some(fleet) = &self.inner.fleet else {
+            return Ok(());
+        };
+        match fleet.claim(call_id, caller.as_ref()).await {
+            Claim::Claimed => Ok(()),
+            Claim::Unconfirmed => {
+                debug!(%call_id, "admitted on this replica's own knowledge (fleet degraded)");
+                Ok(())
+            }
+            Claim::Live => {
+                debug!(%call_id, "connect for a call live on another replica ignored");
+                Err(Claimed::Elsewhere(Offered::Duplicate))
+            }
+            Claim::Ended => {
+                info!(%call_id, "connect for a call ended on another replica ignored");
+                Err(Claimed::Elsewhere(Offered::Ended))
+            }
+            Claim::CallerBusy => Err(Claimed::Refused(RefusalReason::CallerBusy)),
+        }
     }
 
     /// Places a call to `to` (§7.2): takes a slot like an inbound call, makes the offer, sends
@@ -204,6 +275,18 @@ impl Calls {
             .registry
             .reserve(to)
             .map_err(PlaceError::Refused)?;
+        // The caller is busy for the whole fleet while the call is placed; dropped on any
+        // failure below, the placement frees the caller again.
+        let placement = match &self.inner.fleet {
+            None => None,
+            Some(fleet) => match fleet.claim_caller(to).await {
+                Ok(placement) => Some(placement),
+                Err(()) => {
+                    drop(reservation);
+                    return Err(PlaceError::Refused(self.refusal(RefusalReason::CallerBusy)));
+                }
+            },
+        };
         let port = match self.lease_port() {
             Ok(port) => port,
             Err(reason) => {
@@ -231,6 +314,13 @@ impl Calls {
             }
         };
         let (admission, commands) = reservation.register(&call_id);
+        if let (Some(fleet), Some(placement)) = (&self.inner.fleet, placement) {
+            // Meta's answer or status may have reached another replica before `connect`
+            // returned: it was kept for this call.
+            for kept in fleet.bind(placement, &call_id).await {
+                self.apply(kept);
+            }
+        }
         // The flow's `connect` is the request just made.
         let flow = CallFlow::placed(started, Instant::now(), context.max_call_duration);
         let span = call_span(&call_id, CallDirection::Outbound);
@@ -243,60 +333,6 @@ impl Calls {
             task.finish(end).await;
         });
         Ok(call_id)
-    }
-
-    /// Meta ended the call (a `terminate` webhook). A call not live here is remembered, so a
-    /// `connect` arriving after it is not answered.
-    pub fn remote_terminated(&self, call_id: &CallId) {
-        let registry = &self.inner.registry;
-        match registry.get(call_id) {
-            Some(handle) => {
-                if handle
-                    .commands
-                    .try_send(CallCommand::RemoteTerminated)
-                    .is_err()
-                {
-                    // The call's queue is full or it is ending already; make sure it stops.
-                    handle.cancel.cancel();
-                }
-            }
-            None => {
-                debug!(%call_id, "terminate for a call not live; remembered");
-                registry.tombstone(call_id);
-            }
-        }
-    }
-
-    /// Meta's answer (`RemoteAnswer`) or the callee picking up (`RemoteAccepted`) for a call
-    /// we placed. Kept for a call whose `connect` response has not come back yet: Meta's
-    /// webhook can be faster than its own API response.
-    pub fn deliver(&self, call_id: &CallId, command: CallCommand) {
-        let registry = &self.inner.registry;
-        match registry.get(call_id) {
-            Some(handle) => {
-                if handle.commands.try_send(command).is_err() {
-                    warn!(%call_id, "call command queue full; command dropped");
-                }
-            }
-            None => {
-                if !registry.hold_for_unknown(call_id, command) {
-                    debug!(%call_id, "command for an ended call ignored");
-                }
-            }
-        }
-    }
-
-    /// Ends a live call for `end` (an operator's hang-up); the call task tells Meta. False when
-    /// no such call is live.
-    pub fn hang_up(&self, call_id: &CallId, end: CallEnd) -> bool {
-        let Some(handle) = self.inner.registry.get(call_id) else {
-            return false;
-        };
-        if handle.commands.try_send(CallCommand::Hangup(end)).is_err() {
-            // The call's queue is full or it is already ending: make sure it stops.
-            handle.cancel.cancel();
-        }
-        true
     }
 
     /// A UDP port for a new call when a range is configured; a full range refuses the call.
@@ -335,12 +371,12 @@ impl Calls {
     }
 
     /// Declines a refused call without holding up the webhook response (§7.1: reject promptly
-    /// rather than let the caller ring).
-    fn reject_in_background(&self, call_id: CallId) {
+    /// rather than let the caller ring). False when too many rejects are in flight already.
+    fn reject_in_background(&self, call_id: CallId) -> bool {
         let Ok(permit) = self.inner.refusals.rejects.clone().try_acquire_owned() else {
             self.inner.context.metrics.rejects_skipped.inc();
             debug!(%call_id, "reject not sent: too many in flight");
-            return;
+            return false;
         };
         let graph = self.inner.context.graph.clone();
         self.inner.tracker.spawn(async move {
@@ -350,6 +386,29 @@ impl Calls {
                 warn!(%call_id, "reject of a refused call failed");
             }
         });
+        true
+    }
+}
+
+/// Why the fleet did not let an admitted call go on.
+enum Claimed {
+    /// Nothing to do here: the call is live on another replica, or ended.
+    Elsewhere(Offered),
+    Refused(RefusalReason),
+}
+
+/// A live call as the admin API and the fleet's reports list it (the number masked).
+pub fn brief(call: &CallSummary) -> CallBrief {
+    CallBrief {
+        id: call.call_id.to_string(),
+        direction: call.direction.as_str().to_owned(),
+        phone: call.phone.as_ref().map(PhoneNumber::masked),
+        state: call.phase.as_str().to_owned(),
+        started: call
+            .started_at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        duration_seconds: call.started.elapsed().as_secs(),
     }
 }
 

@@ -82,7 +82,7 @@ impl fmt::Display for CallEnd {
 }
 
 /// What webhooks and operators send to a live call.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub enum CallCommand {
     /// A `terminate` webhook arrived for this call.
     RemoteTerminated,

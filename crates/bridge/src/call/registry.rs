@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::flow::Phase;
 use super::{CallCommand, CallDirection};
+use crate::fleet::Fleet;
 use crate::ids::{CallId, PhoneNumber};
 use crate::metrics::Metrics;
 
@@ -157,6 +158,9 @@ struct Inner {
     root: CancellationToken,
     /// Notified whenever a call leaves the registry.
     released: tokio::sync::Notify,
+    /// With `REDIS_URL`: where claims are released and tombstones shared with the other
+    /// replicas (never waiting: the fleet's worker writes them).
+    fleet: Option<Fleet>,
 }
 
 /// The registry of live calls; cheap to clone.
@@ -166,7 +170,12 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn new(max_calls: usize, metrics: Metrics, root: CancellationToken) -> Self {
+    pub fn new(
+        max_calls: usize,
+        metrics: Metrics,
+        root: CancellationToken,
+        fleet: Option<Fleet>,
+    ) -> Self {
         metrics.max_calls.set(max_calls as i64);
         Self {
             inner: Arc::new(Inner {
@@ -177,6 +186,7 @@ impl Registry {
                 metrics,
                 root,
                 released: tokio::sync::Notify::new(),
+                fleet,
             }),
         }
     }
@@ -200,11 +210,6 @@ impl Registry {
         self.inner.metrics.draining.set(1);
     }
 
-    /// Whether a new call would be refused now (draining or every slot taken).
-    pub fn accepting_calls(&self) -> bool {
-        !self.is_draining() && self.inner.semaphore.available_permits() > 0
-    }
-
     /// Tries to admit a call, never waiting. On success the returned guard owns the permit and
     /// the registry entry, and the receiver gets what webhooks and admins send to the call.
     pub fn admit(
@@ -223,6 +228,9 @@ impl Registry {
         }
         let refuse = |reason: RefusalReason, live: &mut Live| {
             live.tombstones.insert(call_id.clone(), now);
+            if let Some(fleet) = &self.inner.fleet {
+                fleet.tombstone(call_id);
+            }
             self.count_refusal(reason);
             AdmitResult::Refused(Refusal {
                 reason,
@@ -363,6 +371,9 @@ impl Registry {
             .lock()
             .tombstones
             .insert(call_id.clone(), Instant::now());
+        if let Some(fleet) = &self.inner.fleet {
+            fleet.tombstone(call_id);
+        }
     }
 
     pub fn list(&self) -> Vec<CallSummary> {
@@ -392,6 +403,9 @@ impl Registry {
         let occupied = live.occupied();
         self.inner.metrics.active_calls.set(occupied as i64);
         drop(live);
+        if let Some(fleet) = &self.inner.fleet {
+            fleet.release(call_id);
+        }
         if occupied == 0 {
             crate::allocator::request_thread_cache_flush();
         }
@@ -513,7 +527,7 @@ mod tests {
     use super::*;
 
     fn registry(max: usize) -> Registry {
-        Registry::new(max, Metrics::new(), CancellationToken::new())
+        Registry::new(max, Metrics::new(), CancellationToken::new(), None)
     }
 
     fn admit(registry: &Registry, id: &str, phone: &str) -> AdmitResult {

@@ -87,6 +87,8 @@ pub(super) struct CallTask {
     peer: MediaPeer,
     /// Our answer, byte-identical in `pre_accept` and `accept` (§5.2).
     answer_sdp: Arc<String>,
+    /// Outbound: Meta's answer has been applied (it can arrive twice through the fleet).
+    answer_applied: bool,
     ai: Option<RealtimeSession>,
     ai_connect: Option<AiConnect>,
     graph_op: Option<GraphOp>,
@@ -174,6 +176,7 @@ impl CallTask {
             flow,
             peer: media.peer,
             answer_sdp: Arc::new(String::new()),
+            answer_applied: false,
             ai: None,
             ai_connect: None,
             graph_op: None,
@@ -374,9 +377,10 @@ impl CallTask {
     async fn on_command(&mut self, command: Option<CallCommand>) -> Option<CallEnd> {
         match command {
             Some(CallCommand::RemoteAnswer(answer)) => {
-                if self.flow.direction() != CallDirection::Outbound {
+                if self.flow.direction() != CallDirection::Outbound || self.answer_applied {
                     return None;
                 }
+                self.answer_applied = true;
                 if let Err(err) = self.peer.apply_answer(&answer).await {
                     warn!(%err, "Meta's answer could not be applied");
                     return Some(self.end(CallEnd::SetupFailed).await);

@@ -1,15 +1,32 @@
-//! The admin calls API (`ADMIN_TOKEN` as a bearer token): list live calls, hang one up.
+//! The admin calls API (`ADMIN_TOKEN` as a bearer token): list live calls, place one, hang one
+//! up; with a fleet, on every replica.
 
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use secrecy::ExposeSecret;
 use serde_json::json;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::{AppState, error_response};
 use crate::call::CallEnd;
-use crate::ids::CallId;
+use crate::call::calls::{PlaceError, brief};
+use crate::fleet::CallBrief;
+use crate::ids::{CallId, PhoneNumber};
+
+/// Longest `purpose` of a placed call (it goes into the AI's instructions).
+const MAX_PURPOSE_CHARS: usize = 2_000;
+
+/// `POST /calls` body.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlaceRequest {
+    /// The user's number, digits with or without `+` (E.164: at most 15 digits).
+    to: String,
+    /// Why the business calls; the AI opens the call with it.
+    purpose: String,
+}
 
 /// Whether the request carries the admin token (compared in constant time).
 fn authorized(state: &AppState, headers: &HeaderMap) -> bool {
@@ -34,34 +51,58 @@ fn unauthorized() -> Response {
     response
 }
 
-/// `GET /calls`: every live call, phone numbers masked.
+/// `GET /calls`: every live call, phone numbers masked; with a fleet, every replica's (theirs as
+/// of their last heartbeat), each with the replica it runs on.
 pub async fn list_calls(State(state): State<AppState>, headers: HeaderMap) -> Response {
     if !authorized(&state, &headers) {
         return unauthorized();
     }
-    let mut calls = state.calls.registry().list();
-    calls.sort_by_key(|call| call.started);
+    let here = state.calls.fleet().map(|fleet| fleet.replica().to_owned());
+    let mut calls: Vec<(Option<String>, CallBrief)> = state
+        .calls
+        .registry()
+        .list()
+        .iter()
+        .map(|call| (here.clone(), brief(call)))
+        .collect();
+    let mut complete = true;
+    if let Some(fleet) = state.calls.fleet() {
+        match fleet.other_reports().await {
+            Ok(reports) => {
+                for report in reports {
+                    let replica = Some(report.replica);
+                    calls.extend(report.calls.into_iter().map(|c| (replica.clone(), c)));
+                }
+            }
+            Err(err) => {
+                warn!(%err, "admin: the other replicas' calls cannot be read");
+                complete = false;
+            }
+        }
+    }
+    calls.sort_by_key(|(_, call)| call.started);
     let calls: Vec<_> = calls
         .into_iter()
-        .map(|call| {
-            json!({
-                "id": call.call_id,
-                "direction": call.direction.as_str(),
-                "phone": call.phone.map(|phone| phone.masked()),
-                "state": call.phase.as_str(),
-                "started": call
-                    .started_at
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0),
-                "duration_seconds": call.started.elapsed().as_secs(),
-            })
+        .map(|(replica, call)| {
+            let mut entry = json!({
+                "id": call.id,
+                "direction": call.direction,
+                "phone": call.phone,
+                "state": call.state,
+                "started": call.started,
+                "duration_seconds": call.duration_seconds,
+            });
+            if let Some(replica) = replica {
+                entry["replica"] = json!(replica);
+            }
+            entry
         })
         .collect();
-    Json(json!({ "calls": calls })).into_response()
+    Json(json!({ "calls": calls, "complete": complete })).into_response()
 }
 
-/// `DELETE /calls/{id}`: ends the call; the call task sends Meta `terminate` (or `reject`).
+/// `DELETE /calls/{id}`: ends the call, on whichever replica it runs; its task sends Meta
+/// `terminate` (or `reject`).
 pub async fn hang_up(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -71,7 +112,7 @@ pub async fn hang_up(
         return unauthorized();
     }
     let call_id = CallId::new(id);
-    if !state.calls.hang_up(&call_id, CallEnd::AdminHangup) {
+    if !state.calls.hang_up(&call_id, CallEnd::AdminHangup).await {
         return error_response(StatusCode::NOT_FOUND, "no such live call");
     }
     info!(%call_id, "hang-up requested by an operator");
@@ -80,4 +121,64 @@ pub async fn hang_up(
         Json(json!({ "id": call_id, "status": "hanging_up" })),
     )
         .into_response()
+}
+
+/// `POST /calls`: places a call to a user (a callback): the same path as every outbound call
+/// (offer, Graph `connect`, Meta's answer webhook, the AI opening with `purpose` once the user
+/// picks up). 202 with the call id once Meta took the `connect`.
+pub async fn place_call(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<PlaceRequest>, JsonRejection>,
+) -> Response {
+    if !authorized(&state, &headers) {
+        return unauthorized();
+    }
+    let Ok(Json(request)) = body else {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "the body must be JSON: {\"to\": \"<number>\", \"purpose\": \"<text>\"}",
+        );
+    };
+    let digits = request.to.strip_prefix('+').unwrap_or(&request.to);
+    if !(6..=15).contains(&digits.len()) || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "to must be a phone number: 6 to 15 digits, optionally after +",
+        );
+    }
+    let purpose = request.purpose.trim();
+    if purpose.is_empty() || purpose.chars().count() > MAX_PURPOSE_CHARS {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "purpose must be 1 to 2000 characters",
+        );
+    }
+    let to = PhoneNumber::new(digits);
+    let context = "The business is calling this user (a call placed by an operator).";
+    match state.calls.place(&to, purpose, context).await {
+        Ok(call_id) => {
+            info!(%call_id, to = %to, "call placed by an operator");
+            (
+                StatusCode::ACCEPTED,
+                Json(json!({ "id": call_id, "status": "calling" })),
+            )
+                .into_response()
+        }
+        Err(PlaceError::Refused(refusal)) => {
+            let status = match refusal.reason {
+                crate::call::registry::RefusalReason::CallerBusy => StatusCode::CONFLICT,
+                _ => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            error_response(status, refusal.reason.as_str())
+        }
+        Err(PlaceError::Graph(err)) => {
+            warn!(%err, "placing a call: the Graph API refused it");
+            error_response(StatusCode::BAD_GATEWAY, "graph_failed")
+        }
+        Err(PlaceError::Setup(err)) => {
+            warn!(%err, "placing a call: media set-up failed");
+            error_response(StatusCode::INTERNAL_SERVER_ERROR, "setup_failed")
+        }
+    }
 }

@@ -54,7 +54,7 @@ pub fn router(state: AppState, metrics_separately: bool) -> Router {
     }
     if state.admin_token.is_some() {
         router = router
-            .route("/calls", get(admin::list_calls))
+            .route("/calls", get(admin::list_calls).post(admin::place_call))
             .route("/calls/{id}", axum::routing::delete(admin::hang_up));
     }
     router
@@ -69,7 +69,8 @@ pub fn metrics_router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Liveness: 200 while the process serves.
+/// Liveness: 200 while the process serves. With a fleet it also reports the fleet's live
+/// calls (as of the last heartbeat, so this stays fast) beside this replica's.
 async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
     let registry = state.calls.registry();
     let active = registry.active_calls();
@@ -79,24 +80,34 @@ async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
     } else {
         "healthy"
     };
-    Json(json!({
+    let mut body = json!({
         "status": status,
         "active_calls": active,
         "max_calls": max,
         "capacity_used_percent": capacity_percent(active, max),
         "uptime_seconds": state.started.elapsed().as_secs(),
         "version": env!("CARGO_PKG_VERSION"),
-    }))
+    });
+    if let Some(fleet) = state.calls.fleet() {
+        let cluster = fleet.cluster();
+        body["replica"] = json!(fleet.replica());
+        body["cluster"] = json!({
+            "replicas": cluster.replicas,
+            "active_calls": cluster.active_calls,
+            "max_calls": cluster.max_calls,
+            "redis": if cluster.degraded { "degraded" } else { "ok" },
+        });
+    }
+    Json(body)
 }
 
-/// Readiness: 200 while new calls are accepted; 503 when draining or full, so a load balancer
-/// sends new work elsewhere.
+/// Readiness means "send me webhooks": 503 only while draining. A full replica stays ready: it
+/// must still get the `terminate`s of its own calls, and it refuses a new call itself (with
+/// `reject`), which a load balancer could not do.
 async fn ready(State(state): State<AppState>) -> Response {
     let registry = state.calls.registry();
     let (status, reason) = if registry.is_draining() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining")
-    } else if !registry.accepting_calls() {
-        (StatusCode::SERVICE_UNAVAILABLE, "at_capacity")
     } else {
         (StatusCode::OK, "ready")
     };

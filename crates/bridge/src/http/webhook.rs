@@ -2,8 +2,9 @@
 //!
 //! The signature is checked over the raw bytes before anything is parsed. Each event goes to
 //! [`Calls`](crate::call::calls::Calls) without waiting for any call work: an offer is answered
-//! (or refused: 503), a `terminate` reaches its call, an answer or status reaches the call we
-//! placed. This file only verifies, parses and maps outcomes to HTTP.
+//! (or refused and declined: 200 with the refusal in the body), a `terminate` reaches its call
+//! on whichever replica owns it, an answer or status reaches the call we placed. This file only
+//! verifies, parses and maps outcomes to HTTP.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -114,16 +115,33 @@ pub async fn receive(
     for event in parsed.events {
         match event {
             WebhookEvent::Connect(connect) => {
-                if let Some(refused) = on_connect(&state, connect) {
+                if let Some(refused) = on_connect(&state, connect).await {
                     refusal.get_or_insert(refused);
                 }
             }
-            WebhookEvent::Terminate(terminate) => on_terminate(&state, terminate),
-            WebhookEvent::Status(status) => on_status(&state, status),
+            WebhookEvent::Terminate(terminate) => on_terminate(&state, terminate).await,
+            WebhookEvent::Status(status) => on_status(&state, status).await,
         }
     }
     match refusal {
-        Some(refusal) => {
+        // Declined with `reject`: Meta is told the call is over, so a redelivery (to this or
+        // any other replica) would be pointless. 200, with the refusal in the body.
+        Some((refusal, true)) => {
+            count(refusal.reason.as_str());
+            (
+                StatusCode::OK,
+                Json(json!({
+                    "status": "refused",
+                    "reason": refusal.reason.as_str(),
+                    "active_calls": refusal.active_calls,
+                    "max_calls": refusal.max_calls,
+                })),
+            )
+                .into_response()
+        }
+        // Not declined (too many rejects in flight): 503 invites Meta to deliver the call
+        // again, perhaps to a replica with room.
+        Some((refusal, false)) => {
             count(refusal.reason.as_str());
             let mut response = (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -162,8 +180,9 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// Answers an offered call, or refuses it. Returns the refusal for the response.
-fn on_connect(state: &AppState, connect: ConnectEvent) -> Option<Refusal> {
+/// Answers an offered call, or refuses it. Returns the refusal for the response, and whether
+/// the call was declined with `reject`.
+async fn on_connect(state: &AppState, connect: ConnectEvent) -> Option<(Refusal, bool)> {
     let received_at = Instant::now();
     if !is_ours(state, &connect.phone_number_id, &connect.call_id) {
         return None;
@@ -173,7 +192,7 @@ fn on_connect(state: &AppState, connect: ConnectEvent) -> Option<Refusal> {
     {
         // Meta's answer to a call we placed.
         let answer = CallCommand::RemoteAnswer(connect.session.sdp);
-        state.calls.deliver(&connect.call_id, answer);
+        state.calls.deliver(&connect.call_id, answer).await;
         return None;
     }
     if let Some(timestamp) = connect.timestamp
@@ -182,37 +201,41 @@ fn on_connect(state: &AppState, connect: ConnectEvent) -> Option<Refusal> {
         warn!(call_id = %connect.call_id, age_s = unix_now().saturating_sub(timestamp), "stale connect not answered");
         return None;
     }
-    let offered = state.calls.answer(InboundOffer {
-        call_id: connect.call_id,
-        caller: connect.user,
-        caller_name: connect.user_name,
-        sdp: connect.session.sdp,
-        received_at,
-    });
+    let offered = state
+        .calls
+        .answer(InboundOffer {
+            call_id: connect.call_id,
+            caller: connect.user,
+            caller_name: connect.user_name,
+            sdp: connect.session.sdp,
+            received_at,
+        })
+        .await;
     match offered {
-        Offered::Refused(refusal) => Some(refusal),
+        Offered::Refused { refusal, declined } => Some((refusal, declined)),
         Offered::Started | Offered::Duplicate | Offered::Ended => None,
     }
 }
 
-fn on_terminate(state: &AppState, terminate: TerminateEvent) {
+async fn on_terminate(state: &AppState, terminate: TerminateEvent) {
     if !is_ours(state, &terminate.phone_number_id, &terminate.call_id) {
         return;
     }
     for error in &terminate.errors {
         warn!(call_id = %terminate.call_id, code = error.code, details = ?error.details, "call ended with an error");
     }
-    state.calls.remote_terminated(&terminate.call_id);
+    state.calls.remote_terminated(&terminate.call_id).await;
 }
 
-fn on_status(state: &AppState, status: StatusEvent) {
+async fn on_status(state: &AppState, status: StatusEvent) {
     if !is_ours(state, &status.phone_number_id, &status.call_id) {
         return;
     }
     if status.status == CallStatus::Accepted {
         state
             .calls
-            .deliver(&status.call_id, CallCommand::RemoteAccepted);
+            .deliver(&status.call_id, CallCommand::RemoteAccepted)
+            .await;
     }
 }
 

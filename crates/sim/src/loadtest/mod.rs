@@ -6,7 +6,6 @@
 //! idle again before the next level. The harness keeps its own cost low: phones send one
 //! pre-encoded clip and keep counters, not recordings.
 
-mod bridge_process;
 mod codec_cost;
 mod graph_watch;
 mod host;
@@ -32,7 +31,7 @@ use bridge::config::parse_duration;
 use bridge::media::codec::{Bandwidth, EncoderSettings};
 use bridge::media::peer::PeerSettings;
 
-use bridge_process::{Bridge, Launch, ProcSample};
+use crate::bridge_process::{Bridge, Launch, ProcSample};
 use codec_cost::{ai_audio_share, codec_parts};
 use host::HostSteadiness;
 use level::run_level;
@@ -285,6 +284,8 @@ async fn start_bridge(
                 encoder,
                 log: &options.out.join("bridge.log"),
                 cpus: options.bridge_cpus.as_deref(),
+                exe: None,
+                settings: Vec::new(),
             })
             .await?
         }

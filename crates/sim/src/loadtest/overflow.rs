@@ -1,16 +1,16 @@
 //! The overflow test: a second bridge with room for one call, which one phone takes; then
-//! signed `connect`s for new calls as fast as they are answered, each of which must be refused
-//! with 503, and afterwards the one slot must be free again.
+//! signed `connect`s for new calls as fast as they are answered, each of which must be refused,
+//! and afterwards the one slot must be free again.
 
 use std::time::Instant;
 
 use bridge::ids::{CallId, PhoneNumber};
 use bridge::media::codec::EncoderSettings;
 
-use super::bridge_process::{Bridge, Launch};
 use super::phone::{self, Caller, Dialled, Prepared};
 use super::report::OverflowResult;
 use super::{Harness, IDLE_TIMEOUT, LoadtestOptions};
+use crate::bridge_process::{Bridge, Launch};
 use crate::graph_double::GraphDouble;
 use crate::realtime_ai::RealtimeAiDouble;
 
@@ -30,6 +30,8 @@ pub(super) async fn run_overflow(
         encoder,
         log: &options.out.join("bridge-overflow.log"),
         cpus: options.bridge_cpus.as_deref(),
+        exe: None,
+        settings: Vec::new(),
     })
     .await?;
     println!("  overflow bridge {} (pid {})", bridge.url, bridge.pid);
@@ -45,7 +47,7 @@ pub(super) async fn run_overflow(
     if result.other > 0 {
         result
             .problems
-            .push(format!("{} connects were not answered 503", result.other));
+            .push(format!("{} connects were not refused", result.other));
     }
     let (stats, problem) = occupant.hang_up(&caller).await;
     result.problems.extend(problem);
@@ -92,10 +94,10 @@ async fn flood(caller: &Caller, options: &LoadtestOptions, result: &mut Overflow
             let (mut sent, mut refused, mut other) = (0u64, 0u64, 0u64);
             while Instant::now() < deadline {
                 let body = template.replace("wacid.OVERFLOW", &format!("wacid.OF{worker}-{sent}"));
-                let status = caller.post(body).await;
+                let reply = caller.post(body).await;
                 sent += 1;
-                match status {
-                    Ok(503) => refused += 1,
+                match reply.map(|reply| reply.refusal()) {
+                    Ok(Some(_)) => refused += 1,
                     _ => other += 1,
                 }
             }
@@ -104,7 +106,7 @@ async fn flood(caller: &Caller, options: &LoadtestOptions, result: &mut Overflow
     });
     for (sent, refused, other) in futures_util::future::join_all(workers).await {
         result.sent += sent;
-        result.refused_503 += refused;
+        result.refused += refused;
         result.other += other;
     }
     result.seconds = start.elapsed().as_secs_f64();

@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 
 use super::graph_watch::GraphWatch;
 use super::markers::{CALLER_NAME_PREFIX, Clip, OnsetDetector};
-use crate::phone::{post_webhook, rename_mid, unix_now};
+use crate::phone::{WebhookReply, post_webhook, rename_mid, unix_now};
 use crate::webhooks::{self, BusinessLine};
 use bridge::ids::{CallId, PhoneNumber};
 use bridge::media::codec::{FRAME_MS, MAX_PACKET_SAMPLES, OpusDecoder, RTP_TIMESTAMP_STEP};
@@ -36,10 +36,9 @@ pub struct Caller {
 }
 
 impl Caller {
-    /// Signs `body` and posts it to the bridge's webhook, as Meta does; returns the HTTP status.
-    pub async fn post(&self, body: String) -> anyhow::Result<u16> {
-        let reply = post_webhook(&self.http, &self.bridge_url, &self.app_secret, body).await?;
-        Ok(reply.status)
+    /// Signs `body` and posts it to the bridge's webhook, as Meta does.
+    pub async fn post(&self, body: String) -> anyhow::Result<WebhookReply> {
+        post_webhook(&self.http, &self.bridge_url, &self.app_secret, body).await
     }
 }
 
@@ -129,8 +128,8 @@ impl Prepared {
 pub enum Dialled {
     /// Answered: media flows until [`LiveCall::hang_up`].
     Live(LiveCall),
-    /// The webhook was answered with this status (503 when the bridge is full).
-    Refused(u16),
+    /// The bridge refused the call, for this reason (`at_capacity` when it is full).
+    Refused(String),
     Failed(String),
 }
 
@@ -162,18 +161,21 @@ pub async fn dial(caller: &Caller, prepared: Prepared) -> Dialled {
     let pre_accept = caller.graph.expect(&call_id, "pre_accept");
     let accept = caller.graph.expect(&call_id, "accept");
     let sent_at = Instant::now();
-    let status = match caller.post(body).await {
-        Ok(status) => status,
+    let reply = match caller.post(body).await {
+        Ok(reply) => reply,
         Err(err) => {
             caller.graph.forget(&call_id);
             peer.close().await;
             return Dialled::Failed(format!("webhook: {err}"));
         }
     };
-    if status != 200 {
+    if reply.status != 200 || reply.refusal().is_some() {
         caller.graph.forget(&call_id);
         peer.close().await;
-        return Dialled::Refused(status);
+        return match reply.refusal() {
+            Some(reason) => Dialled::Refused(reason),
+            None => Dialled::Failed(format!("connect answered {}", reply.status)),
+        };
     }
     let webhook_answered = sent_at.elapsed();
     let (answer, pre_accepted) = match tokio::time::timeout(ANSWER_WAIT, pre_accept).await {
@@ -246,8 +248,8 @@ impl LiveCall {
             false,
         );
         let problem = match caller.post(body).await {
-            Ok(status) if (200..300).contains(&status) => None,
-            Ok(status) => Some(format!("terminate answered {status}")),
+            Ok(reply) if (200..300).contains(&reply.status) => None,
+            Ok(reply) => Some(format!("terminate answered {}", reply.status)),
             Err(err) => Some(format!("terminate: {err:#}")),
         };
         (self.stats(), problem)

@@ -190,7 +190,7 @@ impl CodecCost {
 #[derive(Debug, Clone, Default)]
 pub struct OverflowResult {
     pub sent: u64,
-    pub refused_503: u64,
+    pub refused: u64,
     pub other: u64,
     pub seconds: f64,
     pub bridge_cores: f64,

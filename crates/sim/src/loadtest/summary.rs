@@ -207,10 +207,10 @@ fn overflow_line(overflow: &OverflowResult) -> String {
         "overflow ≥ 10 000 webhooks/s, all refused, no permit leaked",
         overflow.rate() >= 10_000.0 && overflow.problems.is_empty() && overflow.permits_intact,
         format!(
-            "{:.0} webhooks/s ({} sent, {} answered 503, {} otherwise; bridge CPU {:.0} %), permits {}",
+            "{:.0} webhooks/s ({} sent, {} refused, {} otherwise; bridge CPU {:.0} %), permits {}",
             overflow.rate(),
             overflow.sent,
-            overflow.refused_503,
+            overflow.refused,
             overflow.other,
             overflow.bridge_cores * 100.0,
             if overflow.permits_intact {

@@ -1,6 +1,6 @@
-//! The bridge under test: a separate process, started here (`serve` of this same binary, wired
-//! to the harness's doubles) or already running. Its CPU and memory are read from `/proc`, its
-//! counters from `/metrics`.
+//! A bridge as a process of its own: started here (`serve` of this same binary or the one named,
+//! wired to the doubles) or already running. Its CPU and memory are read from `/proc`, its
+//! counters from `/metrics`. The load harness measures it; the fleet runs several.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -121,6 +121,10 @@ pub struct Launch<'a> {
     /// CPUs the bridge may run on (a `taskset -c` list such as `0`), so it can be measured on
     /// cores of its own.
     pub cpus: Option<&'a str>,
+    /// The binary to run; `None`: this one.
+    pub exe: Option<&'a Path>,
+    /// More settings (`KEY`, value), e.g. the fleet's `REDIS_URL`.
+    pub settings: Vec<(String, String)>,
 }
 
 impl Bridge {
@@ -133,7 +137,10 @@ impl Bridge {
         let data_dir = std::env::temp_dir().join(format!("wvb-loadtest-{}", uuid::Uuid::new_v4()));
         let log = std::fs::File::create(launch.log)
             .with_context(|| format!("creating {}", launch.log.display()))?;
-        let exe = std::env::current_exe()?;
+        let exe = match launch.exe {
+            Some(exe) => exe.to_owned(),
+            None => std::env::current_exe()?,
+        };
         let encoder = launch.encoder;
         let mut command = match launch.cpus {
             Some(cpus) => {
@@ -168,6 +175,12 @@ impl Bridge {
             .env(config::OPUS_BITRATE, encoder.bitrate_bps.to_string())
             .env(config::OPUS_COMPLEXITY, encoder.complexity.to_string())
             .env(config::OPUS_BANDWIDTH, encoder.max_bandwidth.as_str())
+            .envs(
+                launch
+                    .settings
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str())),
+            )
             .envs(
                 // Allocator tuning, passed through for experiments (e.g. jemalloc decay times).
                 std::env::vars().filter(|(key, _)| key == "MALLOC_CONF"),
@@ -259,6 +272,13 @@ impl Bridge {
             if Instant::now() > deadline {
                 return false;
             }
+        }
+    }
+
+    /// Kills a bridge started here at once (SIGKILL), as a crashed replica; waits until it is gone.
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
         }
     }
 

@@ -1,0 +1,54 @@
+//! The fleet's Redis keys, all under one prefix.
+
+use crate::ids::{CallId, PhoneNumber};
+
+pub(super) struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub(super) fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.trim_end_matches(':').to_owned(),
+        }
+    }
+
+    /// The call's owner (a replica name), with a lease.
+    pub(super) fn call(&self, id: &CallId) -> String {
+        format!("{}:call:{}", self.prefix, id)
+    }
+
+    /// The caller's one live call (its id, or an outbound call's placeholder), with a lease. A
+    /// hidden number has no key: the argument that names it is never written.
+    pub(super) fn caller(&self, phone: Option<&PhoneNumber>) -> String {
+        match phone {
+            Some(phone) => format!("{}:caller:{}", self.prefix, phone.as_str()),
+            None => format!("{}:caller:-", self.prefix),
+        }
+    }
+
+    /// An ended or refused call id.
+    pub(super) fn tomb(&self, id: &CallId) -> String {
+        format!("{}:tomb:{}", self.prefix, id)
+    }
+
+    /// Events kept for a call nobody owns yet.
+    pub(super) fn early(&self, id: &CallId) -> String {
+        format!("{}:early:{}", self.prefix, id)
+    }
+
+    /// A replica's inbox of forwarded events (a stream).
+    pub(super) fn inbox(&self, replica: &str) -> String {
+        format!("{}:inbox:{}", self.prefix, replica)
+    }
+
+    /// A replica's latest report.
+    pub(super) fn report(&self, replica: &str) -> String {
+        format!("{}:replica:{}", self.prefix, replica)
+    }
+
+    /// The replicas that reported lately, scored by when their report expires (ms).
+    pub(super) fn replicas(&self) -> String {
+        format!("{}:replicas", self.prefix)
+    }
+}
