@@ -34,6 +34,7 @@ async fn fleet_on(replicas: usize, redis_url: String, mode: AiMode) -> FleetStac
         },
         admin_token: Some(ADMIN_TOKEN.to_owned()),
         log_dir: std::env::temp_dir().join(format!("wvb-fleet-{}", rand::random::<u64>())),
+        settings: Vec::new(),
     })
     .await
     .expect("fleet starts")

@@ -1,16 +1,20 @@
 //! `whatsapp-voice-bridge demo`: the bridge on loopback with both doubles, N simulated callers
 //! at once. Each caller waits for the AI's greeting, talks over it (a barge-in), says a short
 //! "sentence" of pitched syllables, checks that the AI's echo brings the same pitches back in
-//! order, and hangs up. No credentials, no network.
+//! order, and hangs up. No credentials, no network. With `--replicas N`, N bridge processes
+//! share a Redis behind an ingress that hands each webhook to any of them, so a call's webhooks
+//! reach different replicas.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use crate::phone::PhoneCall;
-use crate::realtime_ai::{AiDoubleConfig, AiMode};
+use crate::fleet::{FleetOptions, FleetStack};
+use crate::graph_double::GraphDouble;
+use crate::phone::{PhoneCall, PhoneSettings};
+use crate::realtime_ai::{AiDoubleConfig, AiMode, RealtimeAiDouble};
 use crate::stack::{LocalStack, StackOptions};
-use bridge::config::DEFAULT_GREETING;
+use bridge::config::{self, DEFAULT_GREETING};
 use bridge::ids::{CallId, PhoneNumber};
 use testkit::audio;
 
@@ -32,6 +36,21 @@ pub struct DemoOptions {
     /// A 16-bit PCM WAV file each caller says after the check (optional; any rate, mono or stereo).
     #[arg(long)]
     pub wav: Option<PathBuf>,
+    /// Bridge processes sharing a Redis (`--redis-url`), with the webhooks of each call handed to
+    /// them in turn; 1: one bridge in this process, no Redis.
+    #[arg(long, default_value_t = 1)]
+    pub replicas: usize,
+    /// The Redis the replicas share.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+}
+
+/// What a demo caller needs of the set-up it calls: Meta's and the AI's doubles, and where its
+/// webhooks go.
+pub struct Line<'a> {
+    pub graph: &'a GraphDouble,
+    pub ai: &'a RealtimeAiDouble,
+    pub phone: PhoneSettings,
 }
 
 /// What one call did.
@@ -62,6 +81,9 @@ pub fn caller_pitches(index: usize) -> Vec<f32> {
 }
 
 pub async fn run(options: DemoOptions) -> ExitCode {
+    if options.replicas > 1 {
+        return run_fleet(options).await;
+    }
     let calls = options.calls.max(1);
     println!(
         "Starting the bridge on loopback with a simulated Meta and a simulated AI (echo mode)..."
@@ -87,19 +109,17 @@ pub async fn run(options: DemoOptions) -> ExitCode {
         "Bridge at {}; placing {calls} simultaneous calls.",
         stack.bridge_url
     );
-    let wav = match &options.wav {
-        Some(path) => match audio::read_wav(path) {
-            Ok((rate, samples)) => Some(audio::resample(&samples, rate, SAMPLE_RATE)),
-            Err(err) => {
-                eprintln!("cannot read {}: {err}", path.display());
-                return ExitCode::FAILURE;
-            }
-        },
-        None => None,
+    let Ok(wav) = read_wav(&options) else {
+        return ExitCode::FAILURE;
+    };
+    let line = Line {
+        graph: &stack.graph,
+        ai: &stack.ai,
+        phone: stack.phone_settings(),
     };
     let started = Instant::now();
     let reports = futures_util::future::join_all(
-        (0..calls).map(|index| echo_call(&stack, index, wav.clone(), started)),
+        (0..calls).map(|index| echo_call(&line, index, wav.clone(), started)),
     )
     .await;
     let idle = stack.wait_idle(Duration::from_secs(10)).await;
@@ -107,13 +127,123 @@ pub async fn run(options: DemoOptions) -> ExitCode {
     if let Err(err) = stack.stop().await {
         eprintln!("stopping the local stack: {err:#}");
     }
+    print_reports(&reports, idle, active)
+}
 
+/// The fleet demo: `options.replicas` bridge processes sharing a Redis, each webhook handed to
+/// any of them by an ingress (so a call's terminate often reaches a replica that does not own
+/// it and is forwarded).
+async fn run_fleet(options: DemoOptions) -> ExitCode {
+    let calls = options.calls.max(1);
+    println!(
+        "Starting {} bridge processes sharing the Redis at {}, behind an ingress that hands each webhook to any of them, with a simulated Meta and a simulated AI (echo mode)...",
+        options.replicas,
+        redacted(&options.redis_url)
+    );
+    let exe = std::env::current_exe().ok();
+    let fleet = match FleetStack::start(FleetOptions {
+        replicas: options.replicas,
+        max_calls: calls.max(3),
+        redis_url: options.redis_url.clone(),
+        exe,
+        ai: AiDoubleConfig {
+            mode: AiMode::Echo,
+            ..AiDoubleConfig::default()
+        },
+        admin_token: None,
+        log_dir: std::env::temp_dir().join(format!("wvb-demo-{}", rand::random::<u32>())),
+        settings: vec![(
+            config::ASSISTANT_GREETING.to_owned(),
+            DEFAULT_GREETING.to_owned(),
+        )],
+    })
+    .await
+    {
+        Ok(fleet) => fleet,
+        Err(err) => {
+            eprintln!(
+                "could not start the fleet: {err:#} (is Redis running? `bash scripts/redis.sh` starts one)"
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    for (name, replica) in fleet.names.iter().zip(&fleet.replicas) {
+        println!("  {name} at {} (pid {})", replica.url, replica.pid);
+    }
+    println!(
+        "Ingress at {}; placing {calls} simultaneous calls through it.",
+        fleet.ingress_url
+    );
+    let Ok(wav) = read_wav(&options) else {
+        return ExitCode::FAILURE;
+    };
+    let line = Line {
+        graph: &fleet.graph,
+        ai: &fleet.ai,
+        phone: fleet.ingress_phone_settings(),
+    };
+    let started = Instant::now();
+    let reports = futures_util::future::join_all(
+        (0..calls).map(|index| echo_call(&line, index, wav.clone(), started)),
+    )
+    .await;
+    let (mut idle, mut active) = (true, 0);
+    println!();
+    for (name, replica) in fleet.names.iter().zip(&fleet.replicas) {
+        idle &= replica.wait_idle(Duration::from_secs(10)).await;
+        let Ok(metrics) = replica.metrics().await else {
+            continue;
+        };
+        let forwarded = |outcome| {
+            metrics.value(
+                "whatsapp_bridge_forwarded_events_total",
+                &[("outcome", outcome)],
+            ) as u64
+        };
+        active += metrics.value("whatsapp_bridge_active_calls", &[]) as usize;
+        println!(
+            "{name}: answered {} calls; forwarded {} events to other replicas, applied {} forwarded to it",
+            metrics.value("whatsapp_bridge_calls_total", &[]) as u64,
+            forwarded("sent"),
+            forwarded("received"),
+        );
+    }
+    fleet.stop().await;
+    print_reports(&reports, idle, active)
+}
+
+/// The extra speech of `--wav`, at the PCM rate.
+fn read_wav(options: &DemoOptions) -> Result<Option<Vec<i16>>, ()> {
+    let Some(path) = &options.wav else {
+        return Ok(None);
+    };
+    match audio::read_wav(path) {
+        Ok((rate, samples)) => Ok(Some(audio::resample(&samples, rate, SAMPLE_RATE))),
+        Err(err) => {
+            eprintln!("cannot read {}: {err}", path.display());
+            Err(())
+        }
+    }
+}
+
+/// A Redis URL without its password, for printing.
+fn redacted(url: &str) -> String {
+    match url.split_once('@') {
+        Some((scheme_and_secret, host)) => {
+            let scheme = scheme_and_secret.split("://").next().unwrap_or("redis");
+            format!("{scheme}://…@{host}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+fn print_reports(reports: &[CallReport], idle: bool, active: usize) -> ExitCode {
     println!();
     println!(
         "{:<6} {:>9} {:>10} {:>10} {:>10} {:>6}  {:<20} result",
         "call", "setup ms", "frames in", "frames out", "barge-ins", "echo", "end reason"
     );
-    for report in &reports {
+    for report in reports {
         println!(
             "{:<6} {:>9} {:>10} {:>10} {:>10} {:>6}  {:<20} {}",
             report.index + 1,
@@ -143,7 +273,7 @@ pub async fn run(options: DemoOptions) -> ExitCode {
 
 /// One simulated caller, start to finish (see the module doc).
 pub async fn echo_call(
-    stack: &LocalStack,
+    line: &Line<'_>,
     index: usize,
     extra_speech: Option<Vec<i16>>,
     started: Instant,
@@ -171,7 +301,7 @@ pub async fn echo_call(
     let user = PhoneNumber::new(format!("4477009{:05}", 10000 + index));
     let dialled = Instant::now();
     progress("dialling");
-    let call = match PhoneCall::dial(stack.phone_settings(), call_id.clone(), user, &name).await {
+    let call = match PhoneCall::dial(line.phone.clone(), call_id.clone(), user, &name).await {
         Ok(call) => call,
         Err(err) => {
             report.error = Some(format!("dial failed: {err:#}"));
@@ -186,7 +316,7 @@ pub async fn echo_call(
         report.error = Some(format!("webhook answered {}", call.reply.status));
         return report;
     }
-    match stack
+    match line
         .graph
         .wait_for(&call_id, "accept", Duration::from_secs(10))
         .await
@@ -244,7 +374,7 @@ pub async fn echo_call(
         report.frames_sent = recording.packets_sent;
         report.frames_received = recording.packets_received;
     }
-    report.barge_ins = stack
+    report.barge_ins = line
         .ai
         .sessions()
         .iter()

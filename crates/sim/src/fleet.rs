@@ -1,13 +1,12 @@
 //! A fleet on one machine: several bridge processes sharing one Redis (each its own `REPLICA_ID`,
 //! one key prefix per fleet), wired to one Graph API double and one Realtime AI double, behind an
-//! ingress that hands each webhook to the next replica in turn, as Azure Container Apps' ingress
-//! does (no stickiness: Meta sends no cookie). Used by the fleet's end-to-end tests and by
-//! `demo --replicas N`.
+//! ingress that hands each webhook to any replica, as Azure Container Apps' ingress does (no
+//! stickiness: Meta sends no cookie), so a call's `terminate` often reaches a replica that does
+//! not own the call. Used by the fleet's end-to-end tests and by `demo --replicas N`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -43,6 +42,8 @@ pub struct FleetOptions {
     pub admin_token: Option<String>,
     /// Where each replica's log goes (`replica-N.log`).
     pub log_dir: PathBuf,
+    /// More settings of every replica (`KEY`, value).
+    pub settings: Vec<(String, String)>,
 }
 
 /// A running fleet; [`FleetStack::stop`] ends it.
@@ -54,7 +55,7 @@ pub struct FleetStack {
     pub names: Vec<String>,
     /// The key prefix of this fleet in Redis.
     pub prefix: String,
-    /// The ingress: webhooks posted here go to the replicas in turn.
+    /// The ingress: each webhook posted here goes to a replica picked at random.
     pub ingress_url: String,
     ingress: JoinHandle<()>,
     http: reqwest::Client,
@@ -71,11 +72,12 @@ impl FleetStack {
         let mut names = Vec::new();
         for n in 0..options.replicas {
             let name = format!("replica-{n}");
-            let mut settings = vec![
+            let mut settings = options.settings.clone();
+            settings.extend([
                 (config::REDIS_URL.to_owned(), options.redis_url.clone()),
                 (config::REDIS_KEY_PREFIX.to_owned(), prefix.clone()),
                 (config::REPLICA_ID.to_owned(), name.clone()),
-            ];
+            ]);
             if let Some(token) = &options.admin_token {
                 settings.push((config::ADMIN_TOKEN.to_owned(), token.clone()));
             }
@@ -114,8 +116,8 @@ impl FleetStack {
         self.settings_for(self.replicas[n].url.clone())
     }
 
-    /// Settings for a simulated phone whose webhooks go through the ingress, to the replicas in
-    /// turn.
+    /// Settings for a simulated phone whose webhooks go through the ingress, each to any
+    /// replica.
     pub fn ingress_phone_settings(&self) -> PhoneSettings {
         self.settings_for(self.ingress_url.clone())
     }
@@ -149,10 +151,9 @@ impl FleetStack {
     }
 }
 
-/// Round-robin over the replicas' webhook URLs.
+/// The replicas' webhook URLs.
 struct Ingress {
     replicas: Vec<String>,
-    next: AtomicUsize,
     http: reqwest::Client,
 }
 
@@ -161,7 +162,6 @@ async fn start_ingress(replicas: Vec<String>) -> anyhow::Result<(String, JoinHan
     let url = format!("http://{}", listener.local_addr()?);
     let ingress = Arc::new(Ingress {
         replicas,
-        next: AtomicUsize::new(0),
         http: reqwest::Client::new(),
     });
     let app = Router::new()
@@ -173,9 +173,10 @@ async fn start_ingress(replicas: Vec<String>) -> anyhow::Result<(String, JoinHan
     Ok((url, server))
 }
 
-/// Hands one webhook to the next replica, signature and body untouched, and its answer back.
+/// Hands one webhook to a replica picked at random, signature and body untouched, and its
+/// answer back.
 async fn forward(State(ingress): State<Arc<Ingress>>, headers: HeaderMap, body: Bytes) -> Response {
-    let n = ingress.next.fetch_add(1, Ordering::Relaxed) % ingress.replicas.len();
+    let n = rand::random_range(0..ingress.replicas.len());
     let mut request = ingress
         .http
         .post(format!("{}/webhook", ingress.replicas[n]))
