@@ -235,7 +235,8 @@ impl Metrics {
                 "From forwarding an event to the call's owner to the owner taking it in",
             )
             .buckets(vec![
-                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+                0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25,
+                1.0,
             ]),
         )
         .expect("valid metric");

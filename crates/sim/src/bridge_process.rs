@@ -30,6 +30,17 @@ pub struct ProcSample {
 }
 
 impl ProcSample {
+    /// Several processes taken as one: CPU time and memory added up, the latest instant.
+    pub fn total(samples: &[ProcSample]) -> Option<ProcSample> {
+        let first = samples.first()?;
+        Some(ProcSample {
+            at: samples.iter().map(|s| s.at).max().unwrap_or(first.at),
+            cpu_seconds: samples.iter().map(|s| s.cpu_seconds).sum(),
+            rss_mib: samples.iter().map(|s| s.rss_mib).sum(),
+            rss_anon_mib: samples.iter().map(|s| s.rss_anon_mib).sum(),
+        })
+    }
+
     /// Cores used on average between `earlier` and `self`.
     pub fn cores_since(&self, earlier: &ProcSample) -> f64 {
         let wall = (self.at - earlier.at).as_secs_f64();
@@ -308,6 +319,38 @@ impl Bridge {
 pub struct Metrics(String);
 
 impl Metrics {
+    /// Several processes' metrics read as one: every series of each, so sums span them all.
+    pub fn combined(all: Vec<Metrics>) -> Metrics {
+        Metrics(all.into_iter().map(|m| m.0).collect::<Vec<_>>().join("\n"))
+    }
+
+    /// A histogram's cumulative buckets `(le, count)` (summed over its series), by `le`.
+    pub fn buckets(&self, name: &str) -> Vec<(f64, f64)> {
+        let bucket = format!("{name}_bucket{{");
+        let mut sums: Vec<(f64, f64)> = Vec::new();
+        for line in self.0.lines().filter(|line| line.starts_with(&bucket)) {
+            let parsed = line.split("le=\"").nth(1).and_then(|rest| {
+                let le = rest.split('"').next()?;
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().ok()?
+                };
+                let count: f64 = line.rsplit_once(' ')?.1.parse().ok()?;
+                Some((le, count))
+            });
+            let Some((le, count)) = parsed else {
+                continue;
+            };
+            match sums.iter_mut().find(|(l, _)| *l == le) {
+                Some(entry) => entry.1 += count,
+                None => sums.push((le, count)),
+            }
+        }
+        sums.sort_by(|a, b| a.0.total_cmp(&b.0));
+        sums
+    }
+
     /// The sum of `name`'s series whose labels include every `(label, value)`.
     pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         self.0
@@ -333,9 +376,61 @@ impl Metrics {
     }
 }
 
+/// The `q` quantile (0–1) of what a histogram counted between two readings of its cumulative
+/// buckets, interpolated within the bucket as Prometheus' `histogram_quantile` does; `None`
+/// when nothing was counted.
+pub fn quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> Option<f64> {
+    let counted: Vec<(f64, f64)> = after
+        .iter()
+        .map(|&(le, count)| {
+            let earlier = before
+                .iter()
+                .find(|(b, _)| *b == le)
+                .map_or(0.0, |(_, c)| *c);
+            (le, count - earlier)
+        })
+        .collect();
+    let total = counted.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    let rank = q * total;
+    let mut lower = (0.0, 0.0);
+    for &(le, count) in &counted {
+        if count >= rank {
+            if le.is_infinite() {
+                return Some(lower.0);
+            }
+            let within = (rank - lower.1) / (count - lower.1).max(f64::MIN_POSITIVE);
+            return Some(lower.0 + (le - lower.0) * within);
+        }
+        lower = (le, count);
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn histogram_quantiles_come_from_the_buckets_counted_between_two_readings() {
+        let text = |counts: [u32; 4]| {
+            Metrics(format!(
+                "x_bucket{{le=\"0.001\"}} {}\nx_bucket{{le=\"0.002\"}} {}\nx_bucket{{le=\"0.005\"}} {}\nx_bucket{{le=\"+Inf\"}} {}\n",
+                counts[0], counts[1], counts[2], counts[3]
+            ))
+        };
+        let before = text([5, 5, 5, 5]).buckets("x");
+        // 100 more: 50 under 1 ms, 40 in 1–2 ms, 10 in 2–5 ms.
+        let after = text([55, 95, 105, 105]).buckets("x");
+        assert_eq!(after.len(), 4);
+        let p50 = quantile(&before, &after, 0.5).expect("counted");
+        assert!((p50 - 0.001).abs() < 1e-9, "{p50}");
+        let p99 = quantile(&before, &after, 0.99).expect("counted");
+        assert!((p99 - 0.0047).abs() < 1e-6, "{p99}");
+        assert_eq!(quantile(&after, &after, 0.5), None);
+    }
 
     #[test]
     fn metrics_are_summed_over_matching_series() {

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::{Fleet, FleetError, Forwarded, unix_ms};
+use super::{Fleet, FleetError, Forwarded, unix_us};
 
 /// How long one read waits for an event before it is asked again.
 pub(super) const BLOCK: Duration = Duration::from_secs(2);
@@ -74,11 +74,11 @@ pub(super) async fn run(
 fn deliver(fleet: &Fleet, calls: &mpsc::Sender<Forwarded>, forwarded: Forwarded) {
     let metrics = &fleet.inner.metrics;
     let kind = forwarded.event.kind();
-    let waited = unix_ms().saturating_sub(forwarded.sent_at_ms);
+    let waited_us = unix_us().saturating_sub(forwarded.sent_at_us);
     metrics
         .forward_latency_seconds
-        .observe(waited as f64 / 1000.0);
-    debug!(call_id = %forwarded.call_id, kind, from = %forwarded.from, waited_ms = waited, "fleet: event forwarded to this replica");
+        .observe(waited_us as f64 / 1e6);
+    debug!(call_id = %forwarded.call_id, kind, from = %forwarded.from, waited_us, "fleet: event forwarded to this replica");
     let outcome = match calls.try_send(forwarded) {
         Ok(()) => "received",
         Err(_) => {

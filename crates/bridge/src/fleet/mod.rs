@@ -126,8 +126,9 @@ pub struct Forwarded {
     pub event: FleetEvent,
     /// The replica that received the webhook.
     pub from: String,
-    /// When it was forwarded, ms since the Unix epoch (for the latency histogram).
-    pub sent_at_ms: u64,
+    /// When it was forwarded, µs since the Unix epoch (for the latency histogram; the replicas'
+    /// clocks agree closely enough on one host, and NTP keeps them close across hosts).
+    pub sent_at_us: u64,
 }
 
 /// Where an event for a call went.
@@ -475,7 +476,7 @@ impl Fleet {
             call_id: call_id.clone(),
             event: event.clone(),
             from: self.inner.me.clone(),
-            sent_at_ms: unix_ms(),
+            sent_at_us: unix_us(),
         };
         serde_json::to_string(&forwarded).expect("a forwarded event serialises")
     }
@@ -608,9 +609,13 @@ fn connection(
 }
 
 fn unix_ms() -> u64 {
+    unix_us() / 1000
+}
+
+fn unix_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 #[cfg(test)]

@@ -9,8 +9,9 @@ use futures_util::StreamExt as _;
 use super::markers::pair_delays;
 use super::phone::{self, Caller, Dialled, LiveCall, PhoneStats, Prepared};
 use super::report::{self, LevelResult};
+use super::target::{RedisStats, Target};
 use super::{Harness, IDLE_TIMEOUT};
-use crate::bridge_process::{self, Bridge, Metrics};
+use crate::bridge_process::{self, Metrics, quantile};
 
 /// Phones prepared (peer + offer) at the same time before a level starts.
 const PREPARE_CONCURRENCY: usize = 32;
@@ -34,7 +35,7 @@ type Ended = (u64, PhoneStats, Option<String>);
 /// Runs one level of `calls` calls held for `hold`.
 pub(super) async fn run_level(
     harness: &mut Harness,
-    bridge: &Bridge,
+    bridge: &Target,
     calls: usize,
     hold: Duration,
 ) -> anyhow::Result<LevelResult> {
@@ -45,6 +46,7 @@ pub(super) async fn run_level(
     let caller = harness.caller.clone();
     let prepared = prepare(harness, calls).await?;
     let before = bridge.metrics().await?;
+    let redis_before = bridge.redis_stats().await;
     let live = dial_all(&caller, bridge, prepared, &mut result).await?;
     tokio::time::sleep(WARM_UP).await; // warm-up, not synchronisation
     for call in &live {
@@ -63,6 +65,9 @@ pub(super) async fn run_level(
     let after = bridge.metrics().await?;
     result.rss_after_mib = bridge.sample()?.rss_mib;
     count_bridge_side(&mut result, &before, &at_hold, &after);
+    if let (Some(earlier), Some(later)) = (redis_before, bridge.redis_stats().await) {
+        count_fleet_side(&mut result, &before, &after, earlier, later);
+    }
     tally_phones(harness, ended, hold_start, hung_up_at, &mut result);
     harness.probe.clear();
     Ok(result)
@@ -85,7 +90,7 @@ async fn prepare(harness: &mut Harness, calls: usize) -> anyhow::Result<Vec<Prep
 /// and why the others did not.
 async fn dial_all(
     caller: &Caller,
-    bridge: &Bridge,
+    bridge: &Target,
     prepared: Vec<Prepared>,
     result: &mut LevelResult,
 ) -> anyhow::Result<Vec<LiveCall>> {
@@ -130,7 +135,7 @@ async fn dial_all(
 /// Holds the live calls for `hold`: the bridge's and the harness's CPU over it, the bridge's
 /// RSS at its end, and how late the harness's own timers ran meanwhile.
 async fn hold_calls(
-    bridge: &Bridge,
+    bridge: &Target,
     hold: Duration,
     calls: usize,
     result: &mut LevelResult,
@@ -178,6 +183,26 @@ fn count_bridge_side(
             )
     };
     result.frames_sent_late = (sent_late(after) - sent_late(at_hold)).max(0.0) as u64;
+}
+
+/// What a fleet's coordination did over the level: the events forwarded to a call's replica and
+/// how long that took (the owners' histogram), and what Redis did.
+fn count_fleet_side(
+    result: &mut LevelResult,
+    before: &Metrics,
+    after: &Metrics,
+    redis_before: RedisStats,
+    redis_after: RedisStats,
+) {
+    let name = "whatsapp_bridge_forward_latency_seconds";
+    let (earlier, later) = (before.buckets(name), after.buckets(name));
+    let count = format!("{name}_count");
+    result.forwarded = (after.value(&count, &[]) - before.value(&count, &[])).max(0.0) as u64;
+    let ms = |q| quantile(&earlier, &later, q).map_or(f64::NAN, |s| s * 1000.0);
+    result.forward_p50_ms = ms(0.5);
+    result.forward_p99_ms = ms(0.99);
+    result.redis_commands = redis_after.commands.saturating_sub(redis_before.commands);
+    result.redis_cpu_ms = (redis_after.cpu_seconds - redis_before.cpu_seconds).max(0.0) * 1000.0;
 }
 
 /// Adds up what the phones and the AI double's probe saw: markers paired into latencies each

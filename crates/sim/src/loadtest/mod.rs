@@ -16,6 +16,7 @@ mod phone;
 mod plot;
 mod report;
 mod summary;
+mod target;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -27,7 +28,7 @@ use crate::graph_double::{GraphDouble, GraphDoubleConfig};
 use crate::realtime_ai::{AiDoubleConfig, AiMode, RealtimeAiDouble};
 use crate::stack::APP_SECRET;
 use crate::webhooks::BusinessLine;
-use bridge::config::parse_duration;
+use bridge::config::{self, parse_duration};
 use bridge::media::codec::{Bandwidth, EncoderSettings};
 use bridge::media::peer::PeerSettings;
 
@@ -39,6 +40,7 @@ use markers::{CYCLE_FRAMES, Clip, MarkerProbe};
 use phone::Caller;
 use report::{CodecCost, CodecParts, LevelResult};
 use summary::{RSS_BASELINE_SLACK_MIB, Summary};
+use target::Target;
 
 /// How long the bridge may take to end every call of a level.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(20);
@@ -109,6 +111,14 @@ pub struct LoadtestOptions {
     /// The bridge's OPUS_BANDWIDTH.
     #[arg(long, default_value = "wideband", value_parser = parse_bandwidth)]
     pub opus_bandwidth: Bandwidth,
+    /// Bridge processes started here sharing a Redis (`--redis-url`), as a fleet: each call's
+    /// connect goes to one replica and its terminate to the next, so every terminate is
+    /// forwarded; the figures add the replicas up and count Redis's work.
+    #[arg(long, default_value_t = 1, conflicts_with = "bridge_url")]
+    pub replicas: usize,
+    /// The Redis of `--replicas`.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
 }
 
 fn parse_duration_arg(text: &str) -> Result<Duration, String> {
@@ -162,10 +172,10 @@ async fn run_inner(options: LoadtestOptions) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(!levels.is_empty(), "no level to run");
     let encoder = options.encoder();
     let doubles = Doubles::start(&options).await?;
-    let bridge = start_bridge(&options, &doubles, &levels).await?;
+    let bridge = start_target(&options, &doubles, &levels).await?;
     let mut harness = Harness {
         caller: Caller {
-            bridge_url: bridge.url.clone(),
+            bridge_urls: bridge.urls(),
             app_secret: options.app_secret.clone(),
             line: BusinessLine::default(),
             graph: graph_watch::GraphWatch::start(doubles.graph.clone()),
@@ -193,6 +203,7 @@ async fn run_inner(options: LoadtestOptions) -> anyhow::Result<ExitCode> {
     let codec = codec_only(&codec_samples, &results);
     harness.close_idle_connections();
     let settled = settle_rss(&bridge, &baseline).await;
+    let bridge_processes = bridge.replicas.len();
     let overflow = if options.bridge_url.is_none() && !options.overflow.is_zero() {
         println!();
         println!(
@@ -217,6 +228,7 @@ async fn run_inner(options: LoadtestOptions) -> anyhow::Result<ExitCode> {
             codec,
             baseline_rss: baseline.rss_mib,
             settled,
+            processes: bridge_processes,
             overflow: overflow.as_ref(),
         },
     );
@@ -266,34 +278,59 @@ impl Doubles {
 }
 
 /// The bridge under test: attached to (`--bridge-url`), or started here with room for the
-/// largest level.
-async fn start_bridge(
+/// largest level, as one process or as `--replicas` sharing a Redis.
+async fn start_target(
     options: &LoadtestOptions,
     doubles: &Doubles,
     levels: &[usize],
-) -> anyhow::Result<Bridge> {
+) -> anyhow::Result<Target> {
     let encoder = options.encoder();
-    let bridge = match (&options.bridge_url, options.bridge_pid) {
-        (Some(url), Some(pid)) => Bridge::attach(url.clone(), pid).await?,
-        _ => {
+    let max_calls = levels.iter().copied().max().unwrap_or(1);
+    let prefix = format!("wvb-loadtest-{}", uuid::Uuid::new_v4().simple());
+    let launch = |n: usize, settings: Vec<(String, String)>| {
+        let log = options.out.join(match options.replicas {
+            1 => "bridge.log".to_owned(),
+            _ => format!("bridge-{n}.log"),
+        });
+        async move {
             Bridge::start(Launch {
                 graph_url: doubles.graph.base_url(),
                 ai_url: doubles.ai.url(),
                 app_secret: &options.app_secret,
-                max_calls: levels.iter().copied().max().unwrap_or(1),
+                max_calls,
                 encoder,
-                log: &options.out.join("bridge.log"),
+                log: &log,
                 cpus: options.bridge_cpus.as_deref(),
                 exe: None,
-                settings: Vec::new(),
+                settings,
             })
-            .await?
+            .await
         }
     };
+    let bridge = match (&options.bridge_url, options.bridge_pid) {
+        (Some(url), Some(pid)) => Target::one(Bridge::attach(url.clone(), pid).await?),
+        _ if options.replicas > 1 => {
+            let mut replicas = Vec::new();
+            for n in 0..options.replicas {
+                replicas.push(
+                    launch(
+                        n,
+                        vec![
+                            (config::REDIS_URL.to_owned(), options.redis_url.clone()),
+                            (config::REDIS_KEY_PREFIX.to_owned(), prefix.clone()),
+                            (config::REPLICA_ID.to_owned(), format!("replica-{n}")),
+                        ],
+                    )
+                    .await?,
+                );
+            }
+            Target::fleet(replicas, &options.redis_url)
+        }
+        _ => Target::one(launch(0, Vec::new()).await?),
+    };
     println!(
-        "Bridge {} (pid {}), encoder {} bit/s, complexity {}, {}; levels {:?}, hold {:?}.",
-        bridge.url,
-        bridge.pid,
+        "Bridge {}, encoder {} bit/s, complexity {}, {}; levels {:?}, hold {:?}.",
+        bridge.describe(),
         encoder.bitrate_bps,
         encoder.complexity,
         encoder.max_bandwidth.as_str(),
@@ -315,7 +352,7 @@ async fn probe_host(duration: Duration) -> anyhow::Result<Option<HostSteadiness>
 
 /// One short call first, so the baseline is a bridge that has run a call (its code paths paged
 /// in, its one-time set-up done) rather than one that never has. Returns the baseline.
-async fn warm_up(harness: &mut Harness, bridge: &Bridge) -> anyhow::Result<ProcSample> {
+async fn warm_up(harness: &mut Harness, bridge: &Target) -> anyhow::Result<ProcSample> {
     println!("Warm-up: one call for 1 s...");
     let warm_up = run_level(harness, bridge, 1, Duration::from_secs(1)).await?;
     anyhow::ensure!(
@@ -335,7 +372,7 @@ async fn warm_up(harness: &mut Harness, bridge: &Bridge) -> anyhow::Result<ProcS
 /// Runs one level and prints its figures as it ends.
 async fn run_reported_level(
     harness: &mut Harness,
-    bridge: &Bridge,
+    bridge: &Target,
     calls: usize,
     hold: Duration,
 ) -> anyhow::Result<LevelResult> {
@@ -362,6 +399,9 @@ async fn run_reported_level(
         p(&result.setup_ms, 50.0),
         p(&result.setup_ms, 99.0),
     );
+    if bridge.is_fleet() {
+        println!("Level {calls}: {}", summary::fleet_line(&result));
+    }
     for problem in &result.problems {
         println!("  problem: {problem}");
     }
@@ -392,7 +432,7 @@ fn codec_only(samples: &[CodecParts], results: &[LevelResult]) -> CodecCost {
 
 /// Waits (bounded) for the idle bridge's RSS to come back near the baseline; returns the RSS
 /// (NaN if the bridge is gone) and how long it took.
-async fn settle_rss(bridge: &Bridge, baseline: &ProcSample) -> (f64, Duration) {
+async fn settle_rss(bridge: &Target, baseline: &ProcSample) -> (f64, Duration) {
     let start = Instant::now();
     let mut check = tokio::time::interval(Duration::from_millis(500));
     let idle = loop {
@@ -401,9 +441,8 @@ async fn settle_rss(bridge: &Bridge, baseline: &ProcSample) -> (f64, Duration) {
             // The bridge is gone: no figure, and the goal is not met.
             break None;
         };
-        if sample.rss_mib - baseline.rss_mib <= RSS_BASELINE_SLACK_MIB
-            || start.elapsed() >= RSS_SETTLE_TIMEOUT
-        {
+        let slack = RSS_BASELINE_SLACK_MIB * bridge.replicas.len() as f64;
+        if sample.rss_mib - baseline.rss_mib <= slack || start.elapsed() >= RSS_SETTLE_TIMEOUT {
             break Some(sample);
         }
     };

@@ -36,7 +36,7 @@ pub(super) async fn run_overflow(
     .await?;
     println!("  overflow bridge {} (pid {})", bridge.url, bridge.pid);
     let mut caller = harness.caller.clone();
-    caller.bridge_url = bridge.url.clone();
+    caller.bridge_urls = vec![bridge.url.clone()];
     let mut result = OverflowResult::default();
     let Dialled::Live(occupant) = dial_one(harness, &caller).await? else {
         anyhow::bail!("the overflow bridge did not take its one call");

@@ -27,7 +27,10 @@ const BUNCHED_GAP: Duration = Duration::from_millis(10);
 /// Where phones call and how they sign.
 #[derive(Clone)]
 pub struct Caller {
-    pub bridge_url: String,
+    /// The replicas' base URLs (one for a single bridge). A call's `connect` goes to one chosen
+    /// by its key, its `terminate` to the next one, so that in a fleet every terminate reaches
+    /// a replica that does not own the call and is forwarded.
+    pub bridge_urls: Vec<String>,
     pub app_secret: String,
     pub line: BusinessLine,
     pub graph: GraphWatch,
@@ -36,9 +39,15 @@ pub struct Caller {
 }
 
 impl Caller {
-    /// Signs `body` and posts it to the bridge's webhook, as Meta does.
+    /// Signs `body` and posts it to the first replica's webhook, as Meta does.
     pub async fn post(&self, body: String) -> anyhow::Result<WebhookReply> {
-        post_webhook(&self.http, &self.bridge_url, &self.app_secret, body).await
+        self.post_to(0, body).await
+    }
+
+    /// Signs `body` and posts it to the webhook of replica `n` (modulo their number).
+    pub async fn post_to(&self, n: u64, body: String) -> anyhow::Result<WebhookReply> {
+        let url = &self.bridge_urls[(n % self.bridge_urls.len() as u64) as usize];
+        post_webhook(&self.http, url, &self.app_secret, body).await
     }
 }
 
@@ -161,7 +170,7 @@ pub async fn dial(caller: &Caller, prepared: Prepared) -> Dialled {
     let pre_accept = caller.graph.expect(&call_id, "pre_accept");
     let accept = caller.graph.expect(&call_id, "accept");
     let sent_at = Instant::now();
-    let reply = match caller.post(body).await {
+    let reply = match caller.post_to(key, body).await {
         Ok(reply) => reply,
         Err(err) => {
             caller.graph.forget(&call_id);
@@ -247,7 +256,7 @@ impl LiveCall {
             Some(1),
             false,
         );
-        let problem = match caller.post(body).await {
+        let problem = match caller.post_to(self.key + 1, body).await {
             Ok(reply) if (200..300).contains(&reply.status) => None,
             Ok(reply) => Some(format!("terminate answered {}", reply.status)),
             Err(err) => Some(format!("terminate: {err:#}")),

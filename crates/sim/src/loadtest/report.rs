@@ -54,6 +54,14 @@ pub struct LevelResult {
     /// the time the bridge had AI audio to encode.
     pub ai_samples_in: u64,
     pub ai_samples_out: u64,
+    /// A fleet: the events forwarded to a call's replica (every terminate, here), and how long
+    /// the forwarding took (the owners' histogram), ms.
+    pub forwarded: u64,
+    pub forward_p50_ms: f64,
+    pub forward_p99_ms: f64,
+    /// A fleet: commands the replicas sent Redis over the level, and the Redis server's CPU.
+    pub redis_commands: u64,
+    pub redis_cpu_ms: f64,
     pub problems: Vec<String>,
 }
 
@@ -279,7 +287,8 @@ pub const CSV_HEADER: &str = "calls,admitted,refused,failed,setup_p50_ms,setup_p
 uplink_markers,uplink_p50_ms,uplink_p99_ms,downlink_markers,downlink_p50_ms,downlink_p99_ms,uplink_markers_lost,\
 downlink_markers_lost,round_trips_missing,packets_sent,packets_received,downlink_lost,\
 uplink_concealed,late,bunched,max_gap_ms,jitter_ms,late_pacer_ticks,frames_sent_over_10ms_late,bridge_cpu_percent,\
-bridge_cpu_percent_per_call,rss_mib,rss_after_mib,harness_cpu_percent,harness_stalls,harness_max_lag_ms,ai_audio_share";
+bridge_cpu_percent_per_call,rss_mib,rss_after_mib,harness_cpu_percent,harness_stalls,harness_max_lag_ms,ai_audio_share,\
+forwarded,forward_p50_ms,forward_p99_ms,redis_commands,redis_cpu_ms";
 
 pub fn csv(levels: &[LevelResult]) -> String {
     let mut out = String::from(CSV_HEADER);
@@ -288,7 +297,7 @@ pub fn csv(levels: &[LevelResult]) -> String {
         let per_call = l.cpu_percent_per_call().unwrap_or(0.0);
         let _ = writeln!(
             out,
-            "{},{},{},{},{:.2},{:.2},{:.2},{},{:.2},{:.2},{},{:.2},{:.2},{},{},{},{},{},{},{},{},{},{:.1},{:.2},{},{},{:.2},{:.4},{:.1},{:.1},{:.2},{},{:.1},{:.3}",
+            "{},{},{},{},{:.2},{:.2},{:.2},{},{:.2},{:.2},{},{:.2},{:.2},{},{},{},{},{},{},{},{},{},{:.1},{:.2},{},{},{:.2},{:.4},{:.1},{:.1},{:.2},{},{:.1},{:.3},{},{:.3},{:.3},{},{:.1}",
             l.calls,
             l.admitted,
             l.refused,
@@ -323,6 +332,11 @@ pub fn csv(levels: &[LevelResult]) -> String {
             l.harness_stalls,
             l.harness_max_lag_ms,
             l.ai_audio_share().unwrap_or(f64::NAN),
+            l.forwarded,
+            l.forward_p50_ms,
+            l.forward_p99_ms,
+            l.redis_commands,
+            l.redis_cpu_ms,
         );
     }
     out

@@ -7,7 +7,8 @@ use std::time::Duration;
 use super::host::HostSteadiness;
 use super::report::{self, CodecCost, Fit, LevelResult, OverflowResult};
 
-/// How close to its starting RSS an idle bridge must come to count as back to baseline.
+/// How close to its starting RSS an idle bridge process must come to count as back to baseline
+/// (per process: a fleet of N gets N times this).
 pub(super) const RSS_BASELINE_SLACK_MIB: f64 = 5.0;
 /// The uplink has no frame slot to wait for (each packet is forwarded as it arrives), so all of
 /// its latency is the bridge's; the downlink's includes the wait for the next 20 ms slot.
@@ -34,6 +35,8 @@ pub(super) struct Context<'a> {
     pub(super) baseline_rss: f64,
     /// Its RSS once idle after the last level, and how long that took to come.
     pub(super) settled: (f64, Duration),
+    /// Bridge processes measured together (a fleet), each with its own baseline slack.
+    pub(super) processes: usize,
     pub(super) overflow: Option<&'a OverflowResult>,
 }
 
@@ -54,7 +57,11 @@ impl Summary {
                 format!("{:.2} MiB per call", fit.slope),
             ));
         }
-        lines.push(rss_back_line(context.baseline_rss, context.settled));
+        lines.push(rss_back_line(
+            context.baseline_rss,
+            context.settled,
+            RSS_BASELINE_SLACK_MIB * context.processes as f64,
+        ));
         if let Some(level) = level_nearest(levels, |l| l.admitted) {
             lines.extend(latency_lines(level));
         }
@@ -67,6 +74,16 @@ impl Summary {
                 ),
                 p99 <= 50.0,
                 format!("{p99:.1} ms"),
+            ));
+        }
+        if let Some(level) = level_nearest(levels, |l| l.admitted)
+            && level.forwarded > 0
+        {
+            lines.push(format!(
+                "At {} calls on {} replicas, {}.",
+                level.admitted,
+                context.processes,
+                fleet_line(level)
             ));
         }
         if let Some(overflow) = context.overflow {
@@ -160,11 +177,11 @@ fn cpu_lines(levels: &[LevelResult], codec: CodecCost, lines: &mut Vec<String>) 
     cpu_fit
 }
 
-fn rss_back_line(baseline_rss: f64, settled: (f64, Duration)) -> String {
+fn rss_back_line(baseline_rss: f64, settled: (f64, Duration), slack: f64) -> String {
     let back = settled.0 - baseline_rss;
     goal(
         "RSS back to baseline after the calls end",
-        back <= RSS_BASELINE_SLACK_MIB,
+        back <= slack,
         format!(
             "{baseline_rss:.1} MiB after a warm-up call, {:.1} MiB {:.1} s after the last ended ({back:+.1})",
             settled.0,
@@ -222,6 +239,21 @@ fn overflow_line(overflow: &OverflowResult) -> String {
     )
 }
 
+/// What a fleet's coordination did at one level.
+pub(super) fn fleet_line(level: &LevelResult) -> String {
+    let calls = level.admitted.max(1) as f64;
+    format!(
+        "fleet: {} events forwarded to their call's replica, in p50 {:.2} / p99 {:.2} ms; Redis: {} commands ({:.1} per call), {:.0} ms of its CPU ({:.0} µs per call)",
+        level.forwarded,
+        level.forward_p50_ms,
+        level.forward_p99_ms,
+        level.redis_commands,
+        level.redis_commands as f64 / calls,
+        level.redis_cpu_ms,
+        level.redis_cpu_ms * 1000.0 / calls,
+    )
+}
+
 /// The level whose size (by `size`) is nearest to the 100 calls the goals are set at.
 fn level_nearest(levels: &[LevelResult], size: fn(&LevelResult) -> usize) -> Option<&LevelResult> {
     levels
@@ -255,6 +287,7 @@ mod tests {
             codec: CodecCost { frame_us: 120.0 },
             baseline_rss: 20.0,
             settled: (21.0, Duration::ZERO),
+            processes: 1,
             overflow: None,
         };
         Summary::of(levels, context).render()
