@@ -560,9 +560,10 @@ fn read_fleet(r: &mut Reader<'_>) -> Option<FleetConfig> {
             .push(format!("{REDIS_URL} is not a redis:// or rediss:// URL"));
     }
     let prefix = r.string(REDIS_KEY_PREFIX, "wvb");
-    if prefix.contains(char::is_whitespace) {
-        r.problems
-            .push(format!("{REDIS_KEY_PREFIX}={prefix:?} contains whitespace"));
+    if prefix.contains(|c: char| c.is_whitespace() || c == '{' || c == '}') {
+        r.problems.push(format!(
+            "{REDIS_KEY_PREFIX}={prefix:?} may not hold whitespace or braces (it becomes the keys' hash tag)"
+        ));
     }
     let replica = r.raw(REPLICA_ID);
     if let Some(replica) = &replica
@@ -728,6 +729,34 @@ mod tests {
         ] {
             assert!(text.contains(key), "{key} missing from: {text}");
         }
+    }
+
+    #[test]
+    fn the_fleet_is_configured_by_redis_url_and_its_password_is_never_echoed() {
+        let config = Config::from_env(&minimal()).expect("valid");
+        assert!(config.fleet.is_none(), "no REDIS_URL: one process");
+
+        let mut vars = minimal();
+        vars.insert(
+            REDIS_URL.into(),
+            "rediss://:s3cret@cache.example:6380".into(),
+        );
+        vars.insert(REPLICA_ID.into(), "replica-7".into());
+        let fleet = Config::from_env(&vars)
+            .expect("valid")
+            .fleet
+            .expect("a fleet");
+        assert_eq!(fleet.prefix, "wvb");
+        assert_eq!(fleet.replica.as_deref(), Some("replica-7"));
+
+        vars.insert(REDIS_URL.into(), "http://:s3cret@cache.example".into());
+        vars.insert(REDIS_KEY_PREFIX.into(), "a{b}".into());
+        vars.insert(REPLICA_ID.into(), "replica 7".into());
+        let text = Config::from_env(&vars).expect_err("invalid").to_string();
+        for key in [REDIS_URL, REDIS_KEY_PREFIX, REPLICA_ID] {
+            assert!(text.contains(key), "{key} missing from: {text}");
+        }
+        assert!(!text.contains("s3cret"), "{text}");
     }
 
     #[test]

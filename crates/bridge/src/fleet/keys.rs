@@ -1,15 +1,18 @@
-//! The fleet's Redis keys, all under one prefix.
+//! The fleet's Redis keys, all under one prefix. The prefix is a hash tag (`{wvb}:call:…`), so
+//! every key of a fleet lives in one hash slot: a clustered Redis (Azure Managed Redis) runs the
+//! fleet's multi-key scripts as a single one does.
 
 use crate::ids::{CallId, PhoneNumber};
 
 pub(super) struct Keys {
+    /// `{prefix}`, braces included.
     prefix: String,
 }
 
 impl Keys {
     pub(super) fn new(prefix: &str) -> Self {
         Self {
-            prefix: prefix.trim_end_matches(':').to_owned(),
+            prefix: format!("{{{}}}", prefix.trim_end_matches(':')),
         }
     }
 
