@@ -316,8 +316,8 @@ async fn a_replica_killed_with_sigkill_leaves_nothing_stuck() {
         .await
             >= 1.0
     );
-    // The dead replica drops out of the fleet's reports, and its caller's claim expires with
-    // its lease: the same caller is answered by the replica that lives.
+    // The dead replica drops out of the fleet's reports, and its claims go stale with its
+    // report: the same caller is answered by the replica that lives.
     assert!(
         eventually(Duration::from_secs(15), || async {
             health_of(&fleet, 1).await["cluster"]["replicas"] == 1
@@ -328,7 +328,7 @@ async fn a_replica_killed_with_sigkill_leaves_nothing_stuck() {
     let mut retry = tokio::time::interval(Duration::from_millis(500));
     let mut n = 0;
     let again = loop {
-        // Until the lease has run out, each attempt is refused as busy.
+        // Until the dead replica's report has expired, each attempt is refused as busy.
         retry.tick().await;
         n += 1;
         let attempt = PhoneCall::dial(

@@ -148,7 +148,9 @@ impl App {
         let mut fleet_worker = None;
         if let (Some(fleet), Some(settings)) = (&fleet, &fleet_settings) {
             let calls = state.calls.clone();
-            let report = Arc::new(move || calls.report());
+            let report: crate::fleet::ReportFn = Arc::new(move || calls.report());
+            // Reported before the first call, so that its claim counts as alive at once.
+            fleet.join(&report).await;
             let (inbox, worker) = fleet.start(settings, report, fleet_stop.clone())?;
             state.calls.take_forwarded(inbox);
             fleet_worker = Some(worker);

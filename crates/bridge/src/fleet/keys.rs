@@ -16,13 +16,13 @@ impl Keys {
         }
     }
 
-    /// The call's owner (a replica name), with a lease.
+    /// The call's owner (a replica name).
     pub(super) fn call(&self, id: &CallId) -> String {
         format!("{}:call:{}", self.prefix, id)
     }
 
-    /// The caller's one live call (its id, or an outbound call's placeholder), with a lease. A
-    /// hidden number has no key: the argument that names it is never written.
+    /// The caller's one live call: `owner|call id` (or `owner|placing:…` while an outbound call
+    /// is placed). A hidden number has no key: the argument that names it is never written.
     pub(super) fn caller(&self, phone: Option<&PhoneNumber>) -> String {
         match phone {
             Some(phone) => format!("{}:caller:{}", self.prefix, phone.as_str()),
@@ -45,9 +45,14 @@ impl Keys {
         format!("{}:inbox:{}", self.prefix, replica)
     }
 
-    /// A replica's latest report.
+    /// A replica's latest report; while it exists the replica counts as alive.
     pub(super) fn report(&self, replica: &str) -> String {
-        format!("{}:replica:{}", self.prefix, replica)
+        format!("{}{}", self.report_prefix(), replica)
+    }
+
+    /// What a replica's report key starts with; the scripts add the replica's name.
+    pub(super) fn report_prefix(&self) -> String {
+        format!("{}:replica:", self.prefix)
     }
 
     /// The replicas that reported lately, scored by when their report expires (ms).

@@ -3,9 +3,11 @@
 //! Meta sends every webhook of the app to one URL and the platform's ingress hands each to any
 //! replica, so what must hold across replicas lives in Redis:
 //! - **claims**: a call id's owner (`call:{id}` → replica) and the caller's one live call
-//!   (`caller:{number}` → call id), taken atomically at admission with a lease that the owner
-//!   renews while the call lives and releases on every end path; a redelivered `connect` finds
-//!   the claim and is a duplicate, a second call of the same caller finds the caller's;
+//!   (`caller:{number}` → owner and call id), taken atomically at admission and released on every
+//!   end path; a redelivered `connect` finds the claim and is a duplicate, a second call of the
+//!   same caller finds the caller's. A claim lives as long as its owner: one whose owner stopped
+//!   reporting (it died) is stale and free to take, so a replica renews one key per heartbeat,
+//!   not one per call;
 //! - **tombstones** of ended and refused call ids (`tomb:{id}`, ten minutes);
 //! - **forwarding**: an event for a call owned elsewhere goes to the owner's inbox (a stream per
 //!   replica) and is applied there; an event that beats the owner's own claim (the answer to a
@@ -15,8 +17,9 @@
 //!
 //! Redis is never on the media path: only admission, webhooks and a background worker touch it,
 //! each command bounded by a timeout. With Redis away a replica keeps its calls, admits on its
-//! own knowledge (counted, `whatsapp_bridge_fleet_degraded` = 1), and when Redis is back it
-//! writes its claims again and the releases and tombstones it could not write.
+//! own knowledge (counted, `whatsapp_bridge_fleet_degraded` = 1), and when Redis is back (or
+//! has lost its data) it writes its claims again and the releases and tombstones it could not
+//! write.
 
 mod inbox;
 mod keys;
@@ -42,11 +45,14 @@ use crate::metrics::Metrics;
 use keys::Keys;
 use scripts::Scripts;
 
-/// How long a claim lives without renewal: a replica that dies leaves its calls' claims for at
-/// most this long.
-pub const LEASE: Duration = Duration::from_secs(10);
-/// How often the worker renews this replica's claims, writes its report and reads the fleet's.
+/// How often the worker writes this replica's report (which keeps its claims alive) and reads
+/// the fleet's.
 pub const HEARTBEAT: Duration = Duration::from_secs(2);
+/// A replica whose report is older than this is taken for dead, and its claims for stale.
+pub const OWNER_TIMEOUT: Duration = Duration::from_secs(6);
+/// A claim's own expiry: only a safety net for keys nobody releases (a dead replica's), long
+/// after they went stale; no call lasts this long.
+pub const CLAIM_TTL: Duration = Duration::from_secs(24 * 3600);
 /// How long an ended or refused call id is remembered (whatsapp-calling §6: at least 10 min).
 pub const TOMBSTONE_TTL: Duration = Duration::from_secs(600);
 /// Bound on one Redis command of admission or webhook routing: past it the replica goes on with
@@ -55,8 +61,8 @@ pub const COMMAND_TIMEOUT: Duration = Duration::from_millis(250);
 /// How long an event for a call nobody owns yet waits for its owner (an outbound call's answer
 /// arriving before the `connect` response that names the call).
 const EARLY_TTL: Duration = Duration::from_secs(60);
-/// Releases and tombstones kept while Redis is away; beyond this the oldest are dropped (their
-/// claims then expire with their lease).
+/// Releases and tombstones kept while Redis is away; beyond this new ones are dropped (their
+/// claims then stay until the replica stops, or until `CLAIM_TTL`).
 const PENDING_MAX: usize = 10_000;
 
 /// Where the fleet's state lives and who this replica is.
@@ -136,7 +142,7 @@ pub struct Forwarded {
 pub enum Routed {
     /// Forwarded to the replica that owns the call.
     Forwarded(String),
-    /// Nobody owns the call (ended, never known, or its owner died and its lease expired).
+    /// Nobody owns the call (ended, never known, or its owner died).
     NoOwner,
     /// This replica owns it (the caller then applies it locally).
     Mine,
@@ -183,7 +189,7 @@ pub type ReportFn = Arc<dyn Fn() -> ReplicaReport + Send + Sync>;
 /// A claim this replica holds.
 #[derive(Clone, Debug)]
 struct Owned {
-    /// The caller's key holds this call id (or, while an outbound call is placed, `holder`).
+    /// The caller whose key holds this owner and call id.
     caller: Option<PhoneNumber>,
 }
 
@@ -218,6 +224,11 @@ struct Inner {
     /// Wakes the worker when there is something to write.
     work: Notify,
     degraded: AtomicBool,
+    /// This replica's claims must be written again at the next heartbeat (Redis was away, or
+    /// lost its data).
+    reassert: AtomicBool,
+    /// A report has been written once (so a missing one later means Redis lost it).
+    reported: AtomicBool,
     cluster: Mutex<ClusterView>,
 }
 
@@ -251,6 +262,8 @@ impl Fleet {
                 pending: Mutex::default(),
                 work: Notify::new(),
                 degraded: AtomicBool::new(false),
+                reassert: AtomicBool::new(false),
+                reported: AtomicBool::new(false),
                 cluster: Mutex::default(),
             }),
         })
@@ -273,6 +286,12 @@ impl Fleet {
         let worker = tokio::spawn(worker::run(self.clone(), report, shutdown));
         info!(replica = %self.inner.me, "fleet: call state shared through Redis");
         Ok((rx, worker))
+    }
+
+    /// Writes this replica's first report, so that its claims count as alive from the first
+    /// call on (a best effort: without Redis the worker's heartbeats write it later).
+    pub async fn join(&self, report: &ReportFn) {
+        worker::heartbeat(self, report).await;
     }
 
     /// This replica's name in the fleet.
@@ -301,9 +320,10 @@ impl Fleet {
             .key(keys.caller(caller))
             .key(keys.tomb(call_id))
             .arg(&self.inner.me)
-            .arg(LEASE.as_millis() as u64)
+            .arg(CLAIM_TTL.as_millis() as u64)
             .arg(call_id.as_str())
-            .arg(u8::from(caller.is_some()));
+            .arg(u8::from(caller.is_some()))
+            .arg(keys.report_prefix());
         let answer: Result<String, _> = self
             .run("claim", invocation.invoke_async(&mut self.conn()))
             .await;
@@ -332,12 +352,14 @@ impl Fleet {
     /// Takes the caller's one live call for an outbound call about to be placed. `Err` when the
     /// caller has a live call somewhere; without Redis the placement goes ahead unconfirmed.
     pub async fn claim_caller(&self, caller: &PhoneNumber) -> Result<Placement, ()> {
-        let holder = format!("placing:{}:{}", self.inner.me, uuid::Uuid::new_v4());
+        let holder = format!("{}|placing:{}", self.inner.me, uuid::Uuid::new_v4());
+        let keys = &self.inner.keys;
         let mut invocation = self.inner.scripts.claim_caller.prepare_invoke();
         invocation
-            .key(self.inner.keys.caller(Some(caller)))
+            .key(keys.caller(Some(caller)))
             .arg(&holder)
-            .arg(LEASE.as_millis() as u64);
+            .arg(CLAIM_TTL.as_millis() as u64)
+            .arg(keys.report_prefix());
         let answer: Result<String, _> = self
             .run("claim_caller", invocation.invoke_async(&mut self.conn()))
             .await;
@@ -375,15 +397,13 @@ impl Fleet {
         self.inner.work.notify_one();
     }
 
-    /// Sends `event` to the replica that owns the call, if another one does.
+    /// Sends `event` to the replica that owns the call, if another (live) one does.
     pub async fn route(&self, call_id: &CallId, event: &FleetEvent) -> Routed {
+        let keys = &self.inner.keys;
+        let mut invocation = self.inner.scripts.owner.prepare_invoke();
+        invocation.key(keys.call(call_id)).arg(keys.report_prefix());
         let owner: Result<Option<String>, _> = self
-            .run(
-                "owner",
-                redis::cmd("GET")
-                    .arg(self.inner.keys.call(call_id))
-                    .query_async(&mut self.conn()),
-            )
+            .run("owner", invocation.invoke_async(&mut self.conn()))
             .await;
         let routed = match owner {
             Err(_) => Routed::Unavailable,
@@ -446,7 +466,7 @@ impl Fleet {
             .arg(&self.inner.me)
             .arg(call_id.as_str())
             .arg(&holder)
-            .arg(LEASE.as_millis() as u64);
+            .arg(CLAIM_TTL.as_millis() as u64);
         self.inner.owned.lock().insert(
             call_id.clone(),
             Owned {
@@ -551,6 +571,7 @@ impl Fleet {
         if self.inner.degraded.swap(false, Ordering::Relaxed) {
             info!("fleet: Redis reachable again; this replica's claims are written again");
             self.inner.metrics.fleet_degraded.set(0);
+            self.inner.reassert.store(true, Ordering::Relaxed);
             // The worker writes the claims and what waited, now rather than at the next beat.
             self.inner.work.notify_one();
         }

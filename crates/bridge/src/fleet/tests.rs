@@ -25,6 +25,13 @@ fn replica(prefix: &str, name: &str) -> Fleet {
     Fleet::new(&settings(prefix, name), Metrics::new()).expect("fleet")
 }
 
+/// A replica that has reported, so its claims count as alive.
+async fn alive(prefix: &str, name: &'static str) -> Fleet {
+    let fleet = replica(prefix, name);
+    fleet.join(&report(name, 0)).await;
+    fleet
+}
+
 fn caller(n: u32) -> PhoneNumber {
     PhoneNumber::new(format!("44770090{n:04}"))
 }
@@ -41,7 +48,7 @@ fn report(name: &'static str, calls: usize) -> ReportFn {
 #[tokio::test]
 async fn a_call_is_claimed_once_across_replicas_and_its_id_stays_ended_after_release() {
     let prefix = prefix();
-    let (a, b) = (replica(&prefix, "a"), replica(&prefix, "b"));
+    let (a, b) = (alive(&prefix, "a").await, alive(&prefix, "b").await);
     let call = CallId::new("wacid.FLEET-1");
     assert_eq!(a.claim(&call, Some(&caller(1))).await, Claim::Claimed);
     // Meta redelivers the connect to another replica: a duplicate.
@@ -70,7 +77,7 @@ async fn a_call_is_claimed_once_across_replicas_and_its_id_stays_ended_after_rel
 #[tokio::test]
 async fn an_event_for_a_call_owned_elsewhere_reaches_its_owner() {
     let prefix = prefix();
-    let (a, b) = (replica(&prefix, "a"), replica(&prefix, "b"));
+    let (a, b) = (alive(&prefix, "a").await, alive(&prefix, "b").await);
     let shutdown = CancellationToken::new();
     let (mut inbox, _worker) = a
         .start(&settings(&prefix, "a"), report("a", 1), shutdown.clone())
@@ -106,7 +113,7 @@ async fn an_event_for_a_call_owned_elsewhere_reaches_its_owner() {
 #[tokio::test]
 async fn an_answer_that_beats_the_placing_replicas_claim_is_kept_for_it() {
     let prefix = prefix();
-    let (a, b) = (replica(&prefix, "a"), replica(&prefix, "b"));
+    let (a, b) = (alive(&prefix, "a").await, alive(&prefix, "b").await);
     let placement = a.claim_caller(&caller(3)).await.expect("caller free");
     // The caller is busy for everyone while the call is placed.
     assert!(b.claim_caller(&caller(3)).await.is_err());
@@ -129,7 +136,7 @@ async fn an_answer_that_beats_the_placing_replicas_claim_is_kept_for_it() {
 #[tokio::test]
 async fn an_abandoned_placement_frees_the_caller() {
     let prefix = prefix();
-    let a = replica(&prefix, "a");
+    let a = alive(&prefix, "a").await;
     let placement = a.claim_caller(&caller(4)).await.expect("caller free");
     drop(placement);
     worker::flush(&a).await;
@@ -139,26 +146,55 @@ async fn an_abandoned_placement_frees_the_caller() {
 #[tokio::test]
 async fn claims_lost_by_redis_are_written_again_at_the_next_heartbeat() {
     let prefix = prefix();
-    let (a, b) = (replica(&prefix, "a"), replica(&prefix, "b"));
+    let (a, b) = (alive(&prefix, "a").await, alive(&prefix, "b").await);
     let call = CallId::new("wacid.FLEET-RESTART");
     assert_eq!(a.claim(&call, Some(&caller(5))).await, Claim::Claimed);
-    // Redis restarts without persistence: the keys are gone.
+    // Redis restarts without persistence: every key of the fleet is gone.
     let mut conn = a.conn();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{{{prefix}}}:*"))
+        .query_async(&mut conn)
+        .await
+        .expect("keys");
     let _: () = redis::cmd("DEL")
-        .arg(a.inner.keys.call(&call))
-        .arg(a.inner.keys.caller(Some(&caller(5))))
+        .arg(&keys)
         .query_async(&mut conn)
         .await
         .expect("del");
-    assert_eq!(
-        b.claim(&CallId::new("wacid.X"), Some(&caller(6))).await,
-        Claim::Claimed
-    );
-    worker::renew(&a).await.expect("renewed");
+    // A's next heartbeat finds its report gone and writes its claims again.
+    worker::heartbeat(&a, &report("a", 1)).await;
+    worker::heartbeat(&b, &report("b", 0)).await;
     assert_eq!(b.claim(&call, Some(&caller(5))).await, Claim::Live);
     assert_eq!(
         b.claim(&CallId::new("wacid.Y"), Some(&caller(5))).await,
         Claim::CallerBusy
+    );
+}
+
+#[tokio::test]
+async fn a_dead_replicas_claims_are_stale_once_its_report_is_gone() {
+    let prefix = prefix();
+    let (a, b) = (alive(&prefix, "a").await, alive(&prefix, "b").await);
+    let call = CallId::new("wacid.FLEET-DEAD");
+    assert_eq!(a.claim(&call, Some(&caller(8))).await, Claim::Claimed);
+    assert_eq!(
+        b.route(&call, &FleetEvent::Terminated).await,
+        Routed::Forwarded("a".to_owned())
+    );
+    // A dies: its report expires after OWNER_TIMEOUT (deleted here rather than waited for).
+    let _: () = redis::cmd("DEL")
+        .arg(a.inner.keys.report("a"))
+        .query_async(&mut a.conn())
+        .await
+        .expect("del");
+    assert_eq!(
+        b.route(&call, &FleetEvent::Terminated).await,
+        Routed::NoOwner
+    );
+    assert_eq!(
+        b.claim(&CallId::new("wacid.FLEET-AGAIN"), Some(&caller(8)))
+            .await,
+        Claim::Claimed
     );
 }
 

@@ -1,21 +1,22 @@
-//! The fleet's background work: at each heartbeat this replica renews its claims (writing them
-//! again if Redis lost them), writes its report and reads everyone's; in between it writes the
-//! releases and tombstones of ended calls as they come, and keeps them while Redis is away.
+//! The fleet's background work: at each heartbeat this replica writes its report (which keeps
+//! all its claims alive) and reads everyone's, and writes its claims again when Redis was away
+//! or lost them; in between it writes the releases and tombstones of ended calls as they come,
+//! and keeps them while Redis is away.
 
-use std::time::Duration;
+use std::sync::atomic::Ordering;
 
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::{
-    Fleet, FleetError, HEARTBEAT, LEASE, Pending, ReplicaReport, ReportFn, TOMBSTONE_TTL, inbox,
-    unix_ms,
+    CLAIM_TTL, Fleet, FleetError, HEARTBEAT, OWNER_TIMEOUT, Pending, ReplicaReport, ReportFn,
+    TOMBSTONE_TTL, inbox, unix_ms,
 };
 
-/// Claims renewed by one script call.
-const RENEW_BATCH: usize = 200;
-/// A report stays readable this long without a new heartbeat.
-const REPORT_TTL: Duration = Duration::from_millis(3 * HEARTBEAT.as_millis() as u64);
+/// Claims written again by one script call.
+const REASSERT_BATCH: usize = 200;
+
+const _: () = assert!(OWNER_TIMEOUT.as_millis() >= 3 * HEARTBEAT.as_millis());
 
 pub(super) async fn run(fleet: Fleet, report: ReportFn, shutdown: CancellationToken) {
     let mut beat = tokio::time::interval(HEARTBEAT);
@@ -38,24 +39,25 @@ pub(super) async fn run(fleet: Fleet, report: ReportFn, shutdown: CancellationTo
     }
 }
 
-/// Renews the claims, writes this replica's report, reads the fleet's.
+/// Writes this replica's report (keeping its claims alive), writes its claims again if Redis
+/// was away or lost them, and reads the fleet's reports.
 pub(super) async fn heartbeat(fleet: &Fleet, report: &ReportFn) {
-    if renew(fleet).await.is_err() {
-        return;
-    }
     let mine = report();
     let inner = &fleet.inner;
     let now = unix_ms();
+    let ttl = OWNER_TIMEOUT.as_millis() as u64;
     let mut pipe = redis::pipe();
+    // GET: the previous report comes back, so a missing one (Redis restarted empty, or this
+    // replica went unheard for too long) is seen.
     pipe.cmd("SET")
         .arg(inner.keys.report(&inner.me))
         .arg(serde_json::to_string(&mine).unwrap_or_default())
         .arg("PX")
-        .arg(REPORT_TTL.as_millis() as u64)
-        .ignore()
+        .arg(ttl)
+        .arg("GET")
         .cmd("ZADD")
         .arg(inner.keys.replicas())
-        .arg(now + REPORT_TTL.as_millis() as u64)
+        .arg(now + ttl)
         .arg(&inner.me)
         .ignore()
         .cmd("ZREMRANGEBYSCORE")
@@ -67,11 +69,15 @@ pub(super) async fn heartbeat(fleet: &Fleet, report: &ReportFn) {
         .arg(inner.keys.inbox(&inner.me))
         .arg(inbox::TTL.as_millis() as u64)
         .ignore();
-    let written: Result<(), _> = fleet
+    let written: Result<(Option<String>,), _> = fleet
         .run("report", pipe.query_async(&mut fleet.conn()))
         .await;
-    if written.is_err() {
+    let Ok((previous,)) = written else {
         return;
+    };
+    let lost = previous.is_none() && inner.reported.swap(true, Ordering::Relaxed);
+    if (lost || inner.reassert.swap(false, Ordering::Relaxed)) && reassert(fleet).await.is_err() {
+        inner.reassert.store(true, Ordering::Relaxed);
     }
     if let Ok(reports) = read_reports(fleet).await {
         let view = super::ClusterView {
@@ -89,9 +95,9 @@ pub(super) async fn heartbeat(fleet: &Fleet, report: &ReportFn) {
     }
 }
 
-/// Renews every claim this replica holds; claims Redis lost (a restart) are written again, and
-/// a call now owned by another replica (both admitted it while Redis was away) is logged.
-pub(super) async fn renew(fleet: &Fleet) -> Result<(), FleetError> {
+/// Writes every claim this replica holds again (after Redis lost them, or while it was away);
+/// a call now owned by another live replica (both admitted it while Redis was away) is logged.
+pub(super) async fn reassert(fleet: &Fleet) -> Result<(), FleetError> {
     let owned: Vec<_> = fleet
         .inner
         .owned
@@ -99,12 +105,13 @@ pub(super) async fn renew(fleet: &Fleet) -> Result<(), FleetError> {
         .iter()
         .map(|(id, owned)| (id.clone(), owned.caller.clone()))
         .collect();
-    for batch in owned.chunks(RENEW_BATCH) {
+    for batch in owned.chunks(REASSERT_BATCH) {
         let keys = &fleet.inner.keys;
-        let mut invocation = fleet.inner.scripts.renew.prepare_invoke();
+        let mut invocation = fleet.inner.scripts.reassert.prepare_invoke();
         invocation
             .arg(&fleet.inner.me)
-            .arg(LEASE.as_millis() as u64);
+            .arg(CLAIM_TTL.as_millis() as u64)
+            .arg(keys.report_prefix());
         for (id, caller) in batch {
             invocation
                 .key(keys.call(id))
@@ -112,12 +119,18 @@ pub(super) async fn renew(fleet: &Fleet) -> Result<(), FleetError> {
                 .arg(id.as_str())
                 .arg(u8::from(caller.is_some()));
         }
-        let lost: Vec<String> = fleet
-            .run("renew", invocation.invoke_async(&mut fleet.conn()))
+        let taken: Vec<String> = fleet
+            .run("reassert", invocation.invoke_async(&mut fleet.conn()))
             .await?;
-        for id in lost {
+        for id in taken {
             warn!(call_id = %id, "fleet: a live call of this replica is claimed by another one (both admitted it while Redis was away)");
         }
+    }
+    if !owned.is_empty() {
+        info!(
+            claims = owned.len(),
+            "fleet: this replica's claims written again"
+        );
     }
     Ok(())
 }
