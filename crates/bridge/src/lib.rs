@@ -11,6 +11,8 @@
 //! - floor 2 — [`memory`]: what the AI is told about a caller at the start of a call;
 //!   [`tools`]: the AI's functions on the caller's tasks and reminders.
 //! - floor 1 — [`config`]: every setting, from the environment, validated at start;
+//!   [`fleet`]: call state shared between replicas through Redis (claims, tombstones,
+//!   forwarded events, reports);
 //!   [`store`]: the caller's data (`Store`: Supabase, or embedded SQLite on its own thread);
 //!   [`whatsapp`]: webhook payloads, signature check, SDP rules, Graph API client.
 //! - floor 0 — [`media`]: the PeerConnection (the one place that names WebRTC types), Opus, the
