@@ -4,11 +4,9 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use bridge::media::peer::PeerSettings;
 use sim::graph_double::{GraphDouble, GraphDoubleConfig};
 use sim::phone::{PhoneCall, PhoneSettings};
 use sim::realtime_ai::{AiDoubleConfig, RealtimeAiDouble};
-use sim::webhooks::BusinessLine;
 use tokio::process::{Child, Command};
 
 use crate::support::*;
@@ -81,17 +79,12 @@ impl Bridge {
     }
 
     fn phone(&self) -> PhoneSettings {
-        PhoneSettings {
-            bridge_url: self.url.clone(),
-            app_secret: SECRET.to_owned(),
-            line: BusinessLine::default(),
-            graph: self.graph.clone(),
-            peer: PeerSettings {
-                loopback: true,
-                ..PeerSettings::default()
-            },
-            http: self.http.clone(),
-        }
+        PhoneSettings::on_loopback(
+            self.url.clone(),
+            SECRET,
+            self.graph.clone(),
+            self.http.clone(),
+        )
     }
 
     async fn ready_status(&self) -> Option<u16> {

@@ -21,10 +21,8 @@ use crate::graph_double::{GraphDouble, GraphDoubleConfig};
 use crate::phone::PhoneSettings;
 use crate::realtime_ai::{AiDoubleConfig, RealtimeAiDouble};
 use crate::stack::APP_SECRET;
-use crate::webhooks::BusinessLine;
 use bridge::config;
 use bridge::media::codec::EncoderSettings;
-use bridge::media::peer::PeerSettings;
 use bridge::whatsapp::signature::SIGNATURE_HEADER;
 
 /// What to vary between fleets.
@@ -123,17 +121,12 @@ impl FleetStack {
     }
 
     fn settings_for(&self, bridge_url: String) -> PhoneSettings {
-        PhoneSettings {
+        PhoneSettings::on_loopback(
             bridge_url,
-            app_secret: APP_SECRET.to_owned(),
-            line: BusinessLine::default(),
-            graph: self.graph.clone(),
-            peer: PeerSettings {
-                loopback: true,
-                ..PeerSettings::default()
-            },
-            http: self.http.clone(),
-        }
+            APP_SECRET,
+            self.graph.clone(),
+            self.http.clone(),
+        )
     }
 
     pub fn http(&self) -> &reqwest::Client {

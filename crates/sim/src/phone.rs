@@ -38,6 +38,29 @@ pub struct PhoneSettings {
     pub http: reqwest::Client,
 }
 
+impl PhoneSettings {
+    /// A phone on loopback calling the bridge at `bridge_url` (signing with `app_secret`) on the
+    /// default business line, with `graph` as Meta's side.
+    pub fn on_loopback(
+        bridge_url: String,
+        app_secret: &str,
+        graph: GraphDouble,
+        http: reqwest::Client,
+    ) -> Self {
+        Self {
+            bridge_url,
+            app_secret: app_secret.to_owned(),
+            line: BusinessLine::default(),
+            graph,
+            peer: PeerSettings {
+                loopback: true,
+                ..PeerSettings::default()
+            },
+            http,
+        }
+    }
+}
+
 /// The webhook answer to the phone's `connect`.
 #[derive(Clone, Debug)]
 pub struct WebhookReply {

@@ -12,12 +12,10 @@ use tokio_util::sync::CancellationToken;
 use crate::graph_double::{GraphDouble, GraphDoubleConfig};
 use crate::phone::PhoneSettings;
 use crate::realtime_ai::{AiDoubleConfig, RealtimeAiDouble};
-use crate::webhooks::BusinessLine;
 use bridge::app::App;
 use bridge::call::calls::Calls;
 use bridge::call::registry::Registry;
 use bridge::config::{self, Config};
-use bridge::media::peer::PeerSettings;
 use bridge::metrics::Metrics;
 use bridge::store::Store;
 use bridge::store::embedded::EmbeddedStore;
@@ -140,17 +138,12 @@ impl LocalStack {
 
     /// Settings for a simulated phone calling this bridge.
     pub fn phone_settings(&self) -> PhoneSettings {
-        PhoneSettings {
-            bridge_url: self.bridge_url.clone(),
-            app_secret: APP_SECRET.to_owned(),
-            line: BusinessLine::default(),
-            graph: self.graph.clone(),
-            peer: PeerSettings {
-                loopback: true,
-                ..PeerSettings::default()
-            },
-            http: self.http.clone(),
-        }
+        PhoneSettings::on_loopback(
+            self.bridge_url.clone(),
+            APP_SECRET,
+            self.graph.clone(),
+            self.http.clone(),
+        )
     }
 
     pub fn http(&self) -> &reqwest::Client {
