@@ -2,7 +2,7 @@
 //! at once. Each caller waits for the AI's greeting, talks over it (a barge-in), says a short
 //! "sentence" of pitched syllables, checks that the AI's echo brings the same pitches back in
 //! order, and hangs up. No credentials, no network. With `--replicas N`, N bridge processes
-//! share a Redis behind an ingress that hands each webhook to any of them, so a call's webhooks
+//! share a Redis behind an ingress that hands the webhooks to them in turn, so a call's webhooks
 //! reach different replicas.
 
 use std::path::PathBuf;
@@ -130,13 +130,13 @@ pub async fn run(options: DemoOptions) -> ExitCode {
     print_reports(&reports, idle, active)
 }
 
-/// The fleet demo: `options.replicas` bridge processes sharing a Redis, each webhook handed to
-/// any of them by an ingress (so a call's terminate often reaches a replica that does not own
+/// The fleet demo: `options.replicas` bridge processes sharing a Redis, the webhooks handed to
+/// them in turn by an ingress (so a call's terminate often reaches a replica that does not own
 /// it and is forwarded).
 async fn run_fleet(options: DemoOptions) -> ExitCode {
     let calls = options.calls.max(1);
     println!(
-        "Starting {} bridge processes sharing the Redis at {}, behind an ingress that hands each webhook to any of them, with a simulated Meta and a simulated AI (echo mode)...",
+        "Starting {} bridge processes sharing the Redis at {}, behind an ingress that hands the webhooks to them in turn, with a simulated Meta and a simulated AI (echo mode)...",
         options.replicas,
         redacted(&options.redis_url)
     );

@@ -1,12 +1,14 @@
 //! A fleet on one machine: several bridge processes sharing one Redis (each its own `REPLICA_ID`,
 //! one key prefix per fleet), wired to one Graph API double and one Realtime AI double, behind an
-//! ingress that hands each webhook to any replica, as Azure Container Apps' ingress does (no
-//! stickiness: Meta sends no cookie), so a call's `terminate` often reaches a replica that does
-//! not own the call. Used by the fleet's end-to-end tests and by `demo --replicas N`.
+//! ingress that hands the webhooks to the replicas in turn (round robin, with no stickiness, as
+//! Azure Container Apps' ingress does: Meta sends no cookie), so a call's `terminate` often
+//! reaches a replica that does not own the call. Used by the fleet's end-to-end tests and by
+//! `demo --replicas N`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -53,7 +55,7 @@ pub struct FleetStack {
     pub names: Vec<String>,
     /// The key prefix of this fleet in Redis.
     pub prefix: String,
-    /// The ingress: each webhook posted here goes to a replica picked at random.
+    /// The ingress: the webhooks posted here go to the replicas in turn.
     pub ingress_url: String,
     ingress: JoinHandle<()>,
     http: reqwest::Client,
@@ -114,8 +116,8 @@ impl FleetStack {
         self.settings_for(self.replicas[n].url.clone())
     }
 
-    /// Settings for a simulated phone whose webhooks go through the ingress, each to any
-    /// replica.
+    /// Settings for a simulated phone whose webhooks go through the ingress, to the replicas in
+    /// turn.
     pub fn ingress_phone_settings(&self) -> PhoneSettings {
         self.settings_for(self.ingress_url.clone())
     }
@@ -144,9 +146,10 @@ impl FleetStack {
     }
 }
 
-/// The replicas' webhook URLs.
+/// The replicas' webhook URLs, handed out in turn.
 struct Ingress {
     replicas: Vec<String>,
+    next: AtomicUsize,
     http: reqwest::Client,
 }
 
@@ -155,6 +158,7 @@ async fn start_ingress(replicas: Vec<String>) -> anyhow::Result<(String, JoinHan
     let url = format!("http://{}", listener.local_addr()?);
     let ingress = Arc::new(Ingress {
         replicas,
+        next: AtomicUsize::new(0),
         http: reqwest::Client::new(),
     });
     let app = Router::new()
@@ -166,10 +170,10 @@ async fn start_ingress(replicas: Vec<String>) -> anyhow::Result<(String, JoinHan
     Ok((url, server))
 }
 
-/// Hands one webhook to a replica picked at random, signature and body untouched, and its
-/// answer back.
+/// Hands one webhook to the next replica in turn, signature and body untouched, and its answer
+/// back.
 async fn forward(State(ingress): State<Arc<Ingress>>, headers: HeaderMap, body: Bytes) -> Response {
-    let n = rand::random_range(0..ingress.replicas.len());
+    let n = ingress.next.fetch_add(1, Ordering::Relaxed) % ingress.replicas.len();
     let mut request = ingress
         .http
         .post(format!("{}/webhook", ingress.replicas[n]))

@@ -7,8 +7,7 @@
 //! - [`postgrest_double`]: Supabase's PostgREST.
 //! - [`stack`]: a whole local set-up in one process: both doubles and a bridge wired to them;
 //!   [`bridge_process`]: a bridge as a process of its own (the harness's, the fleet's);
-//!   [`fleet`]: several bridge processes sharing one Redis behind an ingress that spreads the
-//!   webhooks among them.
+//!   [`fleet`]: several bridge processes sharing one Redis behind a round-robin ingress.
 //! - [`demo`]: the `demo` command; [`loadtest`]: the load harness that measures a bridge process.
 
 pub mod bridge_process;
