@@ -170,7 +170,13 @@ impl Calls {
                     drop(admission);
                     match outcome {
                         Claimed::Elsewhere(offered) => return offered,
-                        Claimed::Refused(reason) => self.refusal(reason),
+                        Claimed::Refused(reason) => {
+                            // The registry tombstoned its own refusals and released ones in
+                            // the fleet; this one it never saw. Every replica must know, so a
+                            // redelivery of the declined call is not answered anywhere.
+                            registry.tombstone(&call_id);
+                            self.refusal(reason)
+                        }
                     }
                 }
                 Ok(()) => match self.lease_port() {
@@ -227,8 +233,6 @@ impl Calls {
             AdmitResult::Refused(refusal) => refusal,
         };
         self.inner.refusals.note(&call_id, refusal.reason.as_str());
-        // Every replica must know: a redelivery of a declined call is not answered anywhere.
-        registry.tombstone(&call_id);
         let declined = self.reject_in_background(call_id);
         Offered::Refused { refusal, declined }
     }

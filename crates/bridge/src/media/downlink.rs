@@ -108,11 +108,6 @@ impl Downlink {
         self.playback.barge_in()
     }
 
-    /// AI audio queued and not yet sent, in milliseconds.
-    pub fn queued_ms(&self) -> u64 {
-        self.playback.queued_ms()
-    }
-
     /// Puts the frames due at `now` into `out` (cleared first): encoded, numbered and
     /// timestamped. A frame libopus fails to encode is not sent; its timestamp is skipped over
     /// like a late slot's, so the receiver places the next frame correctly.
@@ -297,7 +292,7 @@ mod tests {
         let mut sent = Vec::new();
         run(&mut downlink, 13, &mut sent);
         assert!(sent.iter().all(|f| f.audio));
-        assert_eq!(downlink.queued_ms(), 740);
+        assert_eq!(downlink.playback.queued_ms(), 740);
 
         let truncations = downlink.barge_in();
         assert_eq!(
@@ -308,7 +303,7 @@ mod tests {
                 audio_end_ms: 260,
             }]
         );
-        assert_eq!(downlink.queued_ms(), 0);
+        assert_eq!(downlink.playback.queued_ms(), 0);
         // The interrupted response's late deltas are dropped; the very next frame is silence.
         assert!(!downlink.push_audio("resp_1", "item_1", 0, &delta(440.0, 100)));
         let mut after = Vec::new();
