@@ -24,6 +24,26 @@ use super::StoreError;
 /// unbounded queue.
 const MAX_BATCH: usize = 64;
 
+/// Begins a batch's transaction, taking the database's write lock at once (waiting for it up to
+/// the connection's busy timeout). With a deferred `BEGIN`, a batch that read before it wrote
+/// would fail with `SQLITE_BUSY` whenever another process on the same file (a second bridge) had
+/// committed in between: SQLite cannot move a reader's snapshot forward to write. Taking the
+/// lock first runs the batches of all processes one after another, so a claim of due reminders
+/// sees every claim committed before it. Readers elsewhere are not blocked (WAL).
+///
+/// A read-only database (`query_only`, a read-only file) cannot give the write lock: its batch
+/// begins deferred, so that reads still work and writes fail on their own.
+fn begin(connection: &Connection) -> rusqlite::Result<()> {
+    match connection.execute_batch("BEGIN IMMEDIATE") {
+        Err(rusqlite::Error::SqliteFailure(error, _))
+            if error.code == rusqlite::ErrorCode::ReadOnly =>
+        {
+            connection.execute_batch("BEGIN")
+        }
+        other => other,
+    }
+}
+
 /// What a piece of work leaves after running: whether it succeeded (its savepoint is kept), and
 /// how to hand its result over once the batch's commit is known.
 struct Ran {
@@ -125,7 +145,7 @@ fn serve(
             }
         }
         // Work that cannot be guarded by a savepoint does not run: it is answered with the error.
-        let began = connection.execute_batch("BEGIN").map_err(to_error);
+        let began = begin(&connection).map_err(to_error);
         let mut ran_all = Vec::with_capacity(batch.len());
         for job in batch {
             ran_all.extend(match &began {
@@ -276,6 +296,46 @@ mod tests {
         assert!(matches!(error, StoreError::Unavailable(_)), "{error:?}");
         thread.run_blocking(insert(7, Some("after"))).unwrap();
         assert_eq!(rows(&thread), [(7, "after".to_owned())]);
+    }
+
+    #[test]
+    fn a_batch_holds_the_write_lock_from_its_start_so_no_process_commits_between_its_read_and_write()
+     {
+        let path = std::env::temp_dir().join(format!("wvb-lock-{}.sqlite3", uuid::Uuid::new_v4()));
+        let connection = Connection::open(&path).unwrap();
+        connection
+            .execute_batch(
+                "PRAGMA journal_mode = WAL;
+                 CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL)",
+            )
+            .unwrap();
+        let thread = SqliteThread::start(connection, to_error).unwrap();
+        // Another process's connection, which does not wait for the lock.
+        let other = Connection::open(&path).unwrap();
+        other.busy_timeout(std::time::Duration::ZERO).unwrap();
+        let other_committed = thread
+            .run_blocking(move |c| {
+                let count: i64 = c
+                    .query_row("SELECT count(*) FROM t", [], |row| row.get(0))
+                    .map_err(to_error)?;
+                let other_committed = other
+                    .execute("INSERT INTO t (id, v) VALUES (100, 'other')", [])
+                    .is_ok();
+                // What was read is still current: this write goes through.
+                c.execute(
+                    "INSERT INTO t (id, v) VALUES (?1, 'mine')",
+                    rusqlite::params![count + 1],
+                )
+                .map_err(to_error)?;
+                Ok(other_committed)
+            })
+            .expect("the batch's write succeeds");
+        assert!(!other_committed, "the other connection had to wait");
+        assert_eq!(rows(&thread), [(1, "mine".to_owned())]);
+        drop(thread);
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
     }
 
     #[tokio::test]
