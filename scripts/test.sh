@@ -4,9 +4,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/lint_infra.sh
-# The Supabase schema on the local PostgreSQL, in a fresh database for this run.
-DATABASE_URL="postgresql://postgres@127.0.0.1:5432/whatsapp_bridge_ci_$$" bash scripts/apply_migrations.sh --fresh
+# The Supabase schema on the local PostgreSQL, in a fresh database for this run; then replicas
+# claiming due reminders through its SQL function, on that database (dropped either way).
+ci_url="postgresql://postgres@127.0.0.1:5432/whatsapp_bridge_ci_$$"
+DATABASE_URL="$ci_url" bash scripts/apply_migrations.sh --fresh
+claims_status=0
+DATABASE_URL="$ci_url" bash scripts/test_reminder_claims.sh || claims_status=$?
 psql "postgresql://postgres@127.0.0.1:5432/postgres" -q -c "drop database if exists whatsapp_bridge_ci_$$"
+[ "$claims_status" -eq 0 ] || exit "$claims_status"
 # No import loops between the modules of the core or of the wing, tests included (docs/ARCHITECTURE.md).
 for crate in crates/bridge crates/sim; do
   python3 scripts/module_deps.py "$crate/src" --tests --check >/dev/null
