@@ -161,7 +161,8 @@ mod tests {
     use super::*;
     use crate::ids::PhoneNumber;
     use crate::store::{
-        CallLogDirection, NewTask, Reminder, ReminderStatus, StoreError, Task, TaskStatus,
+        CallLogDirection, CallerProfile, NewTask, Reminder, ReminderStatus, ReminderUpdate,
+        StoreError, Task, TaskStatus,
     };
 
     /// A store whose call-log write never finishes: the writer is stuck, turns pile up.
@@ -230,6 +231,52 @@ mod tests {
             _: usize,
         ) -> Result<Vec<TranscriptTurn>, StoreError> {
             Ok(vec![])
+        }
+        async fn claim_due_reminders(
+            &self,
+            _: &str,
+            _: chrono::DateTime<Utc>,
+            _: std::time::Duration,
+            _: usize,
+        ) -> Result<Vec<Reminder>, StoreError> {
+            Ok(vec![])
+        }
+        async fn extend_reminder_claim(
+            &self,
+            _: &str,
+            _: &str,
+            _: chrono::DateTime<Utc>,
+        ) -> Result<bool, StoreError> {
+            Ok(false)
+        }
+        async fn settle_reminder(
+            &self,
+            _: &str,
+            _: &str,
+            _: &ReminderUpdate,
+        ) -> Result<bool, StoreError> {
+            Ok(false)
+        }
+        async fn queue_callback(
+            &self,
+            _: &PhoneNumber,
+            _: &str,
+            _: chrono::DateTime<Utc>,
+        ) -> Result<Option<Reminder>, StoreError> {
+            Ok(None)
+        }
+        async fn caller_profile(&self, _: &PhoneNumber) -> Result<CallerProfile, StoreError> {
+            Ok(CallerProfile::default())
+        }
+        async fn set_caller_time_zone(&self, _: &PhoneNumber, _: &str) -> Result<(), StoreError> {
+            Ok(())
+        }
+        async fn note_caller_message(
+            &self,
+            _: &PhoneNumber,
+            _: chrono::DateTime<Utc>,
+        ) -> Result<(), StoreError> {
+            Ok(())
         }
     }
 

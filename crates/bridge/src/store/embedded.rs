@@ -10,10 +10,13 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::sqlite_thread::SqliteThread;
 use super::{
-    CallLogDirection, CallOutcome, CallRecord, NewTask, Reminder, ReminderStatus, Store,
-    StoreError, Task, TaskStatus, TranscriptTurn, enum_text, time_text,
+    CallLogDirection, CallOutcome, CallRecord, CallerProfile, NewTask, Reminder, ReminderKind,
+    ReminderStatus, ReminderUpdate, SettledColumns, Store, StoreError, Task, TaskStatus,
+    TranscriptTurn, enum_text, time_text,
 };
 use crate::ids::{CallId, PhoneNumber};
+
+mod schema;
 
 /// Prepared statements kept for reuse: more than the store has (SQLite's parser was a tenth
 /// of the store's work when each write prepared its statement again).
@@ -21,60 +24,6 @@ const STATEMENT_CACHE: usize = 32;
 
 /// The file under `DATA_DIR`.
 pub const DATABASE_FILE: &str = "bridge.sqlite3";
-
-/// `synchronous = NORMAL` is SQLite's advice for WAL: a commit no longer waits for an fsync (the
-/// WAL is synced at checkpoints), so a crash of the process loses nothing and a power cut at most
-/// the last transcript turns. With FULL, a 100-call load spent about 5 % of a core on the
-/// fsync of every turn's commit.
-const SCHEMA: &str = "
-PRAGMA journal_mode = WAL;
-PRAGMA synchronous = NORMAL;
-PRAGMA foreign_keys = ON;
-CREATE TABLE IF NOT EXISTS tasks (
-    id TEXT PRIMARY KEY,
-    phone_number TEXT NOT NULL,
-    title TEXT NOT NULL,
-    notes TEXT,
-    status TEXT NOT NULL DEFAULT 'open' CHECK (status IN ('open', 'done')),
-    due_at TEXT,
-    created_at TEXT NOT NULL,
-    completed_at TEXT
-);
-CREATE INDEX IF NOT EXISTS tasks_by_phone ON tasks (phone_number, status, created_at);
-CREATE TABLE IF NOT EXISTS reminders (
-    id TEXT PRIMARY KEY,
-    phone_number TEXT NOT NULL,
-    text TEXT NOT NULL,
-    remind_at TEXT NOT NULL,
-    status TEXT NOT NULL DEFAULT 'pending'
-        CHECK (status IN ('pending', 'calling', 'delivered', 'failed', 'cancelled')),
-    attempts INTEGER NOT NULL DEFAULT 0,
-    last_attempt_at TEXT,
-    created_at TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS reminders_by_phone ON reminders (phone_number, remind_at);
-CREATE INDEX IF NOT EXISTS reminders_due ON reminders (remind_at) WHERE status = 'pending';
-CREATE TABLE IF NOT EXISTS calls (
-    id TEXT PRIMARY KEY,
-    phone_number TEXT,
-    direction TEXT NOT NULL CHECK (direction IN ('inbound', 'outbound')),
-    started_at TEXT NOT NULL,
-    answered_at TEXT,
-    ended_at TEXT,
-    duration_seconds INTEGER,
-    end_reason TEXT,
-    reminder_id TEXT REFERENCES reminders (id) ON DELETE SET NULL
-);
-CREATE INDEX IF NOT EXISTS calls_by_phone ON calls (phone_number, started_at);
-CREATE TABLE IF NOT EXISTS transcript_turns (
-    call_id TEXT NOT NULL REFERENCES calls (id) ON DELETE CASCADE,
-    seq INTEGER NOT NULL,
-    role TEXT NOT NULL CHECK (role IN ('user', 'assistant')),
-    text TEXT NOT NULL,
-    at TEXT NOT NULL,
-    PRIMARY KEY (call_id, seq)
-);
-";
 
 /// The embedded store; cheap to clone.
 #[derive(Clone)]
@@ -141,6 +90,12 @@ fn task_from_row(row: &Row<'_>) -> rusqlite::Result<Task> {
     })
 }
 
+fn parse_json<T: serde::de::DeserializeOwned>(text: &str) -> rusqlite::Result<T> {
+    serde_json::from_str(text).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
 fn reminder_from_row(row: &Row<'_>) -> rusqlite::Result<Reminder> {
     Ok(Reminder {
         id: row.get("id")?,
@@ -151,7 +106,54 @@ fn reminder_from_row(row: &Row<'_>) -> rusqlite::Result<Reminder> {
         attempts: row.get("attempts")?,
         last_attempt_at: parse_opt_time(row.get("last_attempt_at")?)?,
         created_at: parse_time(&row.get::<_, String>("created_at")?)?,
+        kind: parse_enum(&row.get::<_, String>("kind")?)?,
+        next_attempt_at: parse_opt_time(row.get("next_attempt_at")?)?,
+        delivered_via: row
+            .get::<_, Option<String>>("delivered_via")?
+            .as_deref()
+            .map(parse_enum)
+            .transpose()?,
+        failure_reason: row.get("failure_reason")?,
+        attempt_log: parse_json(&row.get::<_, String>("attempt_log")?)?,
+        claimed_by: row.get("claimed_by")?,
+        claim_expires_at: parse_opt_time(row.get("claim_expires_at")?)?,
     })
+}
+
+/// A reminder as [`EmbeddedStore::insert_reminder`] writes it: pending, never attempted.
+fn new_reminder(
+    phone: &PhoneNumber,
+    text: &str,
+    remind_at: DateTime<Utc>,
+    kind: ReminderKind,
+) -> Reminder {
+    Reminder {
+        id: uuid::Uuid::new_v4().to_string(),
+        phone_number: phone.clone(),
+        text: text.to_owned(),
+        remind_at,
+        status: ReminderStatus::Pending,
+        attempts: 0,
+        last_attempt_at: None,
+        created_at: Utc::now(),
+        kind,
+        next_attempt_at: None,
+        delivered_via: None,
+        failure_reason: None,
+        attempt_log: Vec::new(),
+        claimed_by: None,
+        claim_expires_at: None,
+    }
+}
+
+/// The end of a lease taken at `now`. A lease is at most `i32::MAX` seconds (68 years), as in
+/// the Supabase store, so that its end keeps the four-digit year that sorts right as text.
+fn lease_end(now: DateTime<Utc>, lease: std::time::Duration) -> DateTime<Utc> {
+    let lease = chrono::Duration::from_std(lease)
+        .unwrap_or(chrono::Duration::MAX)
+        .min(chrono::Duration::seconds(i32::MAX.into()));
+    now.checked_add_signed(lease)
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 fn turn_from_row(row: &Row<'_>) -> rusqlite::Result<TranscriptTurn> {
@@ -186,13 +188,14 @@ fn is_uuid(id: &str) -> bool {
 }
 
 impl EmbeddedStore {
-    /// Opens (creating it if needed) `<data_dir>/bridge.sqlite3` and applies the schema.
+    /// Opens (creating it if needed) `<data_dir>/bridge.sqlite3` and brings its schema up to
+    /// date. Several stores, in one process or several, may open the same directory.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(data_dir).map_err(|err| {
             StoreError::Unavailable(format!("cannot create {}: {err}", data_dir.display()))
         })?;
-        let connection = Connection::open(data_dir.join(DATABASE_FILE)).map_err(sql_error)?;
-        connection.execute_batch(SCHEMA).map_err(sql_error)?;
+        let mut connection = Connection::open(data_dir.join(DATABASE_FILE)).map_err(sql_error)?;
+        schema::prepare(&mut connection).map_err(sql_error)?;
         connection.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         Ok(Self {
             connection: SqliteThread::start(connection, sql_error)?,
@@ -216,6 +219,27 @@ impl EmbeddedStore {
         self.connection
             .run(move |c| work(c).map_err(sql_error))
             .await
+    }
+
+    /// Writes a new reminder row; false (nothing written) when a unique index refuses it (a
+    /// caller's second open callback).
+    async fn insert_reminder(&self, row: Reminder) -> Result<bool, StoreError> {
+        self.with(move |c| {
+            c.prepare_cached(
+                "INSERT INTO reminders (id, phone_number, text, remind_at, status, kind, created_at)
+                 VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6) ON CONFLICT DO NOTHING",
+            )?
+            .execute(params![
+                row.id,
+                row.phone_number.as_str(),
+                row.text,
+                time_text(row.remind_at),
+                enum_text(&row.kind),
+                time_text(row.created_at)
+            ])
+            .map(|inserted| inserted == 1)
+        })
+        .await
     }
 }
 
@@ -305,31 +329,12 @@ impl Store for EmbeddedStore {
         text: &str,
         remind_at: DateTime<Utc>,
     ) -> Result<Reminder, StoreError> {
-        let reminder = Reminder {
-            id: uuid::Uuid::new_v4().to_string(),
-            phone_number: phone.clone(),
-            text: text.to_owned(),
-            remind_at,
-            status: ReminderStatus::Pending,
-            attempts: 0,
-            last_attempt_at: None,
-            created_at: Utc::now(),
-        };
-        let row = reminder.clone();
-        self.with(move |c| {
-            c.prepare_cached(
-                "INSERT INTO reminders (id, phone_number, text, remind_at, status, created_at)
-                 VALUES (?1, ?2, ?3, ?4, 'pending', ?5)",
-            )?
-            .execute(params![
-                row.id,
-                row.phone_number.as_str(),
-                row.text,
-                time_text(row.remind_at),
-                time_text(row.created_at)
-            ])
-        })
-        .await?;
+        let reminder = new_reminder(phone, text, remind_at, ReminderKind::Reminder);
+        if !self.insert_reminder(reminder.clone()).await? {
+            return Err(StoreError::Conflict(
+                "the reminder's id is taken".to_owned(),
+            ));
+        }
         Ok(reminder)
     }
 
@@ -342,8 +347,8 @@ impl Store for EmbeddedStore {
         let status = status.map(|s| enum_text(&s));
         self.with(move |c| {
             let mut statement = c.prepare_cached(
-                "SELECT * FROM reminders WHERE phone_number = ?1 AND (?2 IS NULL OR status = ?2)
-                 ORDER BY remind_at ASC, rowid ASC",
+                "SELECT * FROM reminders WHERE phone_number = ?1 AND kind = 'reminder'
+                 AND (?2 IS NULL OR status = ?2) ORDER BY remind_at ASC, rowid ASC",
             )?;
             statement
                 .query_map(params![phone, status], reminder_from_row)?
@@ -364,8 +369,8 @@ impl Store for EmbeddedStore {
         self.with(move |c| {
             let changed = c
                 .prepare_cached(
-                    "UPDATE reminders SET status = 'cancelled'
-                 WHERE id = ?1 AND phone_number = ?2 AND status = 'pending'",
+                    "UPDATE reminders SET status = 'cancelled' WHERE id = ?1
+                 AND phone_number = ?2 AND kind = 'reminder' AND status = 'pending'",
                 )?
                 .execute(params![id, phone])?;
             if changed == 0 {
@@ -483,7 +488,173 @@ impl Store for EmbeddedStore {
         })
         .await
     }
+
+    async fn claim_due_reminders(
+        &self,
+        owner: &str,
+        now: DateTime<Utc>,
+        lease: std::time::Duration,
+        limit: usize,
+    ) -> Result<Vec<Reminder>, StoreError> {
+        let owner = owner.to_owned();
+        let (now, until) = (time_text(now), time_text(lease_end(now, lease)));
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        // One statement in the store thread's transaction, which holds the write lock from its
+        // start (`BEGIN IMMEDIATE`): another process's claim waits for this one to commit.
+        let mut claimed = self
+            .with(move |c| {
+                let mut statement = c.prepare_cached(
+                    "UPDATE reminders SET status = 'calling', claimed_by = ?1, claim_expires_at = ?2
+                     WHERE id IN (
+                         SELECT id FROM reminders
+                         WHERE (status = 'pending' AND coalesce(next_attempt_at, remind_at) <= ?3)
+                            OR (status = 'calling'
+                                AND (claim_expires_at IS NULL OR claim_expires_at <= ?3))
+                         ORDER BY coalesce(next_attempt_at, remind_at), rowid
+                         LIMIT ?4)
+                     RETURNING *",
+                )?;
+                statement
+                    .query_map(params![owner, until, now, limit], reminder_from_row)?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .await?;
+        // RETURNING gives the rows in no particular order.
+        claimed.sort_by_key(|reminder| (reminder.due_at(), reminder.created_at));
+        Ok(claimed)
+    }
+
+    async fn extend_reminder_claim(
+        &self,
+        id: &str,
+        owner: &str,
+        until: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        if !is_uuid(id) {
+            return Ok(false);
+        }
+        let (id, owner) = (id.to_owned(), owner.to_owned());
+        self.with(move |c| {
+            c.prepare_cached(
+                "UPDATE reminders SET claim_expires_at = ?3
+                 WHERE id = ?1 AND claimed_by = ?2 AND status = 'calling'",
+            )?
+            .execute(params![id, owner, time_text(until)])
+            .map(|changed| changed == 1)
+        })
+        .await
+    }
+
+    async fn settle_reminder(
+        &self,
+        id: &str,
+        owner: &str,
+        update: &ReminderUpdate,
+    ) -> Result<bool, StoreError> {
+        if !is_uuid(id) {
+            return Ok(false);
+        }
+        let (id, owner) = (id.to_owned(), owner.to_owned());
+        let settled = SettledColumns::of(&update.settlement);
+        let attempt_log = serde_json::to_string(&update.attempt_log)
+            .map_err(|err| StoreError::InvalidResponse(err.to_string()))?;
+        let (attempts, last_attempt_at) = (update.attempts, update.last_attempt_at);
+        self.with(move |c| {
+            c.prepare_cached(
+                "UPDATE reminders SET status = ?3, next_attempt_at = ?4, delivered_via = ?5,
+                 failure_reason = ?6, attempts = ?7, attempt_log = ?8, last_attempt_at = ?9,
+                 claimed_by = NULL, claim_expires_at = NULL
+                 WHERE id = ?1 AND claimed_by = ?2 AND status = 'calling'",
+            )?
+            .execute(params![
+                id,
+                owner,
+                enum_text(&settled.status),
+                settled.next_attempt_at.map(time_text),
+                settled.delivered_via.as_ref().map(enum_text),
+                settled.failure_reason,
+                attempts,
+                attempt_log,
+                last_attempt_at.map(time_text)
+            ])
+            .map(|changed| changed == 1)
+        })
+        .await
+    }
+
+    async fn queue_callback(
+        &self,
+        phone: &PhoneNumber,
+        purpose: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Reminder>, StoreError> {
+        let callback = new_reminder(phone, purpose, now, ReminderKind::Callback);
+        // The unique index on open callbacks decides, whichever process queues first.
+        let queued = self.insert_reminder(callback.clone()).await?;
+        Ok(queued.then_some(callback))
+    }
+
+    async fn caller_profile(&self, phone: &PhoneNumber) -> Result<CallerProfile, StoreError> {
+        let phone = phone.as_str().to_owned();
+        self.with(move |c| {
+            c.prepare_cached(
+                "SELECT time_zone, last_message_at FROM callers WHERE phone_number = ?1",
+            )?
+            .query_row(params![phone], |row| {
+                Ok(CallerProfile {
+                    time_zone: row.get("time_zone")?,
+                    last_message_at: parse_opt_time(row.get("last_message_at")?)?,
+                })
+            })
+            .optional()
+            .map(Option::unwrap_or_default)
+        })
+        .await
+    }
+
+    async fn set_caller_time_zone(
+        &self,
+        phone: &PhoneNumber,
+        zone: &str,
+    ) -> Result<(), StoreError> {
+        let (phone, zone) = (phone.as_str().to_owned(), zone.to_owned());
+        self.with(move |c| {
+            c.prepare_cached(
+                "INSERT INTO callers (phone_number, time_zone, updated_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (phone_number) DO UPDATE
+                 SET time_zone = excluded.time_zone, updated_at = excluded.updated_at",
+            )?
+            .execute(params![phone, zone, time_text(Utc::now())])
+            .map(|_| ())
+        })
+        .await
+    }
+
+    async fn note_caller_message(
+        &self,
+        phone: &PhoneNumber,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let phone = phone.as_str().to_owned();
+        self.with(move |c| {
+            // Webhooks may arrive out of order: a message older than the stored one changes
+            // nothing (the times are all written by `time_text`, so they compare as text).
+            c.prepare_cached(
+                "INSERT INTO callers (phone_number, last_message_at, updated_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (phone_number) DO UPDATE SET
+                 last_message_at = max(coalesce(last_message_at, excluded.last_message_at),
+                                       excluded.last_message_at),
+                 updated_at = excluded.updated_at",
+            )?
+            .execute(params![phone, time_text(at), time_text(Utc::now())])
+            .map(|_| ())
+        })
+        .await
+    }
 }
+
+#[cfg(test)]
+mod delivery_tests;
 
 #[cfg(test)]
 mod tests {

@@ -1,10 +1,15 @@
-//! The caller's data: tasks, reminders, the call log and transcripts, behind one [`Store`] trait
-//! with two implementations: [`supabase::SupabaseStore`] over PostgREST (production) and
-//! [`embedded::EmbeddedStore`], a SQLite database on disk (the default when Supabase is not
-//! configured).
+//! The caller's data: tasks, reminders, the call log and transcripts, caller profiles, behind one
+//! [`Store`] trait with two implementations: [`supabase::SupabaseStore`] over PostgREST
+//! (production) and [`embedded::EmbeddedStore`], a SQLite database on disk (the default when
+//! Supabase is not configured).
 //!
 //! Every operation on tasks and reminders takes the caller's phone number, which comes from the
 //! call, never from the AI: an id belonging to another number is "not found".
+//!
+//! Reminders (and callbacks) are delivered by replicas sharing the store: a replica claims due
+//! rows for a lease ([`Store::claim_due_reminders`]), extends the lease while it delivers, and
+//! settles each row it still holds. Every write after the claim is filtered on the claim, so a
+//! replica that lost it (its lease expired and another took the row) changes nothing.
 
 pub mod embedded;
 mod sqlite_thread;
@@ -52,6 +57,39 @@ pub enum ReminderStatus {
     Cancelled,
 }
 
+/// What a reminder row is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ReminderKind {
+    /// One the caller asked for: theirs to list and cancel.
+    #[default]
+    Reminder,
+    /// The business calls back a caller it refused at capacity; not one of the caller's reminders.
+    Callback,
+}
+
+/// How a reminder reached the caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryChannel {
+    Call,
+    Message,
+}
+
+/// One delivery attempt, as recorded on the reminder (listed by the `list_reminders` tool).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReminderAttempt {
+    pub at: DateTime<Utc>,
+    /// "call", "message" or "permission_request".
+    pub channel: String,
+    /// e.g. "delivered", "not_answered", "rejected", "busy", "hung_up", "no_permission", "sent", "failed".
+    pub outcome: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reminder {
     /// A UUID, as text.
@@ -60,9 +98,96 @@ pub struct Reminder {
     pub text: String,
     pub remind_at: DateTime<Utc>,
     pub status: ReminderStatus,
+    /// The number of call attempts so far.
     pub attempts: u32,
+    /// The last attempt of any channel.
     pub last_attempt_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
+    pub kind: ReminderKind,
+    /// A retry is not due before this (None: due at remind_at).
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub delivered_via: Option<DeliveryChannel>,
+    pub failure_reason: Option<String>,
+    pub attempt_log: Vec<ReminderAttempt>,
+    /// The replica holding the claim while status is `calling`.
+    pub claimed_by: Option<String>,
+    pub claim_expires_at: Option<DateTime<Utc>>,
+}
+
+impl Reminder {
+    /// When the reminder is (next) due: its retry time, or else its time.
+    pub fn due_at(&self) -> DateTime<Utc> {
+        self.next_attempt_at.unwrap_or(self.remind_at)
+    }
+}
+
+/// How a delivery round ended, for [`Store::settle_reminder`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReminderSettlement {
+    /// Back to `pending`, due again at this time.
+    Retry {
+        next_attempt_at: DateTime<Utc>,
+    },
+    Delivered(DeliveryChannel),
+    Failed {
+        reason: String,
+    },
+}
+
+/// What the claimant writes when it settles a reminder.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReminderUpdate {
+    pub settlement: ReminderSettlement,
+    /// The new call-attempt count.
+    pub attempts: u32,
+    /// The whole attempt log (the claimant holds the row, so it replaces the stored one).
+    pub attempt_log: Vec<ReminderAttempt>,
+    pub last_attempt_at: Option<DateTime<Utc>>,
+}
+
+/// The columns a settlement writes, the same in both stores. The claim is cleared whatever the
+/// settlement: a settled reminder is nobody's.
+pub(crate) struct SettledColumns {
+    pub status: ReminderStatus,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub delivered_via: Option<DeliveryChannel>,
+    pub failure_reason: Option<String>,
+}
+
+impl SettledColumns {
+    pub fn of(settlement: &ReminderSettlement) -> Self {
+        let none = Self {
+            status: ReminderStatus::Pending,
+            next_attempt_at: None,
+            delivered_via: None,
+            failure_reason: None,
+        };
+        match settlement {
+            ReminderSettlement::Retry { next_attempt_at } => Self {
+                next_attempt_at: Some(*next_attempt_at),
+                ..none
+            },
+            ReminderSettlement::Delivered(channel) => Self {
+                status: ReminderStatus::Delivered,
+                delivered_via: Some(*channel),
+                ..none
+            },
+            ReminderSettlement::Failed { reason } => Self {
+                status: ReminderStatus::Failed,
+                failure_reason: Some(reason.clone()),
+                ..none
+            },
+        }
+    }
+}
+
+/// What the bridge keeps about a caller besides their tasks and reminders.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallerProfile {
+    /// An IANA zone name the caller stated (e.g. "Europe/London"); None: derive from the number.
+    pub time_zone: Option<String>,
+    /// The caller's last inbound WhatsApp message (opens the 24-hour customer-service window).
+    pub last_message_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -178,14 +303,15 @@ pub trait Store: Send + Sync + 'static {
         text: &str,
         remind_at: DateTime<Utc>,
     ) -> Result<Reminder, StoreError>;
-    /// The caller's reminders, soonest first; all when `status` is `None`.
+    /// The caller's reminders (kind `reminder`: callbacks are not theirs), soonest first; all
+    /// when `status` is `None`.
     async fn list_reminders(
         &self,
         phone: &PhoneNumber,
         status: Option<ReminderStatus>,
     ) -> Result<Vec<Reminder>, StoreError>;
-    /// Cancels the caller's pending reminder; `None` when no pending reminder with that id
-    /// belongs to this caller.
+    /// Cancels the caller's pending reminder (kind `reminder`); `None` when no pending reminder
+    /// with that id belongs to this caller.
     async fn cancel_reminder(
         &self,
         phone: &PhoneNumber,
@@ -207,6 +333,54 @@ pub trait Store: Send + Sync + 'static {
         since: DateTime<Utc>,
         limit: usize,
     ) -> Result<Vec<TranscriptTurn>, StoreError>;
+    /// Claims up to `limit` reminders due at `now` for `owner` until `now + lease`: pending ones
+    /// whose `coalesce(next_attempt_at, remind_at) <= now`, and `calling` ones whose claim
+    /// expired (a replica died mid-delivery), soonest first. Each claimed row becomes `calling`
+    /// with `claimed_by = owner`. Atomic: two replicas never claim the same row at once.
+    /// (Supabase: the database clock decides; `now` is ignored there, and the lease is counted
+    /// in whole seconds, rounded up.)
+    async fn claim_due_reminders(
+        &self,
+        owner: &str,
+        now: DateTime<Utc>,
+        lease: std::time::Duration,
+        limit: usize,
+    ) -> Result<Vec<Reminder>, StoreError>;
+    /// Extends a claim this owner still holds; false when it lost it (expired and re-claimed,
+    /// or settled).
+    async fn extend_reminder_claim(
+        &self,
+        id: &str,
+        owner: &str,
+        until: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+    /// Settles a reminder this owner holds (status `calling`, claimed_by = owner): retry (back
+    /// to `pending`, claim cleared), delivered or failed (final). False, changing nothing, when
+    /// the owner no longer holds it.
+    async fn settle_reminder(
+        &self,
+        id: &str,
+        owner: &str,
+        update: &ReminderUpdate,
+    ) -> Result<bool, StoreError>;
+    /// Queues a callback (a `Callback`-kind reminder due at `now`, `text` = purpose) unless the
+    /// caller already has one pending or calling: `None` then.
+    async fn queue_callback(
+        &self,
+        phone: &PhoneNumber,
+        purpose: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Reminder>, StoreError>;
+    /// The caller's profile (default when none stored).
+    async fn caller_profile(&self, phone: &PhoneNumber) -> Result<CallerProfile, StoreError>;
+    async fn set_caller_time_zone(&self, phone: &PhoneNumber, zone: &str)
+    -> Result<(), StoreError>;
+    /// Records an inbound message from the caller at `at` (keeps the latest).
+    async fn note_caller_message(
+        &self,
+        phone: &PhoneNumber,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
 }
 
 /// Timestamps as both stores write them: RFC 3339, UTC, microseconds (PostgreSQL's precision;

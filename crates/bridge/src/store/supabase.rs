@@ -11,8 +11,9 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::{
-    CallOutcome, CallRecord, NewTask, Reminder, ReminderStatus, Store, StoreError, Task,
-    TaskStatus, TranscriptTurn, enum_text, time_text,
+    CallOutcome, CallRecord, CallerProfile, NewTask, Reminder, ReminderKind, ReminderStatus,
+    ReminderUpdate, SettledColumns, Store, StoreError, Task, TaskStatus, TranscriptTurn, enum_text,
+    time_text,
 };
 use crate::ids::{CallId, PhoneNumber};
 
@@ -42,6 +43,15 @@ impl std::fmt::Debug for SupabaseStore {
 
 fn is_uuid(id: &str) -> bool {
     uuid::Uuid::parse_str(id).is_ok()
+}
+
+/// The SQL function that claims due reminders (`0003_reminder_delivery.sql`).
+const CLAIM_FUNCTION: &str = "claim_due_reminders";
+
+/// A lease in the whole seconds the SQL function takes, rounded up (a lease is never shortened).
+fn lease_seconds(lease: Duration) -> i32 {
+    let seconds = lease.as_secs() + u64::from(lease.subsec_nanos() > 0);
+    i32::try_from(seconds).unwrap_or(i32::MAX)
 }
 
 /// PostgREST's error body.
@@ -106,6 +116,47 @@ impl SupabaseStore {
     ) -> Result<Vec<T>, StoreError> {
         let body = self.send(builder).await?;
         serde_json::from_str(&body).map_err(|err| StoreError::InvalidResponse(err.to_string()))
+    }
+
+    /// Runs a PATCH of one reminder filtered on its claim: whether it applied (one row back).
+    async fn update_claimed(
+        &self,
+        id: &str,
+        owner: &str,
+        changes: Value,
+    ) -> Result<bool, StoreError> {
+        if !is_uuid(id) {
+            return Ok(false);
+        }
+        let rows: Vec<Reminder> = self
+            .rows(
+                self.client
+                    .from("reminders")
+                    .eq("id", id)
+                    .eq("claimed_by", owner)
+                    .eq("status", enum_text(&ReminderStatus::Calling))
+                    .update(changes.to_string()),
+            )
+            .await?;
+        Ok(rows.len() == 1)
+    }
+
+    /// Inserts or merges the caller's row (`callers`, keyed on the number): only the columns
+    /// in `columns` are written; the database keeps the latest `last_message_at` (a trigger).
+    async fn upsert_caller(
+        &self,
+        phone: &PhoneNumber,
+        mut columns: Value,
+    ) -> Result<(), StoreError> {
+        columns["phone_number"] = json!(phone.as_str());
+        self.send(
+            self.client
+                .from("callers")
+                .upsert(columns.to_string())
+                .on_conflict("phone_number"),
+        )
+        .await
+        .map(|_| ())
     }
 
     async fn one<T: DeserializeOwned>(&self, builder: postgrest::Builder) -> Result<T, StoreError> {
@@ -177,6 +228,7 @@ impl Store for SupabaseStore {
             "phone_number": phone.as_str(),
             "text": text,
             "remind_at": time_text(remind_at),
+            "kind": enum_text(&ReminderKind::Reminder),
         });
         self.one(self.client.from("reminders").insert(body.to_string()))
             .await
@@ -191,7 +243,8 @@ impl Store for SupabaseStore {
             .client
             .from("reminders")
             .select("*")
-            .eq("phone_number", phone.as_str());
+            .eq("phone_number", phone.as_str())
+            .eq("kind", enum_text(&ReminderKind::Reminder));
         if let Some(status) = status {
             query = query.eq("status", enum_text(&status));
         }
@@ -212,6 +265,7 @@ impl Store for SupabaseStore {
                     .from("reminders")
                     .eq("id", id)
                     .eq("phone_number", phone.as_str())
+                    .eq("kind", enum_text(&ReminderKind::Reminder))
                     .eq("status", "pending")
                     .update(json!({ "status": "cancelled" }).to_string()),
             )
@@ -322,5 +376,107 @@ impl Store for SupabaseStore {
             .await?;
         turns.reverse();
         Ok(turns)
+    }
+
+    async fn claim_due_reminders(
+        &self,
+        owner: &str,
+        _now: DateTime<Utc>,
+        lease: Duration,
+        limit: usize,
+    ) -> Result<Vec<Reminder>, StoreError> {
+        // The function claims under row locks (`for update skip locked`) on the database's
+        // clock, so replicas with skewed clocks still never claim one row twice.
+        let args = json!({
+            "p_owner": owner,
+            "p_lease_seconds": lease_seconds(lease),
+            "p_limit": i32::try_from(limit).unwrap_or(i32::MAX),
+        });
+        self.rows(self.client.rpc(CLAIM_FUNCTION, args.to_string()))
+            .await
+    }
+
+    async fn extend_reminder_claim(
+        &self,
+        id: &str,
+        owner: &str,
+        until: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        self.update_claimed(id, owner, json!({ "claim_expires_at": time_text(until) }))
+            .await
+    }
+
+    async fn settle_reminder(
+        &self,
+        id: &str,
+        owner: &str,
+        update: &ReminderUpdate,
+    ) -> Result<bool, StoreError> {
+        let settled = SettledColumns::of(&update.settlement);
+        let changes = json!({
+            "status": enum_text(&settled.status),
+            "next_attempt_at": settled.next_attempt_at.map(time_text),
+            "delivered_via": settled.delivered_via.as_ref().map(enum_text),
+            "failure_reason": settled.failure_reason,
+            "attempts": update.attempts,
+            "attempt_log": update.attempt_log,
+            "last_attempt_at": update.last_attempt_at.map(time_text),
+            "claimed_by": null,
+            "claim_expires_at": null,
+        });
+        self.update_claimed(id, owner, changes).await
+    }
+
+    async fn queue_callback(
+        &self,
+        phone: &PhoneNumber,
+        purpose: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Reminder>, StoreError> {
+        let body = json!({
+            "phone_number": phone.as_str(),
+            "text": purpose,
+            "remind_at": time_text(now),
+            "kind": enum_text(&ReminderKind::Callback),
+        });
+        match self
+            .one(self.client.from("reminders").insert(body.to_string()))
+            .await
+        {
+            Ok(callback) => Ok(Some(callback)),
+            // The unique index on open callbacks: the caller already has one.
+            Err(StoreError::Conflict(_)) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    async fn caller_profile(&self, phone: &PhoneNumber) -> Result<CallerProfile, StoreError> {
+        let rows: Vec<CallerProfile> = self
+            .rows(
+                self.client
+                    .from("callers")
+                    .select("time_zone,last_message_at")
+                    .eq("phone_number", phone.as_str()),
+            )
+            .await?;
+        Ok(rows.into_iter().next().unwrap_or_default())
+    }
+
+    async fn set_caller_time_zone(
+        &self,
+        phone: &PhoneNumber,
+        zone: &str,
+    ) -> Result<(), StoreError> {
+        self.upsert_caller(phone, json!({ "time_zone": zone }))
+            .await
+    }
+
+    async fn note_caller_message(
+        &self,
+        phone: &PhoneNumber,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.upsert_caller(phone, json!({ "last_message_at": time_text(at) }))
+            .await
     }
 }
