@@ -1,75 +1,48 @@
-//! A strict double of Meta's Graph API `/calls` endpoint (spec §5, §8.2, §8.6, §11).
+//! A strict double of Meta's Graph API for one business number (spec §5, §8.2, §8.6, §9, §10,
+//! §11): the `/calls` actions, `/messages` and `/call_permissions`.
 //!
 //! It refuses what Meta refuses (wrong token or path, undocumented fields, SDP that breaks
 //! Meta's rules, an `accept` whose SDP differs from its `pre_accept`) with Meta's error shape,
 //! records every request with the instants it was received and answered, and can be scripted to
 //! fail or to answer slowly. A double more forgiving than Meta would hide bugs, so when in doubt
 //! it refuses.
+//!
+//! For business-initiated calls it keeps Meta's state per user (`users`): the call permission,
+//! the connected calls of the last 24 h, unanswered calls in a row, permission requests and the
+//! customer-service window, and enforces it on `connect` and on messages. What only the user's
+//! phone knows (picked up, declined, wrote a message) is reported to it by the callee
+//! (`note_call_answered`, `note_call_unanswered`, `note_user_message`, …). Its clock is the
+//! wall clock, and can be moved ahead ([`GraphDouble::advance_clock`]) to reach expiries.
 
-use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, Uri, header};
-use axum::response::{IntoResponse, Response};
 use axum::routing::any;
+use chrono::{DateTime, TimeDelta, Utc};
 use parking_lot::Mutex;
-use serde_json::Value;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use bridge::ids::CallId;
+use bridge::ids::{CallId, PhoneNumber};
+use bridge::whatsapp::permissions::PermissionStatus;
 
-use self::meta_error::MetaError;
+use self::state::{DoubleState, Inner};
+
+pub use self::records::{RecordedAction, RecordedMessage, RecordedPermissionRead};
+pub use self::state::GraphDoubleConfig;
+pub use self::users::UserState;
 
 mod calls;
+mod messages;
 mod meta_error;
+mod permissions;
+mod records;
+mod state;
 #[cfg(test)]
 mod tests;
-
-/// What the double accepts as a valid request target and caller.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GraphDoubleConfig {
-    /// The only bearer token accepted.
-    pub access_token: String,
-    /// The only Graph version path segment served.
-    pub version: String,
-    /// The only business phone number id served.
-    pub phone_number_id: String,
-}
-
-impl Default for GraphDoubleConfig {
-    fn default() -> Self {
-        Self {
-            access_token: "test-token".to_owned(),
-            version: "v23.0".to_owned(),
-            phone_number_id: "106540352242922".to_owned(),
-        }
-    }
-}
-
-/// One request to the double, as answered.
-#[derive(Debug, Clone)]
-pub struct RecordedAction {
-    /// The body's `action`, or `""` when the body had none.
-    pub action: String,
-    /// The body's `call_id`; for a successful `connect`, the id the double assigned.
-    pub call_id: Option<CallId>,
-    /// The request body (`Null` when it was not JSON).
-    pub body: Value,
-    /// `session.sdp`, when present.
-    pub sdp: Option<String>,
-    /// HTTP status of the answer.
-    pub status: u16,
-    pub received_at: Instant,
-    /// Taken right before the handler returned the response: nothing the client does in reaction
-    /// to the answer can happen before this instant.
-    pub responded_at: Instant,
-}
+mod users;
 
 /// Handle to a running double. Clones share it; the server stops when the last handle is dropped
 /// or on [`GraphDouble::shutdown`].
@@ -93,32 +66,9 @@ impl Drop for Handle {
     }
 }
 
-/// Capacity of the action broadcast: a subscriber that falls this far behind sees `Lagged`.
+/// Capacity of the action and message broadcasts: a subscriber that falls this far behind sees
+/// `Lagged` (and the waits below then look in the record).
 const ACTION_CHANNEL_CAPACITY: usize = 1024;
-/// Meta's limit on `biz_opaque_callback_data` (§10).
-const MAX_CALLBACK_DATA_CHARS: usize = 512;
-
-struct DoubleState {
-    config: GraphDoubleConfig,
-    inner: Mutex<Inner>,
-    actions_tx: broadcast::Sender<RecordedAction>,
-}
-
-#[derive(Default)]
-struct Inner {
-    actions: Vec<RecordedAction>,
-    /// Offers Meta sent for calls (registered by whoever sent the connect webhook).
-    offers: HashMap<CallId, String>,
-    /// The SDP of each call's successful `pre_accept`, which `accept` must repeat exactly.
-    pre_accepted: HashMap<CallId, String>,
-    /// Scripted failures per action: (HTTP status, Meta code), consumed front first.
-    failures: HashMap<String, VecDeque<(u16, i64)>>,
-    delays: HashMap<String, Duration>,
-    /// Counter for `wacid.SIM<n>` ids of business-initiated calls.
-    calls_placed: u64,
-    /// Counter for `fbtrace_id`s.
-    requests: u64,
-}
 
 impl GraphDouble {
     /// Starts the double on `127.0.0.1` with an ephemeral port.
@@ -134,14 +84,24 @@ impl GraphDouble {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let (actions_tx, _) = broadcast::channel(ACTION_CHANNEL_CAPACITY);
+        let (messages_tx, _) = broadcast::channel(ACTION_CHANNEL_CAPACITY);
         let state = Arc::new(DoubleState {
+            inner: Mutex::new(Inner::new(&config)),
             config,
-            inner: Mutex::new(Inner::default()),
             actions_tx,
+            messages_tx,
         });
         let router = Router::new()
             .route("/{version}/{phone_number_id}/calls", any(calls::calls))
-            .fallback(unknown_path)
+            .route(
+                "/{version}/{phone_number_id}/messages",
+                any(messages::messages),
+            )
+            .route(
+                "/{version}/{phone_number_id}/call_permissions",
+                any(permissions::call_permissions),
+            )
+            .fallback(calls::unknown_path)
             .with_state(state.clone());
         let stop = CancellationToken::new();
         let stopped = CancellationToken::new();
@@ -204,31 +164,25 @@ impl GraphDouble {
         let matches =
             |a: &RecordedAction| a.action == action && a.call_id.as_ref() == Some(call_id);
         // Subscribe before looking at the record, so nothing answered in between is missed.
-        let mut rx = self.subscribe();
-        let find = || self.actions().into_iter().find(|a| matches(a));
-        if let Some(found) = find() {
-            return Some(found);
-        }
-        tokio::time::timeout(timeout, async {
-            loop {
-                match rx.recv().await {
-                    Ok(recorded) if matches(&recorded) => return Some(recorded),
-                    Ok(_) => {}
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        if let Some(found) = find() {
-                            return Some(found);
-                        }
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return None,
-                }
-            }
-        })
-        .await
-        .ok()
-        .flatten()
+        let rx = self.subscribe();
+        wait_recorded(rx, || self.actions(), matches, timeout).await
+    }
+
+    /// Meta's clock now: the wall clock, plus whatever [`GraphDouble::advance_clock`] added.
+    pub fn now(&self) -> DateTime<Utc> {
+        self.handle.state.inner.lock().now()
+    }
+
+    /// Moves Meta's clock ahead (permission expiry, the 24-hour window and the rolling limits
+    /// are read against it), so tests reach tomorrow without waiting for it.
+    pub fn advance_clock(&self, by: Duration) {
+        let by = TimeDelta::from_std(by).expect("a test advances the clock by a sane duration");
+        self.handle.state.inner.lock().clock_offset += by;
     }
 
     /// Scripted failures: the next `times` requests of `action` get HTTP `status` with a Meta error body carrying `code`.
+    ///
+    /// `action` is a call action's name, `"messages"` or `"call_permissions"`.
     pub fn fail_next(&self, action: &str, times: usize, status: u16, code: i64) {
         self.handle
             .state
@@ -240,7 +194,8 @@ impl GraphDouble {
             .extend(std::iter::repeat_n((status, code), times));
     }
 
-    /// Delay every answer to `action` by `delay` (to test timeouts).
+    /// Delay every answer to `action` by `delay` (to test timeouts); `action` as for
+    /// [`GraphDouble::fail_next`].
     pub fn set_delay(&self, action: &str, delay: Duration) {
         self.handle
             .state
@@ -277,113 +232,141 @@ impl GraphDouble {
     pub async fn stopped(&self) {
         self.handle.stopped.cancelled().await;
     }
-}
 
-async fn unknown_path(
-    State(state): State<Arc<DoubleState>>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let received_at = Instant::now();
-    let error = check_token(&state.config, &headers)
-        .err()
-        .unwrap_or_else(|| {
-            MetaError::new(
-                404,
-                2500,
-                format!("Unknown path components: {}", uri.path()),
-            )
-        });
-    finish(&state, received_at, &body, Err(error), None).await
-}
+    // What the user's side tells Meta, and what Meta knows of a user.
 
-/// Applies the scripted delay, records the action and builds the response.
-async fn finish(
-    state: &DoubleState,
-    received_at: Instant,
-    raw: &[u8],
-    outcome: Result<Value, MetaError>,
-    assigned_call_id: Option<CallId>,
-) -> Response {
-    let body: Value = serde_json::from_slice(raw).unwrap_or(Value::Null);
-    let action = body
-        .get("action")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_owned();
-    let delay = state.inner.lock().delays.get(&action).copied();
-    if let Some(delay) = delay {
-        tokio::time::sleep(delay).await;
+    /// The user grants (or revokes) a permission; a temporary one runs 7 days from now.
+    pub fn set_permission(&self, user: &PhoneNumber, status: PermissionStatus) {
+        let mut inner = self.handle.state.inner.lock();
+        let now = inner.now();
+        inner.users.set_permission(user.as_str(), status, now);
     }
-    let (status, response_body) = match &outcome {
-        Ok(success) => (200, success.clone()),
-        Err(error) => {
-            let fbtrace_id = {
-                let mut inner = state.inner.lock();
-                inner.requests += 1;
-                format!("SIM{:08}", inner.requests)
-            };
-            (error.status, error.body(&fbtrace_id))
+
+    /// The user's permission as Meta reports it now.
+    pub fn permission_of(&self, user: &PhoneNumber) -> PermissionStatus {
+        self.user(user).permission
+    }
+
+    /// Everything Meta keeps about the user, now.
+    pub fn user(&self, user: &PhoneNumber) -> UserState {
+        let mut inner = self.handle.state.inner.lock();
+        let now = inner.now();
+        inner.users.state(user.as_str(), now)
+    }
+
+    /// The user wrote to the business: the customer-service window opens for 24 hours.
+    pub fn note_user_message(&self, user: &PhoneNumber) {
+        let mut inner = self.handle.state.inner.lock();
+        let now = inner.now();
+        inner.users.user_message(user.as_str(), now);
+    }
+
+    /// The user called the business: with callback permission on, a temporary permission
+    /// (§9.1 item 2).
+    pub fn note_user_call(&self, user: &PhoneNumber) {
+        let mut inner = self.handle.state.inner.lock();
+        let now = inner.now();
+        inner.users.user_called(user.as_str(), now);
+    }
+
+    /// The user picked up the business's call: it counts against the daily limit and resets
+    /// the unanswered run and the permission-request count.
+    pub fn note_call_answered(&self, user: &PhoneNumber) {
+        let mut inner = self.handle.state.inner.lock();
+        let now = inner.now();
+        inner.users.call_connected(user.as_str(), now);
+    }
+
+    /// The user declined the business's call or let it ring out: the call is over, and it
+    /// counts as unanswered (4 in a row revoke the permission).
+    pub fn note_call_unanswered(&self, user: &PhoneNumber) {
+        let mut inner = self.handle.state.inner.lock();
+        let now = inner.now();
+        inner.active_calls.remove(user.as_str());
+        if inner.users.call_unanswered(user.as_str(), now) {
+            tracing::info!(user = %user, "Graph API double: permission revoked after unanswered calls");
         }
-    };
-    let call_id =
-        assigned_call_id.or_else(|| body.get("call_id").and_then(Value::as_str).map(CallId::new));
-    let sdp = body
-        .get("session")
-        .and_then(|s| s.get("sdp"))
-        .and_then(Value::as_str)
-        .map(str::to_owned);
-    tracing::debug!(action = %action, call_id = ?call_id, status, "Graph API double answered");
-    let status_code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut response = (
-        status_code,
-        [(header::CONTENT_TYPE, "application/json")],
-        response_body.to_string(),
-    )
-        .into_response();
-    if status == 401 {
-        response.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            header::HeaderValue::from_static("OAuth \"Facebook Platform\" \"invalid_token\""),
-        );
     }
-    let recorded = RecordedAction {
-        action,
-        call_id,
-        body,
-        sdp,
-        status: status_code.as_u16(),
-        received_at,
-        responded_at: Instant::now(),
-    };
-    state.inner.lock().actions.push(recorded.clone());
-    // No subscriber is fine: the action is in the record.
-    let _ = state.actions_tx.send(recorded);
-    response
+
+    /// A call is over (the user hung up): the user is free for the next business call.
+    pub fn note_call_ended(&self, call_id: &CallId) {
+        self.handle
+            .state
+            .inner
+            .lock()
+            .active_calls
+            .retain(|_, active| active != call_id);
+    }
+
+    /// The live business-initiated call to the user, if any.
+    pub fn active_call(&self, user: &PhoneNumber) -> Option<CallId> {
+        self.handle
+            .state
+            .inner
+            .lock()
+            .active_calls
+            .get(user.as_str())
+            .cloned()
+    }
+
+    /// Every `call_permissions` read so far, in the order answered.
+    pub fn permission_reads(&self) -> Vec<RecordedPermissionRead> {
+        self.handle.state.inner.lock().permission_reads.clone()
+    }
+
+    // The messages the business sends, as the double saw them.
+
+    /// Every message request so far, in the order answered.
+    pub fn messages(&self) -> Vec<RecordedMessage> {
+        self.handle.state.inner.lock().messages.clone()
+    }
+
+    /// Every message request once answered, from now on.
+    pub fn subscribe_messages(&self) -> broadcast::Receiver<RecordedMessage> {
+        self.handle.state.messages_tx.subscribe()
+    }
+
+    /// Waits (with timeout) for the first message request that `matches`, already recorded or
+    /// still to come, whatever its status.
+    pub async fn wait_for_message(
+        &self,
+        timeout: Duration,
+        matches: impl Fn(&RecordedMessage) -> bool,
+    ) -> Option<RecordedMessage> {
+        // Subscribe before looking at the record, so nothing answered in between is missed.
+        let rx = self.subscribe_messages();
+        wait_recorded(rx, || self.messages(), matches, timeout).await
+    }
 }
 
-fn check_token(config: &GraphDoubleConfig, headers: &HeaderMap) -> Result<(), MetaError> {
-    let header = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    let Some(header) = header else {
-        return Err(MetaError::new(
-            401,
-            190,
-            "An active access token must be used to query information about the current user.",
-        ));
-    };
-    let token = header
-        .split_once(' ')
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim());
-    if token != Some(config.access_token.as_str()) {
-        return Err(MetaError::new(
-            401,
-            190,
-            "Invalid OAuth access token - Cannot parse access token",
-        ));
+/// The first recorded item that `matches`: one already in the record, or the next one
+/// broadcast before `timeout`. `rx` must be subscribed before `recorded` is first read, so nothing
+/// answered in between is missed.
+async fn wait_recorded<T: Clone>(
+    mut rx: broadcast::Receiver<T>,
+    recorded: impl Fn() -> Vec<T>,
+    matches: impl Fn(&T) -> bool,
+    timeout: Duration,
+) -> Option<T> {
+    let find = || recorded().into_iter().find(|item| matches(item));
+    if let Some(found) = find() {
+        return Some(found);
     }
-    Ok(())
+    tokio::time::timeout(timeout, async {
+        loop {
+            match rx.recv().await {
+                Ok(item) if matches(&item) => return Some(item),
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    if let Some(found) = find() {
+                        return Some(found);
+                    }
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    })
+    .await
+    .ok()
+    .flatten()
 }

@@ -1,19 +1,24 @@
-//! The `/calls` endpoint (§5.2): every rule Meta applies to the call actions.
+//! The `/calls` endpoint (§5.2): every rule Meta applies to the call actions, and for `connect`
+//! the per-user rules of business-initiated calls (§7.2, §10): a usable permission (138006),
+//! the daily limit of connected calls (138012), one live call per user (138003).
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, Method};
+use axum::http::{HeaderMap, Method, Uri};
 use axum::response::Response;
 use serde_json::{Map, Value, json};
 
 use super::meta_error::MetaError;
-use super::{DoubleState, MAX_CALLBACK_DATA_CHARS, check_token, finish};
-use bridge::ids::CallId;
+use super::records::RecordedAction;
+use super::state::{DoubleState, check_target, check_token, respond, scripted_delay};
+use bridge::ids::{CallId, PhoneNumber};
 use bridge::whatsapp::sdp;
+
+/// Meta's limit on `biz_opaque_callback_data` (§10).
+const MAX_CALLBACK_DATA_CHARS: usize = 512;
 
 /// Top-level fields Meta documents per action (§5.2); anything else is refused.
 fn allowed_fields(action: &str) -> Option<&'static [&'static str]> {
@@ -73,38 +78,13 @@ fn handle_calls(
     headers: &HeaderMap,
     raw: &[u8],
 ) -> Result<(Value, Option<CallId>), MetaError> {
-    let config = &state.config;
-    check_token(config, headers)?;
-    if version != config.version {
-        return Err(MetaError::new(
-            400,
-            2500,
-            format!("Unknown path components: /{version}/{phone_number_id}/calls"),
-        ));
-    }
-    if phone_number_id != config.phone_number_id {
-        return Err(MetaError {
-            subcode: Some(33),
-            ..MetaError::new(
-                400,
-                100,
-                format!(
-                    "Unsupported post request. Object with ID '{phone_number_id}' does not exist, \
-                     cannot be loaded due to missing permissions, or does not support this operation."
-                ),
-            )
-        });
-    }
-    if method != Method::POST {
-        return Err(MetaError::new(
-            400,
-            100,
-            format!(
-                "Unsupported {} request.",
-                method.as_str().to_ascii_lowercase()
-            ),
-        ));
-    }
+    check_target(
+        &state.config,
+        (version, phone_number_id, "calls"),
+        method,
+        Method::POST,
+        headers,
+    )?;
     let body: Value = serde_json::from_slice(raw)
         .map_err(|_| MetaError::invalid_parameter("the request body is not JSON"))?;
     let body = body
@@ -117,14 +97,8 @@ fn handle_calls(
     let allowed = allowed_fields(action)
         .ok_or_else(|| MetaError::invalid_parameter(format!("unknown action {action:?}")))?;
 
-    if let Some((status, code)) = state
-        .inner
-        .lock()
-        .failures
-        .get_mut(action)
-        .and_then(VecDeque::pop_front)
-    {
-        return Err(MetaError::scripted(status, code));
+    if let Some(failure) = state.inner.lock().scripted_failure(action) {
+        return Err(failure);
     }
 
     if body.get("messaging_product").and_then(Value::as_str) != Some("whatsapp") {
@@ -157,6 +131,14 @@ fn handle_calls(
         .filter(|id| !id.is_empty())
         .map(CallId::new)
         .ok_or_else(|| MetaError::invalid_parameter("call_id is required"))?;
+    if action == "terminate" {
+        // The business ended the call: the user is free for the next one.
+        state
+            .inner
+            .lock()
+            .active_calls
+            .retain(|_, active| *active != call_id);
+    }
     if matches!(action, "pre_accept" | "accept") {
         let sdp = session_sdp(body, "answer")?;
         let mut inner = state.inner.lock();
@@ -201,10 +183,22 @@ fn connect(
     if let Err(problems) = sdp::validate_offer(sdp) {
         return Err(MetaError::sdp_validation(problems.join("; ")));
     }
+    let user = if to_is_number {
+        PhoneNumber::new(to).as_str().to_owned()
+    } else {
+        recipient.to_owned()
+    };
     let call_id = {
         let mut inner = state.inner.lock();
+        let now = inner.now();
+        inner.users.may_start_call(&user, now)?;
+        if inner.active_calls.contains_key(&user) {
+            return Err(MetaError::coded(400, 138_003));
+        }
         inner.calls_placed += 1;
-        CallId::new(format!("wacid.SIM{}", inner.calls_placed))
+        let call_id = CallId::new(format!("wacid.SIM{}", inner.calls_placed));
+        inner.active_calls.insert(user, call_id.clone());
+        call_id
     };
     let response =
         json!({ "messaging_product": "whatsapp", "calls": [{ "id": call_id.as_str() }] });
@@ -228,4 +222,62 @@ fn session_sdp<'a>(body: &'a Map<String, Value>, expected: &str) -> Result<&'a s
             "session.sdp_type must be {expected:?}, found {other:?}"
         ))),
     }
+}
+
+pub(super) async fn unknown_path(
+    State(state): State<Arc<DoubleState>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let received_at = Instant::now();
+    let error = check_token(&state.config, &headers)
+        .err()
+        .unwrap_or_else(|| {
+            MetaError::new(
+                404,
+                2500,
+                format!("Unknown path components: {}", uri.path()),
+            )
+        });
+    finish(&state, received_at, &body, Err(error), None).await
+}
+
+/// Applies the scripted delay, records the action and builds the response.
+async fn finish(
+    state: &DoubleState,
+    received_at: Instant,
+    raw: &[u8],
+    outcome: Result<Value, MetaError>,
+    assigned_call_id: Option<CallId>,
+) -> Response {
+    let body: Value = serde_json::from_slice(raw).unwrap_or(Value::Null);
+    let action = body
+        .get("action")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
+    scripted_delay(state, &action).await;
+    let (status, response) = respond(state, &outcome);
+    let call_id =
+        assigned_call_id.or_else(|| body.get("call_id").and_then(Value::as_str).map(CallId::new));
+    let sdp = body
+        .get("session")
+        .and_then(|s| s.get("sdp"))
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    tracing::debug!(action = %action, call_id = ?call_id, status, "Graph API double answered");
+    let recorded = RecordedAction {
+        action,
+        call_id,
+        body,
+        sdp,
+        status,
+        received_at,
+        responded_at: Instant::now(),
+    };
+    state.inner.lock().actions.push(recorded.clone());
+    // No subscriber is fine: the action is in the record.
+    let _ = state.actions_tx.send(recorded);
+    response
 }

@@ -1,12 +1,18 @@
 //! The double against the core's Graph client and raw requests: Meta's rules, its error shapes,
-//! the record and the scripting.
+//! the record and the scripting. The per-user rules of business-initiated calls and the
+//! messages have files of their own.
+
+use std::time::Instant;
 
 use secrecy::SecretString;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::*;
 use bridge::ids::PhoneNumber;
 use bridge::whatsapp::graph::{GraphClient, GraphConfig, GraphError};
+
+mod bic;
+mod messaging;
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -23,9 +29,11 @@ fn call() -> CallId {
 }
 
 async fn double() -> GraphDouble {
-    GraphDouble::start(GraphDoubleConfig::default())
-        .await
-        .unwrap()
+    double_with(GraphDoubleConfig::default()).await
+}
+
+async fn double_with(config: GraphDoubleConfig) -> GraphDouble {
+    GraphDouble::start(config).await.unwrap()
 }
 
 fn client_with(double: &GraphDouble, token: &str, timeout: Duration) -> GraphClient {
@@ -143,7 +151,7 @@ async fn wrong_paths_are_refused_in_metas_shape() {
     let (status, response) = post(&double, "/v23.0/999/calls", body).await;
     assert_eq!((status, error_code(&response)), (400, 100));
     assert_eq!(response["error"]["error_subcode"], 33);
-    let (status, response) = post(&double, "/v23.0/106540352242922/messages", body).await;
+    let (status, response) = post(&double, "/v23.0/106540352242922/media", body).await;
     assert_eq!((status, error_code(&response)), (404, 2500));
     let response = reqwest::Client::new()
         .get(format!("{}{CALLS}", double.base_url()))
@@ -292,7 +300,9 @@ async fn connect_assigns_new_call_ids() {
         .connect(&user, &bic_offer(), Some("job-42"))
         .await
         .unwrap();
-    let second = client.connect(&user, &bic_offer(), None).await.unwrap();
+    // Another user: one live call per user.
+    let other = PhoneNumber::new("447700900124");
+    let second = client.connect(&other, &bic_offer(), None).await.unwrap();
     assert_eq!(first, CallId::new("wacid.SIM1"));
     assert_eq!(second, CallId::new("wacid.SIM2"));
     let recorded = double.actions_for(&first);
@@ -305,7 +315,7 @@ async fn connect_assigns_new_call_ids() {
         CALLS,
         &json!({
             "messaging_product": "whatsapp",
-            "to": "447700900123",
+            "to": "+447700900125",
             "action": "connect",
             "session": { "sdp_type": "offer", "sdp": bic_offer() },
         })
