@@ -14,7 +14,8 @@
 //!   [`fleet`]: call state shared between replicas through Redis (claims, tombstones,
 //!   forwarded events, reports);
 //!   [`store`]: the caller's data (`Store`: Supabase, or embedded SQLite on its own thread);
-//!   [`whatsapp`]: webhook payloads, signature check, SDP rules, Graph API client.
+//!   [`whatsapp`]: webhook payloads, signature check, SDP rules, Graph API client (call actions,
+//!   messages, call permissions).
 //! - floor 0 — [`media`]: the PeerConnection (the one place that names WebRTC types), Opus, the
 //!   uplink and the downlink of a call's audio; [`realtime`]: the Realtime API client and its
 //!   events; [`metrics`]: the Prometheus metrics; [`ids`]: call ids and phone numbers (masked

@@ -9,6 +9,10 @@ pub const TERMINATE_COMPLETED: &str = include_str!("../fixtures/terminate_comple
 pub const TERMINATE_FAILED: &str = include_str!("../fixtures/terminate_failed.json");
 /// §12.4: a business-initiated call's `RINGING` status.
 pub const BIC_STATUS_RINGING: &str = include_str!("../fixtures/bic_status_ringing.json");
+/// §4.6: a `messages` webhook carrying the user's accepting reply to our call-permission request.
+pub const PERMISSION_REPLY: &str = include_str!("../fixtures/permission_reply.json");
+/// §9.2: a `GET …/call_permissions` response (temporary permission, start_call quota exhausted).
+pub const CALL_PERMISSIONS: &str = include_str!("../fixtures/call_permissions.json");
 
 /// The §12.2 answer: what the business side sends in `pre_accept` and `accept`.
 pub const META_ANSWER: &str = "v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE audio\r\na=msid-semantic: WMS agent\r\nm=audio 40000 UDP/TLS/RTP/SAVPF 111 126\r\nc=IN IP4 198.51.100.20\r\na=rtcp:9 IN IP4 0.0.0.0\r\na=candidate:1 1 udp 2130706431 198.51.100.20 40000 typ host\r\na=end-of-candidates\r\na=ice-ufrag:b7Xq9LmN\r\na=ice-pwd:9hT2mKx4VwZr8LpQ3sN6yD1c\r\na=fingerprint:sha-256 5B:5B:49:04:FD:28:1D:E8:49:B8:9D:8E:80:83:BB:C9:35:FC:BB:6E:BE:2F:28:B4:EE:A6:5B:48:92:6F:62:CA\r\na=setup:active\r\na=mid:audio\r\na=sendrecv\r\na=msid:agent agent-audio\r\na=rtcp-mux\r\na=rtpmap:111 opus/48000/2\r\na=fmtp:111 minptime=20;useinbandfec=1\r\na=rtpmap:126 telephone-event/8000\r\na=ptime:20\r\na=maxptime:20\r\na=ssrc:2859301122 cname:agent\r\n";

@@ -16,7 +16,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use secrecy::ExposeSecret;
 use serde_json::json;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{AppState, error_response};
 use crate::call::CallCommand;
@@ -121,6 +121,19 @@ pub async fn receive(
             }
             WebhookEvent::Terminate(terminate) => on_terminate(&state, terminate).await,
             WebhookEvent::Status(status) => on_status(&state, status).await,
+            // Messages (§4.6): read and logged only; acting on them is the scheduler's part.
+            WebhookEvent::PermissionReply(reply) => debug!(
+                user = %reply.user,
+                accepted = reply.accepted,
+                permanent = reply.permanent,
+                source = %reply.source,
+                "call permission reply received"
+            ),
+            WebhookEvent::UserMessage(message) => debug!(
+                user = %message.user,
+                kind = %message.kind,
+                "user message received"
+            ),
         }
     }
     match refusal {

@@ -5,6 +5,11 @@
 //! answering actions retry quickly within a short budget well inside the answer window (the SDP
 //! stays identical), clean-up actions retry for about 10 s (they are idempotent), and `connect`
 //! never retries (a replay could ring the user twice). Every attempt can be observed (metrics).
+//!
+//! The same transport, error parsing and observation serve the requests of the other endpoints
+//! of the number (§5.5): messages ([`super::messaging`]) and the call permission
+//! ([`super::permissions`]). Those are never retried here: a replayed message reaches the user
+//! twice, and a permission read's caller decides when to read again (613 asks for ≥ 1 s).
 
 use std::fmt;
 use std::sync::Arc;
@@ -31,7 +36,8 @@ pub struct GraphConfig {
     pub timeout: Duration,
 }
 
-/// A call action, as named in the request body.
+/// A Graph API request: one of the five call actions, as named in the request body (§5.2), or a
+/// request to another endpoint of the number (§5.5), named after the endpoint. The metrics label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum GraphAction {
     PreAccept,
@@ -39,6 +45,10 @@ pub enum GraphAction {
     Reject,
     Terminate,
     Connect,
+    /// `POST …/messages`: a text, a template or a call-permission request.
+    Messages,
+    /// `GET …/call_permissions`: a user's call permission and quotas.
+    CallPermissions,
 }
 
 impl GraphAction {
@@ -49,6 +59,8 @@ impl GraphAction {
             GraphAction::Reject => "reject",
             GraphAction::Terminate => "terminate",
             GraphAction::Connect => "connect",
+            GraphAction::Messages => "messages",
+            GraphAction::CallPermissions => "call_permissions",
         }
     }
 }
@@ -84,6 +96,59 @@ pub enum GraphError {
     InvalidResponse(String),
 }
 
+/// The Meta error codes a caller placing calls and sending messages acts on (§11), named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GraphErrorKind {
+    /// 613 (HTTP 429): the permission-state API's rate limit (5 requests/s); back off ≥ 1 s.
+    RateLimited,
+    /// 131047: "Re-engagement message": a free-form message (text, interactive) outside the
+    /// 24-hour customer-service window; send an approved template instead.
+    OutsideCustomerServiceWindow,
+    /// 132001: the template name (in that language) is not approved on the account.
+    TemplateNotFound,
+    /// 138003: a call with this user is already active.
+    CallAlreadyActive,
+    /// 138006: no approved call permission from the user; ask for it.
+    NoCallPermission,
+    /// 138009: the permission-request limit (1 per 24 h, 2 per 7 days) is reached; wait.
+    PermissionRequestLimit,
+    /// 138012: the daily limit of connected business-initiated calls to this user is reached.
+    CallLimitReached,
+    /// 138017: asking is pointless, the user granted a permanent permission.
+    PermanentPermissionExists,
+}
+
+impl GraphErrorKind {
+    /// The kind of Meta error `code`, when it is one of the named ones.
+    pub fn from_code(code: i64) -> Option<GraphErrorKind> {
+        Some(match code {
+            613 => GraphErrorKind::RateLimited,
+            131_047 => GraphErrorKind::OutsideCustomerServiceWindow,
+            132_001 => GraphErrorKind::TemplateNotFound,
+            138_003 => GraphErrorKind::CallAlreadyActive,
+            138_006 => GraphErrorKind::NoCallPermission,
+            138_009 => GraphErrorKind::PermissionRequestLimit,
+            138_012 => GraphErrorKind::CallLimitReached,
+            138_017 => GraphErrorKind::PermanentPermissionExists,
+            _ => return None,
+        })
+    }
+
+    /// Meta's code for this kind.
+    pub fn code(self) -> i64 {
+        match self {
+            GraphErrorKind::RateLimited => 613,
+            GraphErrorKind::OutsideCustomerServiceWindow => 131_047,
+            GraphErrorKind::TemplateNotFound => 132_001,
+            GraphErrorKind::CallAlreadyActive => 138_003,
+            GraphErrorKind::NoCallPermission => 138_006,
+            GraphErrorKind::PermissionRequestLimit => 138_009,
+            GraphErrorKind::CallLimitReached => 138_012,
+            GraphErrorKind::PermanentPermissionExists => 138_017,
+        }
+    }
+}
+
 impl GraphError {
     /// Meta's error code, when Meta sent one.
     pub fn code(&self) -> Option<i64> {
@@ -91,6 +156,12 @@ impl GraphError {
             GraphError::Api { code, .. } if *code != 0 => Some(*code),
             _ => None,
         }
+    }
+
+    /// The named kind of Meta's error, when it is one a caller acts on (branch on this or on
+    /// [`GraphError::code`], never on the message, §5.3).
+    pub fn kind(&self) -> Option<GraphErrorKind> {
+        self.code().and_then(GraphErrorKind::from_code)
     }
 
     /// Timeouts, transport failures, 5xx and 429: the request may succeed if repeated.
@@ -113,8 +184,19 @@ struct Inner {
     http: reqwest::Client,
     /// `{base}/{version}/{phone_number_id}/calls`, built once.
     calls_url: String,
+    /// `{base}/{version}/{phone_number_id}/messages`.
+    messages_url: String,
+    /// `{base}/{version}/{phone_number_id}/call_permissions`.
+    permissions_url: String,
     token: SecretString,
     observer: Option<AttemptObserver>,
+}
+
+/// What a request carries: a JSON body (POST) or query parameters (GET).
+#[derive(Clone, Copy)]
+pub(crate) enum Payload<'a> {
+    Json(&'a Value),
+    Query(&'a [(&'a str, &'a str)]),
 }
 
 /// Told about every HTTP attempt: the action and its outcome (`"200"`, `"503"`, `"timeout"`,
@@ -155,8 +237,8 @@ impl GraphClient {
             .pool_max_idle_per_host(GRAPH_IDLE_CONNECTIONS)
             .build()
             .expect("reqwest builds a client from static settings");
-        let calls_url = format!(
-            "{}/{}/{}/calls",
+        let number_url = format!(
+            "{}/{}/{}",
             config.base_url.trim_end_matches('/'),
             config.version.trim_matches('/'),
             config.phone_number_id.trim_matches('/'),
@@ -164,7 +246,9 @@ impl GraphClient {
         Self {
             inner: Arc::new(Inner {
                 http,
-                calls_url,
+                calls_url: format!("{number_url}/calls"),
+                messages_url: format!("{number_url}/messages"),
+                permissions_url: format!("{number_url}/call_permissions"),
                 token: config.access_token,
                 observer: None,
             }),
@@ -178,6 +262,8 @@ impl GraphClient {
             inner: Arc::new(Inner {
                 http: inner.http.clone(),
                 calls_url: inner.calls_url.clone(),
+                messages_url: inner.messages_url.clone(),
+                permissions_url: inner.permissions_url.clone(),
                 token: inner.token.clone(),
                 observer: Some(observer),
             }),
@@ -261,17 +347,30 @@ impl GraphClient {
             .and_then(expect_success)
     }
 
-    /// Sends `body`, retrying per §5.4; returns the parsed body of a 2xx response.
+    /// Posts a call action's `body`, retrying per §5.4; returns the parsed body of a 2xx
+    /// response.
     async fn send(
         &self,
         action: GraphAction,
         call_id: Option<&CallId>,
         body: &Value,
     ) -> Result<Value, GraphError> {
+        self.request(action, call_id, Payload::Json(body)).await
+    }
+
+    /// Sends one request to the endpoint of `action` (POST with a JSON body, or GET with a
+    /// query), retrying per §5.4; returns the parsed body of a 2xx response. Every attempt is
+    /// observed and every failure logged here, for every endpoint.
+    pub(crate) async fn request(
+        &self,
+        action: GraphAction,
+        call_id: Option<&CallId>,
+        payload: Payload<'_>,
+    ) -> Result<Value, GraphError> {
         let started = Instant::now();
         let mut attempt: u32 = 0;
         loop {
-            let result = self.send_once(body).await;
+            let result = self.send_once(action, payload).await;
             if let Some(observer) = &self.inner.observer {
                 observer(action, &attempt_outcome(&result));
             }
@@ -292,13 +391,23 @@ impl GraphClient {
         }
     }
 
-    async fn send_once(&self, body: &Value) -> Result<Value, GraphError> {
-        let response = self
-            .inner
-            .http
-            .post(&self.inner.calls_url)
-            .bearer_auth(self.inner.token.expose_secret())
-            .json(body)
+    async fn send_once(
+        &self,
+        action: GraphAction,
+        payload: Payload<'_>,
+    ) -> Result<Value, GraphError> {
+        let inner = &self.inner;
+        let url = match action {
+            GraphAction::Messages => &inner.messages_url,
+            GraphAction::CallPermissions => &inner.permissions_url,
+            _ => &inner.calls_url,
+        };
+        let request = match payload {
+            Payload::Json(body) => inner.http.post(url).json(body),
+            Payload::Query(query) => inner.http.get(url).query(query),
+        };
+        let response = request
+            .bearer_auth(inner.token.expose_secret())
             .send()
             .await
             .map_err(transport_error)?;
@@ -325,7 +434,7 @@ fn retry_delay(
     }
     let mut rng = rand::rng();
     let (first, cap, budget) = match action {
-        GraphAction::Connect => return None,
+        GraphAction::Connect | GraphAction::Messages | GraphAction::CallPermissions => return None,
         GraphAction::PreAccept | GraphAction::Accept => (
             ANSWER_FIRST_BACKOFF,
             ANSWER_MAX_BACKOFF,
@@ -450,102 +559,25 @@ fn connect_call_id(body: &Value) -> Result<CallId, GraphError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::collections::VecDeque;
+pub(crate) mod test_server;
 
-    use axum::Router;
-    use axum::body::Bytes;
-    use axum::extract::State;
-    use axum::http::{HeaderMap, StatusCode, Uri, header};
-    use axum::response::{IntoResponse, Response};
+#[cfg(test)]
+mod tests {
     use parking_lot::Mutex;
 
+    use super::test_server::{Script, Seen, TOKEN, client, server};
     use super::*;
 
-    const TOKEN: &str = "test-token-never-logged";
     const CALL: &str = "wacid.HBgMNDQ3NzAwOTAwMTIzFQIAEhggN0ExQzlEMkU0QjZGOEEwQzNFNUQ3RjlCMUQzRTVGN0EcGAsxNTU1MDAwMTExMRUCABUKAA==";
     const SDP: &str = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\n";
-    const SUCCESS: &str = r#"{"messaging_product":"whatsapp","success":true}"#;
     const PERMISSION_ERROR: &str = r#"{"error":{"message":"(#138006) No approved call permission from the recipient","type":"OAuthException","code":138006,"error_data":{"messaging_product":"whatsapp","details":"No approved call permission from the recipient"},"fbtrace_id":"A1b2C3d4E5"}}"#;
-
-    /// What the test server saw of one request.
-    #[derive(Debug, Clone)]
-    struct Seen {
-        path: String,
-        authorization: Option<String>,
-        content_type: Option<String>,
-        body: Value,
-    }
-
-    /// A local server that records requests and answers from a script (then 200 success).
-    #[derive(Default)]
-    struct Script {
-        responses: Mutex<VecDeque<(u16, String)>>,
-        seen: Mutex<Vec<Seen>>,
-    }
-
-    async fn record(
-        State(script): State<Arc<Script>>,
-        uri: Uri,
-        headers: HeaderMap,
-        body: Bytes,
-    ) -> Response {
-        let text = |name| {
-            headers
-                .get(name)
-                .and_then(|v: &header::HeaderValue| v.to_str().ok())
-                .map(str::to_owned)
-        };
-        script.seen.lock().push(Seen {
-            path: uri.path().to_owned(),
-            authorization: text(header::AUTHORIZATION),
-            content_type: text(header::CONTENT_TYPE),
-            body: serde_json::from_slice(&body).unwrap_or(Value::Null),
-        });
-        let (status, body) = script
-            .responses
-            .lock()
-            .pop_front()
-            .unwrap_or((200, SUCCESS.to_owned()));
-        (
-            StatusCode::from_u16(status).unwrap(),
-            [(header::CONTENT_TYPE, "application/json")],
-            body,
-        )
-            .into_response()
-    }
-
-    async fn server(responses: &[(u16, &str)]) -> (GraphClient, Arc<Script>) {
-        let script = Arc::new(Script::default());
-        script
-            .responses
-            .lock()
-            .extend(responses.iter().map(|(s, b)| (*s, (*b).to_owned())));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let app = Router::new().fallback(record).with_state(script.clone());
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        (client(&format!("http://{addr}/")), script)
-    }
-
-    fn client(base_url: &str) -> GraphClient {
-        GraphClient::new(GraphConfig {
-            base_url: base_url.to_owned(),
-            version: "v23.0".to_owned(),
-            phone_number_id: "106540352242922".to_owned(),
-            access_token: SecretString::from(TOKEN),
-            timeout: Duration::from_secs(5),
-        })
-    }
 
     fn call() -> CallId {
         CallId::new(CALL)
     }
 
     fn only_request(script: &Script) -> Seen {
-        let seen = script.seen.lock();
-        assert_eq!(seen.len(), 1, "{seen:?}");
-        seen[0].clone()
+        script.only_request()
     }
 
     #[tokio::test]
@@ -710,6 +742,47 @@ mod tests {
         assert_eq!(script.seen.lock().len(), 1);
     }
 
+    #[test]
+    fn the_codes_a_caller_acts_on_have_names() {
+        for kind in [
+            GraphErrorKind::RateLimited,
+            GraphErrorKind::OutsideCustomerServiceWindow,
+            GraphErrorKind::TemplateNotFound,
+            GraphErrorKind::CallAlreadyActive,
+            GraphErrorKind::NoCallPermission,
+            GraphErrorKind::PermissionRequestLimit,
+            GraphErrorKind::CallLimitReached,
+            GraphErrorKind::PermanentPermissionExists,
+        ] {
+            assert_eq!(GraphErrorKind::from_code(kind.code()), Some(kind));
+        }
+        let api = |code| GraphError::Api {
+            status: 400,
+            code,
+            message: String::new(),
+            details: None,
+            fbtrace_id: None,
+        };
+        assert_eq!(api(131_047).code(), Some(131_047));
+        assert_eq!(
+            api(131_047).kind(),
+            Some(GraphErrorKind::OutsideCustomerServiceWindow)
+        );
+        assert_eq!(api(138_006).kind(), Some(GraphErrorKind::NoCallPermission));
+        assert_eq!(
+            api(138_009).kind(),
+            Some(GraphErrorKind::PermissionRequestLimit)
+        );
+        assert_eq!(
+            api(138_017).kind(),
+            Some(GraphErrorKind::PermanentPermissionExists)
+        );
+        assert_eq!(api(613).kind(), Some(GraphErrorKind::RateLimited));
+        assert_eq!(api(100).kind(), None);
+        assert_eq!(api(0).kind(), None);
+        assert_eq!(GraphError::Timeout.kind(), None);
+    }
+
     #[tokio::test]
     async fn terminate_retries_server_errors_until_it_succeeds() {
         let (client, script) = server(&[(503, "{}"), (503, "unavailable")]).await;
@@ -843,13 +916,23 @@ mod tests {
             GraphAction::Reject,
             GraphAction::Terminate,
             GraphAction::Connect,
+            GraphAction::Messages,
+            GraphAction::CallPermissions,
         ]
         .into_iter()
         .map(GraphAction::as_str)
         .collect();
         assert_eq!(
             names,
-            ["pre_accept", "accept", "reject", "terminate", "connect"]
+            [
+                "pre_accept",
+                "accept",
+                "reject",
+                "terminate",
+                "connect",
+                "messages",
+                "call_permissions"
+            ]
         );
     }
 }

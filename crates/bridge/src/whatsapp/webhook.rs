@@ -1,4 +1,9 @@
-//! Tolerant parsing of Meta's `calls` webhooks into call events (spec §4).
+//! Tolerant parsing of Meta's `calls` and `messages` webhooks into events (spec §4).
+//!
+//! `calls` changes carry call events and BIC call statuses; `messages` changes carry the user's
+//! messages (a call-permission reply, §4.6, or anything else the user writes, which opens the
+//! customer-service window) and the delivery statuses of our own messages (logged, never acted
+//! on).
 //!
 //! Meta's documentation and its real traffic disagree on types (strings vs numbers, a terminate
 //! `status` as string or array, missing `direction`), and Meta keeps adding fields. So the body
@@ -107,12 +112,45 @@ pub struct StatusEvent {
     pub timestamp: Option<u64>,
 }
 
-/// One call event or status from a webhook delivery.
+/// The user's answer to a call-permission request (§4.6), or a permission granted automatically
+/// (the user called us with callback permission on).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PermissionReplyEvent {
+    /// The user who answered (`from`, falling back to `contacts[0].wa_id`).
+    pub user: PhoneNumber,
+    /// `response` is `accept` (else `reject`).
+    pub accepted: bool,
+    /// `is_permanent`: a permanent grant, with no expiry.
+    pub permanent: bool,
+    /// `expiration_timestamp`, UNIX seconds, for a temporary grant.
+    pub expires_at: Option<u64>,
+    /// "user_action" | "automatic" | other
+    pub source: String,
+    /// context.id: the request message id or a missed call id
+    pub context_id: Option<String>,
+    /// The reply's own id (`wamid.…`).
+    pub message_id: String,
+    pub timestamp: Option<u64>,
+}
+
+/// Any other message from the user: it opens (or reopens) the 24-hour customer-service window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserMessageEvent {
+    pub user: PhoneNumber,
+    pub message_id: String,
+    /// the message `type` ("text", "button", …)
+    pub kind: String,
+    pub timestamp: Option<u64>,
+}
+
+/// One call event, call status or user message from a webhook delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WebhookEvent {
     Connect(ConnectEvent),
     Terminate(TerminateEvent),
     Status(StatusEvent),
+    PermissionReply(PermissionReplyEvent),
+    UserMessage(UserMessageEvent),
 }
 
 /// Everything usable in one delivery, in delivery order.
@@ -174,9 +212,11 @@ pub fn parse(body: &[u8]) -> Result<ParsedWebhook, WebhookParseError> {
 
 fn parse_change(change: &Value, at: &str, out: &mut ParsedWebhook) {
     let field = change.get("field").and_then(Value::as_str).unwrap_or("");
-    if field != "calls" {
-        out.ignored
-            .push(format!("{at}: field {} is not \"calls\"", quoted(field)));
+    if field != "calls" && field != "messages" {
+        out.ignored.push(format!(
+            "{at}: field {} is neither \"calls\" nor \"messages\"",
+            quoted(field)
+        ));
         return;
     }
     let Some(value) = change.get("value").and_then(Value::as_object) else {
@@ -207,6 +247,10 @@ fn parse_change(change: &Value, at: &str, out: &mut ParsedWebhook) {
         contacts,
         change_errors: &change_errors,
     };
+    if field == "messages" {
+        parse_messages_change(value, &ctx, at, out);
+        return;
+    }
 
     let calls = value.get("calls");
     let statuses = value.get("statuses");
@@ -245,19 +289,159 @@ fn parse_change(change: &Value, at: &str, out: &mut ParsedWebhook) {
     if calls.is_none() && statuses.is_none() {
         // An error-only change (e.g. 131044 for a call Meta could not deliver): nothing to act
         // on, but the codes belong in the log.
-        let codes: Vec<String> = change_errors
-            .iter()
-            .map(|e| match &e.title {
-                Some(title) => format!("{} ({title})", e.code),
-                None => e.code.to_string(),
-            })
-            .collect();
-        out.ignored.push(if codes.is_empty() {
-            format!("{at}: neither calls nor statuses")
-        } else {
-            format!("{at}: errors without a call: {}", codes.join(", "))
+        out.ignored.push(match error_codes(&change_errors) {
+            None => format!("{at}: neither calls nor statuses"),
+            Some(codes) => format!("{at}: errors without a call: {codes}"),
         });
     }
+}
+
+/// A `messages` change: the user's messages become events; the statuses of the messages we
+/// sent (sent, delivered, read, failed) are only logged.
+fn parse_messages_change(
+    value: &Map<String, Value>,
+    ctx: &ChangeContext<'_>,
+    at: &str,
+    out: &mut ParsedWebhook,
+) {
+    let messages = value.get("messages");
+    let statuses = value.get("statuses");
+    if let Some(messages) = messages {
+        match messages.as_array() {
+            Some(messages) => {
+                for (i, message) in messages.iter().enumerate() {
+                    match parse_message(message, ctx) {
+                        Ok(event) => out.events.push(event),
+                        Err(reason) => out.ignored.push(format!("{at}.messages[{i}]: {reason}")),
+                    }
+                }
+            }
+            None => out.ignored.push(format!("{at}: messages is not an array")),
+        }
+    }
+    if let Some(statuses) = statuses {
+        match statuses.as_array() {
+            Some(statuses) => {
+                for (i, status) in statuses.iter().enumerate() {
+                    out.ignored.push(format!(
+                        "{at}.statuses[{i}]: {} status of a message we sent",
+                        message_status(status)
+                    ));
+                }
+            }
+            None => out.ignored.push(format!("{at}: statuses is not an array")),
+        }
+    }
+    if messages.is_none() && statuses.is_none() {
+        out.ignored.push(match error_codes(ctx.change_errors) {
+            None => format!("{at}: neither messages nor statuses"),
+            Some(codes) => format!("{at}: errors without a message: {codes}"),
+        });
+    }
+}
+
+/// A message status's value for the log: only the values Meta documents, so a hostile body
+/// cannot put anything else (such as a phone number) in the line.
+fn message_status(status: &Value) -> &'static str {
+    const KNOWN: [&str; 6] = ["sent", "delivered", "read", "failed", "deleted", "warning"];
+    let text = status
+        .get("status")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    KNOWN
+        .into_iter()
+        .find(|known| *known == text)
+        .unwrap_or("an unknown")
+}
+
+/// `code (title), …` of a change's errors, or `None` when it carries none.
+fn error_codes(errors: &[WebhookError]) -> Option<String> {
+    let codes: Vec<String> = errors
+        .iter()
+        .map(|e| match &e.title {
+            Some(title) => format!("{} ({title})", e.code),
+            None => e.code.to_string(),
+        })
+        .collect();
+    (!codes.is_empty()).then(|| codes.join(", "))
+}
+
+/// A message from the user: a call-permission reply, or any other message.
+fn parse_message(message: &Value, ctx: &ChangeContext<'_>) -> Result<WebhookEvent, String> {
+    let message = message.as_object().ok_or("not an object")?;
+    let message_id = message
+        .get("id")
+        .and_then(Value::as_str)
+        .filter(|id| !id.is_empty())
+        .ok_or("message without an id")?
+        .to_owned();
+    let user = message
+        .get("from")
+        .and_then(phone_number)
+        .or_else(|| ctx.contacts.first()?.get("wa_id").and_then(phone_number))
+        .ok_or_else(|| format!("message {} has no user number", quoted(&message_id)))?;
+    let timestamp = message.get("timestamp").and_then(lenient_u64);
+    let kind = message
+        .get("type")
+        .and_then(Value::as_str)
+        .map(|kind| kind.trim().to_ascii_lowercase())
+        .filter(|kind| !kind.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned());
+    let interactive = message.get("interactive");
+    let interactive_type = interactive
+        .and_then(|i| i.get("type"))
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if kind == "interactive" && interactive_type.eq_ignore_ascii_case("call_permission_reply") {
+        let reply = interactive
+            .and_then(|i| i.get("call_permission_reply"))
+            .and_then(Value::as_object)
+            .ok_or_else(|| {
+                format!(
+                    "call_permission_reply {} has no reply object",
+                    quoted(&message_id)
+                )
+            })?;
+        let accepted = match reply.get("response").and_then(Value::as_str).map(str::trim) {
+            Some(r) if r.eq_ignore_ascii_case("accept") => true,
+            Some(r) if r.eq_ignore_ascii_case("reject") => false,
+            other => {
+                return Err(format!(
+                    "call_permission_reply {} has response {}",
+                    quoted(&message_id),
+                    other.map_or_else(|| "(missing)".to_owned(), quoted)
+                ));
+            }
+        };
+        return Ok(WebhookEvent::PermissionReply(PermissionReplyEvent {
+            user,
+            accepted,
+            permanent: reply.get("is_permanent").is_some_and(lenient_true),
+            expires_at: reply.get("expiration_timestamp").and_then(lenient_u64),
+            source: reply
+                .get("response_source")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase(),
+            context_id: message
+                .get("context")
+                .and_then(|c| c.get("id"))
+                .and_then(Value::as_str)
+                .filter(|id| !id.is_empty())
+                .map(str::to_owned),
+            message_id,
+            timestamp,
+        }));
+    }
+    Ok(WebhookEvent::UserMessage(UserMessageEvent {
+        user,
+        message_id,
+        kind,
+        timestamp,
+    }))
 }
 
 /// What the elements of one change share.
@@ -472,6 +656,15 @@ fn lenient_string(value: &Value) -> Option<String> {
     }
 }
 
+/// `true`, or the string `"true"` in any case; anything else is false.
+fn lenient_true(value: &Value) -> bool {
+    match value {
+        Value::Bool(b) => *b,
+        Value::String(s) => s.trim().eq_ignore_ascii_case("true"),
+        _ => false,
+    }
+}
+
 /// A non-negative integer sent as a number or a numeric string.
 fn lenient_u64(value: &Value) -> Option<u64> {
     match value {
@@ -528,8 +721,9 @@ fn kind(value: &Value) -> &'static str {
 mod tests {
     use super::*;
 
+    use serde_json::json;
     use testkit::fixtures::{
-        BIC_STATUS_RINGING, CONNECT_UIC, TERMINATE_COMPLETED, TERMINATE_FAILED,
+        BIC_STATUS_RINGING, CONNECT_UIC, PERMISSION_REPLY, TERMINATE_COMPLETED, TERMINATE_FAILED,
     };
 
     const CALL_ID: &str = "wacid.HBgMNDQ3NzAwOTAwMTIzFQIAEhggN0ExQzlEMkU0QjZGOEEwQzNFNUQ3RjlCMUQzRTVGN0EcGAsxNTU1MDAwMTExMRUCABUKAA==";
@@ -938,6 +1132,8 @@ mod tests {
                 WebhookEvent::Connect(c) => ("connect", c.call_id.as_str()),
                 WebhookEvent::Terminate(t) => ("terminate", t.call_id.as_str()),
                 WebhookEvent::Status(s) => ("status", s.call_id.as_str()),
+                WebhookEvent::PermissionReply(r) => ("permission_reply", r.message_id.as_str()),
+                WebhookEvent::UserMessage(m) => ("user_message", m.message_id.as_str()),
             })
             .collect();
         assert_eq!(
@@ -1000,5 +1196,247 @@ mod tests {
             assert!(parsed.events.is_empty(), "{body}: {parsed:?}");
             assert!(!parsed.ignored.is_empty(), "{body}");
         }
+    }
+
+    const REPLY_ID: &str =
+        "wamid.HBgMNDQ3NzAwOTAwMTIzFQIAEhggRjFBMkIzQzRENUU2RjdBOEI5QzBEMUUyRjNBNEI1QzYA";
+    const REQUEST_ID: &str = "wamid.HBgMNDQ3NzAwOTAwMTIzFQIAERgSQTdCOEM5RDBFMUYyQTNCNEM1AA==";
+
+    /// Edits the first message of the permission-reply fixture.
+    fn with_message(edit: impl FnOnce(&mut Map<String, Value>)) -> String {
+        edit_value(PERMISSION_REPLY, |value| {
+            edit(value["messages"][0].as_object_mut().unwrap());
+        })
+    }
+
+    fn only_reply(body: &str) -> PermissionReplyEvent {
+        match only_event(body) {
+            WebhookEvent::PermissionReply(reply) => reply,
+            other => panic!("expected a permission reply, got {other:?}"),
+        }
+    }
+
+    fn only_user_message(body: &str) -> UserMessageEvent {
+        match only_event(body) {
+            WebhookEvent::UserMessage(message) => message,
+            other => panic!("expected a user message, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_permission_reply_sample_becomes_an_accepting_reply_to_our_request() {
+        assert_eq!(
+            only_reply(PERMISSION_REPLY),
+            PermissionReplyEvent {
+                user: PhoneNumber::new(USER),
+                accepted: true,
+                permanent: false,
+                expires_at: Some(1_761_294_800),
+                source: "user_action".to_owned(),
+                context_id: Some(REQUEST_ID.to_owned()),
+                message_id: REPLY_ID.to_owned(),
+                timestamp: Some(1_760_690_000),
+            }
+        );
+    }
+
+    #[test]
+    fn rejections_permanent_and_automatic_grants_are_read_with_numbers_or_strings() {
+        let body = with_message(|message| {
+            let reply = &mut message["interactive"]["call_permission_reply"];
+            reply["response"] = "REJECT".into();
+            reply["is_permanent"] = "true".into();
+            reply["expiration_timestamp"] = 1_761_294_800u64.into();
+        });
+        let reply = only_reply(&body);
+        assert!(!reply.accepted);
+        assert!(reply.permanent);
+        assert_eq!(reply.expires_at, Some(1_761_294_800));
+
+        // Granted by the user calling us: no request to point at, or a missed call's id.
+        let body = with_message(|message| {
+            message.insert("from".to_owned(), 447_700_900_123u64.into());
+            message.insert("timestamp".to_owned(), 1_760_690_000u64.into());
+            message.remove("context");
+            let reply = message["interactive"]["call_permission_reply"]
+                .as_object_mut()
+                .unwrap();
+            reply.insert("response_source".to_owned(), "automatic".into());
+            reply.insert("is_permanent".to_owned(), true.into());
+            reply.remove("expiration_timestamp");
+        });
+        let reply = only_reply(&body);
+        assert_eq!(reply.user, PhoneNumber::new(USER));
+        assert_eq!(reply.timestamp, Some(1_760_690_000));
+        assert_eq!(reply.source, "automatic");
+        assert!(reply.accepted && reply.permanent);
+        assert_eq!((reply.expires_at, reply.context_id), (None, None));
+    }
+
+    #[test]
+    fn any_other_message_from_the_user_is_a_user_message() {
+        let text = with_message(|message| {
+            message.remove("context");
+            message.remove("interactive");
+            message.insert("type".to_owned(), "text".into());
+            message.insert("text".to_owned(), json!({ "body": "Call me later" }));
+        });
+        assert_eq!(
+            only_user_message(&text),
+            UserMessageEvent {
+                user: PhoneNumber::new(USER),
+                message_id: REPLY_ID.to_owned(),
+                kind: "text".to_owned(),
+                timestamp: Some(1_760_690_000),
+            }
+        );
+        // A quick-reply button, another interactive reply, a message without a type.
+        let button = with_message(|message| {
+            message.insert("type".to_owned(), "button".into());
+        });
+        assert_eq!(only_user_message(&button).kind, "button");
+        let list = with_message(|message| {
+            message["interactive"] = json!({ "type": "list_reply", "list_reply": { "id": "1" } });
+        });
+        assert_eq!(only_user_message(&list).kind, "interactive");
+        let untyped = with_message(|message| {
+            message.remove("type");
+        });
+        assert_eq!(only_user_message(&untyped).kind, "unknown");
+        // Without `from`, the contact is the user.
+        let contact_only = with_message(|message| {
+            message.remove("from");
+        });
+        assert_eq!(only_reply(&contact_only).user, PhoneNumber::new(USER));
+    }
+
+    #[test]
+    fn statuses_of_our_messages_are_ignored_lines_without_numbers() {
+        let body = edit_value(PERMISSION_REPLY, |value| {
+            let value = value.as_object_mut().unwrap();
+            value.remove("messages");
+            value.remove("contacts");
+            value.insert(
+                "statuses".to_owned(),
+                json!([
+                    {
+                        "id": REQUEST_ID,
+                        "status": "delivered",
+                        "timestamp": "1760690001",
+                        "recipient_id": USER,
+                        "conversation": { "id": "c1", "origin": { "type": "service" } },
+                        "pricing": { "billable": false, "category": "service" },
+                    },
+                    { "id": REQUEST_ID, "status": "failed", "recipient_id": USER,
+                      "errors": [{ "code": 131_047, "title": "Re-engagement message" }] },
+                    { "id": REQUEST_ID, "status": USER, "recipient_id": USER },
+                    { "type": "call", "status": "RINGING", "id": "wacid.X" },
+                ]),
+            );
+        });
+        let parsed = parse_str(&body);
+        assert!(parsed.events.is_empty(), "{parsed:?}");
+        assert_eq!(parsed.ignored.len(), 4, "{parsed:?}");
+        assert!(parsed.ignored[0].contains("delivered"), "{parsed:?}");
+        assert!(parsed.ignored[1].contains("failed"), "{parsed:?}");
+        for line in &parsed.ignored {
+            assert!(!line.contains(USER), "{line}");
+        }
+    }
+
+    #[test]
+    fn messages_and_statuses_in_one_change_keep_their_order_and_the_rest_of_the_batch() {
+        let body = edit_value(PERMISSION_REPLY, |value| {
+            let reply = value["messages"][0].clone();
+            let mut text = reply.clone();
+            text["id"] = "wamid.TEXT".into();
+            text["type"] = "text".into();
+            value["messages"] = json!([reply, "garbage", text]);
+            value["statuses"] = json!([{ "id": "wamid.OURS", "status": "read" }]);
+        });
+        let parsed = parse_str(&body);
+        assert_eq!(parsed.events.len(), 2, "{parsed:?}");
+        assert!(matches!(parsed.events[0], WebhookEvent::PermissionReply(_)));
+        assert!(matches!(
+            &parsed.events[1],
+            WebhookEvent::UserMessage(m) if m.message_id == "wamid.TEXT"
+        ));
+        assert_eq!(parsed.ignored.len(), 2, "{parsed:?}");
+    }
+
+    #[test]
+    fn malformed_messages_are_ignored_with_a_line_and_no_number() {
+        type Edit = Box<dyn Fn(&mut Map<String, Value>)>;
+        let broken: Vec<Edit> = vec![
+            Box::new(|message| {
+                message.remove("id");
+            }),
+            Box::new(|message| {
+                message.insert("from".to_owned(), "not a number".into());
+            }),
+            Box::new(|message| {
+                message["interactive"]["call_permission_reply"]["response"] = "maybe".into();
+            }),
+            Box::new(|message| {
+                message["interactive"]["call_permission_reply"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("response");
+            }),
+            Box::new(|message| {
+                message["interactive"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("call_permission_reply");
+            }),
+        ];
+        for (i, edit) in broken.iter().enumerate() {
+            let body = edit_value(PERMISSION_REPLY, |value| {
+                if i == 1 {
+                    // No number anywhere: neither `from` nor a contact.
+                    value.as_object_mut().unwrap().remove("contacts");
+                }
+                edit(value["messages"][0].as_object_mut().unwrap());
+            });
+            let parsed = parse_str(&body);
+            assert!(parsed.events.is_empty(), "case {i}: {parsed:?}");
+            assert_eq!(parsed.ignored.len(), 1, "case {i}: {parsed:?}");
+            assert!(!parsed.ignored[0].contains(USER), "case {i}: {parsed:?}");
+        }
+    }
+
+    #[test]
+    fn messages_changes_follow_the_same_envelope_rules() {
+        // Unknown fields are ignored.
+        let body = with_message(|message| {
+            message.insert("referral".to_owned(), json!({ "source_id": "ad" }));
+            message["interactive"]["call_permission_reply"]["future"] = json!([1]);
+        });
+        assert_eq!(only_reply(&body), only_reply(PERMISSION_REPLY));
+        // Without a phone number id the change cannot be routed.
+        let body = edit_value(PERMISSION_REPLY, |value| {
+            value.as_object_mut().unwrap().remove("metadata");
+        });
+        let parsed = parse_str(&body);
+        assert!(parsed.events.is_empty());
+        assert_eq!(parsed.ignored.len(), 1);
+        // Neither messages nor statuses; errors only.
+        let body = edit_value(PERMISSION_REPLY, |value| {
+            value.as_object_mut().unwrap().remove("messages");
+        });
+        let parsed = parse_str(&body);
+        assert_eq!(parsed.ignored.len(), 1, "{parsed:?}");
+        let body = edit_value(PERMISSION_REPLY, |value| {
+            value.as_object_mut().unwrap().remove("messages");
+            value["errors"] = json!([{ "code": 131_000, "title": "Something went wrong" }]);
+        });
+        let parsed = parse_str(&body);
+        assert!(parsed.ignored[0].contains("131000"), "{parsed:?}");
+        // Other fields are still ignored with a line.
+        let other =
+            PERMISSION_REPLY.replace("\"field\": \"messages\"", "\"field\": \"account_update\"");
+        let parsed = parse_str(&other);
+        assert!(parsed.events.is_empty());
+        assert!(parsed.ignored[0].contains("account_update"), "{parsed:?}");
     }
 }
