@@ -3,11 +3,12 @@
 //! The caller's phone number always comes from the call, never from the model: no tool takes a
 //! number, unknown arguments are refused, and an id belonging to another caller is "not found".
 
-use chrono::{DateTime, NaiveDateTime, Utc};
+use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::ids::PhoneNumber;
+use crate::local_time::{self, CallerZone};
 use crate::store::{NewTask, Reminder, ReminderStatus, Store, StoreError, Task, TaskStatus};
 
 /// How a tool call went, for metrics.
@@ -62,13 +63,14 @@ impl ToolResult {
 }
 
 /// Every tool's name.
-pub const NAMES: [&str; 6] = [
+pub const NAMES: [&str; 7] = [
     "add_task",
     "list_tasks",
     "complete_task",
     "add_reminder",
     "list_reminders",
     "cancel_reminder",
+    "set_time_zone",
 ];
 
 /// A bounded metrics label for whatever name the model used.
@@ -84,7 +86,7 @@ pub fn metric_label(name: &str) -> &'static str {
 pub fn definitions() -> Vec<Value> {
     let function = |name: &str, description: &str, parameters: Value| json!({ "type": "function", "name": name, "description": description, "parameters": parameters });
     let id = |what: &str| json!({ "type": "string", "description": format!("The {what} id from a previous list or add.") });
-    let time = |what: &str| json!({ "type": "string", "description": format!("{what} as ISO 8601 with a UTC offset, e.g. 2026-11-23T15:00:00+00:00; resolve the caller's words (\"tomorrow at 3\") first.") });
+    let time = |what: &str| json!({ "type": "string", "description": format!("{what}, in the caller's local time as YYYY-MM-DDTHH:MM (e.g. 2026-11-23T15:00); resolve the caller's words (\"tomorrow at 3\") with the date and time in your instructions first.") });
     vec![
         function(
             "add_task",
@@ -109,7 +111,7 @@ pub fn definitions() -> Vec<Value> {
         ),
         function(
             "add_reminder",
-            "Set a reminder: the caller gets a call at that time. Say a short line before calling this.",
+            "Set a reminder: the business calls the caller at that time (or, if the call cannot reach them, sends a WhatsApp message). Say a short line before calling this.",
             json!({ "type": "object", "properties": {
                 "text": { "type": "string", "description": "What to remind the caller of." },
                 "remind_at": time("When to call"),
@@ -126,6 +128,13 @@ pub fn definitions() -> Vec<Value> {
             "cancel_reminder",
             "Cancel one of the caller's pending reminders.",
             json!({ "type": "object", "properties": { "reminder_id": id("reminder") }, "required": ["reminder_id"], "additionalProperties": false }),
+        ),
+        function(
+            "set_time_zone",
+            "Remember the caller's time zone when they say they are somewhere else than their number suggests (or when the zone in your instructions is a guess).",
+            json!({ "type": "object", "properties": {
+                "time_zone": { "type": "string", "description": "An IANA time zone name, e.g. Europe/Berlin or America/Chicago." },
+            }, "required": ["time_zone"], "additionalProperties": false }),
         ),
     ]
 }
@@ -163,6 +172,12 @@ struct ReminderId {
     reminder_id: String,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TimeZoneArg {
+    time_zone: String,
+}
+
 /// Runs one tool call for the caller `phone` (taken from the call) at `now`.
 pub async fn dispatch(
     store: &dyn Store,
@@ -182,30 +197,42 @@ pub async fn dispatch(
     } else {
         arguments
     };
+    if !NAMES.contains(&name) {
+        return ToolResult::error(
+            ToolOutcome::UnknownTool,
+            &format!("There is no tool called {name}."),
+        );
+    }
+    // Times are read and written in the caller's zone.
+    let zone = zone_of(store, phone).await;
     let result = match name {
         "add_task" => match parse::<AddTask>(arguments) {
             Err(result) => return result,
-            Ok(args) => add_task(store, phone, args).await,
+            Ok(args) => add_task(store, phone, args, &zone).await,
         },
         "list_tasks" => match parse::<ListFilter>(arguments) {
             Err(result) => return result,
-            Ok(args) => list_tasks(store, phone, args).await,
+            Ok(args) => list_tasks(store, phone, args, &zone).await,
         },
         "complete_task" => match parse::<TaskId>(arguments) {
             Err(result) => return result,
-            Ok(args) => complete_task(store, phone, &args.task_id).await,
+            Ok(args) => complete_task(store, phone, &args.task_id, &zone).await,
         },
         "add_reminder" => match parse::<AddReminder>(arguments) {
             Err(result) => return result,
-            Ok(args) => add_reminder(store, phone, args, now).await,
+            Ok(args) => add_reminder(store, phone, args, now, &zone).await,
         },
         "list_reminders" => match parse::<ListFilter>(arguments) {
             Err(result) => return result,
-            Ok(args) => list_reminders(store, phone, args).await,
+            Ok(args) => list_reminders(store, phone, args, &zone).await,
         },
         "cancel_reminder" => match parse::<ReminderId>(arguments) {
             Err(result) => return result,
-            Ok(args) => cancel_reminder(store, phone, &args.reminder_id).await,
+            Ok(args) => cancel_reminder(store, phone, &args.reminder_id, &zone).await,
+        },
+        "set_time_zone" => match parse::<TimeZoneArg>(arguments) {
+            Err(result) => return result,
+            Ok(args) => set_time_zone(store, phone, &args.time_zone, now).await,
         },
         other => {
             return ToolResult::error(
@@ -232,47 +259,71 @@ fn parse<T: for<'de> Deserialize<'de>>(arguments: &str) -> Result<T, ToolResult>
     })
 }
 
-/// ISO 8601 with an offset, or without one (then taken as UTC).
-fn parse_time(text: &str) -> Option<DateTime<Utc>> {
-    let text = text.trim();
-    if let Ok(time) = DateTime::parse_from_rfc3339(text) {
-        return Some(time.with_timezone(&Utc));
-    }
-    [
-        "%Y-%m-%dT%H:%M:%S",
-        "%Y-%m-%dT%H:%M",
-        "%Y-%m-%d %H:%M:%S",
-        "%Y-%m-%d %H:%M",
-    ]
-    .iter()
-    .find_map(|format| NaiveDateTime::parse_from_str(text, format).ok())
-    .map(|naive| naive.and_utc())
+/// The caller's zone: the one they stated (stored), else their number's. A store that cannot
+/// be read leaves the number's zone.
+pub async fn zone_of(store: &dyn Store, phone: &PhoneNumber) -> CallerZone {
+    let stated = match store.caller_profile(phone).await {
+        Ok(profile) => profile.time_zone,
+        Err(err) => {
+            tracing::debug!(%err, "caller profile unavailable; zone from the number");
+            None
+        }
+    };
+    local_time::caller_zone(Some(phone), stated.as_deref())
 }
 
-fn task_json(task: &Task) -> Value {
+fn task_json(task: &Task, zone: &CallerZone) -> Value {
     json!({
         "task_id": task.id,
         "title": task.title,
         "notes": task.notes,
         "status": task.status,
-        "due": task.due_at.map(|t| t.to_rfc3339()),
-        "created": task.created_at.to_rfc3339(),
+        "due": task.due_at.map(|t| zone.format(t)),
+        "created": zone.format(task.created_at),
     })
 }
 
-fn reminder_json(reminder: &Reminder) -> Value {
-    json!({
+fn reminder_json(reminder: &Reminder, zone: &CallerZone) -> Value {
+    let mut value = json!({
         "reminder_id": reminder.id,
         "text": reminder.text,
-        "remind_at": reminder.remind_at.to_rfc3339(),
+        "remind_at": zone.format(reminder.remind_at),
         "status": reminder.status,
-    })
+        "call_attempts": reminder.attempts,
+    });
+    if let Some(channel) = reminder.delivered_via {
+        value["delivered_by"] = json!(channel);
+    }
+    if let Some(reason) = &reminder.failure_reason {
+        value["failure_reason"] = json!(reason);
+    }
+    if let Some(next) = reminder
+        .next_attempt_at
+        .filter(|_| reminder.status == ReminderStatus::Pending)
+    {
+        value["next_attempt"] = json!(zone.format(next));
+    }
+    if !reminder.attempt_log.is_empty() {
+        value["attempts"] = reminder
+            .attempt_log
+            .iter()
+            .map(|attempt| {
+                json!({
+                    "at": zone.format(attempt.at),
+                    "by": attempt.channel,
+                    "outcome": attempt.outcome,
+                })
+            })
+            .collect();
+    }
+    value
 }
 
 async fn add_task(
     store: &dyn Store,
     phone: &PhoneNumber,
     args: AddTask,
+    zone: &CallerZone,
 ) -> Result<ToolResult, StoreError> {
     if args.title.trim().is_empty() {
         return Ok(ToolResult::error(
@@ -282,12 +333,12 @@ async fn add_task(
     }
     let due_at = match args.due.as_deref().filter(|d| !d.trim().is_empty()) {
         None => None,
-        Some(text) => match parse_time(text) {
-            Some(due) => Some(due),
-            None => {
+        Some(text) => match zone.parse(text) {
+            Ok(due) => Some(due),
+            Err(err) => {
                 return Ok(ToolResult::error(
                     ToolOutcome::InvalidArguments,
-                    &format!("\"{text}\" is not an ISO 8601 time."),
+                    &err.to_string(),
                 ));
             }
         },
@@ -302,13 +353,14 @@ async fn add_task(
             },
         )
         .await?;
-    Ok(ToolResult::ok(json!({ "added": task_json(&task) })))
+    Ok(ToolResult::ok(json!({ "added": task_json(&task, zone) })))
 }
 
 async fn list_tasks(
     store: &dyn Store,
     phone: &PhoneNumber,
     args: ListFilter,
+    zone: &CallerZone,
 ) -> Result<ToolResult, StoreError> {
     let status = match args.status.as_deref().unwrap_or("open") {
         "open" => Some(TaskStatus::Open),
@@ -323,7 +375,7 @@ async fn list_tasks(
     };
     let tasks = store.list_tasks(phone, status).await?;
     Ok(ToolResult::ok(
-        json!({ "tasks": tasks.iter().map(task_json).collect::<Vec<_>>() }),
+        json!({ "tasks": tasks.iter().map(|t| task_json(t, zone)).collect::<Vec<_>>() }),
     ))
 }
 
@@ -331,9 +383,10 @@ async fn complete_task(
     store: &dyn Store,
     phone: &PhoneNumber,
     id: &str,
+    zone: &CallerZone,
 ) -> Result<ToolResult, StoreError> {
     Ok(match store.complete_task(phone, id.trim()).await? {
-        Some(task) => ToolResult::ok(json!({ "completed": task_json(&task) })),
+        Some(task) => ToolResult::ok(json!({ "completed": task_json(&task, zone) })),
         None => ToolResult::error(
             ToolOutcome::NotFound,
             "No task with that id was found for this caller.",
@@ -346,6 +399,7 @@ async fn add_reminder(
     phone: &PhoneNumber,
     args: AddReminder,
     now: DateTime<Utc>,
+    zone: &CallerZone,
 ) -> Result<ToolResult, StoreError> {
     if args.text.trim().is_empty() {
         return Ok(ToolResult::error(
@@ -353,35 +407,28 @@ async fn add_reminder(
             "The reminder needs a text.",
         ));
     }
-    let Some(remind_at) = parse_time(&args.remind_at) else {
-        return Ok(ToolResult::error(
-            ToolOutcome::InvalidArguments,
-            &format!(
-                "\"{}\" is not an ISO 8601 time; ask the caller when exactly.",
-                args.remind_at
-            ),
-        ));
+    let remind_at = match zone.parse_future(&args.remind_at, now) {
+        Ok(time) => time,
+        Err(err) => {
+            return Ok(ToolResult::error(
+                ToolOutcome::InvalidArguments,
+                &err.to_string(),
+            ));
+        }
     };
-    if remind_at <= now {
-        return Ok(ToolResult::error(
-            ToolOutcome::InvalidArguments,
-            &format!(
-                "That time ({}) is in the past (it is now {}); ask the caller for a time in the future.",
-                remind_at.to_rfc3339(),
-                now.to_rfc3339()
-            ),
-        ));
-    }
     let reminder = store
         .add_reminder(phone, args.text.trim(), remind_at)
         .await?;
-    Ok(ToolResult::ok(json!({ "added": reminder_json(&reminder) })))
+    Ok(ToolResult::ok(
+        json!({ "added": reminder_json(&reminder, zone) }),
+    ))
 }
 
 async fn list_reminders(
     store: &dyn Store,
     phone: &PhoneNumber,
     args: ListFilter,
+    zone: &CallerZone,
 ) -> Result<ToolResult, StoreError> {
     let status = match args.status.as_deref().unwrap_or("pending") {
         "pending" => Some(ReminderStatus::Pending),
@@ -398,7 +445,7 @@ async fn list_reminders(
     };
     let reminders = store.list_reminders(phone, status).await?;
     Ok(ToolResult::ok(
-        json!({ "reminders": reminders.iter().map(reminder_json).collect::<Vec<_>>() }),
+        json!({ "reminders": reminders.iter().map(|r| reminder_json(r, zone)).collect::<Vec<_>>() }),
     ))
 }
 
@@ -406,9 +453,10 @@ async fn cancel_reminder(
     store: &dyn Store,
     phone: &PhoneNumber,
     id: &str,
+    zone: &CallerZone,
 ) -> Result<ToolResult, StoreError> {
     Ok(match store.cancel_reminder(phone, id.trim()).await? {
-        Some(reminder) => ToolResult::ok(json!({ "cancelled": reminder_json(&reminder) })),
+        Some(reminder) => ToolResult::ok(json!({ "cancelled": reminder_json(&reminder, zone) })),
         None => ToolResult::error(
             ToolOutcome::NotFound,
             "No pending reminder with that id was found for this caller.",
@@ -416,18 +464,32 @@ async fn cancel_reminder(
     })
 }
 
+/// Stores the zone the caller stated, once the tz database knows it.
+async fn set_time_zone(
+    store: &dyn Store,
+    phone: &PhoneNumber,
+    name: &str,
+    now: DateTime<Utc>,
+) -> Result<ToolResult, StoreError> {
+    let Some(zone) = local_time::parse_zone(name) else {
+        return Ok(ToolResult::error(
+            ToolOutcome::InvalidArguments,
+            &format!(
+                "\"{name}\" is not a time zone I know; use an IANA name such as Europe/Berlin."
+            ),
+        ));
+    };
+    store.set_caller_time_zone(phone, zone.name()).await?;
+    let zone = local_time::caller_zone(Some(phone), Some(zone.name()));
+    Ok(ToolResult::ok(json!({
+        "time_zone": zone.zone.name(),
+        "now": zone.format(now),
+    })))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn times_parse_with_or_without_an_offset() {
-        let with = parse_time("2026-11-23T15:00:00+01:00").expect("rfc3339");
-        assert_eq!(with.to_rfc3339(), "2026-11-23T14:00:00+00:00");
-        let without = parse_time("2026-11-23T15:00").expect("naive");
-        assert_eq!(without.to_rfc3339(), "2026-11-23T15:00:00+00:00");
-        assert!(parse_time("tomorrow at three").is_none());
-    }
 
     #[test]
     fn every_definition_is_named_in_names() {
@@ -519,6 +581,97 @@ mod tests {
         assert_eq!(hidden.outcome, ToolOutcome::NoCaller);
         let listed = dispatch(&store, Some(&phone), "list_tasks", "", now).await;
         assert_eq!(listed.outcome, ToolOutcome::Ok);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    fn utc(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text)
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    async fn add_reminder_at(
+        store: &dyn Store,
+        phone: &PhoneNumber,
+        local: &str,
+        now: DateTime<Utc>,
+    ) -> ToolResult {
+        let arguments = json!({"text": "call the dentist", "remind_at": local}).to_string();
+        dispatch(store, Some(phone), "add_reminder", &arguments, now).await
+    }
+
+    #[tokio::test]
+    async fn local_times_are_the_callers_own_a_uk_and_a_us_number_and_a_stated_zone() {
+        let (store, dir) = store().await;
+        let now = utc("2026-12-07T12:00:00Z");
+        let uk = PhoneNumber::new("447700900123");
+        let us = PhoneNumber::new("14155550123");
+        for (phone, stored) in [(&uk, "2026-12-08T15:00:00Z"), (&us, "2026-12-08T23:00:00Z")] {
+            let result = add_reminder_at(&store, phone, "2026-12-08T15:00", now).await;
+            assert_eq!(result.outcome, ToolOutcome::Ok, "{}", result.output);
+            let reminders = store.list_reminders(phone, None).await.unwrap();
+            assert_eq!(reminders[0].remind_at, utc(stored));
+            // Read back in the caller's local time.
+            assert!(
+                result.output.contains("2026-12-08T15:00"),
+                "{}",
+                result.output
+            );
+        }
+        // The UK caller says they are in Berlin now: the next local time is Berlin's.
+        let set = dispatch(
+            &store,
+            Some(&uk),
+            "set_time_zone",
+            r#"{"time_zone":"Europe/Berlin"}"#,
+            now,
+        )
+        .await;
+        assert_eq!(set.outcome, ToolOutcome::Ok, "{}", set.output);
+        let result = add_reminder_at(&store, &uk, "2026-12-09T15:00", now).await;
+        assert_eq!(result.outcome, ToolOutcome::Ok, "{}", result.output);
+        let times: Vec<_> = store
+            .list_reminders(&uk, None)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.remind_at)
+            .collect();
+        assert!(times.contains(&utc("2026-12-09T14:00:00Z")), "{times:?}");
+        let listed = dispatch(&store, Some(&uk), "list_reminders", "{}", now).await;
+        assert!(
+            listed.output.contains("+01:00") && listed.output.contains("Europe/Berlin"),
+            "{}",
+            listed.output
+        );
+        let bad = dispatch(
+            &store,
+            Some(&uk),
+            "set_time_zone",
+            r#"{"time_zone":"Berlin time"}"#,
+            now,
+        )
+        .await;
+        assert_eq!(bad.outcome, ToolOutcome::InvalidArguments);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn a_time_in_a_dst_gap_or_the_past_is_refused_and_nothing_is_stored() {
+        let (store, dir) = store().await;
+        let uk = PhoneNumber::new("447700900123");
+        let now = utc("2026-03-28T12:00:00Z");
+        let gap = add_reminder_at(&store, &uk, "2026-03-29T01:30", now).await;
+        assert_eq!(gap.outcome, ToolOutcome::InvalidArguments);
+        assert!(gap.output.contains("clocks go forward"), "{}", gap.output);
+        let past = add_reminder_at(&store, &uk, "2026-03-28T11:30", now).await;
+        assert!(past.output.contains("in the past"), "{}", past.output);
+        // After the change the same wall time is an hour earlier in UTC.
+        let after = add_reminder_at(&store, &uk, "2026-03-29T09:00", now).await;
+        assert_eq!(after.outcome, ToolOutcome::Ok, "{}", after.output);
+        let reminders = store.list_reminders(&uk, None).await.unwrap();
+        assert_eq!(reminders.len(), 1);
+        assert_eq!(reminders[0].remind_at, utc("2026-03-29T08:00:00Z"));
         let _ = std::fs::remove_dir_all(dir);
     }
 
