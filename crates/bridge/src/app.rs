@@ -22,6 +22,8 @@ use crate::media::phases::FramePhases;
 use crate::media::ports::PortPool;
 use crate::memory::MemorySettings;
 use crate::metrics::Metrics;
+use crate::outreach::Outreach;
+use crate::outreach::scheduler::Scheduler;
 use crate::realtime::client::RealtimeConfig;
 use crate::realtime::events::SessionSettings;
 use crate::store::Store;
@@ -35,6 +37,8 @@ use crate::whatsapp::graph::{GraphClient, GraphConfig};
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
 /// After the calls, how long shutdown waits for the fleet's last writes (releases, leaving).
 const FLEET_STOP_GRACE: Duration = Duration::from_secs(3);
+/// After the calls, how long shutdown waits for the reminder deliveries to be recorded.
+const SCHEDULER_STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// A built bridge, bound to its port and ready to serve.
 pub struct App {
@@ -47,6 +51,9 @@ pub struct App {
     /// the calls' releases (awaited, bounded) and leaves the fleet's reports.
     fleet_stop: CancellationToken,
     fleet_worker: Option<tokio::task::JoinHandle<()>>,
+    /// Delivers due reminders and callbacks (`REMINDERS=off`: `None`); stops claiming when
+    /// the drain begins.
+    scheduler: Option<Scheduler>,
 }
 
 impl App {
@@ -133,16 +140,28 @@ impl App {
             tool_timeout: config.tool_timeout,
             frame_phases: FramePhases::default(),
         };
+        let calls = Calls::new(context, registry, TaskTracker::new(), ports, fleet.clone());
+        let outreach = Outreach::new(calls.clone(), config.reminders.clone());
+        let scheduler = config.reminders.enabled.then(|| {
+            // The claims' owner: the fleet's name for this replica, or a name of its own.
+            let owner = fleet_settings
+                .as_ref()
+                .map(|settings| settings.replica.clone())
+                .or_else(|| config.fleet.as_ref().and_then(|f| f.replica.clone()))
+                .unwrap_or_else(default_replica_name);
+            Scheduler::new(outreach.clone(), owner)
+        });
         let state = AppState {
             webhook: Arc::new(WebhookSettings {
                 app_secret: config.app_secret.clone(),
                 verify_token: config.verify_token.clone(),
                 phone_number_id: config.phone_number_id.clone(),
             }),
-            calls: Calls::new(context, registry, TaskTracker::new(), ports, fleet.clone()),
+            calls,
             metrics,
             started: Instant::now(),
             admin_token: config.admin_token.clone(),
+            outreach,
         };
         let fleet_stop = CancellationToken::new();
         let mut fleet_worker = None;
@@ -168,6 +187,7 @@ impl App {
             drain_timeout: config.drain_timeout,
             fleet_stop,
             fleet_worker,
+            scheduler,
         })
     }
 
@@ -219,7 +239,11 @@ impl App {
             drain_timeout,
             fleet_stop,
             fleet_worker,
+            scheduler,
         } = self;
+        let scheduler_stop = CancellationToken::new();
+        let scheduler =
+            scheduler.map(|scheduler| tokio::spawn(scheduler.run(scheduler_stop.clone())));
         let registry = state.calls.registry().clone();
         let tracker = state.calls.tracker().clone();
         let app = router(state.clone(), metrics_listener.is_some());
@@ -248,6 +272,7 @@ impl App {
                 "draining: new calls are refused, live calls go on"
             );
             registry.begin_drain();
+            scheduler_stop.cancel();
             tokio::select! {
                 idle = registry.wait_idle(drain_timeout) => {
                     if !idle {
@@ -272,6 +297,13 @@ impl App {
             .with_graceful_shutdown(drained)
             .await;
         stopped.cancel();
+        if let Some(scheduler) = scheduler
+            && tokio::time::timeout(SCHEDULER_STOP_GRACE, scheduler)
+                .await
+                .is_err()
+        {
+            warn!("reminder deliveries still unrecorded; their claims expire with their lease");
+        }
         fleet_stop.cancel();
         if let Some(worker) = fleet_worker
             && tokio::time::timeout(FLEET_STOP_GRACE, worker)

@@ -56,6 +56,16 @@ pub const OPUS_BANDWIDTH: &str = "OPUS_BANDWIDTH";
 pub const REDIS_URL: &str = "REDIS_URL";
 pub const REDIS_KEY_PREFIX: &str = "REDIS_KEY_PREFIX";
 pub const REPLICA_ID: &str = "REPLICA_ID";
+pub const REMINDERS: &str = "REMINDERS";
+pub const REMINDER_POLL_INTERVAL: &str = "REMINDER_POLL_INTERVAL";
+pub const REMINDER_MAX_ATTEMPTS: &str = "REMINDER_MAX_ATTEMPTS";
+pub const REMINDER_WINDOW: &str = "REMINDER_WINDOW";
+pub const REMINDER_RETRY_DELAY: &str = "REMINDER_RETRY_DELAY";
+pub const REMINDER_CONCURRENCY: &str = "REMINDER_CONCURRENCY";
+pub const REMINDER_CLAIM_LEASE: &str = "REMINDER_CLAIM_LEASE";
+pub const REMINDER_TEMPLATE: &str = "REMINDER_TEMPLATE";
+pub const REMINDER_TEMPLATE_LANGUAGE: &str = "REMINDER_TEMPLATE_LANGUAGE";
+pub const CALLBACK_ON_BUSY: &str = "CALLBACK_ON_BUSY";
 
 /// Every key, for `.env.example` checks and `--help`.
 pub const ALL_KEYS: &[&str] = &[
@@ -101,6 +111,16 @@ pub const ALL_KEYS: &[&str] = &[
     REDIS_URL,
     REDIS_KEY_PREFIX,
     REPLICA_ID,
+    REMINDERS,
+    REMINDER_POLL_INTERVAL,
+    REMINDER_MAX_ATTEMPTS,
+    REMINDER_WINDOW,
+    REMINDER_RETRY_DELAY,
+    REMINDER_CONCURRENCY,
+    REMINDER_CLAIM_LEASE,
+    REMINDER_TEMPLATE,
+    REMINDER_TEMPLATE_LANGUAGE,
+    CALLBACK_ON_BUSY,
 ];
 
 /// Where the caller's data lives.
@@ -122,6 +142,32 @@ pub struct FleetConfig {
     pub prefix: String,
     /// `None`: named after the container or host, with a random suffix.
     pub replica: Option<String>,
+}
+
+/// How reminders and callbacks are delivered (see `outreach`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReminderSettings {
+    /// Whether this replica delivers due reminders (`REMINDERS=off`: another process does).
+    pub enabled: bool,
+    /// How often the store is asked for due reminders (a callback queued here wakes it at once).
+    pub poll_interval: Duration,
+    /// Calls per reminder before the message fallback.
+    pub max_attempts: u32,
+    /// Calls are tried only this long after the due time; then the message fallback.
+    pub window: Duration,
+    /// The wait before the first retry; it doubles with each further one.
+    pub retry_delay: Duration,
+    /// Reminders delivered at once by this replica.
+    pub concurrency: usize,
+    /// How long a claim holds before another replica may take the reminder over (renewed
+    /// while a delivery runs).
+    pub claim_lease: Duration,
+    /// An approved message template (one body parameter: the text) for messages outside the
+    /// 24-hour customer-service window; `None`: only free-form messages inside it.
+    pub template: Option<String>,
+    pub template_language: String,
+    /// A caller refused at capacity is told the lines are busy and called back.
+    pub callback_on_busy: bool,
 }
 
 /// The instructions for the AI's first words once a call is answered.
@@ -220,6 +266,7 @@ pub struct Config {
     pub encoder: EncoderSettings,
     /// Call state shared with the other replicas; `None`: one process, state in memory.
     pub fleet: Option<FleetConfig>,
+    pub reminders: ReminderSettings,
 }
 
 impl std::fmt::Debug for Config {
@@ -512,6 +559,7 @@ impl Config {
         let tool_timeout = r.duration(TOOL_TIMEOUT, Duration::from_secs(5));
         let encoder = read_encoder(&mut r);
         let fleet = read_fleet(&mut r);
+        let reminders = read_reminders(&mut r);
 
         if !r.problems.is_empty() {
             return Err(ConfigError(r.problems));
@@ -547,8 +595,56 @@ impl Config {
             tool_timeout,
             encoder,
             fleet,
+            reminders,
         })
     }
+}
+
+/// A boolean setting (`true`/`false`, `on`/`off`, `1`/`0`, `yes`/`no`).
+fn read_bool(r: &mut Reader<'_>, key: &str, default: bool) -> bool {
+    match r.raw(key) {
+        None => default,
+        Some(value) => parse_bool(&value).unwrap_or_else(|| {
+            r.problems
+                .push(format!("{key}={value:?} is not true or false"));
+            default
+        }),
+    }
+}
+
+/// The reminder scheduler's settings.
+fn read_reminders(r: &mut Reader<'_>) -> ReminderSettings {
+    let settings = ReminderSettings {
+        enabled: read_bool(r, REMINDERS, true),
+        poll_interval: r.duration(REMINDER_POLL_INTERVAL, Duration::from_secs(2)),
+        max_attempts: r.parsed(REMINDER_MAX_ATTEMPTS, 3u32, "a number of calls"),
+        window: r.duration(REMINDER_WINDOW, Duration::from_secs(2 * 3600)),
+        retry_delay: r.duration(REMINDER_RETRY_DELAY, Duration::from_secs(5 * 60)),
+        concurrency: r.parsed(REMINDER_CONCURRENCY, 8usize, "a number of deliveries"),
+        claim_lease: r.duration(REMINDER_CLAIM_LEASE, Duration::from_secs(120)),
+        template: r.raw(REMINDER_TEMPLATE),
+        template_language: r.string(REMINDER_TEMPLATE_LANGUAGE, "en_US"),
+        callback_on_busy: read_bool(r, CALLBACK_ON_BUSY, true),
+    };
+    if settings.max_attempts == 0 {
+        r.problems
+            .push(format!("{REMINDER_MAX_ATTEMPTS} must be at least 1"));
+    }
+    if settings.concurrency == 0 {
+        r.problems
+            .push(format!("{REMINDER_CONCURRENCY} must be at least 1"));
+    }
+    if settings.poll_interval.is_zero() {
+        r.problems
+            .push(format!("{REMINDER_POLL_INTERVAL} must be more than 0"));
+    }
+    // A claim must outlive the longest step of a delivery without a renewal (a call rings up
+    // to 60 s; renewals come every third of the lease).
+    if settings.claim_lease < Duration::from_secs(30) {
+        r.problems
+            .push(format!("{REMINDER_CLAIM_LEASE} must be at least 30s"));
+    }
+    settings
 }
 
 /// The fleet's settings when `REDIS_URL` is set.
@@ -780,6 +876,25 @@ mod tests {
                 .count();
             assert_eq!(lines, 1, "{key} in .env.example");
         }
+    }
+
+    #[test]
+    fn reminder_settings_have_defaults_and_bad_values_are_reported() {
+        let config = Config::from_env(&minimal()).expect("valid");
+        assert!(config.reminders.enabled && config.reminders.callback_on_busy);
+        assert_eq!(config.reminders.max_attempts, 3);
+        assert_eq!(config.reminders.window, Duration::from_secs(7200));
+        assert_eq!(config.reminders.template, None);
+        let mut env = minimal();
+        env.insert(REMINDERS.into(), "maybe".into());
+        env.insert(REMINDER_MAX_ATTEMPTS.into(), "0".into());
+        env.insert(REMINDER_CLAIM_LEASE.into(), "5s".into());
+        env.insert(CALLBACK_ON_BUSY.into(), "false".into());
+        let problems = Config::from_env(&env).unwrap_err().0.join("\n");
+        for key in [REMINDERS, REMINDER_MAX_ATTEMPTS, REMINDER_CLAIM_LEASE] {
+            assert!(problems.contains(key), "{key}: {problems}");
+        }
+        assert!(!problems.contains(CALLBACK_ON_BUSY));
     }
 
     #[test]

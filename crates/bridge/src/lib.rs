@@ -4,8 +4,10 @@
 //! depends on this one and never the other way round (docs/ARCHITECTURE.md).
 //!
 //! Map of the crate, by floor (a module imports only from floors below it; no loops):
-//! - floor 5 — [`app`]: wires it all together: `App::build(config)`, `run_until_stopped`, drain.
-//! - floor 4 — [`http`]: the axum router: signed webhook, `/health`, `/ready`, `/metrics`, admin.
+//! - floor 6 — [`app`]: wires it all together: `App::build(config)`, `run_until_stopped`, drain.
+//! - floor 5 — [`http`]: the axum router: signed webhook, `/health`, `/ready`, `/metrics`, admin.
+//! - floor 4 — [`outreach`]: the business reaching users by WhatsApp's rules (permission,
+//!   calls, messages) and the scheduler that delivers due reminders and callbacks.
 //! - floor 3 — [`call`]: admission of inbound and outbound calls (`Calls`), the registry of live
 //!   calls, the call flow, and the call task that owns one call from offer to hang-up.
 //! - floor 2 — [`memory`]: what the AI is told about a caller at the start of a call;
@@ -15,7 +17,8 @@
 //!   forwarded events, reports);
 //!   [`store`]: the caller's data (`Store`: Supabase, or embedded SQLite on its own thread);
 //!   [`whatsapp`]: webhook payloads, signature check, SDP rules, Graph API client (call actions,
-//!   messages, call permissions).
+//!   messages, call permissions);
+//!   [`local_time`]: the caller's time zone and the times the AI passes to tools.
 //! - floor 0 — [`media`]: the PeerConnection (the one place that names WebRTC types), Opus, the
 //!   uplink and the downlink of a call's audio; [`realtime`]: the Realtime API client and its
 //!   events; [`metrics`]: the Prometheus metrics; [`ids`]: call ids and phone numbers (masked
@@ -28,9 +31,11 @@ pub mod config;
 pub mod fleet;
 pub mod http;
 pub mod ids;
+pub mod local_time;
 pub mod media;
 pub mod memory;
 pub mod metrics;
+pub mod outreach;
 pub mod realtime;
 pub mod store;
 pub mod tools;

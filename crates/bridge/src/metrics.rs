@@ -61,6 +61,22 @@ pub struct Metrics {
     /// Live calls and live replicas of the whole fleet, as of the last heartbeat.
     pub cluster_active_calls: IntGauge,
     pub cluster_replicas: IntGauge,
+    /// Reminders (and callbacks) that came due and were claimed for a first attempt, by kind.
+    pub reminders_due: IntCounterVec,
+    /// Reminders this replica is delivering now.
+    pub reminders_in_delivery: IntGauge,
+    /// Delivered reminders by kind and channel (`call`, `message`).
+    pub reminders_delivered: IntCounterVec,
+    /// Reminders given up, by kind and reason.
+    pub reminders_failed: IntCounterVec,
+    /// From a reminder's due time to its delivery.
+    pub reminder_delivery_delay_seconds: Histogram,
+    /// Delivery attempts by channel (`call`, `message`, `permission_request`) and outcome.
+    pub reminder_attempts: IntCounterVec,
+    /// Callbacks queued for callers refused at capacity.
+    pub callbacks_queued: IntCounter,
+    /// WhatsApp messages sent, by kind (`text`, `template`, `permission_request`) and outcome.
+    pub messages_sent: IntCounterVec,
 }
 
 impl Metrics {
@@ -250,6 +266,66 @@ impl Metrics {
             "Replicas sharing this Redis that sent a heartbeat recently",
         )
         .expect("valid metric");
+        let reminders_due = IntCounterVec::new(
+            Opts::new(
+                "whatsapp_bridge_reminders_due_total",
+                "Reminders and callbacks that came due and were claimed for delivery, by kind",
+            ),
+            &["kind"],
+        )
+        .expect("valid metric");
+        let reminders_in_delivery = IntGauge::new(
+            "whatsapp_bridge_reminders_in_delivery",
+            "Reminders this replica is delivering now",
+        )
+        .expect("valid metric");
+        let reminders_delivered = IntCounterVec::new(
+            Opts::new(
+                "whatsapp_bridge_reminders_delivered_total",
+                "Delivered reminders by kind and channel",
+            ),
+            &["kind", "channel"],
+        )
+        .expect("valid metric");
+        let reminders_failed = IntCounterVec::new(
+            Opts::new(
+                "whatsapp_bridge_reminders_failed_total",
+                "Reminders given up, by kind and reason",
+            ),
+            &["kind", "reason"],
+        )
+        .expect("valid metric");
+        let reminder_delivery_delay_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "whatsapp_bridge_reminder_delivery_delay_seconds",
+                "From a reminder's due time to its delivery",
+            )
+            .buckets(vec![
+                1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0,
+            ]),
+        )
+        .expect("valid metric");
+        let reminder_attempts = IntCounterVec::new(
+            Opts::new(
+                "whatsapp_bridge_reminder_attempts_total",
+                "Reminder delivery attempts by channel and outcome",
+            ),
+            &["channel", "outcome"],
+        )
+        .expect("valid metric");
+        let callbacks_queued = IntCounter::new(
+            "whatsapp_bridge_callbacks_queued_total",
+            "Callbacks queued for callers refused at capacity",
+        )
+        .expect("valid metric");
+        let messages_sent = IntCounterVec::new(
+            Opts::new(
+                "whatsapp_bridge_messages_sent_total",
+                "WhatsApp messages sent by kind and outcome",
+            ),
+            &["kind", "outcome"],
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(active_calls.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(max_calls.clone()),
@@ -277,6 +353,14 @@ impl Metrics {
             Box::new(forward_latency_seconds.clone()),
             Box::new(cluster_active_calls.clone()),
             Box::new(cluster_replicas.clone()),
+            Box::new(reminders_due.clone()),
+            Box::new(reminders_in_delivery.clone()),
+            Box::new(reminders_delivered.clone()),
+            Box::new(reminders_failed.clone()),
+            Box::new(reminder_delivery_delay_seconds.clone()),
+            Box::new(reminder_attempts.clone()),
+            Box::new(callbacks_queued.clone()),
+            Box::new(messages_sent.clone()),
         ] {
             registry
                 .register(collector)
@@ -310,6 +394,14 @@ impl Metrics {
             forward_latency_seconds,
             cluster_active_calls,
             cluster_replicas,
+            reminders_due,
+            reminders_in_delivery,
+            reminders_delivered,
+            reminders_failed,
+            reminder_delivery_delay_seconds,
+            reminder_attempts,
+            callbacks_queued,
+            messages_sent,
         }
     }
 

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::FutureExt as _;
 use parking_lot::Mutex;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, oneshot};
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument as _, debug, info, info_span, warn};
 
@@ -26,7 +26,7 @@ use super::CallDirection;
 use super::flow::CallFlow;
 use super::registry::CallSummary;
 use super::registry::{AdmitResult, Refusal, RefusalReason, Registry};
-use super::task::{CallContext, CallMedia, CallTask, fail_before_start};
+use super::task::{CallContext, CallMedia, CallTask, PlacedOutcome, fail_before_start};
 use crate::fleet::{CallBrief, Claim, Fleet, ReplicaReport};
 use crate::ids::{CallId, PhoneNumber};
 use crate::media::ports::{PortLease, PortPool};
@@ -67,6 +67,13 @@ pub enum Offered {
     /// Refused. `declined`: Meta is sent `reject` in the background; otherwise too many
     /// rejects were in flight, and Meta is left to end the call (or redeliver it).
     Refused { refusal: Refusal, declined: bool },
+}
+
+/// A call the bridge placed: Meta's id for it, and what became of it (see [`PlacedOutcome`]).
+#[derive(Debug)]
+pub struct Placed {
+    pub call_id: CallId,
+    pub outcome: oneshot::Receiver<PlacedOutcome>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -208,8 +215,9 @@ impl Calls {
                             let ai_context =
                                 caller_context(caller.as_ref(), caller_name.as_deref());
                             let greeting = context.greeting.clone();
-                            let mut task =
-                                CallTask::new(context, admission, commands, flow, media, greeting);
+                            let mut task = CallTask::new(
+                                context, admission, commands, flow, media, greeting, None,
+                            );
                             task.start_ai(ai_context);
                             let end = task.answer_and_run(&sdp).await;
                             task.finish(end).await;
@@ -273,6 +281,20 @@ impl Calls {
         opening: &str,
         ai_context: &str,
     ) -> Result<CallId, PlaceError> {
+        self.place_for(to, opening, ai_context, None)
+            .await
+            .map(|placed| placed.call_id)
+    }
+
+    /// [`Self::place`], with the outcome reported back and the call logged against
+    /// `reminder_id` when it delivers one.
+    pub async fn place_for(
+        &self,
+        to: &PhoneNumber,
+        opening: &str,
+        ai_context: &str,
+        reminder_id: Option<&str>,
+    ) -> Result<Placed, PlaceError> {
         let started = Instant::now();
         let reservation = self
             .inner
@@ -330,13 +352,24 @@ impl Calls {
         let span = call_span(&call_id, CallDirection::Outbound);
         info!(parent: &span, "outbound call placed");
         let (opening, ai_context) = (opening.to_owned(), ai_context.to_owned());
+        let reminder_id = reminder_id.map(str::to_owned);
+        let (reporter, outcome) = oneshot::channel();
         self.spawn_call(span, async move {
-            let mut task = CallTask::new(context, admission, commands, flow, media, Some(opening));
+            let mut task = CallTask::new(
+                context,
+                admission,
+                commands,
+                flow,
+                media,
+                Some(opening),
+                reminder_id,
+            );
+            task.report_to(reporter);
             task.start_ai(ai_context);
             let end = task.run().await;
             task.finish(end).await;
         });
-        Ok(call_id)
+        Ok(Placed { call_id, outcome })
     }
 
     /// A UDP port for a new call when a range is configured; a full range refuses the call.

@@ -36,6 +36,8 @@ impl CallDirection {
 pub enum CallEnd {
     /// Meta sent a `terminate` webhook (the user hung up, or Meta ended it).
     RemoteTerminated,
+    /// The user declined a call we placed (`REJECTED` status; Meta ends the call).
+    Declined,
     /// The caller's media went away (ICE/DTLS failed or the connection closed).
     CallerGone,
     /// The AI session failed or closed.
@@ -58,6 +60,7 @@ impl CallEnd {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::RemoteTerminated => "remote_terminated",
+            Self::Declined => "declined",
             Self::CallerGone => "caller_gone",
             Self::AiFailed => "ai_failed",
             Self::MaxDuration => "max_duration",
@@ -71,7 +74,7 @@ impl CallEnd {
 
     /// Whether the bridge ended the call (and so must tell Meta with `reject` or `terminate`).
     pub fn ended_by_bridge(self) -> bool {
-        !matches!(self, Self::RemoteTerminated)
+        !matches!(self, Self::RemoteTerminated | Self::Declined)
     }
 }
 
@@ -92,4 +95,6 @@ pub enum CallCommand {
     RemoteAnswer(String),
     /// The callee picked up (BIC `ACCEPTED` status).
     RemoteAccepted,
+    /// The callee declined (BIC `REJECTED` status).
+    RemoteRejected,
 }

@@ -421,6 +421,27 @@ impl Registry {
         self.inner.released.notify_waiters();
     }
 
+    /// Calls that could be admitted now: none while draining.
+    pub fn free_slots(&self) -> usize {
+        if self.is_draining() {
+            return 0;
+        }
+        self.inner.max_calls.saturating_sub(self.active_calls())
+    }
+
+    /// Waits until a call could be admitted (a slot is free and the registry is not draining).
+    pub async fn wait_for_room(&self) {
+        loop {
+            let released = self.inner.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            if self.free_slots() > 0 {
+                return;
+            }
+            released.await;
+        }
+    }
+
     /// Waits until no call is live; false if `timeout` passed first.
     pub async fn wait_idle(&self, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use futures_util::FutureExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
@@ -21,6 +21,7 @@ use super::registry::Admission;
 use super::tool_calls::{Send as ToolSend, ToolCalls};
 use super::{CallCommand, CallDirection, CallEnd};
 use crate::ids::CallId;
+use crate::local_time;
 use crate::media::codec::{EncoderSettings, SAMPLES_PER_FRAME, StreamEncoder};
 use crate::media::downlink::{Downlink, OutgoingFrame};
 use crate::media::peer::{
@@ -78,6 +79,28 @@ pub(super) async fn fail_before_start(
     record_end(&context.metrics, &flow);
 }
 
+/// What became of a call the bridge placed, for whoever placed it (a reminder's delivery).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlacedOutcome {
+    /// The callee answered and the AI's opening (the reminder) was spoken and played out to
+    /// the phone; the call goes on.
+    OpeningHeard,
+    /// The call ended before that: `answered` tells whether the callee had picked up.
+    Ended { end: CallEnd, answered: bool },
+}
+
+/// An outbound call's opening: whether the AI has said it and it has played out.
+#[derive(Debug, Default)]
+struct Opening {
+    /// Reported (or nobody listens): nothing more to do.
+    reporter: Option<oneshot::Sender<PlacedOutcome>>,
+    /// `response.create` for the opening was sent; its response is the next one created.
+    requested: bool,
+    response_id: Option<String>,
+    /// The opening's response is done: once its audio has played out it was heard.
+    generated: bool,
+}
+
 /// Everything one call owns while it runs.
 pub(super) struct CallTask {
     context: Arc<CallContext>,
@@ -112,6 +135,8 @@ pub(super) struct CallTask {
     /// This call's handles on the per-frame counters (looked up once, not per frame).
     frames_in: prometheus::IntCounter,
     frames_out: prometheus::IntCounter,
+    /// Outbound: tells the placer when the opening was heard, or how the call ended.
+    opening: Opening,
 }
 
 /// The media side of a call before it has a task: the PeerConnection and both codecs.
@@ -155,17 +180,19 @@ impl CallTask {
         flow: CallFlow,
         media: CallMedia,
         greeting: Option<String>,
+        reminder_id: Option<String>,
     ) -> Self {
         let direction = match flow.direction() {
             CallDirection::Inbound => CallLogDirection::Inbound,
             CallDirection::Outbound => CallLogDirection::Outbound,
         };
-        let record = CallRecord::started(
+        let mut record = CallRecord::started(
             admission.call_id().clone(),
             admission.phone().cloned(),
             direction,
             wall_clock(flow.started()),
         );
+        record.reminder_id = reminder_id;
         let journal = Journal::start(context.store.clone(), record, context.metrics.clone());
         let frames_in = context.metrics.audio_frames.with_label_values(&["in"]);
         let frames_out = context.metrics.audio_frames.with_label_values(&["out"]);
@@ -193,9 +220,26 @@ impl CallTask {
             tool_runs: JoinSet::new(),
             frames_in,
             frames_out,
+            opening: Opening::default(),
         };
         task.journal = Some(journal);
         task
+    }
+
+    /// Reports to `reporter` when the opening has been heard, or how the call ended.
+    pub(super) fn report_to(&mut self, reporter: oneshot::Sender<PlacedOutcome>) {
+        self.opening.reporter = Some(reporter);
+    }
+
+    /// The opening's audio has played out: the callee heard it.
+    fn check_opening_heard(&mut self) {
+        if self.opening.generated
+            && !self.downlink.has_queued_audio()
+            && let Some(reporter) = self.opening.reporter.take()
+        {
+            info!("opening heard by the callee");
+            let _ = reporter.send(PlacedOutcome::OpeningHeard);
+        }
     }
 
     /// Starts connecting to the AI; the connection is driven by the select loop, in parallel
@@ -207,8 +251,18 @@ impl CallTask {
         let phone = self.admission.phone().cloned();
         self.ai_connect = Some(Box::pin(async move {
             let mut context = caller_context;
+            let now = Utc::now();
+            // The caller's date and time, so "tomorrow at three" means the caller's tomorrow.
+            let zone = match &phone {
+                Some(phone) => tools::zone_of(&*store, phone).await,
+                None => local_time::caller_zone(None, None),
+            };
+            if !context.is_empty() {
+                context.push_str("\n\n");
+            }
+            context.push_str(&zone.now_line(now));
             if let Some(phone) = &phone {
-                let remembered = memory::recall(&*store, phone, &memory, Utc::now()).await;
+                let remembered = memory::recall(&*store, phone, &memory, now).await;
                 if !remembered.is_empty() {
                     context.push_str("\n\n");
                     context.push_str(&remembered);
@@ -370,6 +424,9 @@ impl CallTask {
             }
             self.frames_out.inc();
         }
+        if self.opening.generated {
+            self.check_opening_heard();
+        }
         None
     }
 
@@ -395,6 +452,13 @@ impl CallTask {
                 info!("callee picked up");
                 let actions = self.flow.remote_accepted(Instant::now());
                 self.apply(actions).await
+            }
+            Some(CallCommand::RemoteRejected) => {
+                if self.flow.direction() != CallDirection::Outbound {
+                    return None;
+                }
+                info!("callee declined");
+                Some(self.end(CallEnd::Declined).await)
             }
             other => match command_end(other) {
                 Some(end) => Some(self.end(end).await),
@@ -506,6 +570,9 @@ impl CallTask {
                     .inc();
             }
             ServerEvent::ResponseCreated { response_id } => {
+                if self.opening.requested && self.opening.response_id.is_none() {
+                    self.opening.response_id = Some(response_id.clone());
+                }
                 self.tool_calls.response_created(&response_id);
             }
             ServerEvent::ResponseDone {
@@ -514,6 +581,12 @@ impl CallTask {
                 ..
             } => {
                 debug!(%response_id, %status, "AI response done");
+                // The opening counts once said, in full or until the callee spoke over it.
+                if self.opening.response_id.as_deref() == Some(response_id.as_str())
+                    && matches!(status.as_str(), "completed" | "cancelled" | "incomplete")
+                {
+                    self.opening.generated = true;
+                }
                 let send = self.tool_calls.response_done(&response_id, &status);
                 return self.send_tool_results(send).await;
             }
@@ -691,6 +764,7 @@ impl CallTask {
         }
         self.greeted = true;
         let event = events::response_create(Some(self.greeting.as_deref()?));
+        self.opening.requested = true;
         let ai = self.ai.as_mut()?;
         if let Err(err) = ai.send_text(event).await {
             return Some(self.ai_failed(err).await);
@@ -744,6 +818,10 @@ impl CallTask {
                 .await;
         }
         record_end(&self.context.metrics, &self.flow);
+        if let Some(reporter) = self.opening.reporter.take() {
+            let answered = self.flow.active_since().is_some();
+            let _ = reporter.send(PlacedOutcome::Ended { end, answered });
+        }
         drop(self.admission);
     }
 }
@@ -767,7 +845,9 @@ fn command_end(command: Option<CallCommand>) -> Option<CallEnd> {
         Some(CallCommand::RemoteTerminated) => Some(CallEnd::RemoteTerminated),
         Some(CallCommand::Hangup(end)) => Some(end),
         // Only outbound calls get these; an inbound call ignores them.
-        Some(CallCommand::RemoteAnswer(_)) | Some(CallCommand::RemoteAccepted) => None,
+        Some(CallCommand::RemoteAnswer(_))
+        | Some(CallCommand::RemoteAccepted)
+        | Some(CallCommand::RemoteRejected) => None,
         // Every sender is gone: the registry entry was removed, which only happens at the end.
         None => Some(CallEnd::Shutdown),
     }

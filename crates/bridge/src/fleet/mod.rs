@@ -110,6 +110,8 @@ pub enum FleetEvent {
     Answer { sdp: String },
     /// The callee picked up a call the owner placed.
     Accepted,
+    /// The callee declined a call the owner placed.
+    Rejected,
     /// An operator ended the call through another replica's admin API.
     Hangup,
 }
@@ -120,6 +122,7 @@ impl FleetEvent {
             Self::Terminated => "terminated",
             Self::Answer { .. } => "answer",
             Self::Accepted => "accepted",
+            Self::Rejected => "rejected",
             Self::Hangup => "hangup",
         }
     }

@@ -11,9 +11,10 @@ use tracing::{info, warn};
 
 use super::{AppState, error_response};
 use crate::call::CallEnd;
-use crate::call::calls::{PlaceError, brief};
+use crate::call::calls::brief;
 use crate::fleet::CallBrief;
 use crate::ids::{CallId, PhoneNumber};
+use crate::outreach::OutreachError;
 
 /// Longest `purpose` of a placed call (it goes into the AI's instructions).
 const MAX_PURPOSE_CHARS: usize = 2_000;
@@ -124,8 +125,10 @@ pub async fn hang_up(
 }
 
 /// `POST /calls`: places a call to a user (a callback): the same path as every outbound call
-/// (offer, Graph `connect`, Meta's answer webhook, the AI opening with `purpose` once the user
-/// picks up). 202 with the call id once Meta took the `connect`.
+/// (the user's call permission, offer, Graph `connect`, Meta's answer webhook, the AI opening
+/// with `purpose` once the user picks up). 202 with the call id once Meta took the `connect`;
+/// 403 without call permission, 409 when the user is in a call, 429 when the user's call limit
+/// is used up, 503 without room here, 502 when Meta failed.
 pub async fn place_call(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -156,8 +159,9 @@ pub async fn place_call(
     }
     let to = PhoneNumber::new(digits);
     let context = "The business is calling this user (a call placed by an operator).";
-    match state.calls.place(&to, purpose, context).await {
-        Ok(call_id) => {
+    match state.outreach.call(&to, purpose, context, None).await {
+        Ok(placed) => {
+            let call_id = placed.call_id;
             info!(%call_id, to = %to, "call placed by an operator");
             (
                 StatusCode::ACCEPTED,
@@ -165,20 +169,22 @@ pub async fn place_call(
             )
                 .into_response()
         }
-        Err(PlaceError::Refused(refusal)) => {
-            let status = match refusal.reason {
-                crate::call::registry::RefusalReason::CallerBusy => StatusCode::CONFLICT,
-                _ => StatusCode::SERVICE_UNAVAILABLE,
+        Err(err) => {
+            let status = match &err {
+                OutreachError::NoPermission { .. } => StatusCode::FORBIDDEN,
+                OutreachError::Busy => StatusCode::CONFLICT,
+                OutreachError::Quota { .. } => StatusCode::TOO_MANY_REQUESTS,
+                OutreachError::Uncallable => StatusCode::UNPROCESSABLE_ENTITY,
+                OutreachError::NoRoom(_) => StatusCode::SERVICE_UNAVAILABLE,
+                OutreachError::Graph(_) => StatusCode::BAD_GATEWAY,
+                OutreachError::Setup(_) => StatusCode::INTERNAL_SERVER_ERROR,
             };
-            error_response(status, refusal.reason.as_str())
-        }
-        Err(PlaceError::Graph(err)) => {
-            warn!(%err, "placing a call: the Graph API refused it");
-            error_response(StatusCode::BAD_GATEWAY, "graph_failed")
-        }
-        Err(PlaceError::Setup(err)) => {
-            warn!(%err, "placing a call: media set-up failed");
-            error_response(StatusCode::INTERNAL_SERVER_ERROR, "setup_failed")
+            warn!(to = %to, %err, "an operator's call was not placed");
+            let label = match &err {
+                OutreachError::NoRoom(reason) => reason,
+                other => other.label(),
+            };
+            error_response(status, label)
         }
     }
 }

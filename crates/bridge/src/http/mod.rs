@@ -17,6 +17,7 @@ use serde_json::json;
 
 use crate::call::calls::Calls;
 use crate::metrics::Metrics;
+use crate::outreach::Outreach;
 
 /// Webhook bodies above this are refused with 413 before anything else (Meta batches up to
 /// 1000 updates, far below it).
@@ -40,6 +41,8 @@ pub struct AppState {
     pub started: Instant,
     /// Bearer token of the admin API; `None`: its routes do not exist (404).
     pub admin_token: Option<SecretString>,
+    /// Calls and messages to users (callbacks, the busy callback).
+    pub outreach: Outreach,
 }
 
 /// The main router. `/metrics` is on it unless `metrics_separately` (then see

@@ -21,8 +21,8 @@ use tracing::{debug, info, warn};
 use super::{AppState, error_response};
 use crate::call::CallCommand;
 use crate::call::calls::{InboundOffer, Offered};
-use crate::call::registry::Refusal;
-use crate::ids::CallId;
+use crate::call::registry::{Refusal, RefusalReason};
+use crate::ids::{CallId, PhoneNumber};
 use crate::whatsapp::signature::{self, SIGNATURE_HEADER};
 use crate::whatsapp::webhook::{
     self, CallStatus, ConnectEvent, Direction, SdpType, StatusEvent, TerminateEvent, WebhookEvent,
@@ -121,19 +121,21 @@ pub async fn receive(
             }
             WebhookEvent::Terminate(terminate) => on_terminate(&state, terminate).await,
             WebhookEvent::Status(status) => on_status(&state, status).await,
-            // Messages (§4.6): read and logged only; acting on them is the scheduler's part.
-            WebhookEvent::PermissionReply(reply) => debug!(
-                user = %reply.user,
-                accepted = reply.accepted,
-                permanent = reply.permanent,
-                source = %reply.source,
-                "call permission reply received"
-            ),
-            WebhookEvent::UserMessage(message) => debug!(
-                user = %message.user,
-                kind = %message.kind,
-                "user message received"
-            ),
+            // Messages (§4.6): each opens the user's 24-hour customer-service window.
+            WebhookEvent::PermissionReply(reply) => {
+                info!(
+                    user = %reply.user,
+                    accepted = reply.accepted,
+                    permanent = reply.permanent,
+                    source = %reply.source,
+                    "call permission reply received"
+                );
+                note_message(&state, &reply.user, reply.timestamp).await;
+            }
+            WebhookEvent::UserMessage(message) => {
+                debug!(user = %message.user, kind = %message.kind, "user message received");
+                note_message(&state, &message.user, message.timestamp).await;
+            }
         }
     }
     match refusal {
@@ -214,6 +216,7 @@ async fn on_connect(state: &AppState, connect: ConnectEvent) -> Option<(Refusal,
         warn!(call_id = %connect.call_id, age_s = unix_now().saturating_sub(timestamp), "stale connect not answered");
         return None;
     }
+    let caller = connect.user.clone();
     let offered = state
         .calls
         .answer(InboundOffer {
@@ -225,8 +228,37 @@ async fn on_connect(state: &AppState, connect: ConnectEvent) -> Option<(Refusal,
         })
         .await;
     match offered {
-        Offered::Refused { refusal, declined } => Some((refusal, declined)),
+        Offered::Refused { refusal, declined } => {
+            // A caller turned away for lack of room is told and called back.
+            if matches!(
+                refusal.reason,
+                RefusalReason::AtCapacity | RefusalReason::NoUdpPort
+            ) && let Some(caller) = caller
+            {
+                state.outreach.caller_refused_at_capacity(caller);
+            }
+            Some((refusal, declined))
+        }
         Offered::Started | Offered::Duplicate | Offered::Ended => None,
+    }
+}
+
+/// Records that the user wrote to the business at `timestamp` (UNIX seconds; now when absent or
+/// in the future): it opens the 24-hour window for free-form messages.
+async fn note_message(state: &AppState, user: &PhoneNumber, timestamp: Option<u64>) {
+    let now = chrono::Utc::now();
+    let at = timestamp
+        .and_then(|secs| chrono::DateTime::from_timestamp(i64::try_from(secs).ok()?, 0))
+        .filter(|at| *at <= now)
+        .unwrap_or(now);
+    let store = &state.calls.context().store;
+    if let Err(err) = store.note_caller_message(user, at).await {
+        state
+            .metrics
+            .store_errors
+            .with_label_values(&["note_caller_message"])
+            .inc();
+        warn!(user = %user, %err, "the user's message could not be recorded");
     }
 }
 
@@ -244,12 +276,12 @@ async fn on_status(state: &AppState, status: StatusEvent) {
     if !is_ours(state, &status.phone_number_id, &status.call_id) {
         return;
     }
-    if status.status == CallStatus::Accepted {
-        state
-            .calls
-            .deliver(&status.call_id, CallCommand::RemoteAccepted)
-            .await;
-    }
+    let command = match status.status {
+        CallStatus::Accepted => CallCommand::RemoteAccepted,
+        CallStatus::Rejected => CallCommand::RemoteRejected,
+        CallStatus::Ringing | CallStatus::Other(_) => return,
+    };
+    state.calls.deliver(&status.call_id, command).await;
 }
 
 #[cfg(test)]

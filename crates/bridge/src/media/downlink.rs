@@ -79,6 +79,11 @@ impl Downlink {
         self.slot = Some(slot);
     }
 
+    /// Whether AI audio is still waiting to be played to the caller.
+    pub fn has_queued_audio(&self) -> bool {
+        !self.playback.is_empty()
+    }
+
     /// Whether media has started.
     pub fn is_started(&self) -> bool {
         self.pacer.is_some()

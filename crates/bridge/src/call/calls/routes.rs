@@ -32,7 +32,8 @@ impl Calls {
         self.inner.registry.tombstone(call_id);
     }
 
-    /// Meta's answer (`RemoteAnswer`) or the callee picking up (`RemoteAccepted`) for a call
+    /// Meta's answer (`RemoteAnswer`), the callee picking up (`RemoteAccepted`) or declining
+    /// (`RemoteRejected`) for a call
     /// we placed, here or on another replica. Kept for a call whose `connect` response has not
     /// come back yet: Meta's webhook can be faster than its own API response.
     pub async fn deliver(&self, call_id: &CallId, command: CallCommand) {
@@ -84,13 +85,16 @@ impl Calls {
             FleetEvent::Terminated => CallCommand::RemoteTerminated,
             FleetEvent::Answer { sdp } => CallCommand::RemoteAnswer(sdp),
             FleetEvent::Accepted => CallCommand::RemoteAccepted,
+            FleetEvent::Rejected => CallCommand::RemoteRejected,
             FleetEvent::Hangup => CallCommand::Hangup(CallEnd::AdminHangup),
         };
         let Err(command) = self.send_local(call_id, command) else {
             return;
         };
         match command {
-            CallCommand::RemoteAnswer(_) | CallCommand::RemoteAccepted => {
+            CallCommand::RemoteAnswer(_)
+            | CallCommand::RemoteAccepted
+            | CallCommand::RemoteRejected => {
                 self.inner.registry.hold_for_unknown(call_id, command);
             }
             CallCommand::RemoteTerminated => self.inner.registry.tombstone(call_id),
@@ -125,6 +129,7 @@ fn fleet_event(command: &CallCommand) -> Option<FleetEvent> {
     match command {
         CallCommand::RemoteAnswer(sdp) => Some(FleetEvent::Answer { sdp: sdp.clone() }),
         CallCommand::RemoteAccepted => Some(FleetEvent::Accepted),
+        CallCommand::RemoteRejected => Some(FleetEvent::Rejected),
         CallCommand::RemoteTerminated | CallCommand::Hangup(_) => None,
     }
 }
