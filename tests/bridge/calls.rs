@@ -1,10 +1,19 @@
 //! Whole calls through real WebRTC on loopback: audio both ways, the Meta signalling order and
-//! SDP rules, barge-in.
+//! SDP rules, barge-in; calls the bridge places, played by the user's phone (the callee):
+//! picked up, declined, and placed once the user granted permission.
 
 use std::time::{Duration, Instant};
 
+use bridge::call::calls::PlaceError;
+use bridge::ids::{CallId, PhoneNumber};
+use bridge::whatsapp::graph::{GraphClient, GraphConfig, GraphErrorKind};
+use bridge::whatsapp::permissions::PermissionStatus;
 use bridge::whatsapp::sdp;
+use secrecy::SecretString;
+use sim::callee::{Callee, CalleeBehaviour, PermissionAnswer};
+use sim::graph_double::GraphDoubleConfig;
 use sim::realtime_ai::AiMode;
+use sim::stack::LocalStack;
 use testkit::audio;
 
 use crate::support::*;
@@ -228,5 +237,225 @@ async fn the_bridge_places_a_call_and_the_ai_opens_it_once_the_user_picks_up() {
     assert!(stack.metrics.render().contains(
         "whatsapp_bridge_calls_total{direction=\"outbound\",outcome=\"remote_terminated\"} 1"
     ));
+    stack.stop().await.expect("stop");
+}
+
+/// A bridge whose AI opens every call with a 440 Hz tone.
+async fn tone_stack() -> LocalStack {
+    stack(
+        5,
+        AiMode::Tone {
+            hz: 440.0,
+            duration: Duration::from_millis(800),
+        },
+        None,
+    )
+    .await
+}
+
+/// The kinds of webhooks the callee sent for a call, each answered 200 by the bridge.
+fn sent_kinds(callee: &Callee, call_id: &CallId) -> Vec<String> {
+    let sent = callee.sent(call_id);
+    assert!(sent.iter().all(|s| s.status == 200), "{sent:?}");
+    sent.into_iter().map(|s| s.kind).collect()
+}
+
+/// The core's Graph client, as the bridge's scheduler has it, against the stack's double.
+fn graph_client(stack: &LocalStack) -> GraphClient {
+    let config = GraphDoubleConfig::default();
+    GraphClient::new(GraphConfig {
+        base_url: stack.graph.base_url(),
+        version: config.version,
+        phone_number_id: config.phone_number_id,
+        access_token: SecretString::from(config.access_token),
+        timeout: WAIT,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_placed_call_the_callee_picks_up_carries_the_ai_to_the_users_phone() {
+    let stack = tone_stack().await;
+    let callee = Callee::start(&stack.graph, stack.phone_settings());
+    let user = user(41);
+    let call_id = stack
+        .calls
+        .place(
+            &user,
+            "Remind the user of their 3 pm appointment.",
+            "Reminder call.",
+        )
+        .await
+        .expect("call placed");
+
+    let answered = callee
+        .next_answered(WAIT)
+        .await
+        .expect("the user picked up");
+    assert_eq!((&answered.call_id, &answered.user), (&call_id, &user));
+    assert!(
+        answered
+            .call
+            .wait_until(WAIT, |r| tone_span(&r.received, 440.0)
+                .is_some_and(|(start, end)| end - start >= 12_000))
+            .await,
+        "the AI's opening reached the user's phone"
+    );
+    assert_eq!(
+        sent_kinds(&callee, &call_id),
+        ["connect", "RINGING", "ACCEPTED"]
+    );
+    // Meta counted a connected call, and the user is in it.
+    let state = stack.graph.user(&user);
+    assert_eq!((state.connected_calls, state.unanswered_in_a_row), (1, 0));
+    assert_eq!(stack.graph.active_call(&user), Some(call_id.clone()));
+
+    answered.call.hang_up().await.expect("hang up");
+    assert!(stack.wait_idle(WAIT).await);
+    assert_eq!(stack.graph.active_call(&user), None);
+    assert!(stack.metrics.render().contains(
+        "whatsapp_bridge_calls_total{direction=\"outbound\",outcome=\"remote_terminated\"} 1"
+    ));
+    stack.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declined_call_ends_the_bridges_call_and_counts_as_unanswered() {
+    let stack = tone_stack().await;
+    let callee = Callee::start(&stack.graph, stack.phone_settings());
+    let user = user(42);
+    callee.set_behaviour(&user, CalleeBehaviour::Decline);
+    let call_id = stack
+        .calls
+        .place(&user, "Remind the user of their 3 pm appointment.", "")
+        .await
+        .expect("call placed");
+
+    assert!(
+        callee.wait_finished(&call_id, WAIT).await,
+        "the user declined"
+    );
+    // Meta's media answer at dial time, then the decline and an unanswered terminate.
+    assert_eq!(
+        sent_kinds(&callee, &call_id),
+        ["connect", "RINGING", "REJECTED", "terminate"]
+    );
+    assert!(stack.wait_idle(WAIT).await, "the bridge's call ended");
+    assert!(stack.metrics.render().contains(
+        "whatsapp_bridge_calls_total{direction=\"outbound\",outcome=\"remote_terminated\"} 1"
+    ));
+    // Meta ended it, so the bridge had nothing to terminate; the AI never spoke.
+    let actions: Vec<String> = stack
+        .graph
+        .actions_for(&call_id)
+        .into_iter()
+        .map(|a| a.action)
+        .collect();
+    assert_eq!(actions, ["connect"]);
+    for session in stack.ai.sessions() {
+        assert!(
+            session
+                .client_events
+                .iter()
+                .all(|e| e.kind != "response.create"),
+            "the AI was asked to speak to nobody"
+        );
+    }
+    assert!(
+        callee
+            .next_answered(Duration::from_millis(100))
+            .await
+            .is_none()
+    );
+    // Meta counted it against the permission, which survives one decline.
+    let state = stack.graph.user(&user);
+    assert_eq!((state.unanswered_in_a_row, state.connected_calls), (1, 0));
+    assert_eq!(state.permission, PermissionStatus::Temporary);
+    assert_eq!(stack.graph.active_call(&user), None);
+    stack.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_nobody_answers_rings_out_and_counts_as_unanswered() {
+    let stack = tone_stack().await;
+    let callee = Callee::start(&stack.graph, stack.phone_settings());
+    let user = user(43);
+    callee.set_behaviour(
+        &user,
+        CalleeBehaviour::NoAnswer {
+            ring: Duration::from_millis(300),
+        },
+    );
+    let call_id = stack
+        .calls
+        .place(&user, "Remind the user.", "")
+        .await
+        .expect("call placed");
+    assert!(callee.wait_finished(&call_id, WAIT).await);
+    assert_eq!(
+        sent_kinds(&callee, &call_id),
+        ["connect", "RINGING", "terminate"]
+    );
+    assert!(stack.wait_idle(WAIT).await, "the bridge's call ended");
+    assert_eq!(stack.graph.user(&user).unanswered_in_a_row, 1);
+    stack.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_who_writes_and_accepts_the_permission_request_can_then_be_called() {
+    let stack = tone_stack().await;
+    let callee = Callee::start(&stack.graph, stack.phone_settings());
+    let client = graph_client(&stack);
+    let user: PhoneNumber = user(44);
+    stack
+        .graph
+        .set_permission(&user, PermissionStatus::NoPermission);
+    callee.set_permission_answer(&user, PermissionAnswer::Accept);
+
+    // Without permission Meta refuses the call; nothing rings.
+    let refused = stack.calls.place(&user, "Remind the user.", "").await;
+    assert!(
+        matches!(&refused, Err(PlaceError::Graph(e)) if e.kind() == Some(GraphErrorKind::NoCallPermission)),
+        "{refused:?}"
+    );
+    assert!(stack.wait_idle(WAIT).await);
+    // Asking needs the customer-service window, which the user's message opens.
+    let body = "May we call you about your 3 pm appointment?";
+    let error = client
+        .request_call_permission(&user, body)
+        .await
+        .expect_err("outside the window");
+    assert_eq!(
+        error.kind(),
+        Some(GraphErrorKind::OutsideCustomerServiceWindow)
+    );
+    callee
+        .user_writes(&user, "Hi, about my appointment")
+        .await
+        .expect("the bridge took the message");
+    let request_id = client
+        .request_call_permission(&user, body)
+        .await
+        .expect("request sent");
+
+    let reply = callee
+        .wait_permission_reply(&user, WAIT)
+        .await
+        .expect("the user answered");
+    assert!(reply.accepted);
+    assert_eq!(reply.request_id, request_id);
+    assert_eq!(reply.reply.status, 200, "{}", reply.reply.body);
+    let permission = client.call_permission(&user).await.expect("read");
+    assert_eq!(permission.status, PermissionStatus::Temporary);
+    assert!(permission.can_start_call);
+
+    let call_id = stack
+        .calls
+        .place(&user, "Remind the user of their 3 pm appointment.", "")
+        .await
+        .expect("call placed");
+    let answered = callee.next_answered(WAIT).await.expect("picked up");
+    assert_eq!(answered.call_id, call_id);
+    answered.call.hang_up().await.expect("hang up");
+    assert!(stack.wait_idle(WAIT).await);
     stack.stop().await.expect("stop");
 }

@@ -2,7 +2,8 @@
 //! specs, and what runs on them. Depends on the core (`bridge`); the core never on this.
 //!
 //! - [`graph_double`], [`webhooks`], [`phone`]: Meta: the Graph API, signed webhooks, a WebRTC
-//!   phone that sends real Opus.
+//!   phone that sends real Opus; [`callee`]: the user's phone for the calls the bridge places
+//!   (picks up, declines or lets ring, answers permission requests, writes messages).
 //! - [`realtime_ai`]: the OpenAI Realtime API (a WebSocket server with an energy VAD).
 //! - [`postgrest_double`]: Supabase's PostgREST.
 //! - [`stack`]: a whole local set-up in one process: both doubles and a bridge wired to them;
@@ -11,6 +12,7 @@
 //! - [`demo`]: the `demo` command; [`loadtest`]: the load harness that measures a bridge process.
 
 pub mod bridge_process;
+pub mod callee;
 pub mod demo;
 pub mod fleet;
 pub mod graph_double;

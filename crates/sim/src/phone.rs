@@ -109,6 +109,9 @@ pub struct PhoneCall {
     pub call_id: CallId,
     pub user: PhoneNumber,
     pub reply: WebhookReply,
+    /// The bridge placed the call (picked up) rather than answering it (dialled): Meta's
+    /// `terminate` then reads from the business to the user.
+    business_initiated: bool,
     settings: PhoneSettings,
     recording: Arc<Mutex<Recording>>,
     /// Notified whenever the recording changes.
@@ -181,6 +184,7 @@ impl PhoneCall {
             call_id,
             user,
             reply,
+            business_initiated: false,
             settings,
             recording: Arc::new(Mutex::new(Recording::default())),
             changed: Arc::new(Notify::new()),
@@ -249,6 +253,7 @@ impl PhoneCall {
             call_id,
             user,
             reply,
+            business_initiated: true,
             settings: settings.clone(),
             recording: Arc::new(Mutex::new(Recording::default())),
             changed: Arc::new(Notify::new()),
@@ -323,17 +328,17 @@ impl PhoneCall {
         }
     }
 
-    /// The user hangs up: Meta sends `terminate` and the media stops.
+    /// The user hangs up: Meta sends `terminate` (and knows the user is free again) and the
+    /// media stops.
     pub async fn hang_up(mut self) -> anyhow::Result<WebhookReply> {
         self.stop_media().await;
-        let body = webhooks::terminate(
-            &self.settings.line,
-            &self.call_id,
-            &self.user,
-            unix_now(),
-            Some(1),
-            false,
-        );
+        self.settings.graph.note_call_ended(&self.call_id);
+        let line = &self.settings.line;
+        let body = if self.business_initiated {
+            webhooks::bic_terminate(line, &self.call_id, &self.user, unix_now(), Some(1))
+        } else {
+            webhooks::terminate(line, &self.call_id, &self.user, unix_now(), Some(1), false)
+        };
         post_webhook(
             &self.settings.http,
             &self.settings.bridge_url,

@@ -1,4 +1,5 @@
-//! Meta-shaped `calls` webhook bodies (spec §4, §12) for the phone double, tests and scripts.
+//! Meta-shaped webhook bodies (spec §4, §12) for the phone doubles, tests and scripts: `calls`
+//! (call events and BIC statuses) and `messages` (what the user writes, a call-permission reply).
 //!
 //! Bodies are written the way Meta sends them: compact JSON, keys in Meta's order, every
 //! non-ASCII character escaped as `\uXXXX` (lowercase hex). The escaping matters because Meta
@@ -75,13 +76,76 @@ pub fn terminate(
     answered_duration: Option<u64>,
     failed: bool,
 ) -> String {
+    let ends = CallEnds {
+        call_id,
+        user,
+        business_initiated: false,
+        timestamp,
+        answered_duration,
+        failed,
+    };
+    terminate_webhook(line, &ends)
+}
+
+/// A BIC `terminate` (from = business, to = user): `answered_duration` adds `start_time`,
+/// `end_time` and `duration`; `None` is a call the user declined or never picked up.
+pub fn bic_terminate(
+    line: &BusinessLine,
+    call_id: &CallId,
+    user: &PhoneNumber,
+    timestamp: u64,
+    answered_duration: Option<u64>,
+) -> String {
+    let ends = CallEnds {
+        call_id,
+        user,
+        business_initiated: true,
+        timestamp,
+        answered_duration,
+        failed: false,
+    };
+    terminate_webhook(line, &ends)
+}
+
+/// How a call ended, for its `terminate`.
+struct CallEnds<'a> {
+    call_id: &'a CallId,
+    user: &'a PhoneNumber,
+    business_initiated: bool,
+    timestamp: u64,
+    answered_duration: Option<u64>,
+    failed: bool,
+}
+
+fn terminate_webhook(line: &BusinessLine, ends: &CallEnds<'_>) -> String {
+    let CallEnds {
+        call_id,
+        user,
+        business_initiated,
+        timestamp,
+        answered_duration,
+        failed,
+    } = *ends;
+    let (from, to, direction) = if business_initiated {
+        (
+            line.display_phone_number.as_str(),
+            user.as_str(),
+            "BUSINESS_INITIATED",
+        )
+    } else {
+        (
+            user.as_str(),
+            line.display_phone_number.as_str(),
+            "USER_INITIATED",
+        )
+    };
     let mut fields = vec![
         ("id", Json::str(call_id.as_str())),
-        ("from", Json::str(user.as_str())),
-        ("to", Json::str(&line.display_phone_number)),
+        ("from", Json::str(from)),
+        ("to", Json::str(to)),
         ("event", Json::str("terminate")),
         ("timestamp", Json::str(timestamp.to_string())),
-        ("direction", Json::str("USER_INITIATED")),
+        ("direction", Json::str(direction)),
     ];
     if let Some(duration) = answered_duration {
         fields.push((
@@ -154,6 +218,106 @@ pub fn status(
     envelope(line, change)
 }
 
+/// The user's reply to a call-permission request, or a permission granted automatically (§4.6).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PermissionReply {
+    /// The reply's own message id (`wamid.…`).
+    pub message_id: String,
+    /// `context.id`: the request's message id, or a missed call's id; `None` for none.
+    pub context_id: Option<String>,
+    /// `response`: `accept` or `reject`.
+    pub accepted: bool,
+    /// `is_permanent`.
+    pub permanent: bool,
+    /// `expiration_timestamp`, UNIX seconds, for a temporary grant.
+    pub expires_at: Option<u64>,
+    /// `response_source`: `user_action` or `automatic`.
+    pub source: String,
+}
+
+/// A `messages` webhook carrying the user's call-permission reply, the §4.6 shape.
+pub fn permission_reply(
+    line: &BusinessLine,
+    user: &PhoneNumber,
+    user_name: &str,
+    reply: &PermissionReply,
+    timestamp: u64,
+) -> String {
+    let mut answer = vec![
+        (
+            "response",
+            Json::str(if reply.accepted { "accept" } else { "reject" }),
+        ),
+        ("is_permanent", Json::Bool(reply.permanent)),
+    ];
+    if let Some(expires_at) = reply.expires_at {
+        answer.push(("expiration_timestamp", Json::str(expires_at.to_string())));
+    }
+    answer.push(("response_source", Json::str(&reply.source)));
+    let mut message = vec![
+        ("from", Json::str(user.as_str())),
+        ("id", Json::str(&reply.message_id)),
+        ("timestamp", Json::str(timestamp.to_string())),
+    ];
+    if let Some(context_id) = &reply.context_id {
+        message.push((
+            "context",
+            Json::obj([
+                ("from", Json::str(user.as_str())),
+                ("id", Json::str(context_id)),
+            ]),
+        ));
+    }
+    message.push(("type", Json::str("interactive")));
+    message.push((
+        "interactive",
+        Json::obj([
+            ("type", Json::str("call_permission_reply")),
+            ("call_permission_reply", Json::Obj(answer)),
+        ]),
+    ));
+    messages_webhook(line, user, user_name, Json::Obj(message))
+}
+
+/// A `messages` webhook carrying a text the user wrote to the business.
+pub fn text_message(
+    line: &BusinessLine,
+    user: &PhoneNumber,
+    user_name: &str,
+    message_id: &str,
+    text: &str,
+    timestamp: u64,
+) -> String {
+    let message = Json::obj([
+        ("from", Json::str(user.as_str())),
+        ("id", Json::str(message_id)),
+        ("timestamp", Json::str(timestamp.to_string())),
+        ("text", Json::obj([("body", Json::str(text))])),
+        ("type", Json::str("text")),
+    ]);
+    messages_webhook(line, user, user_name, message)
+}
+
+fn messages_webhook(
+    line: &BusinessLine,
+    user: &PhoneNumber,
+    user_name: &str,
+    message: Json,
+) -> String {
+    let contacts = Json::Arr(vec![Json::obj([
+        ("profile", Json::obj([("name", Json::str(user_name))])),
+        ("wa_id", Json::str(user.as_str())),
+    ])]);
+    let value = Json::obj([
+        ("messaging_product", Json::str("whatsapp")),
+        ("metadata", metadata(line)),
+        ("contacts", contacts),
+        ("messages", Json::Arr(vec![message])),
+    ]);
+    let change = Json::obj([("value", value), ("field", Json::str("messages"))]);
+    envelope(line, change)
+}
+
 fn calls_webhook(
     line: &BusinessLine,
     contacts: Option<Json>,
@@ -222,6 +386,7 @@ fn media_receive_timeout() -> Json {
 enum Json {
     Str(String),
     Num(u64),
+    Bool(bool),
     Arr(Vec<Json>),
     Obj(Vec<(&'static str, Json)>),
 }
@@ -241,6 +406,7 @@ impl Json {
             Json::Num(n) => {
                 let _ = write!(out, "{n}");
             }
+            Json::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
             Json::Arr(items) => {
                 out.push('[');
                 for (i, item) in items.iter().enumerate() {
@@ -295,7 +461,8 @@ mod tests {
     use super::*;
     use bridge::whatsapp::signature;
     use bridge::whatsapp::webhook::{
-        self, CallStatus, ConnectEvent, Direction, SdpType, TerminateStatus, WebhookEvent,
+        self, CallStatus, ConnectEvent, Direction, PermissionReplyEvent, SdpType, TerminateStatus,
+        UserMessageEvent, WebhookEvent,
     };
 
     const CALL_ID: &str = "wacid.HBgMNDQ3NzAwOTAwMTIzFQIAEhggN0ExQzlEMkU0QjZGOEEwQzNFNUQ3RjlCMUQzRTVGN0EcGAsxNTU1MDAwMTExMRUCABUKAA==";
@@ -338,6 +505,7 @@ mod tests {
             "terminate_completed" => testkit::fixtures::TERMINATE_COMPLETED,
             "terminate_failed" => testkit::fixtures::TERMINATE_FAILED,
             "bic_status_ringing" => testkit::fixtures::BIC_STATUS_RINGING,
+            "permission_reply" => testkit::fixtures::PERMISSION_REPLY,
             other => panic!("no fixture {other}"),
         };
         minify(json)
@@ -545,5 +713,101 @@ mod tests {
             assert_eq!(event.call_id, bic_call);
             assert_eq!(event.recipient, Some(user()));
         }
+    }
+
+    #[test]
+    fn bic_terminate_is_from_the_business_and_unanswered_without_times() {
+        let body = bic_terminate(&BusinessLine::default(), &call_id(), &user(), 7, None);
+        let parsed: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let call = &parsed["entry"][0]["changes"][0]["value"]["calls"][0];
+        assert_eq!(call["from"], "15550001111");
+        assert_eq!(call["to"], USER);
+        assert_eq!(call["direction"], "BUSINESS_INITIATED");
+        let WebhookEvent::Terminate(event) = only_event(&body) else {
+            panic!("expected a terminate");
+        };
+        assert!(!event.answered);
+        let answered = bic_terminate(&BusinessLine::default(), &call_id(), &user(), 70, Some(60));
+        let WebhookEvent::Terminate(event) = only_event(&answered) else {
+            panic!("expected a terminate");
+        };
+        assert!(event.answered);
+        assert_eq!(event.duration_seconds, Some(60));
+    }
+
+    #[test]
+    fn permission_reply_is_byte_for_byte_the_spec_sample() {
+        let reply = PermissionReply {
+            message_id:
+                "wamid.HBgMNDQ3NzAwOTAwMTIzFQIAEhggRjFBMkIzQzRENUU2RjdBOEI5QzBEMUUyRjNBNEI1QzYA"
+                    .to_owned(),
+            context_id: Some(
+                "wamid.HBgMNDQ3NzAwOTAwMTIzFQIAERgSQTdCOEM5RDBFMUYyQTNCNEM1AA==".to_owned(),
+            ),
+            accepted: true,
+            permanent: false,
+            expires_at: Some(1_761_294_800),
+            source: "user_action".to_owned(),
+        };
+        let body = permission_reply(
+            &BusinessLine::default(),
+            &user(),
+            "Ada Lovelace",
+            &reply,
+            1_760_690_000,
+        );
+        assert_eq!(body, fixture("permission_reply"));
+        let WebhookEvent::PermissionReply(event) = only_event(&body) else {
+            panic!("expected a permission reply");
+        };
+        assert_eq!(
+            event,
+            PermissionReplyEvent {
+                user: user(),
+                accepted: true,
+                permanent: false,
+                expires_at: Some(1_761_294_800),
+                source: "user_action".to_owned(),
+                context_id: reply.context_id.clone(),
+                message_id: reply.message_id.clone(),
+                timestamp: Some(1_760_690_000),
+            }
+        );
+        let rejected = PermissionReply {
+            accepted: false,
+            expires_at: None,
+            context_id: None,
+            ..reply
+        };
+        let body = permission_reply(&BusinessLine::default(), &user(), "Ada", &rejected, 1);
+        assert!(!body.contains("expiration_timestamp") && !body.contains("context"));
+        let WebhookEvent::PermissionReply(event) = only_event(&body) else {
+            panic!("expected a permission reply");
+        };
+        assert!(!event.accepted);
+        assert_eq!((event.expires_at, event.context_id), (None, None));
+    }
+
+    #[test]
+    fn text_message_parses_into_a_user_message() {
+        let body = text_message(
+            &BusinessLine::default(),
+            &user(),
+            "José",
+            "wamid.IN1",
+            "Call me at 5 — thanks",
+            1_760_690_100,
+        );
+        assert!(body.is_ascii());
+        assert!(body.contains(r#""field":"messages""#), "{body}");
+        assert_eq!(
+            only_event(&body),
+            WebhookEvent::UserMessage(UserMessageEvent {
+                user: user(),
+                message_id: "wamid.IN1".to_owned(),
+                kind: "text".to_owned(),
+                timestamp: Some(1_760_690_100),
+            })
+        );
     }
 }
