@@ -173,7 +173,9 @@ pub async fn place_call(
             let status = match &err {
                 OutreachError::NoPermission { .. } => StatusCode::FORBIDDEN,
                 OutreachError::Busy => StatusCode::CONFLICT,
-                OutreachError::Quota { .. } => StatusCode::TOO_MANY_REQUESTS,
+                OutreachError::Quota { .. } | OutreachError::RateLimited => {
+                    StatusCode::TOO_MANY_REQUESTS
+                }
                 OutreachError::Uncallable => StatusCode::UNPROCESSABLE_ENTITY,
                 OutreachError::NoRoom(_) => StatusCode::SERVICE_UNAVAILABLE,
                 OutreachError::Graph(_) => StatusCode::BAD_GATEWAY,

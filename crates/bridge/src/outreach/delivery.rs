@@ -78,6 +78,11 @@ pub fn window_end(reminder: &Reminder, settings: &ReminderSettings) -> DateTime<
     reminder.remind_at + chrono::Duration::from_std(settings.window).unwrap_or_default()
 }
 
+/// Up to a second, so that reminders held back together do not all come back at once.
+fn jitter() -> chrono::Duration {
+    chrono::Duration::milliseconds(rand::random_range(0..1000))
+}
+
 /// What to do after a call attempt, given the call-attempt count including it.
 pub fn after_call(
     reminder: &Reminder,
@@ -91,7 +96,7 @@ pub fn after_call(
             Next::Settle(ReminderSettlement::Delivered(DeliveryChannel::Call))
         }
         CallAttempt::Interrupted { .. } => Next::Settle(ReminderSettlement::Retry {
-            next_attempt_at: now + SOON,
+            next_attempt_at: now + SOON + jitter(),
         }),
         CallAttempt::NoPermission { can_request } => Next::Fallback {
             request_permission: *can_request,
@@ -192,6 +197,9 @@ async fn call_once(outreach: &Outreach, reminder: &Reminder, to: &PhoneNumber) -
                 }
                 OutreachError::Quota { resets_at } => CallAttempt::Quota { resets_at },
                 OutreachError::NoRoom(_) => CallAttempt::Interrupted { outcome: "no_room" },
+                OutreachError::RateLimited => CallAttempt::Interrupted {
+                    outcome: "rate_limited",
+                },
                 other => CallAttempt::Missed {
                     outcome: other.label(),
                     call_id: None,
@@ -240,12 +248,16 @@ pub async fn deliver(outreach: &Outreach, reminder: &Reminder) -> ReminderUpdate
         ) {
             attempts += 1;
         }
-        log.push(call_entry(&attempt, now));
+        let entry = call_entry(&attempt, now);
         outreach
             .metrics()
             .reminder_attempts
-            .with_label_values(&["call", &log[log.len() - 1].outcome])
+            .with_label_values(&["call", &entry.outcome])
             .inc();
+        // Not the user's doing and no call went out: counted, not listed to the user.
+        if !matches!(attempt, CallAttempt::Interrupted { .. }) {
+            log.push(entry);
+        }
         after_call(reminder, &attempt, attempts, now, settings)
     } else {
         Next::Fallback {
@@ -469,20 +481,19 @@ mod tests {
                 request_permission: true
             }
         );
-        assert_eq!(
-            after_call(
-                &reminder,
-                &CallAttempt::Interrupted {
-                    outcome: "shutdown"
-                },
-                0,
-                now,
-                &s
-            ),
-            Next::Settle(ReminderSettlement::Retry {
-                next_attempt_at: now + SOON
-            })
-        );
+        let Next::Settle(ReminderSettlement::Retry { next_attempt_at }) = after_call(
+            &reminder,
+            &CallAttempt::Interrupted {
+                outcome: "shutdown",
+            },
+            0,
+            now,
+            &s,
+        ) else {
+            panic!("an interruption is retried");
+        };
+        let latest = now + SOON + chrono::Duration::seconds(1);
+        assert!(next_attempt_at >= now + SOON && next_attempt_at < latest);
         let resets = now + chrono::Duration::minutes(30);
         assert_eq!(
             after_call(

@@ -9,6 +9,7 @@ pub mod delivery;
 pub mod scheduler;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tokio::sync::{Notify, Semaphore};
@@ -25,6 +26,8 @@ use crate::whatsapp::permissions::PermissionStatus;
 
 /// Meta's error codes the outreach branches on (§11).
 mod codes {
+    /// The permission-state API's rate limit (5 requests/s).
+    pub const RATE_LIMITED: i64 = 613;
     /// Receiver uncallable (not on WhatsApp, old client).
     pub const UNCALLABLE: i64 = 138_001;
     /// A call with this user is already active.
@@ -43,6 +46,10 @@ mod codes {
 const SERVICE_WINDOW: chrono::Duration = chrono::Duration::hours(24);
 /// Busy messages and callbacks being queued at once (a flood of refusals must not grow tasks).
 const MAX_BUSY_NOTICES_IN_FLIGHT: usize = 64;
+/// Meta allows 5 permission reads a second per business number (§5.5, error 613): this replica
+/// spaces its own reads by this much. Replicas do not share the budget, so with several a read
+/// can still get 613; the reminder is then tried again shortly.
+const PERMISSION_READ_SPACING: Duration = Duration::from_millis(200);
 
 /// The busy message for a caller refused at capacity.
 pub const BUSY_MESSAGE: &str = "Sorry, all our lines are busy right now. We will call you back \
@@ -63,6 +70,8 @@ pub enum OutreachError {
     Busy,
     #[error("no room for a call on this replica: {0}")]
     NoRoom(&'static str),
+    #[error("Meta's permission-state rate limit was hit")]
+    RateLimited,
     #[error("the call limit for this user is used up")]
     Quota { resets_at: Option<DateTime<Utc>> },
     #[error("the user cannot be called")]
@@ -80,6 +89,7 @@ impl OutreachError {
             Self::NoPermission { .. } => "no_permission",
             Self::Busy => "busy",
             Self::NoRoom(_) => "no_room",
+            Self::RateLimited => "rate_limited",
             Self::Quota { .. } => "quota",
             Self::Uncallable => "uncallable",
             Self::Graph(_) => "graph_failed",
@@ -131,6 +141,8 @@ struct Inner {
     /// Wakes the scheduler at once (a callback was queued).
     wake: Notify,
     busy_notices: Arc<Semaphore>,
+    /// When the next permission read may go out.
+    next_permission_read: tokio::sync::Mutex<tokio::time::Instant>,
 }
 
 impl Outreach {
@@ -145,6 +157,7 @@ impl Outreach {
                 settings,
                 wake: Notify::new(),
                 busy_notices: Arc::new(Semaphore::new(MAX_BUSY_NOTICES_IN_FLIGHT)),
+                next_permission_read: tokio::sync::Mutex::new(tokio::time::Instant::now()),
             }),
         }
     }
@@ -179,12 +192,16 @@ impl Outreach {
         if calls.registry().free_slots() == 0 {
             return Err(OutreachError::NoRoom(RefusalReason::AtCapacity.as_str()));
         }
-        let permission = self
-            .inner
-            .graph
-            .call_permission(to)
-            .await
-            .map_err(OutreachError::Graph)?;
+        self.pace_permission_read().await;
+        let permission =
+            self.inner
+                .graph
+                .call_permission(to)
+                .await
+                .map_err(|err| match err.code() {
+                    Some(codes::RATE_LIMITED) => OutreachError::RateLimited,
+                    _ => OutreachError::Graph(err),
+                })?;
         if !permission.can_start_call {
             let granted = matches!(
                 permission.status,
@@ -217,6 +234,17 @@ impl Outreach {
                     _ => OutreachError::Graph(err),
                 },
             })
+    }
+
+    /// Waits for this replica's next permission-read slot.
+    async fn pace_permission_read(&self) {
+        let slot = {
+            let mut next = self.inner.next_permission_read.lock().await;
+            let slot = (*next).max(tokio::time::Instant::now());
+            *next = slot + PERMISSION_READ_SPACING;
+            slot
+        };
+        tokio::time::sleep_until(slot).await;
     }
 
     /// Sends `text` to the user: free-form inside the customer-service window (the user wrote
