@@ -80,22 +80,6 @@ async fn the_callers_speech_reaches_the_ai_and_its_echo_comes_back_after_a_clean
     stack.stop().await.expect("stop");
 }
 
-/// Where AI tone audio starts and ends in the phone's recording, in samples (10 ms windows).
-fn tone_span(samples: &[i16], hz: f32) -> Option<(usize, usize)> {
-    let window = (SAMPLE_RATE / 100) as usize;
-    let toned: Vec<usize> = samples
-        .chunks(window)
-        .enumerate()
-        .filter(|(_, chunk)| {
-            chunk.len() == window
-                && audio::rms(chunk) > 500.0
-                && audio::goertzel(chunk, SAMPLE_RATE, hz) > 0.05
-        })
-        .map(|(i, _)| i)
-        .collect();
-    Some((*toned.first()? * window, (*toned.last()? + 1) * window))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_talking_over_the_ai_stops_its_audio_and_truncates_what_was_not_heard() {
     let tone_hz = 440.0;
@@ -340,9 +324,12 @@ async fn a_declined_call_ends_the_bridges_call_and_counts_as_unanswered() {
         ["connect", "RINGING", "REJECTED", "terminate"]
     );
     assert!(stack.wait_idle(WAIT).await, "the bridge's call ended");
-    assert!(stack.metrics.render().contains(
-        "whatsapp_bridge_calls_total{direction=\"outbound\",outcome=\"remote_terminated\"} 1"
-    ));
+    assert!(
+        stack
+            .metrics
+            .render()
+            .contains("whatsapp_bridge_calls_total{direction=\"outbound\",outcome=\"declined\"} 1")
+    );
     // Meta ended it, so the bridge had nothing to terminate; the AI never spoke.
     let actions: Vec<String> = stack
         .graph

@@ -21,6 +21,10 @@ fn the_demo_places_three_calls_and_exits_zero() {
         stdout.contains("3 of 3 callers heard back what they said"),
         "{stdout}"
     );
+    assert!(
+        stdout.contains("Reminder: set during a call, delivered by a call"),
+        "{stdout}"
+    );
 }
 
 #[test]

@@ -15,9 +15,9 @@ const ADMIN_TOKEN: &str = "test-admin-token";
 async fn stack_with(max_calls: usize, settings: &[(&str, &str)]) -> LocalStack {
     LocalStack::start(StackOptions {
         max_calls,
-        settings: settings
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
+        settings: no_busy_callbacks()
+            .into_iter()
+            .chain(settings.iter().map(|(k, v)| (k.to_string(), v.to_string())))
             .collect::<HashMap<_, _>>(),
         ..Default::default()
     })

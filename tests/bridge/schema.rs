@@ -41,7 +41,7 @@ fn the_migrations_create_the_tables_indexes_and_row_level_security() {
         "select string_agg(table_name, ',' order by table_name) from information_schema.tables \
          where table_schema = 'public'",
     );
-    assert_eq!(tables, "calls,reminders,tasks,transcript_turns");
+    assert_eq!(tables, "callers,calls,reminders,tasks,transcript_turns");
     let columns = |table: &str| {
         psql(
             &url,
@@ -57,13 +57,18 @@ fn the_migrations_create_the_tables_indexes_and_row_level_security() {
     );
     assert_eq!(
         columns("reminders"),
-        "id,phone_number,text,remind_at,status,attempts,last_attempt_at,created_at"
+        "id,phone_number,text,remind_at,status,attempts,last_attempt_at,created_at,kind,\
+         next_attempt_at,delivered_via,failure_reason,attempt_log,claimed_by,claim_expires_at"
     );
     assert_eq!(
         columns("calls"),
         "id,phone_number,direction,started_at,answered_at,ended_at,duration_seconds,end_reason,reminder_id"
     );
     assert_eq!(columns("transcript_turns"), "call_id,seq,role,text,at");
+    assert_eq!(
+        columns("callers"),
+        "phone_number,time_zone,last_message_at,updated_at"
+    );
 
     let indexes = psql(
         &url,
@@ -73,25 +78,33 @@ fn the_migrations_create_the_tables_indexes_and_row_level_security() {
     for index in [
         "tasks_by_phone",
         "reminders_by_phone",
-        "reminders_due",
+        "reminders_claimable",
+        "reminders_one_open_callback",
         "calls_by_phone",
     ] {
         assert!(indexes.contains(index), "{index} missing from {indexes}");
     }
     let due = psql(
         &url,
-        "select indexdef from pg_indexes where indexname = 'reminders_due'",
+        "select indexdef from pg_indexes where indexname = 'reminders_claimable'",
     );
     assert!(due.contains("WHERE (status = 'pending'::text)"), "{due}");
+    // The scheduler's claim: a function only the service role may run.
+    let claim = psql(
+        &url,
+        "select has_function_privilege('anon', 'public.claim_due_reminders(text, integer, integer)', 'execute') \
+         || ',' || has_function_privilege('service_role', 'public.claim_due_reminders(text, integer, integer)', 'execute')",
+    );
+    assert_eq!(claim, "false,true");
 
     let secured = psql(
         &url,
         "select string_agg(relname || '=' || relrowsecurity, ',' order by relname) from pg_class \
-         where relname in ('tasks', 'reminders', 'calls', 'transcript_turns')",
+         where relname in ('tasks', 'reminders', 'calls', 'transcript_turns', 'callers')",
     );
     assert_eq!(
         secured,
-        "calls=true,reminders=true,tasks=true,transcript_turns=true"
+        "callers=true,calls=true,reminders=true,tasks=true,transcript_turns=true"
     );
 
     // A row written by the owner is invisible to anon and visible to the service role.

@@ -17,6 +17,8 @@ pub async fn echo_stack(max_calls: usize) -> LocalStack {
     stack(max_calls, AiMode::Echo, None).await
 }
 
+/// A bridge for tests of calls and admission: callers refused at capacity are not called back
+/// here (the busy callback has its own tests, in `reminders.rs`).
 pub async fn stack(max_calls: usize, mode: AiMode, greeting: Option<&str>) -> LocalStack {
     LocalStack::start(StackOptions {
         max_calls,
@@ -25,6 +27,7 @@ pub async fn stack(max_calls: usize, mode: AiMode, greeting: Option<&str>) -> Lo
             ..AiDoubleConfig::default()
         },
         greeting: greeting.map(str::to_owned),
+        settings: no_busy_callbacks(),
         ..StackOptions::default()
     })
     .await
@@ -107,3 +110,28 @@ pub fn pitches_in_order(samples: &[i16], candidates: &[f32], expected: &[f32]) -
 }
 
 pub use testkit::fixtures::loopback_offer;
+
+/// Where AI tone audio starts and ends in the phone's recording, in samples (10 ms windows).
+pub fn tone_span(samples: &[i16], hz: f32) -> Option<(usize, usize)> {
+    let window = (SAMPLE_RATE / 100) as usize;
+    let toned: Vec<usize> = samples
+        .chunks(window)
+        .enumerate()
+        .filter(|(_, chunk)| {
+            chunk.len() == window
+                && audio::rms(chunk) > 500.0
+                && audio::goertzel(chunk, SAMPLE_RATE, hz) > 0.05
+        })
+        .map(|(i, _)| i)
+        .collect();
+    Some((*toned.first()? * window, (*toned.last()? + 1) * window))
+}
+
+/// Settings that turn the busy callback off.
+pub fn no_busy_callbacks() -> std::collections::HashMap<String, String> {
+    [(
+        bridge::config::CALLBACK_ON_BUSY.to_owned(),
+        "false".to_owned(),
+    )]
+    .into()
+}

@@ -254,7 +254,10 @@ async fn a_full_udp_port_range_refuses_calls_like_capacity_and_ports_come_back()
         .port();
     let stack = sim::stack::LocalStack::start(sim::stack::StackOptions {
         max_calls: 5,
-        settings: [("WEBRTC_UDP_PORTS".to_owned(), format!("{port}-{port}"))].into(),
+        settings: no_busy_callbacks()
+            .into_iter()
+            .chain([("WEBRTC_UDP_PORTS".to_owned(), format!("{port}-{port}"))])
+            .collect(),
         ..Default::default()
     })
     .await

@@ -183,6 +183,9 @@ impl Bridge {
             .env(config::WEBRTC_LOOPBACK, "true")
             .env(config::ASSISTANT_GREETING, "off")
             .env(config::DATA_DIR, &data_dir)
+            // Load runs measure the calls themselves: callers refused by an overflow are not
+            // called back (a setting can turn it on).
+            .env(config::CALLBACK_ON_BUSY, "false")
             .env(config::OPUS_BITRATE, encoder.bitrate_bps.to_string())
             .env(config::OPUS_COMPLEXITY, encoder.complexity.to_string())
             .env(config::OPUS_BANDWIDTH, encoder.max_bandwidth.as_str())

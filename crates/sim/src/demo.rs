@@ -1,9 +1,12 @@
 //! `whatsapp-voice-bridge demo`: the bridge on loopback with both doubles, N simulated callers
 //! at once. Each caller waits for the AI's greeting, talks over it (a barge-in), says a short
 //! "sentence" of pitched syllables, checks that the AI's echo brings the same pitches back in
-//! order, and hangs up. No credentials, no network. With `--replicas N`, N bridge processes
+//! order, and hangs up. Then a reminder is set during a call and delivered by a call a few
+//! seconds later ([`reminder`]). No credentials, no network. With `--replicas N`, N bridge processes
 //! share a Redis behind an ingress that hands the webhooks to them in turn, so a call's webhooks
 //! reach different replicas.
+
+mod reminder;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -123,11 +126,24 @@ pub async fn run(options: DemoOptions) -> ExitCode {
     )
     .await;
     let idle = stack.wait_idle(Duration::from_secs(10)).await;
+    println!();
+    let scene = reminder::run(&stack, started).await;
+    let idle = idle && stack.wait_idle(Duration::from_secs(10)).await;
     let active = stack.registry.active_calls();
     if let Err(err) = stack.stop().await {
         eprintln!("stopping the local stack: {err:#}");
     }
-    print_reports(&reports, idle, active)
+    let code = print_reports(&reports, idle, active);
+    match scene {
+        Ok(line) => {
+            println!("{line}");
+            code
+        }
+        Err(err) => {
+            println!("Reminder scene failed: {err}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// The fleet demo: `options.replicas` bridge processes sharing a Redis, the webhooks handed to
