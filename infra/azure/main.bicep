@@ -42,6 +42,12 @@ param azureOpenAiDeployment string = ''
 @description('Supabase project URL: the store shared by all replicas (the embedded store is per replica).')
 param supabaseUrl string
 
+@description('Approved WhatsApp message template (one body parameter: the reminder text) for reminders outside the 24-hour customer-service window; empty: free-form messages inside it only.')
+param reminderTemplate string = ''
+
+@description('Language code of reminderTemplate.')
+param reminderTemplateLanguage string = 'en_US'
+
 @description('Calls one replica serves at once (MAX_CONCURRENT_CALLS). One core sent every frame on time at 100 calls in the load harness on the faster machines; 80 leaves headroom for slower hosts.')
 @minValue(1)
 @maxValue(200)
@@ -470,6 +476,15 @@ resource app 'Microsoft.App/containerApps@2024-03-01' = {
             {
               name: 'REDIS_KEY_PREFIX'
               value: name
+            }
+            {
+              // Every replica delivers due reminders; the store's claim gives each to one.
+              name: 'REMINDER_TEMPLATE'
+              value: reminderTemplate
+            }
+            {
+              name: 'REMINDER_TEMPLATE_LANGUAGE'
+              value: reminderTemplateLanguage
             }
           ]
           probes: [

@@ -42,8 +42,10 @@ mod codes {
     pub const OUTSIDE_WINDOW: i64 = 131_047;
 }
 
-/// The customer-service window: free-form messages only this long after the user's last one.
-const SERVICE_WINDOW: chrono::Duration = chrono::Duration::hours(24);
+/// The customer-service window: free-form messages only this long after the user's last one
+/// (24 hours, less a margin: Meta may accept a late free-form message and fail it afterwards
+/// with 131047 in a status webhook, which would leave the reminder counted as delivered).
+const SERVICE_WINDOW: chrono::Duration = chrono::Duration::minutes(24 * 60 - 10);
 /// Busy messages and callbacks being queued at once (a flood of refusals must not grow tasks).
 const MAX_BUSY_NOTICES_IN_FLIGHT: usize = 64;
 /// Meta allows 5 permission reads a second per business number (§5.5, error 613): this replica

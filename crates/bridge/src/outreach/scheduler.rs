@@ -148,7 +148,8 @@ impl Scheduler {
         self.tracker.spawn(async move {
             let metrics = outreach.metrics().clone();
             metrics.reminders_in_delivery.inc();
-            if reminder.attempt_log.is_empty() {
+            // First time due (a retry, even one held back before any attempt, has a time).
+            if reminder.attempt_log.is_empty() && reminder.next_attempt_at.is_none() {
                 metrics
                     .reminders_due
                     .with_label_values(&[kind_label(reminder.kind)])

@@ -14,6 +14,7 @@ mod markers;
 mod overflow;
 mod phone;
 mod plot;
+mod reminders;
 mod report;
 mod summary;
 mod target;
@@ -119,6 +120,14 @@ pub struct LoadtestOptions {
     /// The Redis of `--replicas`.
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
+    /// Instead of the levels: this many reminders due at once on `--replicas` bridge processes
+    /// sharing one store (and the Redis); measures the delay after the due time and checks
+    /// each is delivered by exactly one call.
+    #[arg(long, default_value_t = 0)]
+    pub reminders: usize,
+    /// `REMINDER_CONCURRENCY` of each replica in the `--reminders` run.
+    #[arg(long, default_value_t = 25)]
+    pub reminder_concurrency: usize,
 }
 
 fn parse_duration_arg(text: &str) -> Result<Duration, String> {
@@ -168,6 +177,9 @@ pub async fn run(options: LoadtestOptions) -> ExitCode {
 
 async fn run_inner(options: LoadtestOptions) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&options.out)?;
+    if options.reminders > 0 {
+        return reminders::run(&options, options.reminders).await;
+    }
     let levels: Vec<usize> = options.levels.iter().copied().filter(|n| *n > 0).collect();
     anyhow::ensure!(!levels.is_empty(), "no level to run");
     let encoder = options.encoder();
