@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Tests claim_due_reminders (infra/supabase/migrations/0003_reminder_delivery.sql) on a real
 # PostgreSQL, as replicas use it: 200 due reminders claimed by concurrent psql loops, each one
-# claimed exactly once; an expired claim is given back, a retry waits for its next_attempt_at, the
-# service role may call the function and anon may not, bad arguments are refused; callers keep
-# their latest message time. Run on a fresh database with the migrations applied (scripts/test.sh
-# does): DATABASE_URL must name it, and the script refuses a database that already has reminders.
+# claimed exactly once; an expired claim is given back (and a calling row from before claims);
+# a retry waits for its next_attempt_at; the service role may call the function and anon may
+# not; bad arguments are refused; one open callback per caller; callers keep their latest
+# message time. Run on a fresh database with the migrations applied (scripts/test.sh does):
+# DATABASE_URL must name it, and the script refuses a database that already has reminders.
 set -euo pipefail
 url="${DATABASE_URL:?DATABASE_URL must name a fresh database with the migrations applied}"
 command -v psql >/dev/null 2>&1 || { echo "psql is required (Debian: postgresql-client)" >&2; exit 1; }
@@ -69,6 +70,11 @@ expired="$(sql "insert into public.reminders (phone_number, text, remind_at)
 [ "$(claim replica-y 60 7)" = "$expired" ] || fail "an expired claim was not given back"
 [ "$(sql "select claimed_by from public.reminders where id = '$expired'")" = replica-y ] ||
   fail "the expired claim did not pass to its new owner"
+
+# A row left calling before claims existed (no expiry) is nobody's: it is claimed.
+legacy="$(sql "insert into public.reminders (phone_number, text, remind_at, status)
+               values ('447700900006', 'calling before claims', now(), 'calling') returning id")"
+[ "$(claim replica-w 60 7)" = "$legacy" ] || fail "a calling row without a claim was not claimed"
 
 # A retry is due at next_attempt_at, not at remind_at.
 sql "insert into public.reminders (phone_number, text, remind_at, next_attempt_at)

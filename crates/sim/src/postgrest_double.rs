@@ -1,7 +1,10 @@
-//! A strict local PostgREST double for the Supabase store's contract tests: the four tables of
-//! the schema in memory, PostgREST's query grammar as far as the store uses it (`eq.`, `gte.`,
-//! `is.` filters, `select` with an inner-joined `calls` embed, `order`, `limit`), its
-//! `apikey` + bearer check, its status codes and error bodies, every request recorded.
+//! A strict local PostgREST double for the Supabase store's contract tests: the tables of the
+//! schema in memory with what the database checks on a write (timestamps, check constraints,
+//! the primary key and unique indexes, the `callers` trigger), PostgREST's query grammar as far
+//! as the store uses it (`eq.`, `gte.`, `is.` filters, `select` with an inner-joined `calls`
+//! embed, `order`, `limit`), upserts (`resolution=merge-duplicates`, `on_conflict`), the SQL
+//! function `claim_due_reminders` at `/rpc/`, its `apikey` + bearer check, its status codes and
+//! error bodies, every request recorded. Its clock (`now()` in the database) can be moved on.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -14,8 +17,14 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
+use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 use serde_json::{Map, Value, json};
+
+use schema::{Row, Table, Violation, before_update, tables, with_defaults};
+
+mod functions;
+mod schema;
 
 /// One request as the double received it.
 #[derive(Clone, Debug)]
@@ -38,16 +47,10 @@ impl RecordedRequest {
     }
 }
 
-struct Table {
-    columns: &'static [&'static str],
-    primary_key: &'static [&'static str],
-    rows: Vec<Map<String, Value>>,
-}
-
 #[derive(Default)]
 struct Failures {
     left: usize,
-    /// Only requests to this table fail; `None`: any.
+    /// Only requests to this table (or `rpc/{function}`) fail; `None`: any.
     table: Option<String>,
     status: u16,
     body: String,
@@ -59,6 +62,15 @@ struct Shared {
     requests: Mutex<Vec<RecordedRequest>>,
     failures: Mutex<Failures>,
     delay: Mutex<Duration>,
+    /// How far the database's clock is ahead of the wall clock.
+    clock_offset: Mutex<chrono::Duration>,
+}
+
+impl Shared {
+    /// The database's `now()`.
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now() + *self.clock_offset.lock()
+    }
 }
 
 /// The running double; cheap to clone.
@@ -66,72 +78,6 @@ struct Shared {
 pub struct PostgrestDouble {
     shared: Arc<Shared>,
     addr: SocketAddr,
-}
-
-fn tables() -> HashMap<&'static str, Table> {
-    let table = |columns, primary_key| Table {
-        columns,
-        primary_key,
-        rows: Vec::new(),
-    };
-    HashMap::from([
-        (
-            "tasks",
-            table(
-                &[
-                    "id",
-                    "phone_number",
-                    "title",
-                    "notes",
-                    "status",
-                    "due_at",
-                    "created_at",
-                    "completed_at",
-                ],
-                &["id"],
-            ),
-        ),
-        (
-            "reminders",
-            table(
-                &[
-                    "id",
-                    "phone_number",
-                    "text",
-                    "remind_at",
-                    "status",
-                    "attempts",
-                    "last_attempt_at",
-                    "created_at",
-                ],
-                &["id"],
-            ),
-        ),
-        (
-            "calls",
-            table(
-                &[
-                    "id",
-                    "phone_number",
-                    "direction",
-                    "started_at",
-                    "answered_at",
-                    "ended_at",
-                    "duration_seconds",
-                    "end_reason",
-                    "reminder_id",
-                ],
-                &["id"],
-            ),
-        ),
-        (
-            "transcript_turns",
-            table(
-                &["call_id", "seq", "role", "text", "at"],
-                &["call_id", "seq"],
-            ),
-        ),
-    ])
 }
 
 fn error(status: StatusCode, code: &str, message: &str) -> Response {
@@ -143,6 +89,29 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response {
         .into_response()
 }
 
+/// PostgREST's error answer before it becomes a response: small enough to return in a `Result`.
+struct Refusal {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        error(self.status, self.code, &self.message)
+    }
+}
+
 fn rows_response(status: StatusCode, rows: Vec<Value>) -> Response {
     (
         status,
@@ -150,35 +119,6 @@ fn rows_response(status: StatusCode, rows: Vec<Value>) -> Response {
         Value::Array(rows).to_string(),
     )
         .into_response()
-}
-
-/// Defaults the database fills in on insert.
-fn with_defaults(table: &str, mut row: Map<String, Value>, columns: &[&str]) -> Map<String, Value> {
-    let now = chrono::Utc::now().to_rfc3339();
-    let mut default = |column: &str, value: Value| {
-        if row.get(column).is_none_or(Value::is_null) {
-            row.insert(column.to_owned(), value);
-        }
-    };
-    match table {
-        "tasks" => {
-            default("id", json!(uuid::Uuid::new_v4().to_string()));
-            default("status", json!("open"));
-            default("created_at", json!(now));
-        }
-        "reminders" => {
-            default("id", json!(uuid::Uuid::new_v4().to_string()));
-            default("status", json!("pending"));
-            default("attempts", json!(0));
-            default("created_at", json!(now));
-        }
-        "transcript_turns" => default("at", json!(now)),
-        _ => {}
-    }
-    for column in columns {
-        row.entry((*column).to_owned()).or_insert(Value::Null);
-    }
-    row
 }
 
 fn text_of(value: &Value) -> String {
@@ -212,11 +152,13 @@ impl PostgrestDouble {
             requests: Mutex::new(Vec::new()),
             failures: Mutex::new(Failures::default()),
             delay: Mutex::new(Duration::ZERO),
+            clock_offset: Mutex::new(chrono::Duration::zero()),
         });
         let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
         let addr = listener.local_addr()?;
         let app = Router::new()
-            .route("/rest/v1/{table}", any(handle))
+            .route("/rest/v1/{table}", any(handle_table))
+            .route("/rest/v1/rpc/{function}", any(handle_function))
             .with_state(shared.clone());
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -243,7 +185,7 @@ impl PostgrestDouble {
         };
     }
 
-    /// Like [`PostgrestDouble::fail_next`], for requests to one table only.
+    /// Like [`PostgrestDouble::fail_next`], for requests to one table (or `rpc/{function}`) only.
     pub fn fail_next_on(&self, table: &str, times: usize, status: u16, body: &str) {
         *self.shared.failures.lock() = Failures {
             left: times,
@@ -258,6 +200,17 @@ impl PostgrestDouble {
         *self.shared.delay.lock() = delay;
     }
 
+    /// The database's clock: the wall clock plus however far it was moved on.
+    pub fn now(&self) -> DateTime<Utc> {
+        self.shared.now()
+    }
+
+    /// Moves the database's clock on (leases expire, retries fall due) without waiting.
+    pub fn advance_clock(&self, by: Duration) {
+        let by = chrono::Duration::from_std(by).expect("a test's step of the clock");
+        *self.shared.clock_offset.lock() += by;
+    }
+
     pub fn rows(&self, table: &str) -> Vec<Value> {
         self.shared
             .tables
@@ -268,19 +221,21 @@ impl PostgrestDouble {
     }
 }
 
-async fn handle(
-    State(shared): State<Arc<Shared>>,
-    method: Method,
-    Path(table): Path<String>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let query = query.unwrap_or_default();
+/// What every request goes through first: it is recorded, waits the set delay, and its key is
+/// checked; then a failure set with `fail_next` may answer instead. `target` is the table, or
+/// `rpc/{function}`.
+async fn admit(
+    shared: &Shared,
+    method: &Method,
+    target: &str,
+    query: &str,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Option<Response> {
     shared.requests.lock().push(RecordedRequest {
         method: method.to_string(),
-        path: format!("/rest/v1/{table}"),
-        query: query.clone(),
+        path: format!("/rest/v1/{target}"),
+        query: query.to_owned(),
         headers: headers
             .iter()
             .map(|(k, v)| {
@@ -290,7 +245,7 @@ async fn handle(
                 )
             })
             .collect(),
-        body: String::from_utf8_lossy(&body).into_owned(),
+        body: String::from_utf8_lossy(body).into_owned(),
     });
     let delay = *shared.delay.lock();
     if !delay.is_zero() {
@@ -301,27 +256,53 @@ async fn handle(
     if header("apikey") != Some(shared.key.as_str())
         || header("authorization") != Some(bearer.as_str())
     {
-        return error(
+        return Some(error(
             StatusCode::UNAUTHORIZED,
             "PGRST301",
             "JWSError (CompactDecodeError Invalid number of parts)",
-        );
+        ));
     }
-    {
-        let mut failures = shared.failures.lock();
-        if failures.left > 0 && failures.table.as_deref().is_none_or(|t| t == table) {
-            failures.left -= 1;
-            return (
+    let mut failures = shared.failures.lock();
+    if failures.left > 0 && failures.table.as_deref().is_none_or(|t| t == target) {
+        failures.left -= 1;
+        return Some(
+            (
                 StatusCode::from_u16(failures.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
                 [(header::CONTENT_TYPE, "application/json")],
                 failures.body.clone(),
             )
-                .into_response();
-        }
+                .into_response(),
+        );
+    }
+    None
+}
+
+/// Whether the `Prefer` header holds `preference` (it is a comma-separated list).
+fn prefers(headers: &HeaderMap, preference: &str) -> bool {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|item| item.trim() == preference)
+}
+
+async fn handle_table(
+    State(shared): State<Arc<Shared>>,
+    method: Method,
+    Path(table): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let query = query.unwrap_or_default();
+    if let Some(answer) = admit(&shared, &method, &table, &query, &headers, &body).await {
+        return answer;
     }
     let params: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
         .into_owned()
         .collect();
+    let now = shared.now();
     let mut tables = shared.tables.lock();
     if !tables.contains_key(table.as_str()) {
         return error(
@@ -330,7 +311,11 @@ async fn handle(
             &format!("Could not find the table 'public.{table}' in the schema cache"),
         );
     }
-    let representation = header("prefer").is_some_and(|p| p.contains("return=representation"));
+    let write = Write {
+        table: &table,
+        representation: prefers(&headers, "return=representation"),
+        now,
+    };
     match method {
         Method::GET => select(&tables, &table, &params),
         Method::POST => {
@@ -339,13 +324,21 @@ async fn handle(
                 Ok(row @ Value::Object(_)) => vec![row],
                 _ => return error(StatusCode::BAD_REQUEST, "PGRST102", "Empty or invalid json"),
             };
-            insert(&mut tables, &table, rows, representation)
+            let merge = prefers(&headers, "resolution=merge-duplicates");
+            let on_conflict = params
+                .iter()
+                .find(|(key, _)| key == "on_conflict")
+                .map(|(_, columns)| columns.as_str());
+            match (merge, on_conflict) {
+                (true, on_conflict) => upsert(&mut tables, &write, rows, on_conflict),
+                (false, _) => insert(&mut tables, &write, rows),
+            }
         }
         Method::PATCH => {
             let Ok(Value::Object(changes)) = serde_json::from_slice::<Value>(&body) else {
                 return error(StatusCode::BAD_REQUEST, "PGRST102", "Empty or invalid json");
             };
-            update(&mut tables, &table, &params, changes, representation)
+            update(&mut tables, &write, &params, changes)
         }
         _ => error(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -353,6 +346,32 @@ async fn handle(
             "Unsupported HTTP method",
         ),
     }
+}
+
+async fn handle_function(
+    State(shared): State<Arc<Shared>>,
+    method: Method,
+    Path(function): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let query = query.unwrap_or_default();
+    let target = format!("rpc/{function}");
+    if let Some(answer) = admit(&shared, &method, &target, &query, &headers, &body).await {
+        return answer;
+    }
+    // The schema's functions are volatile: PostgREST runs them with POST only.
+    if method != Method::POST {
+        return error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "PGRST101",
+            "For volatile functions, only POST is allowed",
+        );
+    }
+    let now = shared.now();
+    let mut tables = shared.tables.lock();
+    functions::call(&mut tables, &function, &body, now)
 }
 
 fn select(
@@ -448,112 +467,222 @@ fn select(
     rows_response(StatusCode::OK, rows)
 }
 
-fn insert(
-    tables: &mut HashMap<&'static str, Table>,
-    table: &str,
-    rows: Vec<Value>,
+/// What a write needs besides its rows: the table, whether to answer with the rows written,
+/// and the database's clock.
+struct Write<'a> {
+    table: &'a str,
     representation: bool,
-) -> Response {
-    let call_ids: Vec<Value> = tables["calls"]
-        .rows
-        .iter()
-        .filter_map(|c| c.get("id").cloned())
-        .collect();
-    let target = tables.get_mut(table).expect("checked by the caller");
-    let mut prepared = Vec::new();
-    for row in rows {
-        let Value::Object(row) = row else {
-            return error(StatusCode::BAD_REQUEST, "PGRST102", "Empty or invalid json");
-        };
-        if let Some(unknown) = row.keys().find(|k| !target.columns.contains(&k.as_str())) {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "PGRST204",
-                &format!("Could not find the '{unknown}' column of '{table}' in the schema cache"),
-            );
+    now: DateTime<Utc>,
+}
+
+impl Write<'_> {
+    /// The answer to a write that went through.
+    fn answer(&self, status: StatusCode, written: Vec<Row>) -> Response {
+        if self.representation {
+            rows_response(status, written.into_iter().map(Value::Object).collect())
+        } else if status == StatusCode::CREATED {
+            StatusCode::CREATED.into_response()
+        } else {
+            StatusCode::NO_CONTENT.into_response()
         }
-        let row = with_defaults(table, row, target.columns);
-        if table == "transcript_turns" && !call_ids.contains(&row["call_id"]) {
-            return error(
-                StatusCode::CONFLICT,
-                "23503",
-                "insert or update on table \"transcript_turns\" violates foreign key constraint",
-            );
-        }
-        let key: Vec<&Value> = target.primary_key.iter().map(|k| &row[*k]).collect();
-        let taken =
-            target
-                .rows
-                .iter()
-                .chain(prepared.iter())
-                .any(|existing: &Map<String, Value>| {
-                    target
-                        .primary_key
-                        .iter()
-                        .map(|k| &existing[*k])
-                        .eq(key.iter().copied())
-                });
-        if taken {
-            return error(
-                StatusCode::CONFLICT,
-                "23505",
-                &format!("duplicate key value violates unique constraint \"{table}_pkey\""),
-            );
-        }
-        prepared.push(row);
-    }
-    target.rows.extend(prepared.iter().cloned());
-    if representation {
-        rows_response(
-            StatusCode::CREATED,
-            prepared.into_iter().map(Value::Object).collect(),
-        )
-    } else {
-        StatusCode::CREATED.into_response()
     }
 }
 
-fn update(
-    tables: &mut HashMap<&'static str, Table>,
-    table: &str,
-    params: &[(String, String)],
-    changes: Map<String, Value>,
-    representation: bool,
-) -> Response {
-    let target = tables.get_mut(table).expect("checked by the caller");
-    if let Some(unknown) = changes
-        .keys()
+/// PostgREST's answer to a row the database refused.
+fn refused(violation: Violation) -> Response {
+    match violation {
+        Violation::Invalid(code, message) => error(StatusCode::BAD_REQUEST, code, &message),
+        Violation::Duplicate(constraint) => error(
+            StatusCode::CONFLICT,
+            "23505",
+            &format!("duplicate key value violates unique constraint \"{constraint}\""),
+        ),
+    }
+}
+
+/// The payload's columns must all exist (PGRST204 otherwise).
+fn unknown_column(target: &Table, table: &str, row: &Row) -> Option<Refusal> {
+    row.keys()
         .find(|k| !target.columns.contains(&k.as_str()))
-    {
+        .map(|unknown| {
+            Refusal::new(
+                StatusCode::BAD_REQUEST,
+                "PGRST204",
+                format!("Could not find the '{unknown}' column of '{table}' in the schema cache"),
+            )
+        })
+}
+
+/// The payload as rows (objects), or PostgREST's refusal.
+fn payload_rows(target: &Table, table: &str, rows: Vec<Value>) -> Result<Vec<Row>, Refusal> {
+    let mut objects = Vec::with_capacity(rows.len());
+    for row in rows {
+        let Value::Object(row) = row else {
+            return Err(Refusal::new(
+                StatusCode::BAD_REQUEST,
+                "PGRST102",
+                "Empty or invalid json",
+            ));
+        };
+        if let Some(refusal) = unknown_column(target, table, &row) {
+            return Err(refusal);
+        }
+        objects.push(row);
+    }
+    Ok(objects)
+}
+
+/// A foreign key the double knows: a turn belongs to a call.
+fn missing_parent(
+    tables: &HashMap<&'static str, Table>,
+    table: &str,
+    row: &Row,
+) -> Option<Response> {
+    let call_exists = || {
+        tables["calls"]
+            .rows
+            .iter()
+            .any(|call| call.get("id") == row.get("call_id"))
+    };
+    (table == "transcript_turns" && !call_exists()).then(|| {
+        error(
+            StatusCode::CONFLICT,
+            "23503",
+            "insert or update on table \"transcript_turns\" violates foreign key constraint",
+        )
+    })
+}
+
+/// Adds the rows, all or none.
+fn insert(
+    tables: &mut HashMap<&'static str, Table>,
+    write: &Write<'_>,
+    rows: Vec<Value>,
+) -> Response {
+    let table = write.table;
+    let target = &tables[table];
+    let rows = match payload_rows(target, table, rows) {
+        Ok(rows) => rows,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let mut next = target.rows.clone();
+    let mut written = Vec::new();
+    for row in rows {
+        let row = with_defaults(table, row, target.columns, write.now);
+        if let Some(refusal) = missing_parent(tables, table, &row) {
+            return refusal;
+        }
+        next.push(row.clone());
+        if let Some(violation) = target.violation_at(table, &next, next.len() - 1) {
+            return refused(violation);
+        }
+        written.push(row);
+    }
+    tables.get_mut(table).expect("checked by the caller").rows = next;
+    write.answer(StatusCode::CREATED, written)
+}
+
+/// An upsert (`Prefer: resolution=merge-duplicates`): a row whose conflict columns match an
+/// existing row's updates that row's columns named in the payload; others are inserted. The
+/// conflict columns must be a unique constraint's (the primary key here), as PostgreSQL's `on
+/// conflict` requires.
+fn upsert(
+    tables: &mut HashMap<&'static str, Table>,
+    write: &Write<'_>,
+    rows: Vec<Value>,
+    on_conflict: Option<&str>,
+) -> Response {
+    let table = write.table;
+    let target = &tables[table];
+    let key: Vec<&str> = match on_conflict {
+        None => target.primary_key.to_vec(),
+        Some(columns) => columns.split(',').map(str::trim).collect(),
+    };
+    if key != target.primary_key {
         return error(
             StatusCode::BAD_REQUEST,
-            "PGRST204",
-            &format!("Could not find the '{unknown}' column of '{table}' in the schema cache"),
+            "42P10",
+            "there is no unique or exclusion constraint matching the ON CONFLICT specification",
         );
     }
+    let rows = match payload_rows(target, table, rows) {
+        Ok(rows) => rows,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let mut next = target.rows.clone();
+    let mut written = Vec::new();
+    for row in rows {
+        let existing = next.iter().position(|old| {
+            key.iter()
+                .all(|k| row.get(*k).is_some_and(|v| old.get(*k) == Some(v)))
+        });
+        let index = match existing {
+            Some(index) => {
+                let mut merged = next[index].clone();
+                merged.extend(row);
+                before_update(table, &next[index], &mut merged, write.now);
+                next[index] = merged;
+                index
+            }
+            None => {
+                let row = with_defaults(table, row, target.columns, write.now);
+                if let Some(refusal) = missing_parent(tables, table, &row) {
+                    return refusal;
+                }
+                next.push(row);
+                next.len() - 1
+            }
+        };
+        if let Some(violation) = target.violation_at(table, &next, index) {
+            return refused(violation);
+        }
+        written.push(next[index].clone());
+    }
+    tables.get_mut(table).expect("checked by the caller").rows = next;
+    write.answer(StatusCode::CREATED, written)
+}
+
+/// Changes the rows that pass every filter, all or none.
+fn update(
+    tables: &mut HashMap<&'static str, Table>,
+    write: &Write<'_>,
+    params: &[(String, String)],
+    changes: Map<String, Value>,
+) -> Response {
+    let table = write.table;
+    let target = &tables[table];
+    if let Some(refusal) = unknown_column(target, table, &changes) {
+        return refusal.into_response();
+    }
+    let mut next = target.rows.clone();
     let mut updated = Vec::new();
-    for row in &mut target.rows {
+    for index in 0..next.len() {
         let mut keep = true;
         for (column, filter) in params {
-            match passes(row.get(column), filter) {
+            match passes(next[index].get(column), filter) {
                 Ok(true) => {}
                 Ok(false) => keep = false,
                 Err(message) => return error(StatusCode::BAD_REQUEST, "PGRST100", &message),
             }
         }
-        if keep {
-            for (column, value) in &changes {
-                row.insert(column.clone(), value.clone());
-            }
-            updated.push(Value::Object(row.clone()));
+        if !keep {
+            continue;
         }
+        let mut changed = next[index].clone();
+        changed.extend(changes.clone());
+        before_update(table, &next[index], &mut changed, write.now);
+        next[index] = changed;
+        if let Some(violation) = target.violation_at(table, &next, index) {
+            return refused(violation);
+        }
+        updated.push(next[index].clone());
     }
-    if representation {
-        rows_response(StatusCode::OK, updated)
-    } else {
-        StatusCode::NO_CONTENT.into_response()
-    }
+    tables.get_mut(table).expect("checked by the caller").rows = next;
+    write.answer(StatusCode::OK, updated)
 }
 
 #[cfg(test)]
 mod supabase_store_tests;
+
+#[cfg(test)]
+mod reminder_delivery_tests;

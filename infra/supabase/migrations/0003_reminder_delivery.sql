@@ -32,7 +32,8 @@ create unique index if not exists reminders_one_open_callback
 -- coalesce(next_attempt_at, remind_at) <= now(), and calling ones whose claim expired (a replica
 -- died mid-delivery), soonest first. The rows are locked as they are chosen and rows another
 -- transaction holds are skipped, so concurrent callers never claim one row twice; the database's
--- clock decides what is due and when a claim expires.
+-- clock decides what is due and when a claim expires. A calling row without an expiry (written
+-- before claims existed) counts as expired: nobody holds it.
 create or replace function public.claim_due_reminders(
     p_owner text,
     p_lease_seconds integer,

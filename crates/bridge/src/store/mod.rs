@@ -335,7 +335,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<TranscriptTurn>, StoreError>;
     /// Claims up to `limit` reminders due at `now` for `owner` until `now + lease`: pending ones
     /// whose `coalesce(next_attempt_at, remind_at) <= now`, and `calling` ones whose claim
-    /// expired (a replica died mid-delivery), soonest first. Each claimed row becomes `calling`
+    /// expired (a replica died mid-delivery; a `calling` row from before claims existed has no
+    /// expiry and counts as expired), soonest first. Each claimed row becomes `calling`
     /// with `claimed_by = owner`. Atomic: two replicas never claim the same row at once.
     /// (Supabase: the database clock decides; `now` is ignored there, and the lease is counted
     /// in whole seconds, rounded up.)

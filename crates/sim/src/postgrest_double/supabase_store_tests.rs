@@ -108,7 +108,7 @@ async fn reminders_calls_and_turns_round_trip() {
     assert_eq!(
         cancel.query,
         format!(
-            "id=eq.{}&phone_number=eq.447700900123&status=eq.pending",
+            "id=eq.{}&phone_number=eq.447700900123&kind=eq.reminder&status=eq.pending",
             reminder.id
         )
     );
