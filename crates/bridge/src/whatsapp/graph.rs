@@ -465,6 +465,12 @@ fn attempt_outcome(result: &Result<Value, GraphError>) -> String {
 }
 
 fn log_failure(action: GraphAction, call_id: Option<&CallId>, attempt: u32, error: &GraphError) {
+    // Meta's rate limit on permission reads is expected under load and handled by the caller
+    // (counted in `graph_requests_total` with its status): not a warning.
+    if error.kind() == Some(GraphErrorKind::RateLimited) {
+        tracing::debug!(action = %action, attempt, "Graph API rate limit (613)");
+        return;
+    }
     match error {
         GraphError::Api {
             status,

@@ -70,6 +70,8 @@ pub async fn run(options: &LoadtestOptions, reminders: usize) -> anyhow::Result<
             (config::REMINDER_CONCURRENCY.into(), concurrency.to_string()),
             // A call that goes wrong is retried within the run rather than minutes later.
             (config::REMINDER_RETRY_DELAY.into(), "2s".into()),
+            // A line per call and reminder: what to read when a run fails.
+            ("RUST_LOG".into(), "info".into()),
         ],
     })
     .await?;
@@ -113,11 +115,23 @@ pub async fn run(options: &LoadtestOptions, reminders: usize) -> anyhow::Result<
         rate_limited
     );
     write_csv(&options.out, &deliveries)?;
-    Ok(if lost == 0 && duplicates == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    if lost == 0 && duplicates == 0 {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let logs = options.out.join("reminder-logs");
+    eprintln!(
+        "not delivered exactly once; the replicas' logs are in {}",
+        logs.display()
+    );
+    for entry in std::fs::read_dir(&logs)?.flatten() {
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        eprintln!("--- the end of {}:", entry.path().display());
+        for line in &lines[lines.len().saturating_sub(40)..] {
+            eprintln!("{line}");
+        }
+    }
+    Ok(ExitCode::FAILURE)
 }
 
 /// Answers every call the bridge places; each user stays on until the reminder counts.
