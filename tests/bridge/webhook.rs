@@ -248,10 +248,12 @@ async fn at_capacity_calls_are_declined_and_answered_200_with_the_refusal_and_th
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_udp_port_range_refuses_calls_like_capacity_and_ports_come_back() {
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|socket| socket.local_addr())
-        .expect("a free port")
-        .port();
+    // A free port below the kernel's ephemeral range (32768 and up), so that the sockets the
+    // other tests open on port 0 meanwhile cannot take it.
+    let port = (0..100)
+        .map(|_| rand::random_range(20_000..30_000u16))
+        .find(|port| std::net::UdpSocket::bind(("127.0.0.1", *port)).is_ok())
+        .expect("a free port");
     let stack = sim::stack::LocalStack::start(sim::stack::StackOptions {
         max_calls: 5,
         settings: no_busy_callbacks()
