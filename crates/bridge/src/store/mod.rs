@@ -11,6 +11,8 @@
 //! settles each row it still holds. Every write after the claim is filtered on the claim, so a
 //! replica that lost it (its lease expired and another took the row) changes nothing.
 
+#[cfg(any(test, feature = "store-contract"))]
+pub mod contract;
 pub mod embedded;
 mod sqlite_thread;
 pub mod supabase;
