@@ -39,6 +39,9 @@ param azureOpenAiEndpoint string = ''
 @description('Azure OpenAI realtime deployment name.')
 param azureOpenAiDeployment string = ''
 
+@description('Model that transcribes the caller (OPENAI_TRANSCRIBE_MODEL); on Azure the name of your transcription deployment. Empty: gpt-4o-mini-transcribe on OpenAI, no transcription on Azure.')
+param transcribeModel string = ''
+
 @description('Supabase project URL: the store shared by all replicas (the embedded store is per replica).')
 param supabaseUrl string
 
@@ -446,6 +449,10 @@ resource app 'Microsoft.App/containerApps@2024-03-01' = {
             {
               name: 'AZURE_OPENAI_DEPLOYMENT'
               value: azureOpenAiDeployment
+            }
+            {
+              name: 'OPENAI_TRANSCRIBE_MODEL'
+              value: transcribeModel
             }
             {
               name: 'SUPABASE_URL'

@@ -106,8 +106,12 @@ impl App {
             instructions: config.instructions.clone(),
             ..SessionSettings::default()
         };
-        if let Some(voice) = &config.voice {
-            session.voice = voice.clone();
+        session.voice = config.voice.clone();
+        session.transcription_model = config.transcription_model.clone();
+        if session.transcription_model.is_none() {
+            warn!(
+                "caller speech is not transcribed (OPENAI_TRANSCRIBE_MODEL unset on Azure, or off):                  no transcripts, and the AI remembers nothing of earlier calls"
+            );
         }
         session.tools = tools::definitions();
         if let crate::realtime::client::Provider::Azure { deployment, .. } = &config.ai_provider {

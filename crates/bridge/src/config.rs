@@ -30,6 +30,7 @@ pub const OPENAI_API_KEY: &str = "OPENAI_API_KEY";
 pub const OPENAI_REALTIME_URL: &str = "OPENAI_REALTIME_URL";
 pub const OPENAI_REALTIME_MODEL: &str = "OPENAI_REALTIME_MODEL";
 pub const OPENAI_VOICE: &str = "OPENAI_VOICE";
+pub const OPENAI_TRANSCRIBE_MODEL: &str = "OPENAI_TRANSCRIBE_MODEL";
 pub const AZURE_OPENAI_ENDPOINT: &str = "AZURE_OPENAI_ENDPOINT";
 pub const AZURE_OPENAI_API_KEY: &str = "AZURE_OPENAI_API_KEY";
 pub const AZURE_OPENAI_DEPLOYMENT: &str = "AZURE_OPENAI_DEPLOYMENT";
@@ -85,6 +86,7 @@ pub const ALL_KEYS: &[&str] = &[
     OPENAI_REALTIME_URL,
     OPENAI_REALTIME_MODEL,
     OPENAI_VOICE,
+    OPENAI_TRANSCRIBE_MODEL,
     AZURE_OPENAI_ENDPOINT,
     AZURE_OPENAI_API_KEY,
     AZURE_OPENAI_DEPLOYMENT,
@@ -170,6 +172,10 @@ pub struct ReminderSettings {
     pub callback_on_busy: bool,
 }
 
+/// The caller's speech is transcribed by this OpenAI model unless `OPENAI_TRANSCRIBE_MODEL` says
+/// otherwise.
+pub const DEFAULT_TRANSCRIBE_MODEL: &str = "gpt-4o-mini-transcribe";
+
 /// The instructions for the AI's first words once a call is answered.
 pub const DEFAULT_GREETING: &str =
     "Greet the caller in one short sentence and ask how you can help.";
@@ -242,7 +248,10 @@ pub struct Config {
     pub max_call_duration: Duration,
     pub answer_deadline: Duration,
     pub ai_provider: Provider,
+    /// `None`: the provider's default voice.
     pub voice: Option<String>,
+    /// The model (on Azure, the deployment) that transcribes the caller; `None`: no transcripts.
+    pub transcription_model: Option<String>,
     pub instructions: String,
     /// What the AI is asked to say first; `None` (`ASSISTANT_GREETING=off`): it waits for the caller.
     pub greeting: Option<String>,
@@ -434,6 +443,16 @@ impl Config {
 
         let ai_provider = read_provider(&mut r);
         let voice = r.raw(OPENAI_VOICE);
+        // OpenAI has a default transcription model; on Azure it is a deployment of the
+        // customer's, so nothing is assumed there.
+        let transcription_model = match r.raw(OPENAI_TRANSCRIBE_MODEL) {
+            Some(value) if value.eq_ignore_ascii_case("off") => None,
+            Some(value) => Some(value),
+            None => match ai_provider {
+                Provider::OpenAi { .. } => Some(DEFAULT_TRANSCRIBE_MODEL.to_owned()),
+                Provider::Azure { .. } => None,
+            },
+        };
         let instructions = match (
             r.raw(ASSISTANT_INSTRUCTIONS),
             r.raw(ASSISTANT_INSTRUCTIONS_FILE),
@@ -579,6 +598,7 @@ impl Config {
             answer_deadline,
             ai_provider,
             voice,
+            transcription_model,
             instructions,
             greeting,
             public_ip,
@@ -801,6 +821,27 @@ mod tests {
             }
             Provider::OpenAi { .. } => panic!("expected Azure"),
         }
+        // Azure has no default transcription model: it is a deployment of one's own.
+        assert_eq!(config.transcription_model, None);
+        vars.insert(OPENAI_TRANSCRIBE_MODEL.into(), "my-transcribe".into());
+        let config = Config::from_env(&vars).expect("valid");
+        assert_eq!(config.transcription_model.as_deref(), Some("my-transcribe"));
+    }
+
+    #[test]
+    fn voice_and_transcription_default_to_the_provider_and_can_be_turned_off() {
+        let config = Config::from_env(&minimal()).expect("valid");
+        assert_eq!(config.voice, None);
+        assert_eq!(
+            config.transcription_model.as_deref(),
+            Some(DEFAULT_TRANSCRIBE_MODEL)
+        );
+        let mut vars = minimal();
+        vars.insert(OPENAI_TRANSCRIBE_MODEL.into(), "off".into());
+        vars.insert(OPENAI_VOICE.into(), "cedar".into());
+        let config = Config::from_env(&vars).expect("valid");
+        assert_eq!(config.transcription_model, None);
+        assert_eq!(config.voice.as_deref(), Some("cedar"));
     }
 
     #[test]

@@ -444,8 +444,8 @@ pub struct SessionSettings {
     /// Only for Azure, where it is the deployment name; OpenAI takes the model from the URL.
     pub model: Option<String>,
     pub instructions: String,
-    /// Default `marin`. Cannot change once the session has produced audio.
-    pub voice: String,
+    /// `None`: the provider's default voice. Cannot change once the session has produced audio.
+    pub voice: Option<String>,
     /// Server VAD activation threshold, 0.0–1.0.
     pub vad_threshold: f32,
     /// Audio kept before detected speech.
@@ -465,7 +465,7 @@ impl Default for SessionSettings {
         Self {
             model: None,
             instructions: DEFAULT_INSTRUCTIONS.to_owned(),
-            voice: "marin".to_owned(),
+            voice: None,
             vad_threshold: 0.5,
             prefix_padding_ms: 300,
             silence_duration_ms: 500,
@@ -515,7 +515,8 @@ pub fn session_update(settings: &SessionSettings) -> String {
     #[derive(Serialize)]
     struct Output<'a> {
         format: Format,
-        voice: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        voice: Option<&'a str>,
     }
     #[derive(Serialize)]
     struct Format {
@@ -576,7 +577,7 @@ pub fn session_update(settings: &SessionSettings) -> String {
                 },
                 output: Output {
                     format: PCM,
-                    voice: &settings.voice,
+                    voice: settings.voice.as_deref(),
                 },
             },
             tools: &settings.tools,
@@ -1010,8 +1011,7 @@ mod tests {
                             }
                         },
                         "output": {
-                            "format": {"type": "audio/pcm", "rate": 24000},
-                            "voice": "marin"
+                            "format": {"type": "audio/pcm", "rate": 24000}
                         }
                     }
                 }
@@ -1023,7 +1023,7 @@ mod tests {
     fn session_update_sets_the_azure_model_and_turns_optional_features_off() {
         let value: Value = serde_json::from_str(&session_update(&SessionSettings {
             model: Some("my-deployment".into()),
-            voice: "cedar".into(),
+            voice: Some("cedar".into()),
             transcription_model: None,
             noise_reduction: None,
             ..SessionSettings::default()
