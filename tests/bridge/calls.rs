@@ -446,3 +446,67 @@ async fn a_user_who_writes_and_accepts_the_permission_request_can_then_be_called
     assert!(stack.wait_idle(WAIT).await);
     stack.stop().await.expect("stop");
 }
+
+/// The `response.create` events the bridge sent in the call's AI session.
+fn response_creates(stack: &LocalStack) -> Vec<serde_json::Value> {
+    stack
+        .ai
+        .sessions()
+        .into_iter()
+        .flat_map(|s| s.client_events)
+        .filter(|e| e.kind == "response.create")
+        .map(|e| e.json)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_ai_response_is_asked_for_again_then_apologised_for() {
+    let stack = stack(
+        2,
+        AiMode::Tone {
+            hz: 440.0,
+            duration: Duration::from_millis(600),
+        },
+        Some("Greet the caller."),
+    )
+    .await;
+    // The greeting fails once: the bridge asks again, and the caller hears it.
+    stack.ai.fail_next_responses(1);
+    let call = answered_call(&stack, "failed-once", 700).await;
+    assert!(
+        call.wait_until(WAIT, |r| tone_span(&r.received, 440.0).is_some())
+            .await,
+        "the greeting was heard after the retry"
+    );
+    let creates = response_creates(&stack);
+    assert_eq!(creates.len(), 2, "{creates:?}");
+    assert_eq!(
+        creates[0], creates[1],
+        "the retry asks for the same greeting"
+    );
+    let metrics = stack.metrics.render();
+    assert!(metrics.contains("whatsapp_bridge_ai_failed_responses_total{action=\"retried\"} 1"));
+    // The provider's rate limits (the double's `rate_limits.updated`) are exported.
+    assert!(
+        metrics.contains("whatsapp_bridge_ai_rate_limit{name=\"tokens\",value=\"limit\"} 40000"),
+        "{metrics}"
+    );
+    call.hang_up().await.expect("hang up");
+    assert!(stack.wait_idle(WAIT).await);
+
+    // Twice: the retry fails too, and the AI is asked to apologise, which the caller hears.
+    stack.ai.fail_next_responses(2);
+    let call = answered_call(&stack, "failed-twice", 701).await;
+    assert!(
+        call.wait_until(WAIT, |r| tone_span(&r.received, 440.0).is_some())
+            .await,
+        "the apology was heard"
+    );
+    let creates = response_creates(&stack);
+    assert_eq!(creates.len(), 5, "{creates:?}");
+    assert!(creates[4].to_string().contains("Apologise"), "{creates:?}");
+    let metrics = stack.metrics.render();
+    assert!(metrics.contains("whatsapp_bridge_ai_failed_responses_total{action=\"apologised\"} 1"));
+    call.hang_up().await.expect("hang up");
+    stack.stop().await.expect("stop");
+}

@@ -2,8 +2,8 @@
 //! (never phone numbers or call ids).
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
 
 /// All metrics; cheap to clone (every field is an `Arc` inside).
@@ -77,6 +77,12 @@ pub struct Metrics {
     pub callbacks_queued: IntCounter,
     /// WhatsApp messages sent, by kind (`text`, `template`, `permission_request`) and outcome.
     pub messages_sent: IntCounterVec,
+    /// The AI provider's rate limits as its latest `rate_limits.updated` said, by limit
+    /// (`requests`, `tokens`, `other`) and value (`limit`, `remaining`).
+    pub ai_rate_limit: GaugeVec,
+    /// AI responses that ended `failed`, by what the bridge did (`retried`, `apologised`,
+    /// `gave_up`).
+    pub ai_failed_responses: IntCounterVec,
 }
 
 impl Metrics {
@@ -326,6 +332,22 @@ impl Metrics {
             &["kind", "outcome"],
         )
         .expect("valid metric");
+        let ai_rate_limit = GaugeVec::new(
+            Opts::new(
+                "whatsapp_bridge_ai_rate_limit",
+                "The AI provider's rate limits from its latest rate_limits.updated",
+            ),
+            &["name", "value"],
+        )
+        .expect("valid metric");
+        let ai_failed_responses = IntCounterVec::new(
+            Opts::new(
+                "whatsapp_bridge_ai_failed_responses_total",
+                "AI responses that ended failed, by what the bridge did",
+            ),
+            &["action"],
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(active_calls.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(max_calls.clone()),
@@ -361,6 +383,8 @@ impl Metrics {
             Box::new(reminder_attempts.clone()),
             Box::new(callbacks_queued.clone()),
             Box::new(messages_sent.clone()),
+            Box::new(ai_rate_limit.clone()),
+            Box::new(ai_failed_responses.clone()),
         ] {
             registry
                 .register(collector)
@@ -402,6 +426,8 @@ impl Metrics {
             reminder_attempts,
             callbacks_queued,
             messages_sent,
+            ai_rate_limit,
+            ai_failed_responses,
         }
     }
 

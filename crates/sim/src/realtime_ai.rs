@@ -100,6 +100,10 @@ pub struct AiDoubleConfig {
     /// Function calls to make instead of speaking, on given user turns (per session). Shared, so
     /// tests can add calls while sessions run ([`RealtimeAiDouble::add_scripted_call`]).
     pub script: Arc<parking_lot::Mutex<Vec<ScriptedCall>>>,
+    /// The next this many responses (of any session) end `failed` with a `server_error` and no
+    /// audio (§10.3); shared, so tests set it while sessions run
+    /// ([`RealtimeAiDouble::fail_next_responses`]).
+    pub failing_responses: Arc<std::sync::atomic::AtomicUsize>,
     /// What the caller's turns "said": the input transcription of VAD user turn N is
     /// `transcripts[(N-1) % len]` (empty: "(caller speech N)").
     pub transcripts: Vec<String>,
@@ -156,6 +160,7 @@ impl Default for AiDoubleConfig {
             vad_threshold_rms: 400.0,
             max_session: Duration::from_secs(60 * 60),
             script: Arc::default(),
+            failing_responses: Arc::default(),
             transcripts: Vec::new(),
             probe: None,
         }
@@ -380,6 +385,14 @@ impl RealtimeAiDouble {
     /// Adds a scripted function call (seen by every session from its next user turn on).
     pub fn add_scripted_call(&self, call: ScriptedCall) {
         self.shared.config.script.lock().push(call);
+    }
+
+    /// The next `count` responses, of whichever sessions, end `failed` (a server error).
+    pub fn fail_next_responses(&self, count: usize) {
+        self.shared
+            .config
+            .failing_responses
+            .store(count, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Ends every live session the given way (tests of "AI socket closed").

@@ -43,6 +43,10 @@ use crate::whatsapp::sdp;
 const END_SIGNAL_TIMEOUT: Duration = Duration::from_secs(12);
 /// Bound on closing the AI socket and the PeerConnection at the end.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// After a response the AI failed (realtime §10.3), the wait before asking it once more.
+const RESPONSE_RETRY_DELAY: Duration = Duration::from_secs(1);
+/// What the AI is asked to say when a response failed twice in a row.
+const APOLOGY: &str = "Apologise in one short sentence for the trouble hearing the caller and ask them to say that again.";
 
 /// What every call shares: clients, settings and metrics. Cheap to clone.
 #[derive(Clone)]
@@ -137,6 +141,12 @@ pub(super) struct CallTask {
     frames_out: prometheus::IntCounter,
     /// Outbound: tells the placer when the opening was heard, or how the call ended.
     opening: Opening,
+    /// Responses the AI failed in a row (reset by one that completes).
+    failed_responses: u32,
+    /// When to ask the AI again after a failed response (cleared when the caller speaks).
+    response_retry_at: Option<Instant>,
+    /// The failed response was the opening: the retry asks for the opening again.
+    retry_opening: bool,
 }
 
 /// The media side of a call before it has a task: the PeerConnection and both codecs.
@@ -221,6 +231,9 @@ impl CallTask {
             frames_in,
             frames_out,
             opening: Opening::default(),
+            failed_responses: 0,
+            response_retry_at: None,
+            retry_opening: false,
         };
         task.journal = Some(journal);
         task
@@ -389,7 +402,11 @@ impl CallTask {
         let far = Instant::now() + Duration::from_secs(3600);
         let frame = self.downlink.deadline();
         let flow = self.flow.next_deadline();
-        [frame, flow].into_iter().flatten().min().unwrap_or(far)
+        [frame, flow, self.response_retry_at]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(far)
     }
 
     async fn on_tick(&mut self) -> Option<CallEnd> {
@@ -397,6 +414,16 @@ impl CallTask {
         let actions = self.flow.on_timer(now);
         if let Some(end) = self.apply(actions).await {
             return Some(end);
+        }
+        if self.response_retry_at.is_some_and(|at| at <= now) {
+            self.response_retry_at = None;
+            debug!("asking the AI again after a failed response");
+            let opening = std::mem::take(&mut self.retry_opening)
+                .then(|| self.greeting.clone())
+                .flatten();
+            if let Some(end) = self.ask_ai(opening.as_deref()).await {
+                return Some(end);
+            }
         }
         self.send_due_frames(now).await
     }
@@ -542,6 +569,8 @@ impl CallTask {
             }
             ServerEvent::SpeechStopped { .. } => self.speech_stopped_at = Some(Instant::now()),
             ServerEvent::SpeechStarted { .. } => {
+                // The caller speaks again: the AI answers that, not a retry.
+                self.response_retry_at = None;
                 let truncations = self.downlink.barge_in();
                 if !truncations.is_empty() {
                     self.context.metrics.barge_ins.inc();
@@ -578,9 +607,15 @@ impl CallTask {
             ServerEvent::ResponseDone {
                 response_id,
                 status,
-                ..
+                reason,
             } => {
                 debug!(%response_id, %status, "AI response done");
+                if let Some(end) = self
+                    .after_response(&response_id, &status, reason.as_deref())
+                    .await
+                {
+                    return Some(end);
+                }
                 // The opening counts once said, in full or until the callee spoke over it.
                 if self.opening.response_id.as_deref() == Some(response_id.as_str())
                     && matches!(status.as_str(), "completed" | "cancelled" | "incomplete")
@@ -597,6 +632,20 @@ impl CallTask {
                 arguments,
                 ..
             } => self.start_tool(response_id, call_id, name, arguments),
+            ServerEvent::RateLimits(limits) => {
+                for limit in limits {
+                    let name = match limit.name.as_str() {
+                        "requests" => "requests",
+                        "tokens" => "tokens",
+                        _ => "other",
+                    };
+                    let gauge = &self.context.metrics.ai_rate_limit;
+                    gauge.with_label_values(&[name, "limit"]).set(limit.limit);
+                    gauge
+                        .with_label_values(&[name, "remaining"])
+                        .set(limit.remaining);
+                }
+            }
             ServerEvent::InputTranscriptCompleted { transcript, .. } => {
                 if let Some(journal) = &self.journal {
                     journal.push(Role::User, &transcript);
@@ -753,6 +802,63 @@ impl CallTask {
                 }
                 Action::Finish(end) => return Some(end),
             }
+        }
+        None
+    }
+
+    /// A failed response (realtime §10.3) is asked for once more after a moment; a second
+    /// failure in a row gets a spoken apology; after that the bridge waits for the caller.
+    async fn after_response(
+        &mut self,
+        response_id: &str,
+        status: &str,
+        reason: Option<&str>,
+    ) -> Option<CallEnd> {
+        if status != "failed" {
+            if status == "completed" {
+                self.failed_responses = 0;
+            }
+            return None;
+        }
+        self.failed_responses += 1;
+        let reason = reason.unwrap_or("unknown");
+        let action = match self.failed_responses {
+            1 => "retried",
+            2 => "apologised",
+            _ => "gave_up",
+        };
+        warn!(reason, action, "the AI failed a response");
+        // A failed opening is asked for again as the opening (the next response created).
+        if self.opening.response_id.as_deref() == Some(response_id) {
+            self.opening.response_id = None;
+            self.retry_opening = true;
+        }
+        self.context
+            .metrics
+            .ai_failed_responses
+            .with_label_values(&[action])
+            .inc();
+        match self.failed_responses {
+            1 => {
+                self.response_retry_at = Some(Instant::now() + RESPONSE_RETRY_DELAY);
+                None
+            }
+            2 => {
+                // The apology is not the opening: an opening that failed twice is not heard.
+                if std::mem::take(&mut self.retry_opening) {
+                    self.opening.requested = false;
+                }
+                self.ask_ai(Some(APOLOGY)).await
+            }
+            _ => None,
+        }
+    }
+
+    /// Asks the AI for a response now (with `instructions` for this one only).
+    async fn ask_ai(&mut self, instructions: Option<&str>) -> Option<CallEnd> {
+        let ai = self.ai.as_mut()?;
+        if let Err(err) = ai.send_text(events::response_create(instructions)).await {
+            return Some(self.ai_failed(err).await);
         }
         None
     }

@@ -87,6 +87,8 @@ pub enum ServerEvent {
         item_id: String,
         audio_end_ms: u64,
     },
+    /// `rate_limits.updated` (§6.3): informational; entries without a name are left out.
+    RateLimits(Vec<RateLimit>),
     Error {
         code: Option<String>,
         message: String,
@@ -116,6 +118,7 @@ impl ServerEvent {
             Self::FunctionCallArgumentsDone { .. } => "response.function_call_arguments.done",
             Self::ResponseDone { .. } => "response.done",
             Self::ItemTruncated { .. } => "conversation.item.truncated",
+            Self::RateLimits(_) => "rate_limits.updated",
             Self::Error { .. } => "error",
             Self::Other(kind) => kind,
         }
@@ -149,6 +152,7 @@ enum Known {
     FunctionCallArgumentsDone,
     ResponseDone,
     ItemTruncated,
+    RateLimits,
     Error,
 }
 
@@ -172,6 +176,7 @@ impl Known {
             "response.function_call_arguments.done" => Self::FunctionCallArgumentsDone,
             "response.done" => Self::ResponseDone,
             "conversation.item.truncated" => Self::ItemTruncated,
+            "rate_limits.updated" => Self::RateLimits,
             "error" => Self::Error,
             _ => return None,
         })
@@ -236,6 +241,26 @@ struct Fields<'a> {
     session: Option<IdObject>,
     response: Option<ResponseObject>,
     error: Option<ErrorObject>,
+    rate_limits: Option<Vec<RateLimitObject>>,
+}
+
+/// One entry of `rate_limits.updated`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RateLimit {
+    /// `requests` or `tokens` (others may come).
+    pub name: String,
+    pub limit: f64,
+    pub remaining: f64,
+    pub reset_seconds: f64,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RateLimitObject {
+    name: Option<String>,
+    limit: Option<f64>,
+    remaining: Option<f64>,
+    reset_seconds: Option<f64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -350,6 +375,20 @@ pub fn parse_server_event(text: &str) -> Result<ServerEvent, EventError> {
                 reason,
             }
         }
+        Known::RateLimits => ServerEvent::RateLimits(
+            f.rate_limits
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|entry| {
+                    Some(RateLimit {
+                        name: entry.name?,
+                        limit: entry.limit.unwrap_or_default(),
+                        remaining: entry.remaining.unwrap_or_default(),
+                        reset_seconds: entry.reset_seconds.unwrap_or_default(),
+                    })
+                })
+                .collect(),
+        ),
         Known::ItemTruncated => ServerEvent::ItemTruncated {
             item_id: f.item_id.unwrap_or_default(),
             audio_end_ms: f.audio_end_ms.unwrap_or_default(),
@@ -623,6 +662,25 @@ mod tests {
     }
 
     #[test]
+    fn rate_limits_are_read_whatever_their_number() {
+        let event = parse(
+            json!({"type":"rate_limits.updated","event_id":"event_9","rate_limits":[
+            {"name":"requests","limit":1000,"remaining":999,"reset_seconds":60},
+            {"name":"tokens","limit":50000,"remaining":49950,"reset_seconds":0.5},
+            {"limit":1}]}),
+        );
+        let ServerEvent::RateLimits(limits) = event else {
+            panic!("not rate limits: {event:?}");
+        };
+        assert_eq!(limits.len(), 2);
+        assert_eq!(limits[1].name, "tokens");
+        assert_eq!(limits[1].remaining, 49950.0);
+        assert_eq!(limits[1].reset_seconds, 0.5);
+        let empty = parse(json!({"type":"rate_limits.updated","rate_limits":[]}));
+        assert_eq!(empty, ServerEvent::RateLimits(Vec::new()));
+    }
+
+    #[test]
     fn session_updated_is_recognised() {
         let event = parse(
             json!({"type":"session.updated","event_id":"event_2","session":{"id":"sess_ABC"}}),
@@ -861,11 +919,14 @@ mod tests {
     #[test]
     fn unknown_types_are_other_whatever_their_fields() {
         let event = parse(
-            json!({"type":"rate_limits.updated","rate_limits":[{"name":"tokens","limit":50000}],
+            json!({"type":"response.output_item.added","item":{"id":"item_1"},
             "delta":{"not":"a string"},"response":"weird"}),
         );
-        assert_eq!(event, ServerEvent::Other("rate_limits.updated".into()));
-        assert_eq!(event.name(), "rate_limits.updated");
+        assert_eq!(
+            event,
+            ServerEvent::Other("response.output_item.added".into())
+        );
+        assert_eq!(event.name(), "response.output_item.added");
     }
 
     #[test]

@@ -207,6 +207,8 @@ struct Request {
 enum Ending {
     Completed,
     Cancelled(&'static str),
+    /// A server error (§6.2 `failed`).
+    Failed,
 }
 
 #[derive(Debug)]

@@ -461,7 +461,12 @@ async fn a_recorded_ga_turn_comes_through_in_order_and_a_normal_close_ends_the_s
                 status: "completed".into(),
                 reason: None
             },
-            other("rate_limits.updated"),
+            ServerEvent::RateLimits(vec![crate::realtime::events::RateLimit {
+                name: "tokens".into(),
+                limit: 50000.0,
+                remaining: 49950.0,
+                reset_seconds: 60.0,
+            }]),
             ServerEvent::ItemTruncated {
                 item_id: "item_A1".into(),
                 audio_end_ms: 40

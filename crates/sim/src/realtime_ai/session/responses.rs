@@ -2,6 +2,7 @@
 //! scripted function calls, tool answers), its paced audio and its end.
 
 use super::*;
+use std::sync::atomic::Ordering::SeqCst;
 
 impl Session {
     /// The active response that writes to the default conversation (at most one).
@@ -379,6 +380,14 @@ impl Session {
                    "item_id": active.item_id, "output_index": 0, "content_index": 0, "part": part}),
         );
         self.responses.push(active);
+        let failing = &self.settings.failing_responses;
+        if failing
+            .fetch_update(SeqCst, SeqCst, |left| left.checked_sub(1))
+            .is_ok()
+        {
+            let index = self.responses.len() - 1;
+            self.finish(now, index, Ending::Failed, out);
+        }
     }
 
     /// Sends the next due delta of response `index`, and ends it when its audio is out.
@@ -498,6 +507,11 @@ impl Session {
                 "cancelled",
                 "incomplete",
                 json!({"type": "cancelled", "reason": reason}),
+            ),
+            Ending::Failed => (
+                "failed",
+                "incomplete",
+                json!({"type": "failed", "error": {"type": "server_error", "code": null}}),
             ),
         };
         let item = json!({"id": response.item_id, "object": "realtime.item", "type": "message",
