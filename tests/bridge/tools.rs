@@ -391,3 +391,52 @@ async fn with_supabase_the_call_log_and_transcript_are_written_and_an_outage_is_
     assert_eq!(double.rows("calls").len(), 1);
     stack.stop().await.expect("stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ai_ends_the_call_after_its_goodbye_has_played_out() {
+    let stack = tool_stack(vec![scripted(1, "end_call", json!({}))], None).await;
+    let call = answered_call(&stack, "end-call", 800).await;
+    call.say(audio::speech_like(&[300.0, 520.0], 260, 120, SAMPLE_RATE))
+        .await;
+    let terminate = stack
+        .graph
+        .wait_for(&call.call_id, "terminate", WAIT)
+        .await
+        .expect("the bridge ended the call");
+    // The goodbye (the double's answer to the tool output: 600 ms of 440 Hz) played out in
+    // full at the phone before the terminate was sent.
+    let recording = call.recording();
+    let (start, end) = {
+        let recording = recording.lock();
+        tone_span(&recording.received, 440.0).expect("the goodbye reached the phone")
+    };
+    assert!(
+        end - start >= 13_000,
+        "the goodbye was cut: {} samples",
+        end - start
+    );
+    let last_toned_packet = recording
+        .lock()
+        .arrivals
+        .iter()
+        .filter(|(_, offset)| *offset < end)
+        .map(|(at, _)| *at)
+        .max()
+        .expect("arrivals");
+    assert!(last_toned_packet <= terminate.received_at);
+    assert!(stack.wait_idle(WAIT).await);
+    assert!(
+        stack
+            .metrics
+            .render()
+            .contains("whatsapp_bridge_calls_total{direction=\"inbound\",outcome=\"ai_ended\"} 1")
+    );
+    let session = stack.ai.sessions().into_iter().next().expect("session");
+    assert!(
+        session
+            .function_outputs
+            .iter()
+            .any(|o| o.output.contains("\"ending\":true"))
+    );
+    stack.stop().await.expect("stop");
+}

@@ -54,6 +54,14 @@ impl ToolResult {
         }
     }
 
+    /// A successful output given as JSON text.
+    pub fn ok_text(output: &str) -> Self {
+        Self {
+            output: output.to_owned(),
+            outcome: ToolOutcome::Ok,
+        }
+    }
+
     pub fn error(outcome: ToolOutcome, message: &str) -> Self {
         Self {
             output: json!({ "error": message }).to_string(),
@@ -62,8 +70,14 @@ impl ToolResult {
     }
 }
 
+/// The tool the call task handles itself: the AI ends the call after its goodbye.
+pub const END_CALL: &str = "end_call";
+
+/// What the AI is told when it calls [`END_CALL`].
+pub const END_CALL_OUTPUT: &str = r#"{"ending":true,"say":"Say goodbye in one short sentence; the call ends when you have finished."}"#;
+
 /// Every tool's name.
-pub const NAMES: [&str; 7] = [
+pub const NAMES: [&str; 8] = [
     "add_task",
     "list_tasks",
     "complete_task",
@@ -71,6 +85,7 @@ pub const NAMES: [&str; 7] = [
     "list_reminders",
     "cancel_reminder",
     "set_time_zone",
+    END_CALL,
 ];
 
 /// A bounded metrics label for whatever name the model used.
@@ -135,6 +150,11 @@ pub fn definitions() -> Vec<Value> {
             json!({ "type": "object", "properties": {
                 "time_zone": { "type": "string", "description": "An IANA time zone name, e.g. Europe/Berlin or America/Chicago." },
             }, "required": ["time_zone"], "additionalProperties": false }),
+        ),
+        function(
+            END_CALL,
+            "End the call when the conversation is over (the caller said goodbye or has what they needed). You will then say a short goodbye, and the call ends after it.",
+            json!({ "type": "object", "properties": {}, "additionalProperties": false }),
         ),
     ]
 }
@@ -230,6 +250,10 @@ pub async fn dispatch(
             Err(result) => return result,
             Ok(args) => cancel_reminder(store, phone, &args.reminder_id, &zone).await,
         },
+        // The call task acts on it; here only its output.
+        END_CALL => Ok(ToolResult::ok(
+            serde_json::from_str(END_CALL_OUTPUT).unwrap_or_default(),
+        )),
         "set_time_zone" => match parse::<TimeZoneArg>(arguments) {
             Err(result) => return result,
             Ok(args) => set_time_zone(store, phone, &args.time_zone, now).await,

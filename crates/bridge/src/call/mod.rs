@@ -42,6 +42,8 @@ pub enum CallEnd {
     CallerGone,
     /// The AI session failed or closed.
     AiFailed,
+    /// The AI ended the call (its `end_call` tool) once its goodbye had played.
+    AiEnded,
     /// `MAX_CALL_DURATION` was reached.
     MaxDuration,
     /// An operator hung up.
@@ -63,6 +65,7 @@ impl CallEnd {
             Self::Declined => "declined",
             Self::CallerGone => "caller_gone",
             Self::AiFailed => "ai_failed",
+            Self::AiEnded => "ai_ended",
             Self::MaxDuration => "max_duration",
             Self::AdminHangup => "admin_hangup",
             Self::Shutdown => "shutdown",

@@ -45,6 +45,8 @@ const END_SIGNAL_TIMEOUT: Duration = Duration::from_secs(12);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// After a response the AI failed (realtime §10.3), the wait before asking it once more.
 const RESPONSE_RETRY_DELAY: Duration = Duration::from_secs(1);
+/// After the AI's `end_call`, the longest the bridge waits for its goodbye to play out.
+const GOODBYE_TIMEOUT: Duration = Duration::from_secs(15);
 /// What the AI is asked to say when a response failed twice in a row.
 const APOLOGY: &str = "Apologise in one short sentence for the trouble hearing the caller and ask them to say that again.";
 
@@ -105,6 +107,18 @@ struct Opening {
     generated: bool,
 }
 
+/// The AI asked to end the call (`end_call`): the call ends once the goodbye that follows has
+/// played out at the phone.
+#[derive(Debug)]
+struct Ending {
+    /// Past this, the call ends whatever was said.
+    deadline: Instant,
+    /// The response that called `end_call`; the goodbye is a later one.
+    calling_response: String,
+    /// The goodbye's response is done: the call ends when its audio has played.
+    goodbye_done: bool,
+}
+
 /// Everything one call owns while it runs.
 pub(super) struct CallTask {
     context: Arc<CallContext>,
@@ -147,6 +161,8 @@ pub(super) struct CallTask {
     response_retry_at: Option<Instant>,
     /// The failed response was the opening: the retry asks for the opening again.
     retry_opening: bool,
+    /// Set once the AI called `end_call`.
+    ending: Option<Ending>,
 }
 
 /// The media side of a call before it has a task: the PeerConnection and both codecs.
@@ -234,6 +250,7 @@ impl CallTask {
             failed_responses: 0,
             response_retry_at: None,
             retry_opening: false,
+            ending: None,
         };
         task.journal = Some(journal);
         task
@@ -402,7 +419,8 @@ impl CallTask {
         let far = Instant::now() + Duration::from_secs(3600);
         let frame = self.downlink.deadline();
         let flow = self.flow.next_deadline();
-        [frame, flow, self.response_retry_at]
+        let ending = self.ending.as_ref().map(|ending| ending.deadline);
+        [frame, flow, self.response_retry_at, ending]
             .into_iter()
             .flatten()
             .min()
@@ -425,7 +443,21 @@ impl CallTask {
                 return Some(end);
             }
         }
-        self.send_due_frames(now).await
+        if let Some(end) = self.send_due_frames(now).await {
+            return Some(end);
+        }
+        self.maybe_end_after_goodbye(now).await
+    }
+
+    /// Ends the call the AI asked to end, once its goodbye has played out (or at the deadline).
+    async fn maybe_end_after_goodbye(&mut self, now: Instant) -> Option<CallEnd> {
+        let ending = self.ending.as_ref()?;
+        let played = ending.goodbye_done && !self.downlink.has_queued_audio();
+        if !played && now < ending.deadline {
+            return None;
+        }
+        info!(played, "the AI ended the call");
+        Some(self.end(CallEnd::AiEnded).await)
     }
 
     /// Sends the frames the downlink says are due: AI audio when queued, encoded silence
@@ -610,6 +642,11 @@ impl CallTask {
                 reason,
             } => {
                 debug!(%response_id, %status, "AI response done");
+                if let Some(ending) = self.ending.as_mut()
+                    && ending.calling_response != response_id
+                {
+                    ending.goodbye_done = true;
+                }
                 if let Some(end) = self
                     .after_response(&response_id, &status, reason.as_deref())
                     .await
@@ -700,6 +737,25 @@ impl CallTask {
     ) {
         debug!(tool = %name, "AI calls a tool");
         self.tool_calls.call_started(&response_id);
+        if name == tools::END_CALL {
+            // Acted on here: the goodbye that follows is the call's last response.
+            if self.ending.is_none() {
+                self.ending = Some(Ending {
+                    deadline: Instant::now() + GOODBYE_TIMEOUT,
+                    calling_response: response_id.clone(),
+                    goodbye_done: false,
+                });
+            }
+            self.tool_runs.spawn(async move {
+                ToolRun {
+                    response_id,
+                    call_id,
+                    name,
+                    result: ToolResult::ok_text(tools::END_CALL_OUTPUT),
+                }
+            });
+            return;
+        }
         let store = self.context.store.clone();
         let phone = self.admission.phone().cloned();
         let timeout = self.context.tool_timeout;
