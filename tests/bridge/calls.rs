@@ -510,3 +510,57 @@ async fn a_failed_ai_response_is_asked_for_again_then_apologised_for() {
     call.hang_up().await.expect("hang up");
     stack.stop().await.expect("stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_call_is_prompted_then_ended_after_a_goodbye() {
+    let stack = LocalStack::start(sim::stack::StackOptions {
+        max_calls: 2,
+        ai: sim::realtime_ai::AiDoubleConfig {
+            mode: AiMode::Tone {
+                hz: 440.0,
+                duration: Duration::from_millis(400),
+            },
+            ..Default::default()
+        },
+        settings: [(bridge::config::IDLE_TIMEOUT.to_owned(), "1s".to_owned())].into(),
+        ..Default::default()
+    })
+    .await
+    .expect("stack");
+    // The caller never says a word.
+    let call = answered_call(&stack, "idle", 702).await;
+    let started = Instant::now();
+    let terminate = stack
+        .graph
+        .wait_for(&call.call_id, "terminate", WAIT)
+        .await
+        .expect("the silent call was ended");
+    // A prompt after 1 s of silence, then, 1 s after it played, the goodbye; then the end.
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    let creates = response_creates(&stack);
+    assert_eq!(creates.len(), 2, "{creates:?}");
+    assert!(creates[0].to_string().contains("still there"));
+    assert!(creates[1].to_string().contains("goodbye"));
+    // Both were heard: two separate 440 Hz spans, the goodbye in full before the terminate.
+    let recording = call.recording();
+    let toned_windows = recording
+        .lock()
+        .received
+        .chunks(240)
+        .filter(|w| {
+            w.len() == 240 && audio::rms(w) > 500.0 && audio::goertzel(w, SAMPLE_RATE, 440.0) > 0.05
+        })
+        .count();
+    assert!(
+        toned_windows >= 70,
+        "{toned_windows} windows of the two 400 ms tones"
+    );
+    assert!(terminate.received_at >= started);
+    assert!(stack.wait_idle(WAIT).await);
+    assert!(
+        stack.metrics.render().contains(
+            "whatsapp_bridge_calls_total{direction=\"inbound\",outcome=\"idle_timeout\"} 1"
+        )
+    );
+    stack.stop().await.expect("stop");
+}

@@ -142,6 +142,7 @@ impl App {
                 ..MemorySettings::default()
             },
             tool_timeout: config.tool_timeout,
+            idle_timeout: config.idle_timeout,
             frame_phases: FramePhases::default(),
         };
         let calls = Calls::new(context, registry, TaskTracker::new(), ports, fleet.clone());

@@ -51,6 +51,7 @@ pub const DATA_DIR: &str = "DATA_DIR";
 pub const MEMORY_TURNS: &str = "MEMORY_TURNS";
 pub const MEMORY_DAYS: &str = "MEMORY_DAYS";
 pub const TOOL_TIMEOUT: &str = "TOOL_TIMEOUT";
+pub const IDLE_TIMEOUT: &str = "IDLE_TIMEOUT";
 pub const OPUS_BITRATE: &str = "OPUS_BITRATE";
 pub const OPUS_COMPLEXITY: &str = "OPUS_COMPLEXITY";
 pub const OPUS_BANDWIDTH: &str = "OPUS_BANDWIDTH";
@@ -107,6 +108,7 @@ pub const ALL_KEYS: &[&str] = &[
     MEMORY_TURNS,
     MEMORY_DAYS,
     TOOL_TIMEOUT,
+    IDLE_TIMEOUT,
     OPUS_BITRATE,
     OPUS_COMPLEXITY,
     OPUS_BANDWIDTH,
@@ -271,6 +273,9 @@ pub struct Config {
     pub memory_turns: usize,
     pub memory_days: u32,
     pub tool_timeout: Duration,
+    /// No speech either way for this long: the AI asks whether the caller is still there, and
+    /// after as long again says goodbye and the call ends. `None` (`off`): never.
+    pub idle_timeout: Option<Duration>,
     /// How the AI's voice is encoded for the caller.
     pub encoder: EncoderSettings,
     /// Call state shared with the other replicas; `None`: one process, state in memory.
@@ -576,6 +581,10 @@ impl Config {
         let memory_turns = r.parsed(MEMORY_TURNS, 10usize, "a number of turns");
         let memory_days = r.parsed(MEMORY_DAYS, 7u32, "a number of days");
         let tool_timeout = r.duration(TOOL_TIMEOUT, Duration::from_secs(5));
+        let idle_timeout = match r.raw(IDLE_TIMEOUT) {
+            Some(value) if value.eq_ignore_ascii_case("off") => None,
+            _ => Some(r.duration(IDLE_TIMEOUT, Duration::from_secs(120))),
+        };
         let encoder = read_encoder(&mut r);
         let fleet = read_fleet(&mut r);
         let reminders = read_reminders(&mut r);
@@ -613,6 +622,7 @@ impl Config {
             memory_turns,
             memory_days,
             tool_timeout,
+            idle_timeout,
             encoder,
             fleet,
             reminders,

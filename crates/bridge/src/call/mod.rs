@@ -44,6 +44,8 @@ pub enum CallEnd {
     AiFailed,
     /// The AI ended the call (its `end_call` tool) once its goodbye had played.
     AiEnded,
+    /// Nobody spoke for `IDLE_TIMEOUT` twice (after the AI asked whether anyone was there).
+    IdleTimeout,
     /// `MAX_CALL_DURATION` was reached.
     MaxDuration,
     /// An operator hung up.
@@ -66,6 +68,7 @@ impl CallEnd {
             Self::CallerGone => "caller_gone",
             Self::AiFailed => "ai_failed",
             Self::AiEnded => "ai_ended",
+            Self::IdleTimeout => "idle_timeout",
             Self::MaxDuration => "max_duration",
             Self::AdminHangup => "admin_hangup",
             Self::Shutdown => "shutdown",

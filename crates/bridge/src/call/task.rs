@@ -47,6 +47,12 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 const RESPONSE_RETRY_DELAY: Duration = Duration::from_secs(1);
 /// After the AI's `end_call`, the longest the bridge waits for its goodbye to play out.
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(15);
+/// What the AI is asked when nobody has spoken for `IDLE_TIMEOUT`.
+const IDLE_PROMPT: &str =
+    "Nobody has said anything for a while: ask briefly whether the caller is still there.";
+/// ... and after as long again.
+const IDLE_GOODBYE: &str =
+    "The caller seems to have gone: say a short goodbye; the call ends after it.";
 /// What the AI is asked to say when a response failed twice in a row.
 const APOLOGY: &str = "Apologise in one short sentence for the trouble hearing the caller and ask them to say that again.";
 
@@ -67,6 +73,8 @@ pub struct CallContext {
     pub memory: MemorySettings,
     /// A tool call that takes longer is answered with an error output.
     pub tool_timeout: Duration,
+    /// No speech either way for this long: a prompt, then (as long again) the end.
+    pub idle_timeout: Option<Duration>,
     /// Spreads the calls' 20 ms frame work over the period.
     pub frame_phases: FramePhases,
 }
@@ -117,6 +125,19 @@ struct Ending {
     calling_response: String,
     /// The goodbye's response is done: the call ends when its audio has played.
     goodbye_done: bool,
+    /// Why the call ends (`ai_ended`, `idle_timeout`).
+    reason: CallEnd,
+}
+
+/// Whether anyone has spoken lately (`IDLE_TIMEOUT`).
+#[derive(Debug)]
+struct Idle {
+    /// The caller's or the AI's last speech (the AI's counts while it plays at the phone).
+    last_speech: Instant,
+    /// The AI has asked whether the caller is still there.
+    prompted: bool,
+    /// Between the AI's VAD saying the caller started and stopped speaking.
+    caller_speaking: bool,
 }
 
 /// Everything one call owns while it runs.
@@ -161,8 +182,9 @@ pub(super) struct CallTask {
     response_retry_at: Option<Instant>,
     /// The failed response was the opening: the retry asks for the opening again.
     retry_opening: bool,
-    /// Set once the AI called `end_call`.
+    /// Set once the AI called `end_call`, or the call went idle twice.
     ending: Option<Ending>,
+    idle: Idle,
 }
 
 /// The media side of a call before it has a task: the PeerConnection and both codecs.
@@ -251,6 +273,11 @@ impl CallTask {
             response_retry_at: None,
             retry_opening: false,
             ending: None,
+            idle: Idle {
+                last_speech: Instant::now(),
+                prompted: false,
+                caller_speaking: false,
+            },
         };
         task.journal = Some(journal);
         task
@@ -446,7 +473,43 @@ impl CallTask {
         if let Some(end) = self.send_due_frames(now).await {
             return Some(end);
         }
+        if let Some(end) = self.check_idle(now).await {
+            return Some(end);
+        }
         self.maybe_end_after_goodbye(now).await
+    }
+
+    /// `IDLE_TIMEOUT` without speech either way: the AI asks whether the caller is still there;
+    /// as long again, it says goodbye and the call ends.
+    async fn check_idle(&mut self, now: Instant) -> Option<CallEnd> {
+        let timeout = self.context.idle_timeout?;
+        if !self.downlink.is_started() || self.ai.is_none() || self.ending.is_some() {
+            self.idle.last_speech = now;
+            return None;
+        }
+        if self.idle.caller_speaking
+            || self.downlink.has_queued_audio()
+            || !self.tool_runs.is_empty()
+        {
+            self.idle.last_speech = now;
+        }
+        if now.duration_since(self.idle.last_speech) < timeout {
+            return None;
+        }
+        self.idle.last_speech = now;
+        if !self.idle.prompted {
+            self.idle.prompted = true;
+            debug!("idle: asking whether the caller is still there");
+            return self.ask_ai(Some(IDLE_PROMPT)).await;
+        }
+        info!("idle: nobody is speaking; ending the call after a goodbye");
+        self.ending = Some(Ending {
+            deadline: now + GOODBYE_TIMEOUT,
+            calling_response: String::new(),
+            goodbye_done: false,
+            reason: CallEnd::IdleTimeout,
+        });
+        self.ask_ai(Some(IDLE_GOODBYE)).await
     }
 
     /// Ends the call the AI asked to end, once its goodbye has played out (or at the deadline).
@@ -456,8 +519,13 @@ impl CallTask {
         if !played && now < ending.deadline {
             return None;
         }
-        info!(played, "the AI ended the call");
-        Some(self.end(CallEnd::AiEnded).await)
+        let reason = ending.reason;
+        info!(
+            played,
+            reason = reason.as_str(),
+            "ending the call after the goodbye"
+        );
+        Some(self.end(reason).await)
     }
 
     /// Sends the frames the downlink says are due: AI audio when queued, encoded silence
@@ -599,8 +667,17 @@ impl CallTask {
                         .observe(stopped.elapsed().as_secs_f64());
                 }
             }
-            ServerEvent::SpeechStopped { .. } => self.speech_stopped_at = Some(Instant::now()),
+            ServerEvent::SpeechStopped { .. } => {
+                self.speech_stopped_at = Some(Instant::now());
+                self.idle.last_speech = Instant::now();
+                self.idle.caller_speaking = false;
+            }
             ServerEvent::SpeechStarted { .. } => {
+                self.idle = Idle {
+                    last_speech: Instant::now(),
+                    prompted: false,
+                    caller_speaking: true,
+                };
                 // The caller speaks again: the AI answers that, not a retry.
                 self.response_retry_at = None;
                 let truncations = self.downlink.barge_in();
@@ -744,6 +821,7 @@ impl CallTask {
                     deadline: Instant::now() + GOODBYE_TIMEOUT,
                     calling_response: response_id.clone(),
                     goodbye_done: false,
+                    reason: CallEnd::AiEnded,
                 });
             }
             self.tool_runs.spawn(async move {
