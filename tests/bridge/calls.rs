@@ -564,3 +564,50 @@ async fn a_silent_call_is_prompted_then_ended_after_a_goodbye() {
     );
     stack.stop().await.expect("stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_caller_is_told_before_the_maximum_duration_ends_the_call() {
+    let stack = LocalStack::start(sim::stack::StackOptions {
+        max_calls: 2,
+        ai: sim::realtime_ai::AiDoubleConfig {
+            mode: AiMode::Tone {
+                hz: 440.0,
+                duration: Duration::from_millis(400),
+            },
+            ..Default::default()
+        },
+        settings: [(
+            bridge::config::MAX_CALL_DURATION.to_owned(),
+            "3s".to_owned(),
+        )]
+        .into(),
+        ..Default::default()
+    })
+    .await
+    .expect("stack");
+    let call = answered_call(&stack, "max-duration", 703).await;
+    assert!(
+        stack
+            .graph
+            .wait_for(&call.call_id, "terminate", WAIT)
+            .await
+            .is_some(),
+        "the call was ended at its maximum duration"
+    );
+    // A third of the maximum before the end (1 s here), the AI was asked to say so, and the
+    // caller heard it.
+    let creates = response_creates(&stack);
+    assert_eq!(creates.len(), 1, "{creates:?}");
+    assert!(creates[0].to_string().contains("time limit"));
+    assert!(
+        call.wait_until(WAIT, |r| tone_span(&r.received, 440.0).is_some())
+            .await
+    );
+    assert!(stack.wait_idle(WAIT).await);
+    assert!(
+        stack.metrics.render().contains(
+            "whatsapp_bridge_calls_total{direction=\"inbound\",outcome=\"max_duration\"} 1"
+        )
+    );
+    stack.stop().await.expect("stop");
+}

@@ -47,6 +47,11 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 const RESPONSE_RETRY_DELAY: Duration = Duration::from_secs(1);
 /// After the AI's `end_call`, the longest the bridge waits for its goodbye to play out.
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long before `MAX_CALL_DURATION` the AI tells the caller the call is about to end (at
+/// most a third of the maximum).
+const DURATION_WARNING_BEFORE: Duration = Duration::from_secs(30);
+/// ... and what it is asked to say.
+const DURATION_WARNING: &str = "The call reaches its time limit in a few seconds: tell the caller in one short sentence that the call is about to end, and thank them.";
 /// What the AI is asked when nobody has spoken for `IDLE_TIMEOUT`.
 const IDLE_PROMPT: &str =
     "Nobody has said anything for a while: ask briefly whether the caller is still there.";
@@ -185,6 +190,8 @@ pub(super) struct CallTask {
     /// Set once the AI called `end_call`, or the call went idle twice.
     ending: Option<Ending>,
     idle: Idle,
+    /// The caller was told the call is about to reach `MAX_CALL_DURATION`.
+    duration_warned: bool,
 }
 
 /// The media side of a call before it has a task: the PeerConnection and both codecs.
@@ -278,6 +285,7 @@ impl CallTask {
                 prompted: false,
                 caller_speaking: false,
             },
+            duration_warned: false,
         };
         task.journal = Some(journal);
         task
@@ -476,7 +484,26 @@ impl CallTask {
         if let Some(end) = self.check_idle(now).await {
             return Some(end);
         }
+        if let Some(end) = self.warn_before_max_duration(now).await {
+            return Some(end);
+        }
         self.maybe_end_after_goodbye(now).await
+    }
+
+    /// Shortly before `MAX_CALL_DURATION` the AI tells the caller the call is about to end.
+    async fn warn_before_max_duration(&mut self, now: Instant) -> Option<CallEnd> {
+        let since = self.flow.active_since()?;
+        if self.duration_warned || self.ai.is_none() {
+            return None;
+        }
+        let max = self.context.max_call_duration;
+        let warn_at = since + max - DURATION_WARNING_BEFORE.min(max / 3);
+        if now < warn_at {
+            return None;
+        }
+        self.duration_warned = true;
+        info!("the call nears its maximum duration; the caller is told");
+        self.ask_ai(Some(DURATION_WARNING)).await
     }
 
     /// `IDLE_TIMEOUT` without speech either way: the AI asks whether the caller is still there;
