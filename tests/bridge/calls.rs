@@ -511,9 +511,9 @@ async fn a_failed_ai_response_is_asked_for_again_then_apologised_for() {
     stack.stop().await.expect("stop");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_silent_call_is_prompted_then_ended_after_a_goodbye() {
-    let stack = LocalStack::start(sim::stack::StackOptions {
+/// A bridge whose AI answers every response with 400 ms of 440 Hz, with one setting changed.
+async fn short_tone_stack(key: &str, value: &str) -> LocalStack {
+    LocalStack::start(sim::stack::StackOptions {
         max_calls: 2,
         ai: sim::realtime_ai::AiDoubleConfig {
             mode: AiMode::Tone {
@@ -522,11 +522,16 @@ async fn a_silent_call_is_prompted_then_ended_after_a_goodbye() {
             },
             ..Default::default()
         },
-        settings: [(bridge::config::IDLE_TIMEOUT.to_owned(), "1s".to_owned())].into(),
+        settings: [(key.to_owned(), value.to_owned())].into(),
         ..Default::default()
     })
     .await
-    .expect("stack");
+    .expect("stack")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_call_is_prompted_then_ended_after_a_goodbye() {
+    let stack = short_tone_stack(bridge::config::IDLE_TIMEOUT, "1s").await;
     // The caller never says a word.
     let call = answered_call(&stack, "idle", 702).await;
     let started = Instant::now();
@@ -567,24 +572,7 @@ async fn a_silent_call_is_prompted_then_ended_after_a_goodbye() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_caller_is_told_before_the_maximum_duration_ends_the_call() {
-    let stack = LocalStack::start(sim::stack::StackOptions {
-        max_calls: 2,
-        ai: sim::realtime_ai::AiDoubleConfig {
-            mode: AiMode::Tone {
-                hz: 440.0,
-                duration: Duration::from_millis(400),
-            },
-            ..Default::default()
-        },
-        settings: [(
-            bridge::config::MAX_CALL_DURATION.to_owned(),
-            "3s".to_owned(),
-        )]
-        .into(),
-        ..Default::default()
-    })
-    .await
-    .expect("stack");
+    let stack = short_tone_stack(bridge::config::MAX_CALL_DURATION, "3s").await;
     let call = answered_call(&stack, "max-duration", 703).await;
     assert!(
         stack

@@ -126,8 +126,9 @@ struct Opening {
 struct Ending {
     /// Past this, the call ends whatever was said.
     deadline: Instant,
-    /// The response that called `end_call`; the goodbye is a later one.
-    calling_response: String,
+    /// The response that called `end_call` (`None`: the bridge ended it); the goodbye is a
+    /// later one.
+    calling_response: Option<String>,
     /// The goodbye's response is done: the call ends when its audio has played.
     goodbye_done: bool,
     /// Why the call ends (`ai_ended`, `idle_timeout`).
@@ -532,7 +533,7 @@ impl CallTask {
         info!("idle: nobody is speaking; ending the call after a goodbye");
         self.ending = Some(Ending {
             deadline: now + GOODBYE_TIMEOUT,
-            calling_response: String::new(),
+            calling_response: None,
             goodbye_done: false,
             reason: CallEnd::IdleTimeout,
         });
@@ -747,7 +748,7 @@ impl CallTask {
             } => {
                 debug!(%response_id, %status, "AI response done");
                 if let Some(ending) = self.ending.as_mut()
-                    && ending.calling_response != response_id
+                    && ending.calling_response.as_deref() != Some(response_id.as_str())
                 {
                     ending.goodbye_done = true;
                 }
@@ -846,7 +847,7 @@ impl CallTask {
             if self.ending.is_none() {
                 self.ending = Some(Ending {
                     deadline: Instant::now() + GOODBYE_TIMEOUT,
-                    calling_response: response_id.clone(),
+                    calling_response: Some(response_id.clone()),
                     goodbye_done: false,
                     reason: CallEnd::AiEnded,
                 });
@@ -1030,13 +1031,9 @@ impl CallTask {
             return None;
         }
         self.greeted = true;
-        let event = events::response_create(Some(self.greeting.as_deref()?));
+        let greeting = self.greeting.clone()?;
         self.opening.requested = true;
-        let ai = self.ai.as_mut()?;
-        if let Err(err) = ai.send_text(event).await {
-            return Some(self.ai_failed(err).await);
-        }
-        None
+        self.ask_ai(Some(&greeting)).await
     }
 
     async fn ai_failed(&mut self, err: RealtimeError) -> CallEnd {

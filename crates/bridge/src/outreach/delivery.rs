@@ -158,8 +158,8 @@ pub fn message_text(reminder: &Reminder) -> String {
     }
 }
 
-/// What a call that ended before its opening was heard counts as.
-fn missed(end: CallEnd, answered: bool) -> CallAttempt {
+/// What call `call_id`, which ended before its opening was heard, counts as.
+fn missed(end: CallEnd, answered: bool, call_id: Option<String>) -> CallAttempt {
     let outcome = match end {
         CallEnd::Shutdown => {
             return CallAttempt::Interrupted {
@@ -173,7 +173,7 @@ fn missed(end: CallEnd, answered: bool) -> CallAttempt {
     };
     CallAttempt::Missed {
         outcome,
-        call_id: None,
+        call_id,
         detail: Some(end.as_str().to_owned()),
     }
 }
@@ -212,16 +212,7 @@ async fn call_once(outreach: &Outreach, reminder: &Reminder, to: &PhoneNumber) -
     let outcome = tokio::time::timeout(CALL_OUTCOME_TIMEOUT, placed.outcome).await;
     match outcome {
         Ok(Ok(PlacedOutcome::OpeningHeard)) => CallAttempt::Heard { call_id },
-        Ok(Ok(PlacedOutcome::Ended { end, answered })) => match missed(end, answered) {
-            CallAttempt::Missed {
-                outcome, detail, ..
-            } => CallAttempt::Missed {
-                outcome,
-                call_id: Some(call_id),
-                detail,
-            },
-            other => other,
-        },
+        Ok(Ok(PlacedOutcome::Ended { end, answered })) => missed(end, answered, Some(call_id)),
         // The call task is gone without a word (it panicked), or took far too long.
         Ok(Err(_)) | Err(_) => CallAttempt::Missed {
             outcome: "failed",
@@ -513,7 +504,7 @@ mod tests {
 
     #[test]
     fn a_call_ending_early_is_classified_by_how_it_ended() {
-        let outcome = |end, answered| match super::missed(end, answered) {
+        let outcome = |end, answered| match super::missed(end, answered, None) {
             CallAttempt::Missed { outcome, .. } => outcome,
             CallAttempt::Interrupted { outcome } => outcome,
             other => panic!("{other:?}"),

@@ -21,25 +21,15 @@ use crate::config::ReminderSettings;
 use crate::ids::PhoneNumber;
 use crate::metrics::Metrics;
 use crate::store::Store;
-use crate::whatsapp::graph::{GraphClient, GraphError};
+use crate::whatsapp::graph::{GraphClient, GraphError, GraphErrorKind};
 use crate::whatsapp::permissions::PermissionStatus;
 
-/// Meta's error codes the outreach branches on (§11).
+/// Meta's codes the outreach acts on that `GraphErrorKind` does not name (§11).
 mod codes {
-    /// The permission-state API's rate limit (5 requests/s).
-    pub const RATE_LIMITED: i64 = 613;
     /// Receiver uncallable (not on WhatsApp, old client).
     pub const UNCALLABLE: i64 = 138_001;
-    /// A call with this user is already active.
-    pub const ALREADY_IN_CALL: i64 = 138_003;
-    /// No approved call permission.
-    pub const NO_PERMISSION: i64 = 138_006;
-    /// Daily business-initiated call limit reached.
-    pub const DAILY_LIMIT: i64 = 138_012;
     /// Business-initiated calls not available for this number.
     pub const NOT_AVAILABLE: i64 = 138_013;
-    /// A free-form message outside the customer-service window ("re-engagement message").
-    pub const OUTSIDE_WINDOW: i64 = 131_047;
 }
 
 /// The customer-service window: free-form messages only this long after the user's last one
@@ -200,8 +190,8 @@ impl Outreach {
                 .graph
                 .call_permission(to)
                 .await
-                .map_err(|err| match err.code() {
-                    Some(codes::RATE_LIMITED) => OutreachError::RateLimited,
+                .map_err(|err| match err.kind() {
+                    Some(GraphErrorKind::RateLimited) => OutreachError::RateLimited,
                     _ => OutreachError::Graph(err),
                 })?;
         if !permission.can_start_call {
@@ -229,11 +219,17 @@ impl Outreach {
                 },
                 PlaceError::Setup(err) => OutreachError::Setup(err),
                 PlaceError::Graph(err) => match err.code() {
-                    Some(codes::ALREADY_IN_CALL) => OutreachError::Busy,
-                    Some(codes::NO_PERMISSION) => OutreachError::NoPermission { can_request: true },
-                    Some(codes::DAILY_LIMIT) => OutreachError::Quota { resets_at: None },
                     Some(codes::UNCALLABLE | codes::NOT_AVAILABLE) => OutreachError::Uncallable,
-                    _ => OutreachError::Graph(err),
+                    _ => match err.kind() {
+                        Some(GraphErrorKind::CallAlreadyActive) => OutreachError::Busy,
+                        Some(GraphErrorKind::NoCallPermission) => {
+                            OutreachError::NoPermission { can_request: true }
+                        }
+                        Some(GraphErrorKind::CallLimitReached) => {
+                            OutreachError::Quota { resets_at: None }
+                        }
+                        _ => OutreachError::Graph(err),
+                    },
                 },
             })
     }
@@ -264,7 +260,7 @@ impl Outreach {
             match self.inner.graph.send_text(to, text).await {
                 Ok(_) => return Ok(self.sent(MessageKind::Text)),
                 // Meta knows the window better than our record of it: the template then.
-                Err(err) if err.code() == Some(codes::OUTSIDE_WINDOW) => {
+                Err(err) if err.kind() == Some(GraphErrorKind::OutsideCustomerServiceWindow) => {
                     self.count_message("text", "outside_window");
                 }
                 Err(err) => {
@@ -306,7 +302,7 @@ impl Outreach {
                 Ok(())
             }
             Err(err) => {
-                let outcome = if err.code() == Some(codes::OUTSIDE_WINDOW) {
+                let outcome = if err.kind() == Some(GraphErrorKind::OutsideCustomerServiceWindow) {
                     "outside_window"
                 } else {
                     "failed"

@@ -18,7 +18,7 @@ use tracing::{debug, info, warn};
 
 use super::Outreach;
 use super::delivery;
-use crate::store::{Reminder, ReminderKind, ReminderSettlement, ReminderUpdate, StoreError};
+use crate::store::{Reminder, ReminderSettlement, ReminderUpdate, StoreError};
 
 /// How often a failed settlement is tried again (the claim still holds meanwhile).
 const SETTLE_RETRY: Duration = Duration::from_millis(500);
@@ -152,7 +152,7 @@ impl Scheduler {
             if reminder.attempt_log.is_empty() && reminder.next_attempt_at.is_none() {
                 metrics
                     .reminders_due
-                    .with_label_values(&[kind_label(reminder.kind)])
+                    .with_label_values(&[reminder.kind.as_str()])
                     .inc();
             }
             let update = {
@@ -219,13 +219,10 @@ async fn settle(outreach: &Outreach, owner: &str, reminder: &Reminder, update: &
         return;
     }
     let metrics = outreach.metrics();
-    let kind = kind_label(reminder.kind);
+    let kind = reminder.kind.as_str();
     match &update.settlement {
         ReminderSettlement::Delivered(channel) => {
-            let channel = match channel {
-                crate::store::DeliveryChannel::Call => "call",
-                crate::store::DeliveryChannel::Message => "message",
-            };
+            let channel = channel.as_str();
             metrics
                 .reminders_delivered
                 .with_label_values(&[kind, channel])
@@ -247,13 +244,6 @@ async fn settle(outreach: &Outreach, owner: &str, reminder: &Reminder, update: &
         ReminderSettlement::Retry { next_attempt_at } => {
             debug!(reminder = %reminder.id, %next_attempt_at, "reminder to be tried again");
         }
-    }
-}
-
-fn kind_label(kind: ReminderKind) -> &'static str {
-    match kind {
-        ReminderKind::Reminder => "reminder",
-        ReminderKind::Callback => "callback",
     }
 }
 

@@ -78,6 +78,26 @@ pub enum DeliveryChannel {
     Message,
 }
 
+impl DeliveryChannel {
+    /// The wire and metrics name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Call => "call",
+            Self::Message => "message",
+        }
+    }
+}
+
+impl ReminderKind {
+    /// The wire and metrics name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Reminder => "reminder",
+            Self::Callback => "callback",
+        }
+    }
+}
+
 /// One delivery attempt, as recorded on the reminder (listed by the `list_reminders` tool).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReminderAttempt {
