@@ -53,7 +53,8 @@ async fn fifty_calls_ended_every_way_leave_no_task_permit_entry_or_socket_behind
             }
             Ending::CallerGone => call.drop_media().await,
             Ending::AiClosed => {
-                stack.ai.close_all(CloseKind::Code(1011));
+                // 1008 (policy violation): a close a new session cannot help with.
+                stack.ai.close_all(CloseKind::Code(1008));
                 assert!(
                     stack
                         .graph

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::call::ai_breaker::{AiBreaker, run_prober};
 use crate::call::calls::Calls;
 use crate::call::registry::Registry;
 use crate::call::task::CallContext;
@@ -54,6 +55,8 @@ pub struct App {
     /// Delivers due reminders and callbacks (`REMINDERS=off`: `None`); stops claiming when
     /// the drain begins.
     scheduler: Option<Scheduler>,
+    /// How often the AI is tried while its circuit breaker is open.
+    ai_probe_interval: Duration,
 }
 
 impl App {
@@ -144,6 +147,7 @@ impl App {
             tool_timeout: config.tool_timeout,
             idle_timeout: config.idle_timeout,
             frame_phases: FramePhases::default(),
+            ai_breaker: AiBreaker::new(config.ai_breaker_threshold, metrics.clone()),
         };
         let calls = Calls::new(context, registry, TaskTracker::new(), ports, fleet.clone());
         let outreach = Outreach::new(calls.clone(), config.reminders.clone());
@@ -193,6 +197,7 @@ impl App {
             fleet_stop,
             fleet_worker,
             scheduler,
+            ai_probe_interval: config.ai_breaker_probe_interval,
         })
     }
 
@@ -245,6 +250,7 @@ impl App {
             fleet_stop,
             fleet_worker,
             scheduler,
+            ai_probe_interval,
         } = self;
         let scheduler_stop = CancellationToken::new();
         let scheduler =
@@ -254,6 +260,13 @@ impl App {
         let app = router(state.clone(), metrics_listener.is_some());
         info!(addr = %listener.local_addr()?, "bridge listening");
         let stopped = CancellationToken::new();
+        let context = state.calls.context();
+        tokio::spawn(run_prober(
+            context.ai_breaker.clone(),
+            context.realtime.clone(),
+            ai_probe_interval,
+            stopped.clone(),
+        ));
         if let Some(metrics_listener) = metrics_listener {
             info!(addr = %metrics_listener.local_addr()?, "metrics listening");
             let stop = stopped.clone();

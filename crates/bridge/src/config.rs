@@ -52,6 +52,8 @@ pub const MEMORY_TURNS: &str = "MEMORY_TURNS";
 pub const MEMORY_DAYS: &str = "MEMORY_DAYS";
 pub const TOOL_TIMEOUT: &str = "TOOL_TIMEOUT";
 pub const IDLE_TIMEOUT: &str = "IDLE_TIMEOUT";
+pub const AI_BREAKER_THRESHOLD: &str = "AI_BREAKER_THRESHOLD";
+pub const AI_BREAKER_PROBE_INTERVAL: &str = "AI_BREAKER_PROBE_INTERVAL";
 pub const OPUS_BITRATE: &str = "OPUS_BITRATE";
 pub const OPUS_COMPLEXITY: &str = "OPUS_COMPLEXITY";
 pub const OPUS_BANDWIDTH: &str = "OPUS_BANDWIDTH";
@@ -109,6 +111,8 @@ pub const ALL_KEYS: &[&str] = &[
     MEMORY_DAYS,
     TOOL_TIMEOUT,
     IDLE_TIMEOUT,
+    AI_BREAKER_THRESHOLD,
+    AI_BREAKER_PROBE_INTERVAL,
     OPUS_BITRATE,
     OPUS_COMPLEXITY,
     OPUS_BANDWIDTH,
@@ -276,6 +280,11 @@ pub struct Config {
     /// No speech either way for this long: the AI asks whether the caller is still there, and
     /// after as long again says goodbye and the call ends. `None` (`off`): never.
     pub idle_timeout: Option<Duration>,
+    /// Failed attempts in a row to open an AI session (any call's) after which new calls are
+    /// refused until the AI answers again; 0: never.
+    pub ai_breaker_threshold: u32,
+    /// While the breaker is open, how often a session is tried.
+    pub ai_breaker_probe_interval: Duration,
     /// How the AI's voice is encoded for the caller.
     pub encoder: EncoderSettings,
     /// Call state shared with the other replicas; `None`: one process, state in memory.
@@ -585,6 +594,9 @@ impl Config {
             Some(value) if value.eq_ignore_ascii_case("off") => None,
             _ => Some(r.duration(IDLE_TIMEOUT, Duration::from_secs(120))),
         };
+        let ai_breaker_threshold = r.parsed(AI_BREAKER_THRESHOLD, 5u32, "a number of failures");
+        let ai_breaker_probe_interval =
+            r.duration(AI_BREAKER_PROBE_INTERVAL, Duration::from_secs(5));
         let encoder = read_encoder(&mut r);
         let fleet = read_fleet(&mut r);
         let reminders = read_reminders(&mut r);
@@ -623,6 +635,8 @@ impl Config {
             memory_days,
             tool_timeout,
             idle_timeout,
+            ai_breaker_threshold,
+            ai_breaker_probe_interval,
             encoder,
             fleet,
             reminders,

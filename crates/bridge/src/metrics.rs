@@ -83,6 +83,20 @@ pub struct Metrics {
     /// AI responses that ended `failed`, by what the bridge did (`retried`, `apologised`,
     /// `gave_up`).
     pub ai_failed_responses: IntCounterVec,
+    /// Mid-call AI sessions lost and reopened, by cause (`close_1011`, `close_1006`,
+    /// `session_expired`, `network`, ...).
+    pub ai_reconnects: IntCounterVec,
+    /// From losing a call's AI session to a new one configured, its conversation replayed and
+    /// the caller's audio flowing again.
+    pub ai_recovery_seconds: Histogram,
+    /// Lost AI sessions that could not be reopened (the call ended `ai_failed`).
+    pub ai_recoveries_failed: IntCounter,
+    /// Sessions replaced before the provider's limit, by how (`at_pause`, `forced`).
+    pub ai_rollovers: IntCounterVec,
+    /// Failed attempts to open an AI session, by cause (`http_429`, `http_5xx`, `network`, ...).
+    pub ai_connect_failures: IntCounterVec,
+    /// 1 while the AI circuit breaker is open and new calls are refused.
+    pub ai_breaker_open: IntGauge,
 }
 
 impl Metrics {
@@ -340,6 +354,50 @@ impl Metrics {
             &["name", "value"],
         )
         .expect("valid metric");
+        let ai_reconnects = IntCounterVec::new(
+            Opts::new(
+                "whatsapp_bridge_ai_reconnects_total",
+                "Mid-call AI sessions lost and reopened, by cause",
+            ),
+            &["cause"],
+        )
+        .expect("valid metric");
+        let ai_recovery_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "whatsapp_bridge_ai_recovery_seconds",
+                "From losing a call's AI session to the caller's audio flowing into a new one",
+            )
+            .buckets(vec![
+                0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0, 8.0, 16.0,
+            ]),
+        )
+        .expect("valid metric");
+        let ai_recoveries_failed = IntCounter::new(
+            "whatsapp_bridge_ai_recoveries_failed_total",
+            "Lost AI sessions that could not be reopened",
+        )
+        .expect("valid metric");
+        let ai_rollovers = IntCounterVec::new(
+            Opts::new(
+                "whatsapp_bridge_ai_rollovers_total",
+                "AI sessions replaced before the provider's session limit, by how",
+            ),
+            &["how"],
+        )
+        .expect("valid metric");
+        let ai_connect_failures = IntCounterVec::new(
+            Opts::new(
+                "whatsapp_bridge_ai_connect_failures_total",
+                "Failed attempts to open an AI session, by cause",
+            ),
+            &["cause"],
+        )
+        .expect("valid metric");
+        let ai_breaker_open = IntGauge::new(
+            "whatsapp_bridge_ai_breaker_open",
+            "1 while the AI circuit breaker is open and new calls are refused",
+        )
+        .expect("valid metric");
         let ai_failed_responses = IntCounterVec::new(
             Opts::new(
                 "whatsapp_bridge_ai_failed_responses_total",
@@ -385,6 +443,12 @@ impl Metrics {
             Box::new(messages_sent.clone()),
             Box::new(ai_rate_limit.clone()),
             Box::new(ai_failed_responses.clone()),
+            Box::new(ai_reconnects.clone()),
+            Box::new(ai_recovery_seconds.clone()),
+            Box::new(ai_recoveries_failed.clone()),
+            Box::new(ai_rollovers.clone()),
+            Box::new(ai_connect_failures.clone()),
+            Box::new(ai_breaker_open.clone()),
         ] {
             registry
                 .register(collector)
@@ -428,6 +492,12 @@ impl Metrics {
             messages_sent,
             ai_rate_limit,
             ai_failed_responses,
+            ai_reconnects,
+            ai_recovery_seconds,
+            ai_recoveries_failed,
+            ai_rollovers,
+            ai_connect_failures,
+            ai_breaker_open,
         }
     }
 

@@ -186,6 +186,13 @@ impl Calls {
                         }
                     }
                 }
+                // Checked once the call is known to be new here and in the fleet, so that a
+                // redelivered connect of a live call is never declined.
+                Ok(()) if self.ai_unavailable() => {
+                    drop(admission);
+                    registry.tombstone(&call_id);
+                    self.refusal(RefusalReason::AiUnavailable)
+                }
                 Ok(()) => match self.lease_port() {
                     Ok(port) => {
                         info!(%call_id, caller = ?caller, "call admitted");
@@ -245,6 +252,12 @@ impl Calls {
         Offered::Refused { refusal, declined }
     }
 
+    /// The AI cannot be reached: new calls are refused at once rather than answered into
+    /// silence (the circuit breaker is open).
+    pub fn ai_unavailable(&self) -> bool {
+        self.inner.context.ai_breaker.is_open()
+    }
+
     /// The fleet's claim of an admitted call (nothing to claim without a fleet). `Err`: the
     /// call is live on another replica or ended there, or its caller has a live call there.
     async fn claim(&self, call_id: &CallId, caller: &Option<PhoneNumber>) -> Result<(), Claimed> {
@@ -296,6 +309,11 @@ impl Calls {
         reminder_id: Option<&str>,
     ) -> Result<Placed, PlaceError> {
         let started = Instant::now();
+        if self.ai_unavailable() {
+            return Err(PlaceError::Refused(
+                self.refusal(RefusalReason::AiUnavailable),
+            ));
+        }
         let reservation = self
             .inner
             .registry

@@ -94,6 +94,11 @@ pub struct CallFlow {
     /// Inbound: accept even without media connected once this passes.
     media_deadline: Option<Instant>,
     media_connected: bool,
+    /// Inbound: the media grace period passed; accept without connected media.
+    media_waived: bool,
+    /// The AI session is ready: an inbound call is accepted only then, so a caller whose AI
+    /// cannot be reached is declined rather than answered into silence.
+    ai_ready: bool,
     remote_accepted: bool,
     active_since: Option<Instant>,
     max_duration: Duration,
@@ -119,6 +124,8 @@ impl CallFlow {
             answer_deadline: started + wait,
             media_deadline: None,
             media_connected: false,
+            media_waived: false,
+            ai_ready: false,
             remote_accepted: false,
             active_since: None,
             max_duration,
@@ -196,6 +203,15 @@ impl CallFlow {
         }
     }
 
+    /// The AI session is ready (an inbound call may now be accepted).
+    pub fn ai_ready(&mut self) -> Vec<Action> {
+        self.ai_ready = true;
+        match self.direction {
+            CallDirection::Inbound => self.maybe_accept(),
+            CallDirection::Outbound => vec![],
+        }
+    }
+
     /// Outbound: the callee picked up (`ACCEPTED` status).
     pub fn remote_accepted(&mut self, now: Instant) -> Vec<Action> {
         self.remote_accepted = true;
@@ -211,7 +227,10 @@ impl CallFlow {
     }
 
     fn maybe_accept(&mut self) -> Vec<Action> {
-        if self.phase == Phase::Ringing && self.media_connected {
+        if self.phase == Phase::Ringing
+            && (self.media_connected || self.media_waived)
+            && self.ai_ready
+        {
             self.phase = Phase::Accepting;
             return vec![Action::Accept];
         }
@@ -280,10 +299,11 @@ impl CallFlow {
                 if self.direction == CallDirection::Inbound
                     && self.media_deadline.is_some_and(|deadline| now >= deadline) =>
             {
-                // §7.1 step 6: accept anyway; media may still come up after it.
+                // §7.1 step 6: accept anyway (once the AI is ready); media may still come up
+                // after it.
                 self.media_deadline = None;
-                self.phase = Phase::Accepting;
-                vec![Action::Accept]
+                self.media_waived = true;
+                self.maybe_accept()
             }
             _ => vec![],
         }
@@ -297,8 +317,32 @@ mod tests {
     const DEADLINE: Duration = Duration::from_secs(20);
     const MAX: Duration = Duration::from_secs(600);
 
+    /// An inbound call whose AI session is ready from the start.
     fn inbound(now: Instant) -> CallFlow {
-        CallFlow::new(CallDirection::Inbound, now, DEADLINE, MAX)
+        let mut flow = CallFlow::new(CallDirection::Inbound, now, DEADLINE, MAX);
+        assert!(flow.ai_ready().is_empty());
+        flow
+    }
+
+    #[test]
+    fn an_inbound_call_is_accepted_only_once_its_ai_is_ready_and_declined_without_it() {
+        let t0 = Instant::now();
+        let mut flow = CallFlow::new(CallDirection::Inbound, t0, DEADLINE, MAX);
+        flow.sdp_ready();
+        flow.media_connected(t0);
+        assert!(flow.signalled(t0).is_empty(), "media, but no AI yet");
+        assert!(flow.on_timer(t0 + MEDIA_CONNECT_GRACE).is_empty());
+        assert_eq!(flow.ai_ready(), vec![Action::Accept]);
+
+        let mut unreachable = CallFlow::new(CallDirection::Inbound, t0, DEADLINE, MAX);
+        unreachable.sdp_ready();
+        unreachable.media_connected(t0);
+        unreachable.signalled(t0);
+        assert_eq!(
+            unreachable.end(CallEnd::AiFailed),
+            vec![Action::Reject, Action::Finish(CallEnd::AiFailed)],
+            "never answered: declined"
+        );
     }
 
     #[test]

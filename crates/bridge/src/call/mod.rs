@@ -2,8 +2,12 @@
 //! starts each on its own task; [`registry`] holds the live calls (capacity, one call per
 //! caller, tombstones); [`flow`] is the sans-IO call flow of whatsapp-calling §7; [`task`] owns
 //! one call's PeerConnection, AI session, media and timers, helped by its [`journal`] (call log
-//! and transcript) and [`tool_calls`] (when tool results go back to the AI).
+//! and transcript) and [`tool_calls`] (when tool results go back to the AI); `ai_link` keeps
+//! the call's AI session going across drops and the provider's session limit, and
+//! [`ai_breaker`] stops answering calls while the AI cannot be reached.
 
+pub mod ai_breaker;
+mod ai_link;
 pub mod calls;
 pub mod flow;
 pub mod journal;

@@ -33,6 +33,8 @@ pub enum RefusalReason {
     CallerBusy,
     Draining,
     NoUdpPort,
+    /// The AI cannot be reached (its circuit breaker is open).
+    AiUnavailable,
 }
 
 impl RefusalReason {
@@ -42,6 +44,7 @@ impl RefusalReason {
             Self::CallerBusy => "caller_busy",
             Self::Draining => "draining",
             Self::NoUdpPort => "no_udp_port",
+            Self::AiUnavailable => "ai_unavailable",
         }
     }
 }

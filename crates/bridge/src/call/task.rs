@@ -15,6 +15,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
+use super::ai_breaker::AiBreaker;
+use super::ai_link::{AiLink, LinkEvent};
 use super::flow::{Action, CallFlow};
 use super::journal::Journal;
 use super::registry::Admission;
@@ -32,8 +34,8 @@ use crate::media::ports::PortLease;
 use crate::media::uplink::UplinkDecoder;
 use crate::memory::{self, MemorySettings};
 use crate::metrics::Metrics;
-use crate::realtime::client::{RealtimeConfig, RealtimeError, RealtimeSession};
-use crate::realtime::events::{self, ServerEvent};
+use crate::realtime::client::{RealtimeConfig, RealtimeError};
+use crate::realtime::events::{self, ServerEvent, Speaker};
 use crate::store::{CallLogDirection, CallOutcome, CallRecord, Role, Store};
 use crate::tools::{self, ToolOutcome, ToolResult};
 use crate::whatsapp::graph::{GraphAction, GraphClient, GraphError};
@@ -82,9 +84,13 @@ pub struct CallContext {
     pub idle_timeout: Option<Duration>,
     /// Spreads the calls' 20 ms frame work over the period.
     pub frame_phases: FramePhases,
+    /// Whether the AI can be reached (shared by every call).
+    pub ai_breaker: AiBreaker,
 }
 
-type AiConnect = Pin<Box<dyn Future<Output = Result<RealtimeSession, RealtimeError>> + Send>>;
+/// The first AI session must be open this long before the answer deadline, so that a caller
+/// whose AI cannot be reached is still declined in time.
+const AI_OPEN_MARGIN: Duration = Duration::from_millis(500);
 type GraphOp = Pin<Box<dyn Future<Output = (GraphAction, Result<(), GraphError>)> + Send>>;
 
 /// Ends a call that could not even be set up: Meta is told, the end is counted.
@@ -157,8 +163,8 @@ pub(super) struct CallTask {
     answer_sdp: Arc<String>,
     /// Outbound: Meta's answer has been applied (it can arrive twice through the fleet).
     answer_applied: bool,
-    ai: Option<RealtimeSession>,
-    ai_connect: Option<AiConnect>,
+    /// The AI session, replaced when it drops and before it expires.
+    ai: AiLink,
     graph_op: Option<GraphOp>,
     uplink: UplinkDecoder,
     uplink_pcm: Vec<i16>,
@@ -252,6 +258,11 @@ impl CallTask {
         let journal = Journal::start(context.store.clone(), record, context.metrics.clone());
         let frames_in = context.metrics.audio_frames.with_label_values(&["in"]);
         let frames_out = context.metrics.audio_frames.with_label_values(&["out"]);
+        let ai = AiLink::new(
+            context.realtime.clone(),
+            context.ai_breaker.clone(),
+            context.metrics.clone(),
+        );
         let mut task = Self {
             context,
             admission,
@@ -260,8 +271,7 @@ impl CallTask {
             peer: media.peer,
             answer_sdp: Arc::new(String::new()),
             answer_applied: false,
-            ai: None,
-            ai_connect: None,
+            ai,
             graph_op: None,
             uplink: media.uplink,
             uplink_pcm: Vec::with_capacity(SAMPLES_PER_FRAME * 8),
@@ -309,13 +319,15 @@ impl CallTask {
     }
 
     /// Starts connecting to the AI; the connection is driven by the select loop, in parallel
-    /// with answering the offer.
+    /// with answering the offer, and retried until shortly before the answer deadline.
     pub(super) fn start_ai(&mut self, caller_context: String) {
-        let config = self.context.realtime.clone();
         let store = self.context.store.clone();
         let memory = self.context.memory.clone();
         let phone = self.admission.phone().cloned();
-        self.ai_connect = Some(Box::pin(async move {
+        let deadline = (self.flow.started() + self.context.answer_deadline)
+            .checked_sub(AI_OPEN_MARGIN)
+            .unwrap_or_else(Instant::now);
+        let context = async move {
             let mut context = caller_context;
             let now = Utc::now();
             // The caller's date and time, so "tomorrow at three" means the caller's tomorrow.
@@ -334,8 +346,9 @@ impl CallTask {
                     context.push_str(&remembered);
                 }
             }
-            RealtimeSession::connect(&config, &context).await
-        }));
+            context
+        };
+        self.ai.open_first(context, deadline);
     }
 
     /// Answers the offer (while the AI connects), then runs the call until it ends.
@@ -346,13 +359,15 @@ impl CallTask {
             loop {
                 tokio::select! {
                     result = &mut answering => break Early::Answered(result),
-                    Some(result) = poll_opt(&mut self.ai_connect) => {
-                        self.ai_connect = None;
-                        match result {
-                            Ok(session) => self.ai = Some(session),
-                            Err(err) => break Early::AiFailed(err),
+                    event = self.ai.next() => match event {
+                        LinkEvent::Ready => {
+                            debug!("AI session ready");
+                            self.flow.ai_ready();
                         }
-                    }
+                        LinkEvent::Failed(err) => break Early::AiFailed(err),
+                        // Nothing else comes before the first session is ready.
+                        _ => {}
+                    },
                     command = self.commands.recv() => {
                         if let Some(end) = command_end(command) {
                             break Early::Ended(end);
@@ -410,21 +425,8 @@ impl CallTask {
                         return end;
                     }
                 }
-                Some(result) = poll_opt(&mut self.ai_connect) => {
-                    self.ai_connect = None;
-                    match result {
-                        Ok(session) => {
-                            debug!("AI session ready");
-                            self.ai = Some(session);
-                            if let Some(end) = self.maybe_greet().await {
-                                return end;
-                            }
-                        }
-                        Err(err) => return self.ai_failed(err).await,
-                    }
-                }
-                event = poll_ai(&mut self.ai) => {
-                    if let Some(end) = self.on_ai_event(event).await {
+                event = self.ai.next() => {
+                    if let Some(end) = self.on_link(event).await {
                         return end;
                     }
                 }
@@ -456,7 +458,8 @@ impl CallTask {
         let frame = self.downlink.deadline();
         let flow = self.flow.next_deadline();
         let ending = self.ending.as_ref().map(|ending| ending.deadline);
-        [frame, flow, self.response_retry_at, ending]
+        let rollover = self.ai.rollover_deadline();
+        [frame, flow, self.response_retry_at, ending, rollover]
             .into_iter()
             .flatten()
             .min()
@@ -488,13 +491,109 @@ impl CallTask {
         if let Some(end) = self.warn_before_max_duration(now).await {
             return Some(end);
         }
+        self.roll_over(now).await;
         self.maybe_end_after_goodbye(now).await
+    }
+
+    /// Nobody is speaking, no response is being made or played, no tool runs: a session can
+    /// be swapped without the caller noticing.
+    fn at_pause(&self) -> bool {
+        !self.idle.caller_speaking
+            && !self.ai.responding()
+            && !self.downlink.has_queued_audio()
+            && self.tool_runs.is_empty()
+            && self.ending.is_none()
+    }
+
+    /// Before the provider ends the session: the next one is opened, then swapped in at a pause.
+    async fn roll_over(&mut self, now: Instant) {
+        self.ai.maybe_start_rollover(now);
+        let at_pause = self.at_pause();
+        if self.ai.swap_due(now, at_pause) {
+            self.ai.swap(at_pause).await;
+            self.tool_calls = ToolCalls::new();
+        }
+    }
+
+    /// What happened on the AI link.
+    async fn on_link(&mut self, event: LinkEvent) -> Option<CallEnd> {
+        match event {
+            LinkEvent::Event(event) => self.on_ai_event(event).await,
+            LinkEvent::Ready => {
+                debug!("AI session ready");
+                let actions = self.flow.ai_ready();
+                if let Some(end) = self.apply(actions).await {
+                    return Some(end);
+                }
+                self.maybe_greet().await
+            }
+            LinkEvent::Lost => {
+                self.forget_session();
+                None
+            }
+            LinkEvent::Replaced => self.recover().await,
+            LinkEvent::NextReady => {
+                self.roll_over(Instant::now()).await;
+                None
+            }
+            LinkEvent::Quiet => None,
+            LinkEvent::Failed(err) => Some(self.ai_failed(err).await),
+        }
+    }
+
+    /// A send to the AI failed: the session is replaced if it can be.
+    async fn ai_lost(&mut self, err: RealtimeError) -> Option<CallEnd> {
+        match self.ai.lost(err) {
+            LinkEvent::Failed(err) => Some(self.ai_failed(err).await),
+            _ => {
+                self.forget_session();
+                None
+            }
+        }
+    }
+
+    /// What belonged to the lost session: its responses and tool calls. Audio already
+    /// received plays on; a goodbye that was cut off counts as said.
+    fn forget_session(&mut self) {
+        self.tool_calls = ToolCalls::new();
+        self.speech_stopped_at = None;
+        self.idle.caller_speaking = false;
+        if self.opening.requested && !self.opening.generated {
+            self.opening.response_id = None;
+            self.retry_opening = true;
+        }
+        if let Some(ending) = self.ending.as_mut() {
+            ending.goodbye_done = true;
+        }
+    }
+
+    /// A new session replaced the lost one: it gets the conversation and the gap's audio, and
+    /// is asked again for what the lost one left unsaid.
+    async fn recover(&mut self) -> Option<CallEnd> {
+        let recovered = match self.ai.finish_recovery().await {
+            Ok(recovered) => recovered,
+            Err(err) => return self.ai_lost(err).await,
+        };
+        if std::mem::take(&mut self.retry_opening) && self.opening.reporter.is_some() {
+            debug!("asking the new AI session for the opening again");
+            self.opening.requested = true;
+            let opening = self.greeting.clone();
+            return self.ask_ai(opening.as_deref()).await;
+        }
+        if !self.greeted {
+            return self.maybe_greet().await;
+        }
+        if recovered.caller_unanswered {
+            debug!("asking the new AI session to answer the caller's last turn");
+            return self.ask_ai(None).await;
+        }
+        None
     }
 
     /// Shortly before `MAX_CALL_DURATION` the AI tells the caller the call is about to end.
     async fn warn_before_max_duration(&mut self, now: Instant) -> Option<CallEnd> {
         let since = self.flow.active_since()?;
-        if self.duration_warned || self.ai.is_none() {
+        if self.duration_warned || !self.ai.is_live() {
             return None;
         }
         let max = self.context.max_call_duration;
@@ -511,7 +610,7 @@ impl CallTask {
     /// as long again, it says goodbye and the call ends.
     async fn check_idle(&mut self, now: Instant) -> Option<CallEnd> {
         let timeout = self.context.idle_timeout?;
-        if !self.downlink.is_started() || self.ai.is_none() || self.ending.is_some() {
+        if !self.downlink.is_started() || !self.ai.is_live() || self.ending.is_some() {
             self.idle.last_speech = now;
             return None;
         }
@@ -658,26 +757,14 @@ impl CallTask {
         // The AI hears the caller only once the call is answered.
         if self.downlink.is_started()
             && !self.uplink_pcm.is_empty()
-            && let Some(ai) = self.ai.as_mut()
-            && let Err(err) = ai.send_audio(&self.uplink_pcm).await
+            && let Err(err) = self.ai.send_audio(&self.uplink_pcm).await
         {
-            return Some(self.ai_failed(err).await);
+            return self.ai_lost(err).await;
         }
         None
     }
 
-    async fn on_ai_event(
-        &mut self,
-        event: Option<Result<ServerEvent, RealtimeError>>,
-    ) -> Option<CallEnd> {
-        let event = match event {
-            None => {
-                warn!("AI session closed");
-                return Some(self.end_ai(CallEnd::AiFailed, "closed").await);
-            }
-            Some(Err(err)) => return Some(self.ai_failed(err).await),
-            Some(Ok(event)) => event,
-        };
+    async fn on_ai_event(&mut self, event: ServerEvent) -> Option<CallEnd> {
         match event {
             ServerEvent::AudioDelta {
                 response_id,
@@ -719,10 +806,8 @@ impl CallTask {
                         truncation.content_index,
                         truncation.audio_end_ms,
                     );
-                    if let Some(ai) = self.ai.as_mut()
-                        && let Err(err) = ai.send_text(event).await
-                    {
-                        return Some(self.ai_failed(err).await);
+                    if let Err(err) = self.ai.send_text(event).await {
+                        return self.ai_lost(err).await;
                     }
                 }
             }
@@ -852,12 +937,14 @@ impl CallTask {
                     reason: CallEnd::AiEnded,
                 });
             }
+            let generation = self.ai.generation();
             self.tool_runs.spawn(async move {
                 ToolRun {
                     response_id,
                     call_id,
                     name,
                     result: ToolResult::ok_text(tools::END_CALL_OUTPUT),
+                    generation,
                 }
             });
             return;
@@ -865,6 +952,7 @@ impl CallTask {
         let store = self.context.store.clone();
         let phone = self.admission.phone().cloned();
         let timeout = self.context.tool_timeout;
+        let generation = self.ai.generation();
         self.tool_runs.spawn(async move {
             let dispatch = tools::dispatch(&*store, phone.as_ref(), &name, &arguments, Utc::now());
             let result = match tokio::time::timeout(
@@ -885,6 +973,7 @@ impl CallTask {
                 call_id,
                 name,
                 result,
+                generation,
             }
         });
     }
@@ -897,17 +986,38 @@ impl CallTask {
             .with_label_values(&[tool, run.result.outcome.as_str()])
             .inc();
         debug!(tool, outcome = run.result.outcome.as_str(), "tool finished");
+        if run.generation != self.ai.generation() {
+            return self.answer_tool_of_lost_session(run).await;
+        }
         let send = self
             .tool_calls
             .tool_finished(&run.response_id, &run.call_id, run.result.output);
         self.send_tool_results(send).await
     }
 
+    /// A tool called by a session that was lost since: the new session does not know the call,
+    /// so the result goes in as a note of the conversation, and the AI is asked to tell it.
+    async fn answer_tool_of_lost_session(&mut self, run: ToolRun) -> Option<CallEnd> {
+        let note = format!(
+            "Before the connection dropped you called the tool {}; its result: {}",
+            run.name, run.result.output
+        );
+        self.ai.note(&note);
+        match self
+            .ai
+            .send_text(events::conversation_message(Speaker::System, &note))
+            .await
+        {
+            Ok(true) => self.ask_ai(None).await,
+            Ok(false) => None,
+            Err(err) => self.ai_lost(err).await,
+        }
+    }
+
     async fn send_tool_results(&mut self, send: ToolSend) -> Option<CallEnd> {
         if send.is_empty() {
             return None;
         }
-        let ai = self.ai.as_mut()?;
         let mut events: Vec<String> = send
             .outputs
             .iter()
@@ -917,8 +1027,8 @@ impl CallTask {
             events.push(events::response_create(None));
         }
         for event in events {
-            if let Err(err) = ai.send_text(event).await {
-                return Some(self.ai_failed(err).await);
+            if let Err(err) = self.ai.send_text(event).await {
+                return self.ai_lost(err).await;
             }
         }
         None
@@ -1018,16 +1128,19 @@ impl CallTask {
 
     /// Asks the AI for a response now (with `instructions` for this one only).
     async fn ask_ai(&mut self, instructions: Option<&str>) -> Option<CallEnd> {
-        let ai = self.ai.as_mut()?;
-        if let Err(err) = ai.send_text(events::response_create(instructions)).await {
-            return Some(self.ai_failed(err).await);
+        if let Err(err) = self
+            .ai
+            .send_text(events::response_create(instructions))
+            .await
+        {
+            return self.ai_lost(err).await;
         }
         None
     }
 
     /// Once answered and the AI is ready, let it speak first (if a greeting is configured).
     async fn maybe_greet(&mut self) -> Option<CallEnd> {
-        if self.greeted || !self.downlink.is_started() || self.ai.is_none() {
+        if self.greeted || !self.downlink.is_started() || !self.ai.is_live() {
             return None;
         }
         self.greeted = true;
@@ -1047,7 +1160,6 @@ impl CallTask {
             .ai_errors
             .with_label_values(&[code])
             .inc();
-        self.ai = None;
         self.end(end).await
     }
 
@@ -1062,10 +1174,7 @@ impl CallTask {
     /// Releases everything the call owns; the admission goes last.
     pub(super) async fn finish(mut self, end: CallEnd) {
         self.graph_op = None;
-        self.ai_connect = None;
-        if let Some(mut ai) = self.ai.take() {
-            let _ = tokio::time::timeout(CLOSE_TIMEOUT, ai.close()).await;
-        }
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.ai.close()).await;
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.peer.close()).await;
         debug_assert_eq!(self.flow.end_reason(), Some(end));
         self.tool_runs.abort_all();
@@ -1096,6 +1205,8 @@ struct ToolRun {
     call_id: String,
     name: String,
     result: ToolResult,
+    /// The AI session (its link generation) that called the tool.
+    generation: u32,
 }
 
 /// The wall-clock time of a monotonic instant in the past.
@@ -1169,13 +1280,6 @@ fn record_end(metrics: &Metrics, flow: &CallFlow) {
 async fn poll_opt<T>(future: &mut Option<Pin<Box<dyn Future<Output = T> + Send>>>) -> Option<T> {
     match future.as_mut() {
         Some(future) => Some(future.await),
-        None => std::future::pending().await,
-    }
-}
-
-async fn poll_ai(ai: &mut Option<RealtimeSession>) -> Option<Result<ServerEvent, RealtimeError>> {
-    match ai.as_mut() {
-        Some(ai) => ai.next_event().await,
         None => std::future::pending().await,
     }
 }

@@ -90,6 +90,7 @@ async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
         "capacity_used_percent": capacity_percent(active, max),
         "uptime_seconds": state.started.elapsed().as_secs(),
         "version": env!("CARGO_PKG_VERSION"),
+        "ai": state.calls.context().ai_breaker.status(),
     });
     if let Some(fleet) = state.calls.fleet() {
         let cluster = fleet.cluster();

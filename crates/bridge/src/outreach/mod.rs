@@ -184,6 +184,9 @@ impl Outreach {
         if calls.registry().free_slots() == 0 {
             return Err(OutreachError::NoRoom(RefusalReason::AtCapacity.as_str()));
         }
+        if calls.ai_unavailable() {
+            return Err(OutreachError::NoRoom(RefusalReason::AiUnavailable.as_str()));
+        }
         self.pace_permission_read().await;
         let permission =
             self.inner

@@ -120,6 +120,7 @@ fn websocket_url(raw: &str) -> Result<Url, RealtimeError> {
     let invalid = |message: String| RealtimeError::Handshake {
         status: None,
         message,
+        retry_after: None,
     };
     let mut url =
         Url::parse(raw.trim()).map_err(|e| invalid(format!("invalid realtime URL: {e}")))?;
@@ -168,6 +169,8 @@ pub enum RealtimeError {
     Handshake {
         status: Option<u16>,
         message: String,
+        /// The refusal's `Retry-After` (a 429 or 503 says when to come back).
+        retry_after: Option<Duration>,
     },
     /// The named step did not finish within `connect_timeout`.
     #[error("realtime API timed out waiting for {0}")]
@@ -193,12 +196,12 @@ pub enum RealtimeError {
 impl RealtimeError {
     /// §10.4 / §1.4: whether a new session could help (1001/1006/1011/1012/1013, io) or not (4xx, 4000, 1008)
     ///
-    /// Also retryable: 1005 and 1015 closes, HTTP 5xx at upgrade, timeouts, and the
+    /// Also retryable: 1005 and 1015 closes, HTTP 429 and 5xx at upgrade, timeouts, and the
     /// `session_expired` and `server_error` codes. Not retryable: 1000 (a deliberate close),
     /// configuration and protocol errors.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::Handshake { status, .. } => status.is_some_and(|s| s >= 500),
+            Self::Handshake { status, .. } => status.is_some_and(|s| s == 429 || s >= 500),
             Self::Timeout(_) | Self::Io(_) => true,
             Self::Closed { code, .. } => matches!(
                 code,
@@ -242,6 +245,8 @@ pub struct RealtimeSession {
     socket: Socket,
     /// From `session.created`; names the session in logs and support requests.
     session_id: String,
+    /// When the provider will end the session (`session.expires_at`), if it said.
+    expires: Option<std::time::Instant>,
     /// See [`AppendBuffer`].
     append: AppendBuffer,
     /// Set once the socket is finished with (close seen or sent, read error); reads then yield
@@ -296,6 +301,7 @@ impl RealtimeSession {
         let mut session = RealtimeSession {
             socket,
             session_id: String::new(),
+            expires: None,
             append: AppendBuffer::default(),
             ended: false,
             pending: None,
@@ -341,8 +347,12 @@ impl RealtimeSession {
         let mut early_error = None;
         loop {
             match self.next_event().await {
-                Some(Ok(ServerEvent::SessionCreated { session_id })) => {
+                Some(Ok(ServerEvent::SessionCreated {
+                    session_id,
+                    expires_at,
+                })) => {
                     self.session_id = session_id;
+                    self.expires = expires_at.map(expiry_instant);
                     break;
                 }
                 Some(Ok(ServerEvent::Error { code, message, .. })) => {
@@ -397,6 +407,11 @@ impl RealtimeSession {
 
     pub fn session_id(&self) -> &str {
         &self.session_id
+    }
+
+    /// When the provider will end this session (its `expires_at`), if it said.
+    pub fn expires(&self) -> Option<std::time::Instant> {
+        self.expires
     }
 
     /// Sends one append built in a reused buffer. An empty slice sends nothing.
@@ -545,6 +560,15 @@ impl RealtimeSession {
     }
 }
 
+/// The local instant of a Unix time in seconds (the provider's clock, read by ours).
+fn expiry_instant(unix_seconds: u64) -> std::time::Instant {
+    let now_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let left = Duration::from_secs(unix_seconds).saturating_sub(now_unix);
+    std::time::Instant::now() + left
+}
+
 fn normal_close() -> CloseFrame {
     CloseFrame {
         code: CloseCode::Normal,
@@ -568,6 +592,7 @@ fn handshake_request(url: &Url, provider: &Provider) -> Result<Request, Realtime
         .map_err(|e| RealtimeError::Handshake {
             status: None,
             message: format!("invalid realtime URL: {e}"),
+            retry_after: None,
         })?;
     let key = provider.api_key().expose_secret().trim();
     let (name, value) = match provider {
@@ -583,6 +608,7 @@ fn handshake_request(url: &Url, provider: &Provider) -> Result<Request, Realtime
     let mut value = value.map_err(|_| RealtimeError::Handshake {
         status: None,
         message: "the API key contains characters that cannot go in an HTTP header".to_owned(),
+        retry_after: None,
     })?;
     value.set_sensitive(true);
     request.headers_mut().insert(name, value);
@@ -608,18 +634,29 @@ fn handshake_error(error: tungstenite::Error, key: &SecretString) -> RealtimeErr
             RealtimeError::Handshake {
                 status: Some(status.as_u16()),
                 message,
+                retry_after: retry_after(response.headers()),
             }
         }
         tungstenite::Error::Io(e) => RealtimeError::Io(e.to_string()),
         tungstenite::Error::Url(e) => RealtimeError::Handshake {
             status: None,
             message: format!("invalid realtime URL: {e}"),
+            retry_after: None,
         },
         other => RealtimeError::Handshake {
             status: None,
             message: other.to_string(),
+            retry_after: None,
         },
     }
+}
+
+/// `Retry-After` in seconds (RFC 9110 §10.2.3; the HTTP-date form is not used by the providers
+/// and is ignored).
+fn retry_after(headers: &tungstenite::http::HeaderMap) -> Option<Duration> {
+    let value = headers.get(tungstenite::http::header::RETRY_AFTER)?;
+    let seconds: f64 = value.to_str().ok()?.trim().parse().ok()?;
+    (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds.min(3600.0)))
 }
 
 /// Shortens a server-supplied text and removes the key from it, in case the server echoes it.

@@ -36,6 +36,8 @@ Speak naturally and keep each answer to one or two short sentences.";
 pub enum ServerEvent {
     SessionCreated {
         session_id: String,
+        /// `session.expires_at` (Unix seconds): when the provider ends the session (§10.2).
+        expires_at: Option<u64>,
     },
     SessionUpdated,
     SpeechStarted {
@@ -267,6 +269,7 @@ struct RateLimitObject {
 #[serde(default)]
 struct IdObject {
     id: Option<String>,
+    expires_at: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -310,9 +313,13 @@ pub fn parse_server_event(text: &str) -> Result<ServerEvent, EventError> {
     };
     let f: Fields<'_> = serde_json::from_str(text)?;
     Ok(match known {
-        Known::SessionCreated => ServerEvent::SessionCreated {
-            session_id: f.session.and_then(|s| s.id).unwrap_or_default(),
-        },
+        Known::SessionCreated => {
+            let session = f.session.unwrap_or_default();
+            ServerEvent::SessionCreated {
+                session_id: session.id.unwrap_or_default(),
+                expires_at: session.expires_at,
+            }
+        }
         Known::SessionUpdated => ServerEvent::SessionUpdated,
         Known::SpeechStarted => ServerEvent::SpeechStarted {
             audio_start_ms: f.audio_start_ms.unwrap_or_default(),
@@ -625,6 +632,35 @@ pub fn session_update(settings: &SessionSettings) -> String {
     })
 }
 
+/// Who said a line of the conversation, for [`conversation_message`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Speaker {
+    /// The caller: `input_text` content.
+    User,
+    /// The AI: `output_text` content (assistant audio items cannot be created, §9).
+    Assistant,
+    /// The bridge: `input_text` content.
+    System,
+}
+
+/// A text message added to the conversation (`conversation.item.create`, §9): how a new session
+/// is told what was said before (§10.4).
+pub fn conversation_message(speaker: Speaker, text: &str) -> String {
+    let (role, content_type) = match speaker {
+        Speaker::User => ("user", "input_text"),
+        Speaker::Assistant => ("assistant", "output_text"),
+        Speaker::System => ("system", "input_text"),
+    };
+    to_json(&serde_json::json!({
+        "type": "conversation.item.create",
+        "item": {
+            "type": "message",
+            "role": role,
+            "content": [{ "type": content_type, "text": text }],
+        },
+    }))
+}
+
 /// The result of a function call, as a conversation item (§8.2).
 pub fn function_call_output(call_id: &str, output: &str) -> String {
     to_json(&serde_json::json!({
@@ -651,14 +687,61 @@ mod tests {
     #[test]
     fn session_created_yields_the_session_id() {
         let event = parse(json!({"type":"session.created","event_id":"event_1",
-            "session":{"id":"sess_ABC","object":"realtime.session","type":"realtime",
+            "session":{"id":"sess_ABC","object":"realtime.session","type":"realtime","expires_at":1767225600,
                        "instructions":"long default","audio":{"input":{"format":{"type":"audio/pcm","rate":24000}}}}}));
         assert_eq!(
             event,
             ServerEvent::SessionCreated {
-                session_id: "sess_ABC".into()
+                session_id: "sess_ABC".into(),
+                expires_at: Some(1_767_225_600),
             }
         );
+    }
+
+    #[test]
+    fn earlier_turns_are_replayed_as_text_items_of_the_right_role_and_content_type() {
+        let items: Vec<Value> = [
+            (Speaker::User, "book a table"),
+            (Speaker::Assistant, "for \"two\"?"),
+            (Speaker::System, "tool result"),
+        ]
+        .iter()
+        .map(|(speaker, text)| serde_json::from_str(&conversation_message(*speaker, text)).unwrap())
+        .collect();
+        let shape = |item: &Value| {
+            (
+                item["type"].as_str().unwrap().to_owned(),
+                item["item"]["role"].as_str().unwrap().to_owned(),
+                item["item"]["content"][0]["type"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+                item["item"]["content"][0]["text"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+            )
+        };
+        assert_eq!(
+            shape(&items[0]),
+            (
+                "conversation.item.create".into(),
+                "user".into(),
+                "input_text".into(),
+                "book a table".into()
+            )
+        );
+        assert_eq!(
+            shape(&items[1]),
+            (
+                "conversation.item.create".into(),
+                "assistant".into(),
+                "output_text".into(),
+                "for \"two\"?".into()
+            )
+        );
+        assert_eq!(shape(&items[2]).1, "system");
+        assert_eq!(shape(&items[2]).2, "input_text");
     }
 
     #[test]

@@ -340,6 +340,7 @@ async fn a_refused_upgrade_reports_the_status_without_the_key() {
     let RealtimeError::Handshake {
         status: Some(401),
         message,
+        ..
     } = &error
     else {
         panic!("expected a 401 handshake error, got {error:?}");
@@ -790,7 +791,9 @@ fn retryability_follows_the_spec() {
     let handshake = |status| RealtimeError::Handshake {
         status,
         message: String::new(),
+        retry_after: None,
     };
+    assert!(handshake(Some(429)).is_retryable());
     assert!(!handshake(Some(401)).is_retryable());
     assert!(!handshake(Some(403)).is_retryable());
     assert!(handshake(Some(503)).is_retryable());
