@@ -423,7 +423,13 @@ async fn the_ai_ends_the_call_after_its_goodbye_has_played_out() {
         .map(|(at, _)| *at)
         .max()
         .expect("arrivals");
-    assert!(last_toned_packet <= terminate.received_at);
+    // The phone stamps a packet when its own receive task reads it, which on a busy machine can
+    // come a moment after the Graph double stamped the terminate sent after that packet.
+    assert!(
+        last_toned_packet <= terminate.received_at + Duration::from_millis(100),
+        "the goodbye's last packet arrived {:?} after the terminate",
+        last_toned_packet.saturating_duration_since(terminate.received_at)
+    );
     assert!(stack.wait_idle(WAIT).await);
     assert!(
         stack

@@ -101,6 +101,9 @@ pub(super) struct AiLink {
     connecting: Option<Connecting>,
     /// The next session, opened and waiting for a pause.
     next: Option<RealtimeSession>,
+    /// The next session could not be opened: the current one runs until it expires and is
+    /// then replaced like a lost one.
+    rollover_failed: bool,
     recovery: Option<Recovery>,
     /// A replacement opened and waits for its replay.
     replay_pending: bool,
@@ -128,6 +131,7 @@ impl AiLink {
             session_expires: None,
             connecting: None,
             next: None,
+            rollover_failed: false,
             recovery: None,
             replay_pending: false,
             history: History::default(),
@@ -334,8 +338,8 @@ impl AiLink {
                 LinkEvent::NextReady
             }
             (Purpose::Next, Err(error)) => {
-                // The current session goes on until it expires, then is replaced.
-                warn!(%error, "the next AI session could not be opened");
+                warn!(%error, "the next AI session could not be opened; the current one goes on until it expires");
+                self.rollover_failed = true;
                 LinkEvent::Quiet
             }
         }
@@ -347,6 +351,7 @@ impl AiLink {
         self.session = Some(session);
         self.last_error_code = None;
         self.active_response = false;
+        self.rollover_failed = false;
     }
 
     fn replaced(&mut self, session: RealtimeSession) -> LinkEvent {
@@ -445,7 +450,7 @@ impl AiLink {
 
     /// The instant the call task should next look at the rollover (its timer).
     pub(super) fn rollover_deadline(&self) -> Option<Instant> {
-        if self.session.is_none() || self.recovery.is_some() {
+        if self.session.is_none() || self.recovery.is_some() || self.rollover_failed {
             return None;
         }
         let (start, force) = self.rollover_times();
@@ -458,7 +463,8 @@ impl AiLink {
 
     /// Opens the next session when the current one nears its end.
     pub(super) fn maybe_start_rollover(&mut self, now: Instant) {
-        if !self.is_live() || self.connecting.is_some() || self.next.is_some() {
+        if !self.is_live() || self.connecting.is_some() || self.next.is_some() || self.rollover_failed
+        {
             return;
         }
         let (start, force) = self.rollover_times();
@@ -485,6 +491,7 @@ impl AiLink {
         for event in self.history.replay() {
             if let Err(error) = next.send_text(event).await {
                 warn!(%error, "the next AI session failed before the rollover");
+                self.rollover_failed = true;
                 return;
             }
         }

@@ -574,7 +574,7 @@ impl CallTask {
             Ok(recovered) => recovered,
             Err(err) => return self.ai_lost(err).await,
         };
-        if std::mem::take(&mut self.retry_opening) && self.opening.reporter.is_some() {
+        if std::mem::take(&mut self.retry_opening) {
             debug!("asking the new AI session for the opening again");
             self.opening.requested = true;
             let opening = self.greeting.clone();
