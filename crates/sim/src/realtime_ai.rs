@@ -213,6 +213,13 @@ pub struct SessionSnapshot {
     pub errors_sent: Vec<String>,
     /// The connection has ended.
     pub closed: bool,
+    /// When the upgrade was accepted and the session created.
+    pub opened_at: Instant,
+    /// When the first `input_audio_buffer.append` (valid or not, as counted in `appends`) was
+    /// handled: the session started taking caller audio.
+    pub first_append_at: Option<Instant>,
+    /// When the connection task ended (`closed` turned true).
+    pub closed_at: Option<Instant>,
 }
 
 #[derive(Debug, Clone)]
@@ -276,6 +283,8 @@ struct Shared {
     live: watch::Sender<usize>,
     /// Client text events handled so far, over all sessions (wakes `wait_until`).
     handled: watch::Sender<u64>,
+    /// Sessions that have handled their first `input_audio_buffer.append`.
+    with_audio: watch::Sender<usize>,
     shutdown: CancellationToken,
 }
 
@@ -317,6 +326,7 @@ impl RealtimeAiDouble {
             configured: watch::Sender::new(0),
             live: watch::Sender::new(0),
             handled: watch::Sender::new(0),
+            with_audio: watch::Sender::new(0),
             shutdown: CancellationToken::new(),
         });
         tokio::spawn(accept_loop(listener, shared.clone()));
@@ -358,6 +368,21 @@ impl RealtimeAiDouble {
     pub async fn wait_for_sessions(&self, n: usize, timeout: Duration) -> bool {
         let mut configured = self.shared.configured.subscribe();
         let reached = tokio::time::timeout(timeout, configured.wait_for(|count| *count >= n)).await;
+        matches!(reached, Ok(Ok(_)))
+    }
+
+    /// Sessions ever opened that have started taking caller audio (handled their first
+    /// `input_audio_buffer.append`).
+    pub fn sessions_with_audio(&self) -> usize {
+        *self.shared.with_audio.borrow()
+    }
+
+    /// Waits (with timeout) until at least `n` sessions have started taking caller audio. Cheap
+    /// next to [`RealtimeAiDouble::wait_until`], which snapshots every session (with all its
+    /// audio) after each of the 50 appends a second of every call.
+    pub async fn wait_for_sessions_with_audio(&self, n: usize, timeout: Duration) -> bool {
+        let mut with_audio = self.shared.with_audio.subscribe();
+        let reached = tokio::time::timeout(timeout, with_audio.wait_for(|count| *count >= n)).await;
         matches!(reached, Ok(Ok(_)))
     }
 
@@ -610,7 +635,7 @@ struct LiveGuard {
 
 impl Drop for LiveGuard {
     fn drop(&mut self) {
-        self.session.lock().mark_closed();
+        self.session.lock().mark_closed(Instant::now());
         self.shared
             .live
             .send_modify(|live| *live = live.saturating_sub(1));
@@ -715,9 +740,15 @@ where
             Step::Control(None) => return "control channel gone",
             Step::Tick => session.lock().tick(Instant::now(), &mut pending),
             Step::Message(Some(Ok(Message::Text(text)))) => {
-                session
-                    .lock()
-                    .on_text(Instant::now(), text.as_str(), &mut pending);
+                let first_audio = {
+                    let mut session = session.lock();
+                    let had_audio = session.has_appended();
+                    session.on_text(Instant::now(), text.as_str(), &mut pending);
+                    !had_audio && session.has_appended()
+                };
+                if first_audio {
+                    shared.with_audio.send_modify(|count| *count += 1);
+                }
                 shared.handled.send_modify(|count| *count += 1);
             }
             Step::Message(Some(Ok(Message::Binary(_)))) => session.lock().on_binary(&mut pending),

@@ -269,7 +269,10 @@ pub(super) struct Session {
     records: Vec<ResponseRecord>,
     truncations: Vec<Truncation>,
     errors_sent: Vec<String>,
-    closed: bool,
+    opened_at: Instant,
+    first_append_at: Option<Instant>,
+    /// When the connection task ended ([`Session::mark_closed`]).
+    closed_at: Option<Instant>,
 }
 
 impl Session {
@@ -327,7 +330,9 @@ impl Session {
             records: Vec::new(),
             truncations: Vec::new(),
             errors_sent: Vec::new(),
-            closed: false,
+            opened_at: now,
+            first_append_at: None,
+            closed_at: None,
         };
         session.emit(
             out,
@@ -341,11 +346,17 @@ impl Session {
     }
 
     pub(super) fn is_closed(&self) -> bool {
-        self.closed
+        self.closed_at.is_some()
     }
 
-    pub(super) fn mark_closed(&mut self) {
-        self.closed = true;
+    /// The connection has ended at `now` (a second call keeps the first time).
+    pub(super) fn mark_closed(&mut self, now: Instant) {
+        self.closed_at.get_or_insert(now);
+    }
+
+    /// Whether an `input_audio_buffer.append` has been handled yet.
+    pub(super) fn has_appended(&self) -> bool {
+        self.first_append_at.is_some()
     }
 
     pub(super) fn snapshot(&self) -> SessionSnapshot {
@@ -365,7 +376,10 @@ impl Session {
             responses: self.records.clone(),
             truncations: self.truncations.clone(),
             errors_sent: self.errors_sent.clone(),
-            closed: self.closed,
+            closed: self.closed_at.is_some(),
+            opened_at: self.opened_at,
+            first_append_at: self.first_append_at,
+            closed_at: self.closed_at,
         }
     }
 
@@ -469,6 +483,7 @@ impl Session {
         // Appends come 50 a second: counted, not kept (their audio is in `input`).
         if kind == "input_audio_buffer.append" {
             self.appends += 1;
+            self.first_append_at.get_or_insert(now);
             tracing::trace!("input_audio_buffer.append");
             if let Err(error) = self.append(now, &event, out) {
                 self.send_error(out, error, event_id.as_deref());

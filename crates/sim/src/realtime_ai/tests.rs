@@ -861,6 +861,39 @@ async fn close_all_ends_live_sessions_the_requested_way() {
 }
 
 #[tokio::test]
+async fn sessions_record_when_they_opened_took_audio_and_closed() {
+    let double = start(fast()).await;
+    let before = std::time::Instant::now();
+    let mut client = Client::connect(&double).await;
+    client.configure(manual_turns()).await;
+    let configured = double.sessions().remove(0);
+    assert!(configured.opened_at >= before);
+    assert_eq!(configured.first_append_at, None);
+    assert_eq!(configured.closed_at, None);
+    assert_eq!(double.sessions_with_audio(), 0);
+
+    client.append(&silence(20), 480).await;
+    assert!(double.wait_for_sessions_with_audio(1, WAIT).await);
+    let appending = double.sessions().remove(0);
+    let first_append = appending.first_append_at.expect("an append was handled");
+    assert!(first_append >= configured.opened_at);
+    assert_eq!(appending.appends, 1);
+
+    client.append(&silence(20), 480).await;
+    client.ws.close(None).await.expect("close");
+    assert!(double.wait_live_at_most(0, WAIT).await);
+    let closed = double.sessions().remove(0);
+    assert_eq!(
+        closed.first_append_at,
+        Some(first_append),
+        "the first one stays"
+    );
+    let closed_at = closed.closed_at.expect("closed");
+    assert!(closed.closed && closed_at >= first_append);
+    assert_eq!(double.sessions_with_audio(), 1);
+}
+
+#[tokio::test]
 async fn shutdown_closes_live_sessions_with_1001() {
     let double = start(fast()).await;
     let mut client = Client::connect(&double).await;
