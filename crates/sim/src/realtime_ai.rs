@@ -18,8 +18,22 @@
 //! - The Azure preview path is accepted but speaks GA shapes.
 //!
 //! Responses come from [`AiMode`], or are function calls scripted per user turn
-//! ([`ScriptedCall`]). What it does not model: failure injection, scripted speech, the beta
-//! protocol beyond rejecting its handshake.
+//! ([`ScriptedCall`]).
+//!
+//! Faults it can inject (§1.4, §10, §12.7), all switched by a test while sessions run:
+//! - new connections refused ([`RealtimeAiDouble::refuse_connections`]): the upgrade answered
+//!   with an HTTP status (429, 5xx, …), an OpenAI-shaped error body and optionally
+//!   `Retry-After`, or the TCP connection reset before any upgrade ([`Refusal`]); live sessions
+//!   go on, and [`RealtimeAiDouble::accept_connections`] ends it;
+//! - live sessions ended ([`RealtimeAiDouble::close_all`]): an abrupt drop (1006 at the client)
+//!   or a close frame with a given code (1011, 1012, 1013, …);
+//! - failed responses ([`RealtimeAiDouble::fail_next_responses`]): `response.done` `failed` with
+//!   a `server_error`;
+//! - the session cap (`max_session`): `session_expired`, then close 1001.
+//!
+//! What it does not model: a delayed or withheld `session.updated`, duplicate or out-of-order
+//! transcription events, a standalone `server_error` `error` event, the two halves of the session
+//! cap separately, scripted speech, the beta protocol beyond rejecting its handshake.
 
 mod pcm;
 mod session;
@@ -40,7 +54,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::server::{
     Callback, ErrorResponse, Request, Response,
 };
-use tokio_tungstenite::tungstenite::http::header::{AUTHORIZATION, CONTENT_TYPE};
+use tokio_tungstenite::tungstenite::http::header::{AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
@@ -176,6 +190,22 @@ pub enum CloseKind {
     Code(u16),
 }
 
+/// How [`RealtimeAiDouble::refuse_connections`] turns new connections away (§1.4, §10.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Answer the upgrade with this HTTP status (4xx or 5xx) and an OpenAI-shaped JSON error
+    /// body: 429 as `requests`/`rate_limit_exceeded`, 5xx as `server_error`/`server_error`, any
+    /// other status as `invalid_request_error` with a null code. With `retry_after`, a
+    /// `Retry-After` header in whole seconds, rounded up.
+    Status {
+        status: u16,
+        retry_after: Option<Duration>,
+    },
+    /// Accept the TCP connection and reset it at once, before reading the upgrade: the client
+    /// sees an I/O error, as with a provider it cannot reach.
+    Drop,
+}
+
 /// Everything the double saw and did in one session, for assertions.
 #[derive(Debug, Clone)]
 pub struct SessionSnapshot {
@@ -285,6 +315,11 @@ struct Shared {
     handled: watch::Sender<u64>,
     /// Sessions that have handled their first `input_audio_buffer.append`.
     with_audio: watch::Sender<usize>,
+    /// How new connections are refused, while they are ([`RealtimeAiDouble::refuse_connections`]).
+    /// Read once per connection, as it is accepted.
+    refusal: Mutex<Option<Refusal>>,
+    /// Connections refused so far.
+    refused: watch::Sender<u64>,
     shutdown: CancellationToken,
 }
 
@@ -327,6 +362,8 @@ impl RealtimeAiDouble {
             live: watch::Sender::new(0),
             handled: watch::Sender::new(0),
             with_audio: watch::Sender::new(0),
+            refusal: Mutex::new(None),
+            refused: watch::Sender::new(0),
             shutdown: CancellationToken::new(),
         });
         tokio::spawn(accept_loop(listener, shared.clone()));
@@ -420,14 +457,50 @@ impl RealtimeAiDouble {
             .store(count, std::sync::atomic::Ordering::SeqCst);
     }
 
-    /// Ends every live session the given way (tests of "AI socket closed").
-    pub fn close_all(&self, how: CloseKind) {
+    /// Ends every live session the given way (tests of "AI socket closed"). Returns how many
+    /// it asked to close (a session already being closed is not counted again).
+    pub fn close_all(&self, how: CloseKind) -> usize {
+        let mut asked = 0;
         for entry in self.shared.sessions.lock().iter() {
-            if !entry.session.lock().is_closed() {
-                // Full means a close is already on its way.
-                let _ = entry.control.try_send(how);
+            // Full means a close is already on its way.
+            if !entry.session.lock().is_closed() && entry.control.try_send(how).is_ok() {
+                asked += 1;
             }
         }
+        asked
+    }
+
+    /// From now on, until [`RealtimeAiDouble::accept_connections`], every new connection is
+    /// refused the given way (a provider rate-limiting, failing or unreachable); live sessions
+    /// go on. A connection is judged as it is accepted.
+    ///
+    /// # Panics
+    /// On a [`Refusal::Status`] that is not 4xx or 5xx: a bug in the test.
+    pub fn refuse_connections(&self, refusal: Refusal) {
+        if let Refusal::Status { status, .. } = refusal {
+            assert!(
+                (400..=599).contains(&status),
+                "refuse_connections: {status} is not an error status"
+            );
+        }
+        *self.shared.refusal.lock() = Some(refusal);
+    }
+
+    /// New connections are served again.
+    pub fn accept_connections(&self) {
+        *self.shared.refusal.lock() = None;
+    }
+
+    /// Connections refused so far (each attempt counts).
+    pub fn refused_connections(&self) -> u64 {
+        *self.shared.refused.borrow()
+    }
+
+    /// Waits (with timeout) until at least `n` connections have been refused.
+    pub async fn wait_for_refusals(&self, n: u64, timeout: Duration) -> bool {
+        let mut refused = self.shared.refused.subscribe();
+        let reached = tokio::time::timeout(timeout, refused.wait_for(|count| *count >= n)).await;
+        matches!(reached, Ok(Ok(_)))
     }
 
     /// Stops accepting and closes every live session with 1001 (going away).
@@ -472,16 +545,40 @@ struct Target {
 }
 
 async fn serve_connection(shared: Arc<Shared>, stream: TcpStream) {
+    let refusal = *shared.refusal.lock();
+    let refusal = match refusal {
+        None => None,
+        Some(Refusal::Drop) => {
+            // With a zero linger the close is a reset, whatever the client has sent by then.
+            let _ = stream.set_zero_linger();
+            drop(stream);
+            debug!("realtime AI double: connection dropped (refusing connections)");
+            shared.refused.send_modify(|count| *count += 1);
+            return;
+        }
+        Some(Refusal::Status {
+            status,
+            retry_after,
+        }) => Some(Rejection::refusal(status, retry_after)),
+    };
     let mut target = None;
+    let mut refused = false;
     let api_key = shared.config.api_key.as_str();
     let upgrade = Upgrade {
         api_key,
+        refusal,
         target: &mut target,
+        refused: &mut refused,
     };
     // A small read buffer: tungstenite zero-fills all of it before every read.
     let config = WebSocketConfig::default().read_buffer_size(8 * 1024);
     let handshake = tokio_tungstenite::accept_hdr_async_with_config(stream, upgrade, Some(config));
-    let ws = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+    let outcome = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await;
+    if refused {
+        // Counted once the refusal has been written (the handshake returns after it).
+        shared.refused.send_modify(|count| *count += 1);
+    }
+    let ws = match outcome {
         Ok(Ok(ws)) => ws,
         Ok(Err(error)) => {
             debug!(%error, "realtime AI double: upgrade refused or failed");
@@ -502,14 +599,22 @@ async fn serve_connection(shared: Arc<Shared>, stream: TcpStream) {
     run_session(shared, ws, target.model).await;
 }
 
-/// Runs [`check_upgrade`] inside tungstenite's handshake and keeps what it accepted.
+/// Runs [`check_upgrade`] inside tungstenite's handshake and keeps what it accepted, or answers
+/// with the refusal in force when the connection was accepted.
 struct Upgrade<'a> {
     api_key: &'a str,
+    refusal: Option<Rejection>,
     target: &'a mut Option<Target>,
+    /// Set when the refusal was the answer.
+    refused: &'a mut bool,
 }
 
 impl Callback for Upgrade<'_> {
     fn on_request(self, request: &Request, response: Response) -> Result<Response, ErrorResponse> {
+        if let Some(refusal) = self.refusal {
+            *self.refused = true;
+            return Err(refusal.into_response());
+        }
         match check_upgrade(request, self.api_key) {
             Ok(target) => {
                 *self.target = Some(target);
@@ -524,19 +629,56 @@ impl Callback for Upgrade<'_> {
 #[derive(Debug, PartialEq)]
 struct Rejection {
     status: StatusCode,
-    code: &'static str,
+    /// `error.type`.
+    kind: &'static str,
+    /// `error.code` (`None`: null).
+    code: Option<&'static str>,
     message: &'static str,
+    /// `Retry-After`, in seconds.
+    retry_after: Option<u64>,
 }
 
 impl Rejection {
+    /// The answer of a [`Refusal::Status`] (its status is 4xx or 5xx, checked when it was set).
+    fn refusal(status: u16, retry_after: Option<Duration>) -> Rejection {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let (kind, code, message) = match status.as_u16() {
+            429 => (
+                "requests",
+                Some("rate_limit_exceeded"),
+                "Rate limit reached for requests. Please try again later.",
+            ),
+            500..=599 => (
+                "server_error",
+                Some("server_error"),
+                "The server had an error while processing your request. Sorry about that!",
+            ),
+            _ => (
+                "invalid_request_error",
+                None,
+                "The request was refused by the server.",
+            ),
+        };
+        Rejection {
+            status,
+            kind,
+            code,
+            message,
+            retry_after: retry_after.map(|d| d.as_nanos().div_ceil(1_000_000_000) as u64),
+        }
+    }
+
     fn into_response(self) -> ErrorResponse {
-        let body = json!({"error": {"type": "invalid_request_error", "code": self.code,
+        let body = json!({"error": {"type": self.kind, "code": self.code,
                                     "message": self.message, "param": null}});
         let mut response = ErrorResponse::new(Some(body.to_string()));
         *response.status_mut() = self.status;
         response
             .headers_mut()
             .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Some(seconds) = self.retry_after {
+            response.headers_mut().insert(RETRY_AFTER, seconds.into());
+        }
         response
     }
 }
@@ -544,8 +686,10 @@ impl Rejection {
 fn reject(status: StatusCode, code: &'static str, message: &'static str) -> Rejection {
     Rejection {
         status,
-        code,
+        kind: "invalid_request_error",
+        code: Some(code),
         message,
+        retry_after: None,
     }
 }
 

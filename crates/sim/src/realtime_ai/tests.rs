@@ -843,14 +843,18 @@ async fn close_all_ends_live_sessions_the_requested_way() {
     let mut first = Client::connect(&double).await;
     let mut second = Client::connect(&double).await;
     assert_eq!(double.live_sessions(), 2);
-    double.close_all(CloseKind::Code(1011));
+    assert_eq!(double.close_all(CloseKind::Code(1011)), 2);
     assert_eq!(first.close_code().await, Some(1011));
     assert_eq!(second.close_code().await, Some(1011));
     assert!(double.wait_live_at_most(0, WAIT).await);
     assert!(double.sessions().iter().all(|s| s.closed));
 
     let mut third = Client::connect(&double).await;
-    double.close_all(CloseKind::Abrupt);
+    assert_eq!(
+        double.close_all(CloseKind::Abrupt),
+        1,
+        "closed sessions are not counted"
+    );
     assert_eq!(
         third.close_code().await,
         None,
@@ -858,6 +862,85 @@ async fn close_all_ends_live_sessions_the_requested_way() {
     );
     assert!(double.wait_live_at_most(0, WAIT).await);
     assert_eq!(double.sessions().len(), 3);
+}
+
+/// The refusal an upgrade got: status, `Retry-After` and the JSON body.
+fn refusal_of(result: Result<Socket, WsError>) -> (u16, Option<String>, Value) {
+    let response = match result {
+        Err(WsError::Http(response)) => response,
+        Err(other) => panic!("expected an HTTP refusal, got {other}"),
+        Ok(_) => panic!("expected an HTTP refusal, got an upgrade"),
+    };
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().expect("Retry-After is ASCII").to_owned());
+    let body = response.body().as_deref().expect("a body");
+    let body = serde_json::from_slice(body).expect("the body is JSON");
+    (response.status().as_u16(), retry_after, body)
+}
+
+#[tokio::test]
+async fn refused_upgrades_get_the_status_an_openai_error_and_retry_after() {
+    let double = start(fast()).await;
+    let url = format!("{}?model=gpt-realtime", double.url());
+    let bearer = ("authorization", "Bearer test-key");
+
+    double.refuse_connections(Refusal::Status {
+        status: 429,
+        retry_after: Some(Duration::from_millis(1_500)),
+    });
+    let (status, retry_after, body) = refusal_of(upgrade(&url, &[bearer]).await);
+    assert_eq!(status, 429);
+    assert_eq!(
+        retry_after.as_deref(),
+        Some("2"),
+        "whole seconds, rounded up"
+    );
+    assert_eq!(body["error"]["type"], "requests");
+    assert_eq!(body["error"]["code"], "rate_limit_exceeded");
+    assert!(body["error"]["message"].is_string());
+    assert!(body["error"]["param"].is_null());
+
+    double.refuse_connections(Refusal::Status {
+        status: 503,
+        retry_after: None,
+    });
+    // Even a request the double would otherwise turn away (no key) gets the refusal.
+    let (status, retry_after, body) = refusal_of(upgrade(&url, &[]).await);
+    assert_eq!(status, 503);
+    assert_eq!(retry_after, None);
+    assert_eq!(body["error"]["type"], "server_error");
+    assert_eq!(body["error"]["code"], "server_error");
+
+    assert!(double.wait_for_refusals(2, WAIT).await);
+    assert_eq!(double.refused_connections(), 2);
+    assert!(double.sessions().is_empty());
+}
+
+#[tokio::test]
+async fn a_dropped_connection_is_an_io_error_and_live_sessions_go_on() {
+    let double = start(fast()).await;
+    let mut live = Client::connect(&double).await;
+    let url = format!("{}?model=gpt-realtime", double.url());
+    let bearer = ("authorization", "Bearer test-key");
+
+    double.refuse_connections(Refusal::Drop);
+    match upgrade(&url, &[bearer]).await {
+        Err(WsError::Io(_)) => {}
+        Err(other) => panic!("expected an I/O error, got {other}"),
+        Ok(_) => panic!("expected an I/O error, got an upgrade"),
+    }
+    assert!(double.wait_for_refusals(1, WAIT).await);
+    // The session opened before the refusal still answers.
+    live.configure(manual_turns()).await;
+    assert_eq!(double.live_sessions(), 1);
+
+    double.accept_connections();
+    let mut next = Client::connect(&double).await;
+    next.configure(manual_turns()).await;
+    assert_eq!(double.refused_connections(), 1);
+    assert_eq!(double.sessions().len(), 2);
 }
 
 #[tokio::test]
