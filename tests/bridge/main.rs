@@ -6,6 +6,7 @@ mod cli;
 mod drain;
 mod fleet;
 mod ops;
+mod recovery;
 mod reminders;
 mod schema;
 mod script;

@@ -463,7 +463,10 @@ impl AiLink {
 
     /// Opens the next session when the current one nears its end.
     pub(super) fn maybe_start_rollover(&mut self, now: Instant) {
-        if !self.is_live() || self.connecting.is_some() || self.next.is_some() || self.rollover_failed
+        if !self.is_live()
+            || self.connecting.is_some()
+            || self.next.is_some()
+            || self.rollover_failed
         {
             return;
         }
@@ -477,9 +480,14 @@ impl AiLink {
         }
     }
 
-    /// Whether a next session waits and either `at_pause` or it is time to swap anyway.
-    pub(super) fn swap_due(&self, now: Instant, at_pause: bool) -> bool {
-        self.next.is_some() && self.is_live() && (at_pause || now >= self.rollover_times().1)
+    /// Whether a next session waits and either `at_pause`, or it is late and at least nobody
+    /// is speaking and no response is being made (`quiet`): a turn split between two sessions
+    /// would be lost. Without even that, the session expires and is replaced like a lost one.
+    pub(super) fn swap_due(&self, now: Instant, at_pause: bool, quiet: bool) -> bool {
+        let late = now >= self.rollover_times().1;
+        self.next.is_some()
+            && self.is_live()
+            && (at_pause || (late && quiet && !self.active_response))
     }
 
     /// Swaps the next session in: it is told the conversation, then takes the caller's audio;

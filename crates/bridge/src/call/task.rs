@@ -509,7 +509,8 @@ impl CallTask {
     async fn roll_over(&mut self, now: Instant) {
         self.ai.maybe_start_rollover(now);
         let at_pause = self.at_pause();
-        if self.ai.swap_due(now, at_pause) {
+        let quiet = !self.idle.caller_speaking && self.tool_runs.is_empty();
+        if self.ai.swap_due(now, at_pause, quiet) {
             self.ai.swap(at_pause).await;
             self.tool_calls = ToolCalls::new();
         }

@@ -651,14 +651,37 @@ pub fn conversation_message(speaker: Speaker, text: &str) -> String {
         Speaker::Assistant => ("assistant", "output_text"),
         Speaker::System => ("system", "input_text"),
     };
-    to_json(&serde_json::json!({
-        "type": "conversation.item.create",
-        "item": {
-            "type": "message",
-            "role": role,
-            "content": [{ "type": content_type, "text": text }],
+    // Structs rather than `json!`, so `type` comes first (the client's logs read it there).
+    #[derive(Serialize)]
+    struct ItemCreate<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        item: Message<'a>,
+    }
+    #[derive(Serialize)]
+    struct Message<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        role: &'static str,
+        content: [Content<'a>; 1],
+    }
+    #[derive(Serialize)]
+    struct Content<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        text: &'a str,
+    }
+    to_json(&ItemCreate {
+        kind: "conversation.item.create",
+        item: Message {
+            kind: "message",
+            role,
+            content: [Content {
+                kind: content_type,
+                text,
+            }],
         },
-    }))
+    })
 }
 
 /// The result of a function call, as a conversation item (§8.2).
