@@ -74,7 +74,7 @@ pub(super) async fn run_level(
 }
 
 /// Prepares a phone (peer and offer) for each call of the level, a few at a time.
-async fn prepare(harness: &mut Harness, calls: usize) -> anyhow::Result<Vec<Prepared>> {
+pub(super) async fn prepare(harness: &mut Harness, calls: usize) -> anyhow::Result<Vec<Prepared>> {
     let keys: Vec<u64> = (0..calls as u64).map(|i| harness.next_key + i).collect();
     harness.next_key += calls as u64;
     let (caller, peer) = (&harness.caller, &harness.peer);

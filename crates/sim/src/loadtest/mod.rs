@@ -158,6 +158,26 @@ struct Harness {
 }
 
 impl Harness {
+    /// Phones that call `bridge` and watch the Graph double; the shared clip encoded once.
+    fn new(options: &LoadtestOptions, doubles: &Doubles, bridge: &Target) -> anyhow::Result<Self> {
+        Ok(Harness {
+            caller: Caller {
+                bridge_urls: bridge.urls(),
+                app_secret: options.app_secret.clone(),
+                line: BusinessLine::default(),
+                graph: graph_watch::GraphWatch::start(doubles.graph.clone()),
+                http: reqwest::Client::new(),
+                clip: Clip::encode(EncoderSettings::default())?,
+            },
+            probe: doubles.probe.clone(),
+            peer: PeerSettings {
+                loopback: true,
+                ..PeerSettings::default()
+            },
+            next_key: 1,
+        })
+    }
+
     /// Drops the phones' keep-alive connections to the bridge (a new client, a new pool), as
     /// Meta's side closes idle ones, so the bridge's idle memory is measured without them.
     fn close_idle_connections(&mut self) {
@@ -184,23 +204,18 @@ async fn run_inner(options: LoadtestOptions) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(!levels.is_empty(), "no level to run");
     let encoder = options.encoder();
     let doubles = Doubles::start(&options).await?;
-    let bridge = start_target(&options, &doubles, &levels).await?;
-    let mut harness = Harness {
-        caller: Caller {
-            bridge_urls: bridge.urls(),
-            app_secret: options.app_secret.clone(),
-            line: BusinessLine::default(),
-            graph: graph_watch::GraphWatch::start(doubles.graph.clone()),
-            http: reqwest::Client::new(),
-            clip: Clip::encode(EncoderSettings::default())?,
-        },
-        probe: doubles.probe.clone(),
-        peer: PeerSettings {
-            loopback: true,
-            ..PeerSettings::default()
-        },
-        next_key: 1,
-    };
+    let max_calls = levels.iter().copied().max().unwrap_or(1);
+    let bridge = start_target(&options, &doubles, max_calls).await?;
+    println!(
+        "Bridge {}, encoder {} bit/s, complexity {}, {}; levels {:?}, hold {:?}.",
+        bridge.describe(),
+        encoder.bitrate_bps,
+        encoder.complexity,
+        encoder.max_bandwidth.as_str(),
+        levels,
+        options.hold
+    );
+    let mut harness = Harness::new(&options, &doubles, &bridge)?;
     let host = probe_host(options.host_probe).await?;
     let mut codec_samples = vec![codec_parts(encoder, harness.caller.clip.clone()).await];
     let baseline = warm_up(&mut harness, &bridge).await?;
@@ -289,15 +304,14 @@ impl Doubles {
     }
 }
 
-/// The bridge under test: attached to (`--bridge-url`), or started here with room for the
-/// largest level, as one process or as `--replicas` sharing a Redis.
+/// The bridge under test: attached to (`--bridge-url`), or started here with room for
+/// `max_calls`, as one process or as `--replicas` sharing a Redis.
 async fn start_target(
     options: &LoadtestOptions,
     doubles: &Doubles,
-    levels: &[usize],
+    max_calls: usize,
 ) -> anyhow::Result<Target> {
     let encoder = options.encoder();
-    let max_calls = levels.iter().copied().max().unwrap_or(1);
     let prefix = format!("wvb-loadtest-{}", uuid::Uuid::new_v4().simple());
     let launch = |n: usize, settings: Vec<(String, String)>| {
         let log = options.out.join(match options.replicas {
@@ -340,15 +354,6 @@ async fn start_target(
         }
         _ => Target::one(launch(0, Vec::new()).await?),
     };
-    println!(
-        "Bridge {}, encoder {} bit/s, complexity {}, {}; levels {:?}, hold {:?}.",
-        bridge.describe(),
-        encoder.bitrate_bps,
-        encoder.complexity,
-        encoder.max_bandwidth.as_str(),
-        levels,
-        options.hold
-    );
     Ok(bridge)
 }
 
