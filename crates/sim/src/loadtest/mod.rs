@@ -7,6 +7,7 @@
 //! pre-encoded clip and keep counters, not recordings.
 
 mod codec_cost;
+mod faults;
 mod graph_watch;
 mod host;
 mod level;
@@ -58,7 +59,9 @@ it with WHATSAPP_GRAPH_URL=http://<graph-listen>, OPENAI_REALTIME_URL=ws://<ai-l
 WHATSAPP_ACCESS_TOKEN=test-token, WHATSAPP_PHONE_NUMBER_ID=106540352242922, OPENAI_API_KEY=test-key, \
 WEBRTC_LOOPBACK=true, ASSISTANT_GREETING=off and the --app-secret and OPUS_* settings given here.
 
-Exit status: 0 when every level ran; 1 when --strict and a call failed or audio was lost.")]
+Exit status: 0 when every level ran; 1 when --strict and a call failed or audio was lost. With \
+--ai-faults: 1 when --strict and a call's AI was not back within 10 s of a fault, not every fault \
+could be injected, or the recovery p99 is over 1 s.")]
 pub struct LoadtestOptions {
     /// Calls at each level, comma-separated; each level dials all its calls at once.
     #[arg(long, value_delimiter = ',', default_value = "10,25,50,100,150")]
@@ -128,6 +131,15 @@ pub struct LoadtestOptions {
     /// `REMINDER_CONCURRENCY` of each replica in the `--reminders` run.
     #[arg(long, default_value_t = 25)]
     pub reminder_concurrency: usize,
+    /// Instead of the levels: close the AI's sessions in the middle of `--fault-calls` calls
+    /// until this many faults were injected (rounds that close every live session, with close
+    /// 1011 and abruptly by turns), and measure how soon each call's AI takes caller audio again
+    /// and what a reconnect costs the bridge, against a quiet stretch of `--hold` first.
+    #[arg(long, default_value_t = 0)]
+    pub ai_faults: usize,
+    /// Calls held during the `--ai-faults` run.
+    #[arg(long, default_value_t = 10)]
+    pub fault_calls: usize,
 }
 
 fn parse_duration_arg(text: &str) -> Result<Duration, String> {
@@ -199,6 +211,9 @@ async fn run_inner(options: LoadtestOptions) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&options.out)?;
     if options.reminders > 0 {
         return reminders::run(&options, options.reminders).await;
+    }
+    if options.ai_faults > 0 {
+        return faults::run(&options, options.ai_faults).await;
     }
     let levels: Vec<usize> = options.levels.iter().copied().filter(|n| *n > 0).collect();
     anyhow::ensure!(!levels.is_empty(), "no level to run");
