@@ -29,6 +29,9 @@ cargo test --workspace --all-targets --locked
 # short overflow flood; fails if any call fails, any audio is lost or a permit leaks.
 smoke_out="$(mktemp -d)"
 cargo run --locked --quiet -- loadtest --levels 5 --hold 5s --overflow 1s --host-probe 0s --strict --out "$smoke_out"
+# The AI's socket dropped mid-call, 10 times over 5 calls (close 1011, then abruptly): fails
+# unless every call's AI takes the caller's audio again, with a recovery p99 under 1 s.
+cargo run --locked --quiet -- loadtest --ai-faults 10 --fault-calls 5 --hold 3s --strict --out "$smoke_out"
 # Reminders on a fleet: two bridge processes on one store (and the Redis), 100 reminders due at
 # once; fails unless each is delivered by exactly one call the user hears (0 duplicates, 0 lost).
 cargo run --locked --quiet -- loadtest --reminders 100 --replicas 2 --reminder-concurrency 10 --out "$smoke_out"

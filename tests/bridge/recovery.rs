@@ -368,6 +368,7 @@ async fn after_repeated_failures_the_breaker_refuses_calls_at_once_and_closes_wh
             (config::ANSWER_DEADLINE, "5s"),
             (config::AI_BREAKER_THRESHOLD, "2"),
             (config::AI_BREAKER_PROBE_INTERVAL, "300ms"),
+            (config::ADMIN_TOKEN, "breaker-admin"),
         ],
     )
     .await;
@@ -418,8 +419,20 @@ async fn after_repeated_failures_the_breaker_refuses_calls_at_once_and_closes_wh
     let metrics = stack.metrics.render();
     assert!(metrics.contains("whatsapp_bridge_call_rejections_total{reason=\"ai_unavailable\"} 1"));
     assert!(metrics.contains("whatsapp_bridge_ai_breaker_open 1"));
-    // Only the prober tries the AI meanwhile (every 300 ms), not the refused call.
-    assert!(stack.ai.refused_connections() <= refused_before + 2);
+    // A call the business asks for is refused as well, before the permission is read.
+    let placed = stack
+        .http()
+        .post(format!("{}/calls", stack.bridge_url))
+        .bearer_auth("breaker-admin")
+        .json(&serde_json::json!({"to": user(809).as_str(), "purpose": "A callback."}))
+        .send()
+        .await
+        .expect("POST /calls");
+    assert_eq!(placed.status().as_u16(), 503);
+    let body: serde_json::Value = placed.json().await.expect("JSON");
+    assert_eq!(body["error"], "ai_unavailable", "{body}");
+    // Only the prober tries the AI meanwhile (every 300 ms), not the refused calls.
+    assert!(stack.ai.refused_connections() <= refused_before + 3);
 
     // The AI comes back: the prober closes the breaker and calls are answered again.
     stack.ai.accept_connections();
