@@ -150,42 +150,30 @@ impl AiLink {
         context: impl Future<Output = String> + Send + 'static,
         deadline: Instant,
     ) {
-        let config = self.config.clone();
-        let breaker = self.breaker.clone();
-        let future = async move {
-            let context: Arc<str> = Arc::from(context.await);
-            let opened = open_session(
-                &config,
-                &context,
-                &breaker,
-                Backoff::new(RECOVERY_ATTEMPTS),
-                deadline,
-                true,
-            )
-            .await;
-            (context, opened)
-        };
-        self.connecting = Some(Connecting {
-            purpose: Purpose::First,
-            future: Box::pin(future),
-        });
+        let context = async move { Arc::from(context.await) };
+        self.open_with(Purpose::First, context, RECOVERY_ATTEMPTS, deadline);
     }
 
     /// Starts opening a session for `purpose` with the call's context.
     fn open(&mut self, purpose: Purpose, attempts: u32, deadline: Instant) {
+        let context = std::future::ready(self.caller_context.clone());
+        self.open_with(purpose, context, attempts, deadline);
+    }
+
+    fn open_with(
+        &mut self,
+        purpose: Purpose,
+        context: impl Future<Output = Arc<str>> + Send + 'static,
+        attempts: u32,
+        deadline: Instant,
+    ) {
         let config = self.config.clone();
         let breaker = self.breaker.clone();
-        let context = self.caller_context.clone();
+        let first = purpose == Purpose::First;
         let future = async move {
-            let opened = open_session(
-                &config,
-                &context,
-                &breaker,
-                Backoff::new(attempts),
-                deadline,
-                false,
-            )
-            .await;
+            let context = context.await;
+            let backoff = Backoff::new(attempts);
+            let opened = open_session(&config, &context, &breaker, backoff, deadline, first).await;
             (context, opened)
         };
         self.connecting = Some(Connecting {
