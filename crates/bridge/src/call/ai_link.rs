@@ -105,8 +105,6 @@ pub(super) struct AiLink {
     /// then replaced like a lost one.
     rollover_failed: bool,
     recovery: Option<Recovery>,
-    /// A replacement opened and waits for its replay.
-    replay_pending: bool,
     history: History,
     gap: GapAudio,
     /// Bumped with each replacement: tool calls of an earlier session cannot be answered in it.
@@ -133,7 +131,6 @@ impl AiLink {
             next: None,
             rollover_failed: false,
             recovery: None,
-            replay_pending: false,
             history: History::default(),
             gap: GapAudio::default(),
             generation: 0,
@@ -182,9 +179,10 @@ impl AiLink {
         });
     }
 
-    /// A session is current and not being replaced: what is sent reaches the AI.
+    /// A session is current and not being replaced (a replacement is current, without its
+    /// replay, until the recovery finishes): what is sent reaches the AI.
     pub(super) fn is_live(&self) -> bool {
-        self.session.is_some() && !self.replay_pending
+        self.session.is_some() && self.recovery.is_none()
     }
 
     /// A response of the current session is being made.
@@ -254,7 +252,6 @@ impl AiLink {
     /// session can help with, else the call ends.
     pub(super) fn lost(&mut self, error: RealtimeError) -> LinkEvent {
         self.session = None;
-        self.replay_pending = false;
         self.active_response = false;
         let expired = self.last_error_code.as_deref() == Some("session_expired");
         if !(error.is_retryable() || expired) {
@@ -345,7 +342,6 @@ impl AiLink {
     fn replaced(&mut self, session: RealtimeSession) -> LinkEvent {
         self.make_current(session);
         self.generation += 1;
-        self.replay_pending = true;
         LinkEvent::Replaced
     }
 
@@ -369,7 +365,6 @@ impl AiLink {
         for chunk in audio.chunks(GAP_APPEND_SAMPLES) {
             session.send_audio(chunk).await?;
         }
-        self.replay_pending = false;
         let recovery = self.recovery.take();
         let waited = recovery
             .as_ref()
@@ -468,14 +463,17 @@ impl AiLink {
         }
     }
 
-    /// Whether a next session waits and either `at_pause`, or it is late and at least nobody
-    /// is speaking and no response is being made (`quiet`): a turn split between two sessions
-    /// would be lost. Without even that, the session expires and is replaced like a lost one.
+    /// A next session is open and waits to be swapped in.
+    pub(super) fn next_waiting(&self) -> bool {
+        self.next.is_some()
+    }
+
+    /// Whether the waiting next session goes in now: `at_pause`, or late and at least `quiet`
+    /// (nobody speaking, no response being made: a turn split between two sessions would be
+    /// lost). Without even that, the session expires and is replaced like a lost one.
     pub(super) fn swap_due(&self, now: Instant, at_pause: bool, quiet: bool) -> bool {
         let late = now >= self.rollover_times().1;
-        self.next.is_some()
-            && self.is_live()
-            && (at_pause || (late && quiet && !self.active_response))
+        self.next.is_some() && self.is_live() && (at_pause || (late && quiet))
     }
 
     /// Swaps the next session in: it is told the conversation, then takes the caller's audio;

@@ -360,8 +360,8 @@ impl CallTask {
                 tokio::select! {
                     result = &mut answering => break Early::Answered(result),
                     event = self.ai.next() => match event {
+                        // Accepted once signalled and connected (the flow is still negotiating).
                         LinkEvent::Ready => {
-                            debug!("AI session ready");
                             self.flow.ai_ready();
                         }
                         LinkEvent::Failed(err) => break Early::AiFailed(err),
@@ -495,21 +495,17 @@ impl CallTask {
         self.maybe_end_after_goodbye(now).await
     }
 
-    /// Nobody is speaking, no response is being made or played, no tool runs: a session can
-    /// be swapped without the caller noticing.
-    fn at_pause(&self) -> bool {
-        !self.idle.caller_speaking
-            && !self.ai.responding()
-            && !self.downlink.has_queued_audio()
-            && self.tool_runs.is_empty()
-            && self.ending.is_none()
-    }
-
     /// Before the provider ends the session: the next one is opened, then swapped in at a pause.
     async fn roll_over(&mut self, now: Instant) {
         self.ai.maybe_start_rollover(now);
-        let at_pause = self.at_pause();
-        let quiet = !self.idle.caller_speaking && self.tool_runs.is_empty();
+        if !self.ai.next_waiting() {
+            return;
+        }
+        // Nobody speaking, no response being made, no tool running: a swap splits no turn ...
+        let quiet =
+            !self.idle.caller_speaking && !self.ai.responding() && self.tool_runs.is_empty();
+        // ... and nothing playing or ending: the caller cannot notice it.
+        let at_pause = quiet && !self.downlink.has_queued_audio() && self.ending.is_none();
         if self.ai.swap_due(now, at_pause, quiet) {
             self.ai.swap(at_pause).await;
             self.tool_calls = ToolCalls::new();
@@ -521,7 +517,6 @@ impl CallTask {
         match event {
             LinkEvent::Event(event) => self.on_ai_event(event).await,
             LinkEvent::Ready => {
-                debug!("AI session ready");
                 let actions = self.flow.ai_ready();
                 if let Some(end) = self.apply(actions).await {
                     return Some(end);
@@ -1152,16 +1147,12 @@ impl CallTask {
 
     async fn ai_failed(&mut self, err: RealtimeError) -> CallEnd {
         warn!(%err, "AI session failed");
-        self.end_ai(CallEnd::AiFailed, "session_failed").await
-    }
-
-    async fn end_ai(&mut self, end: CallEnd, code: &str) -> CallEnd {
         self.context
             .metrics
             .ai_errors
-            .with_label_values(&[code])
+            .with_label_values(&["session_failed"])
             .inc();
-        self.end(end).await
+        self.end(CallEnd::AiFailed).await
     }
 
     /// Ends the call through the flow, which decides whether Meta must be told.
