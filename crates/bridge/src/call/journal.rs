@@ -1,6 +1,8 @@
 //! The call log and transcript of one call, written to the store without ever holding up the
 //! media path: the call task only pushes into a bounded in-memory queue, and a writer task owned
 //! by the journal drains it. When the queue is full the oldest turn is dropped (and counted).
+//! A caller who asked to be forgotten is journaled no further ([`Journal::forget`]): the call's
+//! row and whatever of it was written go at the end.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -36,6 +38,8 @@ struct Queue {
     next_seq: u32,
     /// Set once the call ended: the writer drains what is left, writes the outcome, stops.
     outcome: Option<CallOutcome>,
+    /// The caller asked to be forgotten: no more turns, and the call's row is deleted at the end.
+    forgotten: bool,
 }
 
 /// One call's journal; dropped only after [`Journal::finish`].
@@ -70,7 +74,7 @@ impl Journal {
             return;
         }
         let mut queue = self.shared.queue.lock();
-        if queue.outcome.is_some() {
+        if queue.outcome.is_some() || queue.forgotten {
             return;
         }
         if queue.turns.len() >= TURN_QUEUE_CAPACITY {
@@ -88,6 +92,15 @@ impl Journal {
         });
         drop(queue);
         self.shared.wake.notify_one();
+    }
+
+    /// The caller asked to be forgotten: queued turns are dropped, later ones are not kept, and
+    /// at the end the call's log row and any turn of it already written are deleted instead of
+    /// completed (a write in flight now lands before that delete: the writer runs in order).
+    pub fn forget(&self) {
+        let mut queue = self.shared.queue.lock();
+        queue.forgotten = true;
+        queue.turns.clear();
     }
 
     /// Records how the call ended and waits (bounded) for everything to be written.
@@ -124,10 +137,10 @@ async fn write(store: Arc<dyn Store>, record: CallRecord, shared: Arc<Shared>, m
         Err(_) => count_error("start_call"),
     }
     loop {
-        let (batch, outcome) = {
+        let (batch, outcome, forgotten) = {
             let mut queue = shared.queue.lock();
             let batch: Vec<TranscriptTurn> = queue.turns.drain(..).collect();
-            (batch, queue.outcome.clone())
+            (batch, queue.outcome.clone(), queue.forgotten)
         };
         if !batch.is_empty() {
             match tokio::time::timeout(WRITE_TIMEOUT, store.append_turns(&batch)).await {
@@ -139,6 +152,17 @@ async fn write(store: Arc<dyn Store>, record: CallRecord, shared: Arc<Shared>, m
                 Err(_) => count_error("append_turns"),
             }
             continue;
+        }
+        if outcome.is_some() && forgotten {
+            match tokio::time::timeout(WRITE_TIMEOUT, store.delete_call(&record.id)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => {
+                    warn!(call_id = %record.id, %err, "deleting a forgotten caller's call log failed");
+                    count_error("delete_call");
+                }
+                Err(_) => count_error("delete_call"),
+            }
+            return;
         }
         if let Some(outcome) = outcome {
             match tokio::time::timeout(WRITE_TIMEOUT, store.finish_call(&record.id, &outcome)).await
@@ -161,8 +185,8 @@ mod tests {
     use super::*;
     use crate::ids::PhoneNumber;
     use crate::store::{
-        CallLogDirection, CallerProfile, NewTask, Reminder, ReminderStatus, ReminderUpdate,
-        StoreError, Task, TaskStatus,
+        CallLogDirection, CallerProfile, Forgotten, NewTask, Purged, Reminder, ReminderStatus,
+        ReminderUpdate, StoreError, Task, TaskStatus,
     };
 
     /// A store whose call-log write never finishes: the writer is stuck, turns pile up.
@@ -278,6 +302,19 @@ mod tests {
         ) -> Result<(), StoreError> {
             Ok(())
         }
+        async fn purge_before(
+            &self,
+            _: chrono::DateTime<Utc>,
+            _: usize,
+        ) -> Result<Purged, StoreError> {
+            unreachable!("not used")
+        }
+        async fn forget_caller(&self, _: &PhoneNumber) -> Result<Forgotten, StoreError> {
+            unreachable!("not used")
+        }
+        async fn delete_call(&self, _: &CallId) -> Result<(), StoreError> {
+            unreachable!("not used")
+        }
     }
 
     #[tokio::test]
@@ -297,5 +334,55 @@ mod tests {
         let queue = journal.shared.queue.lock();
         assert_eq!(queue.turns.len(), TURN_QUEUE_CAPACITY);
         assert_eq!(queue.turns.front().map(|t| t.seq), Some(6));
+    }
+
+    #[tokio::test]
+    async fn a_forgotten_call_keeps_nothing_of_itself_after_the_end() {
+        let dir = std::env::temp_dir().join(format!("wvb-journal-{}", uuid::Uuid::new_v4()));
+        let store = Arc::new(crate::store::embedded::EmbeddedStore::open(&dir).expect("open"));
+        let caller = Some(PhoneNumber::new("447700900123"));
+        let start = |id: &str| {
+            let record = CallRecord::started(
+                CallId::new(id),
+                caller.clone(),
+                CallLogDirection::Inbound,
+                Utc::now(),
+            );
+            Journal::start(store.clone(), record, Metrics::new())
+        };
+        let outcome = || CallOutcome {
+            answered_at: Some(Utc::now()),
+            ended_at: Utc::now(),
+            duration_seconds: 3,
+            end_reason: "remote_terminated".into(),
+        };
+        let kept = start("wacid.KEPT");
+        kept.push(Role::User, "keep me");
+        kept.finish(outcome()).await;
+
+        let journal = start("wacid.FORGET");
+        let id = CallId::new("wacid.FORGET");
+        journal.push(Role::User, "please forget me");
+        journal.push(Role::Assistant, "are you sure?");
+        // Written as the call goes.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while store.call_turns(&id).await.unwrap().len() < 2 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "turns never written"
+            );
+            tokio::task::yield_now().await;
+        }
+        journal.forget();
+        journal.push(Role::User, "yes");
+        journal.push(Role::Assistant, "done, all deleted");
+        journal.finish(outcome()).await;
+
+        assert_eq!(store.call(&id).await.unwrap(), None);
+        assert!(store.call_turns(&id).await.unwrap().is_empty());
+        let kept = CallId::new("wacid.KEPT");
+        assert!(store.call(&kept).await.unwrap().is_some());
+        assert_eq!(store.call_turns(&kept).await.unwrap().len(), 1);
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

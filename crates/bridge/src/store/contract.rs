@@ -2,7 +2,8 @@
 //! run once on a store of their own: due reminders claimed soonest first for a lease, a claim
 //! lost once its lease has expired (and with it the right to extend or settle), retries, final
 //! settlements, callbacks kept out of the caller's reminders, caller profiles, and concurrent
-//! claimers claiming every due reminder exactly once.
+//! claimers claiming every due reminder exactly once; and the retention purge, forgetting a
+//! caller and deleting one call.
 //!
 //! A scenario takes a fresh, empty store and the [`Clock`] its claims go by. A store that claims
 //! at the `now` it is given (the embedded one) runs on a [`SteppedClock`]; one whose database
@@ -23,10 +24,11 @@ use chrono::{DateTime, SubsecRound, Utc};
 use parking_lot::Mutex;
 
 use super::{
-    CallerProfile, DeliveryChannel, Reminder, ReminderAttempt, ReminderKind, ReminderSettlement,
-    ReminderStatus, ReminderUpdate, Store,
+    CallLogDirection, CallOutcome, CallRecord, CallerProfile, DeliveryChannel, Forgotten, NewTask,
+    Purged, Reminder, ReminderAttempt, ReminderKind, ReminderSettlement, ReminderStatus,
+    ReminderUpdate, Role, Store, TranscriptTurn,
 };
-use crate::ids::PhoneNumber;
+use crate::ids::{CallId, PhoneNumber};
 
 /// The lease the scenarios claim for.
 pub const LEASE: Duration = Duration::from_secs(60);
@@ -503,4 +505,272 @@ pub async fn concurrent_claimers_claim_every_due_reminder_exactly_once(
     let distinct: HashSet<String> = claimed.iter().cloned().collect();
     assert_eq!(claimed.len(), 100, "no reminder claimed twice");
     assert_eq!(distinct, added, "none lost");
+}
+
+/// A finished call of `phone` (None: a hidden caller) that ran from `started` for a minute,
+/// with one turn per text, said at the call's start.
+async fn finished_call(
+    store: &dyn Store,
+    id: &str,
+    phone: Option<PhoneNumber>,
+    started: DateTime<Utc>,
+    texts: &[&str],
+) -> CallId {
+    let id = CallId::new(id);
+    store
+        .start_call(&CallRecord::started(
+            id.clone(),
+            phone,
+            CallLogDirection::Inbound,
+            started,
+        ))
+        .await
+        .unwrap();
+    let turns: Vec<TranscriptTurn> = texts
+        .iter()
+        .zip(0..)
+        .map(|(text, seq)| TranscriptTurn {
+            call_id: id.clone(),
+            seq,
+            role: if seq % 2 == 0 {
+                Role::User
+            } else {
+                Role::Assistant
+            },
+            text: (*text).to_owned(),
+            at: started,
+        })
+        .collect();
+    store.append_turns(&turns).await.unwrap();
+    store
+        .finish_call(
+            &id,
+            &CallOutcome {
+                answered_at: Some(started),
+                ended_at: started + minutes(1),
+                duration_seconds: 60,
+                end_reason: "remote_terminated".to_owned(),
+            },
+        )
+        .await
+        .unwrap();
+    id
+}
+
+fn texts(turns: &[TranscriptTurn]) -> Vec<&str> {
+    turns.iter().map(|turn| turn.text.as_str()).collect()
+}
+
+/// Retention: turns said before the cutoff go, at most `limit` a round; a call-log row goes
+/// once its call ended before the cutoff and none of its turns is left; newer calls and turns,
+/// tasks, reminders and profiles stay.
+pub async fn retention_purges_old_turns_and_call_logs_in_bounded_rounds_and_keeps_the_rest(
+    store: &dyn Store,
+    clock: &dyn Clock,
+) {
+    let now = clock.now();
+    let cutoff = now - chrono::Duration::days(90);
+    let old = finished_call(
+        store,
+        "wacid.OLD",
+        Some(ada()),
+        now - chrono::Duration::days(100),
+        &["one", "two", "three"],
+    )
+    .await;
+    let hidden = finished_call(
+        store,
+        "wacid.HIDDEN",
+        None,
+        now - chrono::Duration::days(95),
+        &[],
+    )
+    .await;
+    let recent = finished_call(
+        store,
+        "wacid.RECENT",
+        Some(ada()),
+        now - chrono::Duration::days(1),
+        &["hello", "hi"],
+    )
+    .await;
+    let task = store
+        .add_task(
+            &ada(),
+            NewTask {
+                title: "Buy milk".to_owned(),
+                notes: None,
+                due_at: None,
+            },
+        )
+        .await
+        .unwrap();
+    let reminder = store
+        .add_reminder(&ada(), "pills", now + minutes(30))
+        .await
+        .unwrap();
+    store
+        .set_caller_time_zone(&ada(), "Europe/London")
+        .await
+        .unwrap();
+
+    // Two turns of the old call; its row stays while it has a turn; the hidden caller's call
+    // (no turns) goes.
+    assert_eq!(
+        store.purge_before(cutoff, 2).await.unwrap(),
+        Purged {
+            transcript_turns: 2,
+            calls: 1
+        }
+    );
+    assert_eq!(texts(&store.call_turns(&old).await.unwrap()), ["three"]);
+    assert!(store.call(&old).await.unwrap().is_some());
+    assert_eq!(store.call(&hidden).await.unwrap(), None);
+    // The last old turn, then its call.
+    assert_eq!(
+        store.purge_before(cutoff, 2).await.unwrap(),
+        Purged {
+            transcript_turns: 1,
+            calls: 1
+        }
+    );
+    assert_eq!(store.call(&old).await.unwrap(), None);
+    assert!(store.call_turns(&old).await.unwrap().is_empty());
+    assert_eq!(
+        store.purge_before(cutoff, 2).await.unwrap(),
+        Purged::default()
+    );
+
+    assert!(store.call(&recent).await.unwrap().is_some());
+    assert_eq!(
+        texts(&store.call_turns(&recent).await.unwrap()),
+        ["hello", "hi"]
+    );
+    let tasks = store.list_tasks(&ada(), None).await.unwrap();
+    assert_eq!(tasks.iter().map(|t| &t.id).collect::<Vec<_>>(), [&task.id]);
+    let reminders = store.list_reminders(&ada(), None).await.unwrap();
+    assert_eq!(ids(&reminders), [reminder.id.as_str()]);
+    assert_eq!(
+        store
+            .caller_profile(&ada())
+            .await
+            .unwrap()
+            .time_zone
+            .as_deref(),
+        Some("Europe/London")
+    );
+}
+
+/// "Forget me" deletes every row of the caller (tasks, reminders and callbacks, calls and
+/// their turns, the profile) with counts, and nothing of another caller; a second time finds
+/// nothing.
+pub async fn forgetting_a_caller_deletes_all_of_theirs_and_nothing_of_anothers(
+    store: &dyn Store,
+    clock: &dyn Clock,
+) {
+    let now = clock.now();
+    let task = |title: &str| NewTask {
+        title: title.to_owned(),
+        notes: None,
+        due_at: None,
+    };
+    for phone in [ada(), bob()] {
+        store.add_task(&phone, task("Buy milk")).await.unwrap();
+        store
+            .add_reminder(&phone, "pills", now + minutes(30))
+            .await
+            .unwrap();
+        store
+            .set_caller_time_zone(&phone, "Europe/London")
+            .await
+            .unwrap();
+    }
+    store.add_task(&ada(), task("Call mum")).await.unwrap();
+    store.queue_callback(&ada(), "busy", now).await.unwrap();
+    let adas_calls = [
+        finished_call(
+            store,
+            "wacid.ADA1",
+            Some(ada()),
+            now - minutes(60),
+            &["a", "b"],
+        )
+        .await,
+        finished_call(store, "wacid.ADA2", Some(ada()), now - minutes(10), &["c"]).await,
+    ];
+    let bobs_call = finished_call(
+        store,
+        "wacid.BOB",
+        Some(bob()),
+        now - minutes(5),
+        &["d", "e"],
+    )
+    .await;
+
+    assert_eq!(
+        store.forget_caller(&ada()).await.unwrap(),
+        Forgotten {
+            tasks: 2,
+            reminders: 2,
+            transcript_turns: 3,
+            calls: 2,
+            profiles: 1,
+        }
+    );
+    assert!(store.list_tasks(&ada(), None).await.unwrap().is_empty());
+    assert!(store.list_reminders(&ada(), None).await.unwrap().is_empty());
+    // The callback went too: the caller can have a new one.
+    assert!(
+        store
+            .queue_callback(&ada(), "again", now)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    for call in &adas_calls {
+        assert_eq!(store.call(call).await.unwrap(), None);
+        assert!(store.call_turns(call).await.unwrap().is_empty());
+    }
+    assert_eq!(
+        store.caller_profile(&ada()).await.unwrap(),
+        CallerProfile::default()
+    );
+
+    assert_eq!(store.list_tasks(&bob(), None).await.unwrap().len(), 1);
+    assert_eq!(store.list_reminders(&bob(), None).await.unwrap().len(), 1);
+    assert!(store.call(&bobs_call).await.unwrap().is_some());
+    assert_eq!(
+        texts(&store.call_turns(&bobs_call).await.unwrap()),
+        ["d", "e"]
+    );
+    assert_eq!(
+        store
+            .caller_profile(&bob())
+            .await
+            .unwrap()
+            .time_zone
+            .as_deref(),
+        Some("Europe/London")
+    );
+
+    let again = store.forget_caller(&bob()).await.unwrap();
+    assert_eq!(again.total(), 6, "{again:?}");
+    assert_eq!(
+        store.forget_caller(&bob()).await.unwrap(),
+        Forgotten::default()
+    );
+}
+
+/// Deleting one call removes its row and its turns, and nothing of the caller's other calls.
+pub async fn deleting_a_call_removes_its_log_and_turns_only(store: &dyn Store, clock: &dyn Clock) {
+    let now = clock.now();
+    let gone = finished_call(store, "wacid.GONE", Some(ada()), now, &["x", "y"]).await;
+    let kept = finished_call(store, "wacid.KEPT", Some(ada()), now, &["z"]).await;
+    store.delete_call(&gone).await.unwrap();
+    assert_eq!(store.call(&gone).await.unwrap(), None);
+    assert!(store.call_turns(&gone).await.unwrap().is_empty());
+    assert!(store.call(&kept).await.unwrap().is_some());
+    assert_eq!(texts(&store.call_turns(&kept).await.unwrap()), ["z"]);
+    // Deleting it again is not an error.
+    store.delete_call(&gone).await.unwrap();
 }

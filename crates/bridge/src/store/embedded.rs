@@ -10,9 +10,9 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::sqlite_thread::SqliteThread;
 use super::{
-    CallLogDirection, CallOutcome, CallRecord, CallerProfile, NewTask, Reminder, ReminderKind,
-    ReminderStatus, ReminderUpdate, SettledColumns, Store, StoreError, Task, TaskStatus,
-    TranscriptTurn, enum_text, time_text,
+    CallLogDirection, CallOutcome, CallRecord, CallerProfile, Forgotten, NewTask, Purged, Reminder,
+    ReminderKind, ReminderStatus, ReminderUpdate, SettledColumns, Store, StoreError, Task,
+    TaskStatus, TranscriptTurn, enum_text, time_text,
 };
 use crate::ids::{CallId, PhoneNumber};
 
@@ -648,6 +648,72 @@ impl Store for EmbeddedStore {
             )?
             .execute(params![phone, time_text(at), time_text(Utc::now())])
             .map(|_| ())
+        })
+        .await
+    }
+
+    async fn purge_before(
+        &self,
+        cutoff: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Purged, StoreError> {
+        let (cutoff, limit) = (time_text(cutoff), i64::try_from(limit).unwrap_or(i64::MAX));
+        self.with(move |c| {
+            let transcript_turns = c
+                .prepare_cached(
+                    "DELETE FROM transcript_turns WHERE rowid IN (SELECT rowid FROM transcript_turns
+                     WHERE at < ?1 ORDER BY at LIMIT ?2)",
+                )?
+                .execute(params![cutoff, limit])?;
+            let calls = c
+                .prepare_cached(
+                    "DELETE FROM calls WHERE id IN (SELECT id FROM calls
+                     WHERE coalesce(ended_at, started_at) < ?1
+                     AND NOT EXISTS (SELECT 1 FROM transcript_turns t WHERE t.call_id = calls.id)
+                     ORDER BY coalesce(ended_at, started_at) LIMIT ?2)",
+                )?
+                .execute(params![cutoff, limit])?;
+            Ok(Purged {
+                transcript_turns: transcript_turns as u64,
+                calls: calls as u64,
+            })
+        })
+        .await
+    }
+
+    async fn forget_caller(&self, phone: &PhoneNumber) -> Result<Forgotten, StoreError> {
+        let phone = phone.as_str().to_owned();
+        // One piece of work on the store's thread: all of it or nothing (a savepoint).
+        self.with(move |c| {
+            let delete = |sql: &str| -> rusqlite::Result<u64> {
+                Ok(c.prepare_cached(sql)?.execute(params![phone])? as u64)
+            };
+            let transcript_turns = delete(
+                "DELETE FROM transcript_turns
+                 WHERE call_id IN (SELECT id FROM calls WHERE phone_number = ?1)",
+            )?;
+            let calls = delete("DELETE FROM calls WHERE phone_number = ?1")?;
+            let reminders = delete("DELETE FROM reminders WHERE phone_number = ?1")?;
+            let tasks = delete("DELETE FROM tasks WHERE phone_number = ?1")?;
+            let profiles = delete("DELETE FROM callers WHERE phone_number = ?1")?;
+            Ok(Forgotten {
+                tasks,
+                reminders,
+                transcript_turns,
+                calls,
+                profiles,
+            })
+        })
+        .await
+    }
+
+    async fn delete_call(&self, id: &CallId) -> Result<(), StoreError> {
+        let id = id.as_str().to_owned();
+        self.with(move |c| {
+            // The turns go with the row (ON DELETE CASCADE).
+            c.prepare_cached("DELETE FROM calls WHERE id = ?1")?
+                .execute(params![id])
+                .map(|_| ())
         })
         .await
     }

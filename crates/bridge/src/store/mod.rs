@@ -281,6 +281,30 @@ pub struct TranscriptTurn {
     pub at: DateTime<Utc>,
 }
 
+/// What one round of [`Store::purge_before`] deleted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Purged {
+    pub transcript_turns: u64,
+    pub calls: u64,
+}
+
+/// What [`Store::forget_caller`] deleted of one caller.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Forgotten {
+    pub tasks: u64,
+    pub reminders: u64,
+    pub transcript_turns: u64,
+    pub calls: u64,
+    /// 1 when the caller had a profile (`callers` row), else 0.
+    pub profiles: u64,
+}
+
+impl Forgotten {
+    pub fn total(&self) -> u64 {
+        self.tasks + self.reminders + self.transcript_turns + self.calls + self.profiles
+    }
+}
+
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
     /// The store could not be reached or did not answer in time.
@@ -404,6 +428,18 @@ pub trait Store: Send + Sync + 'static {
         phone: &PhoneNumber,
         at: DateTime<Utc>,
     ) -> Result<(), StoreError>;
+    /// Retention: deletes up to `limit` transcript turns said before `cutoff`, then up to
+    /// `limit` call-log rows of calls that ended (or, never completed, started) before `cutoff`
+    /// and have no turns left. Tasks, reminders and profiles are the caller's own and are kept.
+    /// A round deleting `limit` of either means more may be left.
+    async fn purge_before(&self, cutoff: DateTime<Utc>, limit: usize)
+    -> Result<Purged, StoreError>;
+    /// "Forget me": deletes everything kept about the caller (tasks, reminders and callbacks,
+    /// their calls' transcripts, their call log, their profile), at once.
+    async fn forget_caller(&self, phone: &PhoneNumber) -> Result<Forgotten, StoreError>;
+    /// Deletes one call's log row and its transcript turns (a call whose caller asked to be
+    /// forgotten during it).
+    async fn delete_call(&self, id: &CallId) -> Result<(), StoreError>;
 }
 
 /// Timestamps as both stores write them: RFC 3339, UTC, microseconds (PostgreSQL's precision;

@@ -11,9 +11,9 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::{
-    CallOutcome, CallRecord, CallerProfile, NewTask, Reminder, ReminderKind, ReminderStatus,
-    ReminderUpdate, SettledColumns, Store, StoreError, Task, TaskStatus, TranscriptTurn, enum_text,
-    time_text,
+    CallOutcome, CallRecord, CallerProfile, Forgotten, NewTask, Purged, Reminder, ReminderKind,
+    ReminderStatus, ReminderUpdate, SettledColumns, Store, StoreError, Task, TaskStatus,
+    TranscriptTurn, enum_text, time_text,
 };
 use crate::ids::{CallId, PhoneNumber};
 
@@ -47,6 +47,28 @@ fn is_uuid(id: &str) -> bool {
 
 /// The SQL function that claims due reminders (`0003_reminder_delivery.sql`).
 const CLAIM_FUNCTION: &str = "claim_due_reminders";
+
+/// The SQL function of the retention purge (`0005_retention.sql`).
+const PURGE_FUNCTION: &str = "purge_history_before";
+/// The SQL function that deletes everything of one caller (`0005_retention.sql`).
+const FORGET_FUNCTION: &str = "forget_caller";
+
+/// The row `purge_history_before` answers.
+#[derive(serde::Deserialize)]
+struct PurgeRow {
+    purged_turns: u64,
+    purged_calls: u64,
+}
+
+/// The row `forget_caller` answers.
+#[derive(serde::Deserialize)]
+struct ForgetRow {
+    forgotten_tasks: u64,
+    forgotten_reminders: u64,
+    forgotten_turns: u64,
+    forgotten_calls: u64,
+    forgotten_profiles: u64,
+}
 
 /// A lease in the whole seconds the SQL function takes, rounded up (a lease is never shortened).
 fn lease_seconds(lease: Duration) -> i32 {
@@ -478,5 +500,47 @@ impl Store for SupabaseStore {
     ) -> Result<(), StoreError> {
         self.upsert_caller(phone, json!({ "last_message_at": time_text(at) }))
             .await
+    }
+
+    async fn purge_before(
+        &self,
+        cutoff: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Purged, StoreError> {
+        // One function call: each delete is bounded by the limit inside the database (PostgREST
+        // cannot limit a DELETE by itself).
+        let args = json!({
+            "p_cutoff": time_text(cutoff),
+            "p_limit": i32::try_from(limit).unwrap_or(i32::MAX),
+        });
+        let row: PurgeRow = self
+            .one(self.client.rpc(PURGE_FUNCTION, args.to_string()))
+            .await?;
+        Ok(Purged {
+            transcript_turns: row.purged_turns,
+            calls: row.purged_calls,
+        })
+    }
+
+    async fn forget_caller(&self, phone: &PhoneNumber) -> Result<Forgotten, StoreError> {
+        // One function call, so one transaction: all of the caller's rows go, or none.
+        let args = json!({ "p_phone": phone.as_str() });
+        let row: ForgetRow = self
+            .one(self.client.rpc(FORGET_FUNCTION, args.to_string()))
+            .await?;
+        Ok(Forgotten {
+            tasks: row.forgotten_tasks,
+            reminders: row.forgotten_reminders,
+            transcript_turns: row.forgotten_turns,
+            calls: row.forgotten_calls,
+            profiles: row.forgotten_profiles,
+        })
+    }
+
+    async fn delete_call(&self, id: &CallId) -> Result<(), StoreError> {
+        // The turns go with the row (`on delete cascade`).
+        self.send(self.client.from("calls").eq("id", id.as_str()).delete())
+            .await
+            .map(|_| ())
     }
 }

@@ -239,3 +239,22 @@ async fn a_file_written_by_the_first_schema_is_upgraded_in_place() {
     );
     assert_eq!(store.list_reminders(&ada(), None).await.unwrap().len(), 2);
 }
+
+#[tokio::test]
+async fn retention_purges_old_turns_and_call_logs_in_bounded_rounds_and_keeps_the_rest() {
+    on_a_new_store(
+        contract::retention_purges_old_turns_and_call_logs_in_bounded_rounds_and_keeps_the_rest,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn forgetting_a_caller_deletes_all_of_theirs_and_nothing_of_anothers() {
+    on_a_new_store(contract::forgetting_a_caller_deletes_all_of_theirs_and_nothing_of_anothers)
+        .await;
+}
+
+#[tokio::test]
+async fn deleting_a_call_removes_its_log_and_turns_only() {
+    on_a_new_store(contract::deleting_a_call_removes_its_log_and_turns_only).await;
+}

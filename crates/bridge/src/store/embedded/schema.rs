@@ -75,7 +75,7 @@ CREATE TABLE IF NOT EXISTS transcript_turns (
 
 /// Upgrade `n` takes a file from `user_version` n to n + 1. Append only; never edit one that
 /// has shipped.
-const UPGRADES: &[&str] = &[REMINDER_DELIVERY];
+const UPGRADES: &[&str] = &[REMINDER_DELIVERY, RETENTION];
 
 /// Supabase's `0003_reminder_delivery.sql`: what the reminder scheduler needs (kinds, retries,
 /// the outcome, the attempt log, the claim of a replica) and the `callers` table.
@@ -103,6 +103,13 @@ CREATE TABLE callers (
     last_message_at TEXT,
     updated_at TEXT NOT NULL
 );
+";
+
+/// Supabase's `0005_retention.sql`: the retention purge finds old turns by their time and old
+/// call-log rows by when they ended.
+const RETENTION: &str = "
+CREATE INDEX transcript_turns_by_time ON transcript_turns (at);
+CREATE INDEX calls_by_end ON calls (coalesce(ended_at, started_at));
 ";
 
 /// The `user_version` of a file with every upgrade applied.
