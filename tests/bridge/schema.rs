@@ -81,6 +81,8 @@ fn the_migrations_create_the_tables_indexes_and_row_level_security() {
         "reminders_claimable",
         "reminders_one_open_callback",
         "calls_by_phone",
+        "calls_by_end",
+        "transcript_turns_by_time",
     ] {
         assert!(indexes.contains(index), "{index} missing from {indexes}");
     }
@@ -96,6 +98,46 @@ fn the_migrations_create_the_tables_indexes_and_row_level_security() {
          || ',' || has_function_privilege('service_role', 'public.claim_due_reminders(text, integer, integer)', 'execute')",
     );
     assert_eq!(claim, "false,true");
+    // Retention and "forget me" (0005): functions only the service role may run.
+    for function in [
+        "public.purge_history_before(timestamptz, integer)",
+        "public.forget_caller(text)",
+    ] {
+        let allowed = psql(
+            &url,
+            &format!(
+                "select has_function_privilege('anon', '{function}', 'execute') \
+                 || ',' || has_function_privilege('service_role', '{function}', 'execute')"
+            ),
+        );
+        assert_eq!(allowed, "false,true", "{function}");
+    }
+    // Both delete, and count, what the store contract expects (the double mirrors them).
+    psql(
+        &url,
+        "insert into calls (id, phone_number, direction, started_at, ended_at) values \
+         ('wacid.OLD', '447700900123', 'inbound', now() - interval '100 days', now() - interval '100 days'), \
+         ('wacid.NEW', '447700900456', 'inbound', now(), null); \
+         insert into transcript_turns (call_id, seq, role, text, at) values \
+         ('wacid.OLD', 0, 'user', 'old', now() - interval '100 days'), \
+         ('wacid.NEW', 0, 'user', 'new', now())",
+    );
+    assert_eq!(
+        psql(
+            &url,
+            "select purged_turns || ',' || purged_calls \
+             from purge_history_before(now() - interval '90 days', 10)"
+        ),
+        "1,1"
+    );
+    assert_eq!(
+        psql(
+            &url,
+            "select concat_ws(',', forgotten_tasks, forgotten_reminders, forgotten_turns, \
+             forgotten_calls, forgotten_profiles) from forget_caller('447700900456')"
+        ),
+        "0,0,1,1,0"
+    );
 
     let secured = psql(
         &url,

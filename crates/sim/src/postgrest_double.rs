@@ -2,8 +2,9 @@
 //! schema in memory with what the database checks on a write (timestamps, check constraints,
 //! the primary key and unique indexes, the `callers` trigger), PostgREST's query grammar as far
 //! as the store uses it (`eq.`, `gte.`, `is.` filters, `select` with an inner-joined `calls`
-//! embed, `order`, `limit`), upserts (`resolution=merge-duplicates`, `on_conflict`), the SQL
-//! function `claim_due_reminders` at `/rpc/`, its `apikey` + bearer check, its status codes and
+//! embed, `order`, `limit`), upserts (`resolution=merge-duplicates`, `on_conflict`), DELETE with
+//! filters and the schema's foreign keys (a call's turns cascade), the SQL functions
+//! `claim_due_reminders`, `purge_history_before` and `forget_caller` at `/rpc/`, its `apikey` + bearer check, its status codes and
 //! error bodies, every request recorded. Its clock (`now()` in the database) can be moved on.
 
 use std::collections::HashMap;
@@ -340,6 +341,7 @@ async fn handle_table(
             };
             update(&mut tables, &write, &params, changes)
         }
+        Method::DELETE => delete(&mut tables, &write, &params),
         _ => error(
             StatusCode::METHOD_NOT_ALLOWED,
             "PGRST117",
@@ -679,6 +681,78 @@ fn update(
     }
     tables.get_mut(table).expect("checked by the caller").rows = next;
     write.answer(StatusCode::OK, updated)
+}
+
+/// Deletes the rows that pass every filter. Supabase runs PostgREST with `pg-safeupdate`, so a
+/// DELETE without a filter is refused rather than emptying the table.
+fn delete(
+    tables: &mut HashMap<&'static str, Table>,
+    write: &Write<'_>,
+    params: &[(String, String)],
+) -> Response {
+    if params.is_empty() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "21000",
+            "DELETE requires a WHERE clause",
+        );
+    }
+    let mut doomed = Vec::new();
+    for (index, row) in tables[write.table].rows.iter().enumerate() {
+        let mut keep = true;
+        for (column, filter) in params {
+            match passes(row.get(column), filter) {
+                Ok(true) => {}
+                Ok(false) => keep = false,
+                Err(message) => return error(StatusCode::BAD_REQUEST, "PGRST100", &message),
+            }
+        }
+        if keep {
+            doomed.push(index);
+        }
+    }
+    let deleted = delete_rows(tables, write.table, |index, _| doomed.contains(&index));
+    write.answer(StatusCode::OK, deleted)
+}
+
+/// Deletes the rows of `table` that `doomed` picks (by position and row) with what the schema's
+/// foreign keys do: a call's transcript turns go with it (`on delete cascade`), a deleted
+/// reminder leaves its calls with no `reminder_id` (`on delete set null`). The deleted rows.
+fn delete_rows(
+    tables: &mut HashMap<&'static str, Table>,
+    table: &str,
+    doomed: impl Fn(usize, &Row) -> bool,
+) -> Vec<Row> {
+    let target = tables.get_mut(table).expect("a table of the schema");
+    let mut deleted = Vec::new();
+    let mut kept = Vec::new();
+    for (index, row) in std::mem::take(&mut target.rows).into_iter().enumerate() {
+        if doomed(index, &row) {
+            deleted.push(row);
+        } else {
+            kept.push(row);
+        }
+    }
+    target.rows = kept;
+    let ids: Vec<&Value> = deleted.iter().filter_map(|row| row.get("id")).collect();
+    match table {
+        "calls" => {
+            let turns = tables.get_mut("transcript_turns").expect("in the schema");
+            turns
+                .rows
+                .retain(|turn| turn.get("call_id").is_none_or(|call| !ids.contains(&call)));
+        }
+        "reminders" => {
+            let calls = tables.get_mut("calls").expect("in the schema");
+            for call in &mut calls.rows {
+                if call.get("reminder_id").is_some_and(|id| ids.contains(&id)) {
+                    call.insert("reminder_id".into(), Value::Null);
+                }
+            }
+        }
+        _ => {}
+    }
+    deleted
 }
 
 #[cfg(test)]

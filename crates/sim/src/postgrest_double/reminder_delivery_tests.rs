@@ -281,3 +281,86 @@ async fn the_double_refuses_what_postgrest_and_the_schema_refuse() {
     assert_eq!((status, body["code"].as_str()), (400, Some("PGRST204")));
     assert!(double.rows("callers").is_empty(), "nothing was written");
 }
+
+#[tokio::test]
+async fn retention_purges_old_turns_and_call_logs_through_the_sql_function() {
+    let double = on_a_new_double(
+        contract::retention_purges_old_turns_and_call_logs_in_bounded_rounds_and_keeps_the_rest,
+    )
+    .await;
+    let purges: Vec<_> = double
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/rest/v1/rpc/purge_history_before")
+        .collect();
+    assert_eq!(purges.len(), 3);
+    let args: Value = serde_json::from_str(&purges[0].body).unwrap();
+    assert_eq!(args["p_limit"], json!(2));
+    assert!(args["p_cutoff"].as_str().is_some_and(|t| t.ends_with('Z')));
+}
+
+#[tokio::test]
+async fn forgetting_a_caller_is_one_call_of_the_sql_function() {
+    let double = on_a_new_double(
+        contract::forgetting_a_caller_deletes_all_of_theirs_and_nothing_of_anothers,
+    )
+    .await;
+    let forgets: Vec<_> = double
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/rest/v1/rpc/forget_caller")
+        .map(|r| r.body)
+        .collect();
+    assert_eq!(
+        forgets,
+        [
+            json!({"p_phone": "447700900123"}).to_string(),
+            json!({"p_phone": "447700900456"}).to_string(),
+            json!({"p_phone": "447700900456"}).to_string(),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn deleting_a_call_is_a_filtered_delete_whose_turns_cascade() {
+    let double = on_a_new_double(contract::deleting_a_call_removes_its_log_and_turns_only).await;
+    let deletes: Vec<_> = double
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "DELETE")
+        .map(|r| (r.path, r.query))
+        .collect();
+    assert_eq!(
+        deletes,
+        [
+            ("/rest/v1/calls".to_owned(), "id=eq.wacid.GONE".to_owned()),
+            ("/rest/v1/calls".to_owned(), "id=eq.wacid.GONE".to_owned()),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn the_double_refuses_a_delete_without_a_filter_and_a_bad_forget() {
+    let (double, _store) = start().await;
+    let client = reqwest::Client::new();
+    let auth = |request: reqwest::RequestBuilder| {
+        request
+            .header("apikey", KEY)
+            .header("authorization", format!("Bearer {KEY}"))
+    };
+    let answer = auth(client.delete(format!("{}/rest/v1/calls", double.url())))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 400);
+    let body: Value = answer.json().await.unwrap();
+    assert_eq!(body["code"], "21000");
+    let answer = auth(client.post(format!("{}/rest/v1/rpc/forget_caller", double.url())))
+        .body(json!({"p_phone": "12ab"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 400);
+    let body: Value = answer.json().await.unwrap();
+    assert_eq!(body["code"], "22023");
+}
