@@ -27,6 +27,7 @@ use crate::outreach::Outreach;
 use crate::outreach::scheduler::Scheduler;
 use crate::realtime::client::RealtimeConfig;
 use crate::realtime::events::SessionSettings;
+use crate::retention::{FIRST_RUN_DELAY, PurgeBounds, RetentionPurge};
 use crate::store::Store;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::supabase::{SupabaseConfig, SupabaseStore};
@@ -57,6 +58,8 @@ pub struct App {
     scheduler: Option<Scheduler>,
     /// How often the AI is tried while its circuit breaker is open.
     ai_probe_interval: Duration,
+    /// Purges transcripts and call logs past `TRANSCRIPT_RETENTION` (`None`: kept forever).
+    retention: Option<RetentionPurge>,
 }
 
 impl App {
@@ -160,6 +163,14 @@ impl App {
                 .unwrap_or_else(default_replica_name);
             Scheduler::new(outreach.clone(), owner)
         });
+        let retention = config.transcript_retention.map(|retention| {
+            RetentionPurge::new(
+                store.clone(),
+                retention,
+                PurgeBounds::default(),
+                metrics.clone(),
+            )
+        });
         let state = AppState {
             webhook: Arc::new(WebhookSettings {
                 app_secret: config.app_secret.clone(),
@@ -198,6 +209,7 @@ impl App {
             fleet_worker,
             scheduler,
             ai_probe_interval: config.ai_breaker_probe_interval,
+            retention,
         })
     }
 
@@ -251,6 +263,7 @@ impl App {
             fleet_worker,
             scheduler,
             ai_probe_interval,
+            retention,
         } = self;
         let scheduler_stop = CancellationToken::new();
         let scheduler =
@@ -267,6 +280,9 @@ impl App {
             ai_probe_interval,
             stopped.clone(),
         ));
+        if let Some(retention) = retention {
+            tokio::spawn(retention.run(FIRST_RUN_DELAY, stopped.clone()));
+        }
         if let Some(metrics_listener) = metrics_listener {
             info!(addr = %metrics_listener.local_addr()?, "metrics listening");
             let stop = stopped.clone();

@@ -70,6 +70,7 @@ pub const REMINDER_CLAIM_LEASE: &str = "REMINDER_CLAIM_LEASE";
 pub const REMINDER_TEMPLATE: &str = "REMINDER_TEMPLATE";
 pub const REMINDER_TEMPLATE_LANGUAGE: &str = "REMINDER_TEMPLATE_LANGUAGE";
 pub const CALLBACK_ON_BUSY: &str = "CALLBACK_ON_BUSY";
+pub const TRANSCRIPT_RETENTION: &str = "TRANSCRIPT_RETENTION";
 
 /// Every key, for `.env.example` checks and `--help`.
 pub const ALL_KEYS: &[&str] = &[
@@ -129,6 +130,7 @@ pub const ALL_KEYS: &[&str] = &[
     REMINDER_TEMPLATE,
     REMINDER_TEMPLATE_LANGUAGE,
     CALLBACK_ON_BUSY,
+    TRANSCRIPT_RETENTION,
 ];
 
 /// Where the caller's data lives.
@@ -290,6 +292,9 @@ pub struct Config {
     /// Call state shared with the other replicas; `None`: one process, state in memory.
     pub fleet: Option<FleetConfig>,
     pub reminders: ReminderSettings,
+    /// Transcript turns and call-log rows older than this are purged; `None` (`0`/`off`):
+    /// kept forever.
+    pub transcript_retention: Option<Duration>,
 }
 
 impl std::fmt::Debug for Config {
@@ -361,7 +366,7 @@ impl Reader<'_> {
     }
 }
 
-/// `250ms`, `30s`, `5m`, `1h`, or bare seconds.
+/// `250ms`, `30s`, `5m`, `1h`, `90d`, or bare seconds.
 pub fn parse_duration(text: &str) -> Option<Duration> {
     let text = text.trim();
     let split = text
@@ -373,7 +378,8 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
         "ms" => Some(Duration::from_millis(number)),
         "" | "s" => Some(Duration::from_secs(number)),
         "m" => Some(Duration::from_secs(number * 60)),
-        "h" => Some(Duration::from_secs(number * 3600)),
+        "h" => Some(Duration::from_secs(number.checked_mul(3600)?)),
+        "d" => Some(Duration::from_secs(number.checked_mul(86_400)?)),
         _ => None,
     }
 }
@@ -600,6 +606,7 @@ impl Config {
         let encoder = read_encoder(&mut r);
         let fleet = read_fleet(&mut r);
         let reminders = read_reminders(&mut r);
+        let transcript_retention = read_retention(&mut r, max_call_duration);
 
         if !r.problems.is_empty() {
             return Err(ConfigError(r.problems));
@@ -640,7 +647,28 @@ impl Config {
             encoder,
             fleet,
             reminders,
+            transcript_retention,
         })
+    }
+}
+
+/// How long transcripts and call logs are kept: 90 days unless set; `0` or `off` keeps them
+/// forever. It must be longer than a call can last, so that a live call's rows are never purged.
+fn read_retention(r: &mut Reader<'_>, max_call_duration: Duration) -> Option<Duration> {
+    const DEFAULT: Duration = Duration::from_secs(90 * 86_400);
+    match r.raw(TRANSCRIPT_RETENTION) {
+        Some(value) if value == "0" || value.eq_ignore_ascii_case("off") => None,
+        _ => {
+            let retention = r.duration(TRANSCRIPT_RETENTION, DEFAULT);
+            if retention <= max_call_duration {
+                r.problems.push(format!(
+                    "{TRANSCRIPT_RETENTION} must be longer than {MAX_CALL_DURATION} \
+                     ({}s), or 0/off to keep transcripts forever",
+                    max_call_duration.as_secs()
+                ));
+            }
+            Some(retention)
+        }
     }
 }
 
@@ -929,6 +957,26 @@ mod tests {
         assert_eq!(parse_duration("fast"), None);
         assert_eq!(parse_port_range("40000-40999"), Some(40000..=40999));
         assert_eq!(parse_port_range("40000"), None);
+    }
+
+    #[test]
+    fn transcript_retention_defaults_to_90_days_turns_off_and_must_outlast_a_call() {
+        let days = |n: u64| Some(Duration::from_secs(n * 86_400));
+        assert_eq!(parse_duration("90d"), days(90));
+        let config = Config::from_env(&minimal()).expect("valid");
+        assert_eq!(config.transcript_retention, days(90));
+        for (value, expected) in [("30d", days(30)), ("0", None), ("off", None), ("OFF", None)] {
+            let mut vars = minimal();
+            vars.insert(TRANSCRIPT_RETENTION.into(), value.into());
+            let config = Config::from_env(&vars).expect("valid");
+            assert_eq!(config.transcript_retention, expected, "{value}");
+        }
+        for value in ["soon", "30m", "-1d"] {
+            let mut vars = minimal();
+            vars.insert(TRANSCRIPT_RETENTION.into(), value.into());
+            let text = Config::from_env(&vars).expect_err(value).to_string();
+            assert!(text.contains(TRANSCRIPT_RETENTION), "{value}: {text}");
+        }
     }
 
     #[test]

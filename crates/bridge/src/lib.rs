@@ -11,7 +11,8 @@
 //! - floor 3 — [`call`]: admission of inbound and outbound calls (`Calls`), the registry of live
 //!   calls, the call flow, and the call task that owns one call from offer to hang-up.
 //! - floor 2 — [`memory`]: what the AI is told about a caller at the start of a call;
-//!   [`tools`]: the AI's functions on the caller's tasks and reminders.
+//!   [`tools`]: the AI's functions on the caller's tasks and reminders (and "forget me");
+//!   [`retention`]: the hourly purge of transcripts and call logs past `TRANSCRIPT_RETENTION`.
 //! - floor 1 — [`config`]: every setting, from the environment, validated at start;
 //!   [`fleet`]: call state shared between replicas through Redis (claims, tombstones,
 //!   forwarded events, reports);
@@ -37,6 +38,7 @@ pub mod memory;
 pub mod metrics;
 pub mod outreach;
 pub mod realtime;
+pub mod retention;
 pub mod store;
 pub mod tools;
 pub mod whatsapp;

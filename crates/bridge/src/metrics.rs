@@ -48,6 +48,11 @@ pub struct Metrics {
     pub store_errors: IntCounterVec,
     /// Transcript turns dropped because the store fell behind.
     pub transcript_turns_dropped: IntCounter,
+    /// Rows deleted by the retention purge, by table (`transcript_turns`, `calls`).
+    pub retention_purged_rows: IntCounterVec,
+    /// Callers whose data was deleted on request, by route (`tool`: they asked the AI,
+    /// `admin`: the admin API).
+    pub callers_forgotten: IntCounterVec,
     /// 1 while Redis cannot be reached (`REDIS_URL` set): calls go on, admission uses what this
     /// replica knows.
     pub fleet_degraded: IntGauge,
@@ -244,6 +249,22 @@ impl Metrics {
             "Transcript turns dropped because the store fell behind",
         )
         .expect("valid metric");
+        let retention_purged_rows = IntCounterVec::new(
+            Opts::new(
+                "whatsapp_bridge_retention_purged_rows_total",
+                "Rows deleted by the transcript retention purge, by table",
+            ),
+            &["table"],
+        )
+        .expect("valid metric");
+        let callers_forgotten = IntCounterVec::new(
+            Opts::new(
+                "whatsapp_bridge_callers_forgotten_total",
+                "Callers whose data was deleted on request, by route (tool, admin)",
+            ),
+            &["via"],
+        )
+        .expect("valid metric");
         let fleet_degraded = IntGauge::new(
             "whatsapp_bridge_fleet_degraded",
             "1 while Redis cannot be reached and admission uses this replica's own knowledge",
@@ -427,6 +448,8 @@ impl Metrics {
             Box::new(tool_calls.clone()),
             Box::new(store_errors.clone()),
             Box::new(transcript_turns_dropped.clone()),
+            Box::new(retention_purged_rows.clone()),
+            Box::new(callers_forgotten.clone()),
             Box::new(fleet_degraded.clone()),
             Box::new(fleet_operations.clone()),
             Box::new(forwarded_events.clone()),
@@ -476,6 +499,8 @@ impl Metrics {
             tool_calls,
             store_errors,
             transcript_turns_dropped,
+            retention_purged_rows,
+            callers_forgotten,
             fleet_degraded,
             fleet_operations,
             forwarded_events,
