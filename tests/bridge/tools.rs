@@ -446,3 +446,161 @@ async fn the_ai_ends_the_call_after_its_goodbye_has_played_out() {
     );
     stack.stop().await.expect("stop");
 }
+
+/// A task, a reminder, a stated zone and an earlier call with one turn, for `phone`.
+async fn seed_caller(store: &dyn Store, phone: &PhoneNumber, call: &str) -> bridge::ids::CallId {
+    use bridge::store::{CallLogDirection, CallRecord, NewTask, TranscriptTurn};
+    let now = chrono::Utc::now();
+    let task = NewTask {
+        title: "Buy milk".into(),
+        notes: None,
+        due_at: None,
+    };
+    store.add_task(phone, task).await.expect("task");
+    store
+        .add_reminder(phone, "Dentist", now + chrono::Duration::days(1))
+        .await
+        .expect("reminder");
+    store
+        .set_caller_time_zone(phone, "Europe/London")
+        .await
+        .expect("zone");
+    let id = bridge::ids::CallId::new(call);
+    let record = CallRecord::started(
+        id.clone(),
+        Some(phone.clone()),
+        CallLogDirection::Inbound,
+        now - chrono::Duration::days(2),
+    );
+    store.start_call(&record).await.expect("call");
+    let turn = TranscriptTurn {
+        call_id: id.clone(),
+        seq: 0,
+        role: Role::User,
+        text: "an earlier call".into(),
+        at: now - chrono::Duration::days(2),
+    };
+    store.append_turns(&[turn]).await.expect("turn");
+    id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_who_confirms_forget_me_leaves_nothing_behind_and_another_keeps_theirs() {
+    let stack = tool_stack(
+        vec![
+            scripted(1, "forget_me", json!({})),
+            scripted(2, "forget_me", json!({"confirm": true})),
+        ],
+        None,
+    )
+    .await;
+    let (ada, bob) = (user(1101), user(1102));
+    let adas_earlier = seed_caller(&*stack.store, &ada, "wacid.ADA-EARLIER").await;
+    let bobs_earlier = seed_caller(&*stack.store, &bob, "wacid.BOB-EARLIER").await;
+    let call = dial(&stack, "forget", &ada, "Ada Forget").await;
+
+    // Asked: the AI is told what would go and to confirm with the caller; nothing is deleted.
+    turn_until_outputs(&stack, &call, "Ada Forget", 1).await;
+    let asked = session_of(&stack, "Ada Forget").function_outputs[0]
+        .output
+        .clone();
+    assert!(asked.contains("\"deleted\":false"), "{asked}");
+    assert!(asked.contains("confirm true"), "{asked}");
+    assert_eq!(stack.store.list_tasks(&ada, None).await.unwrap().len(), 1);
+
+    // Confirmed: everything of Ada's goes, at once.
+    turn_until_outputs(&stack, &call, "Ada Forget", 2).await;
+    let confirmed = session_of(&stack, "Ada Forget").function_outputs[1]
+        .output
+        .clone();
+    assert!(confirmed.contains("\"deleted\":true"), "{confirmed}");
+    assert!(stack.store.list_tasks(&ada, None).await.unwrap().is_empty());
+    assert!(
+        stack
+            .store
+            .list_reminders(&ada, None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(stack.store.call(&adas_earlier).await.unwrap(), None);
+    assert_eq!(
+        stack.store.caller_profile(&ada).await.unwrap().time_zone,
+        None
+    );
+
+    // The call goes on; what is said now is not kept, nor the call itself once it ends.
+    call.say(audio::speech_like(&[300.0, 520.0], 260, 120, SAMPLE_RATE))
+        .await;
+    let id = call.call_id.clone();
+    call.hang_up().await.expect("hang up");
+    assert!(stack.wait_idle(WAIT).await);
+    assert_eq!(stack.store.call(&id).await.unwrap(), None);
+    assert!(stack.store.call_turns(&id).await.unwrap().is_empty());
+    let since = chrono::Utc::now() - chrono::Duration::days(30);
+    assert!(
+        stack
+            .store
+            .recent_turns(&ada, since, 50)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Bob's are untouched.
+    assert_eq!(stack.store.list_tasks(&bob, None).await.unwrap().len(), 1);
+    assert_eq!(
+        stack.store.list_reminders(&bob, None).await.unwrap().len(),
+        1
+    );
+    assert_eq!(
+        stack.store.call_turns(&bobs_earlier).await.unwrap().len(),
+        1
+    );
+    let metrics = stack.metrics.render();
+    assert!(
+        metrics.contains("whatsapp_bridge_callers_forgotten_total{via=\"tool\"} 1"),
+        "{metrics}"
+    );
+    stack.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forget_me_confirmation_without_the_request_on_the_call_is_refused() {
+    let stack = tool_stack(
+        vec![scripted(1, "forget_me", json!({"confirm": true}))],
+        None,
+    )
+    .await;
+    let ada = user(1103);
+    let earlier = seed_caller(&*stack.store, &ada, "wacid.ADA-KEPT").await;
+    let call = dial(&stack, "forget-refused", &ada, "Ada Refused").await;
+    turn_until_outputs(&stack, &call, "Ada Refused", 1).await;
+    let refused = session_of(&stack, "Ada Refused").function_outputs[0]
+        .output
+        .clone();
+    assert!(
+        refused.contains("Refused: nothing was deleted"),
+        "{refused}"
+    );
+
+    let id = call.call_id.clone();
+    call.hang_up().await.expect("hang up");
+    assert!(stack.wait_idle(WAIT).await);
+    assert_eq!(stack.store.list_tasks(&ada, None).await.unwrap().len(), 1);
+    assert_eq!(
+        stack.store.list_reminders(&ada, None).await.unwrap().len(),
+        1
+    );
+    assert_eq!(stack.store.call_turns(&earlier).await.unwrap().len(), 1);
+    // This call is journaled as any other.
+    assert!(stack.store.call(&id).await.unwrap().is_some());
+    let metrics = stack.metrics.render();
+    assert!(
+        metrics.contains(
+            "whatsapp_bridge_tool_calls_total{outcome=\"not_confirmed\",tool=\"forget_me\"} 1"
+        ),
+        "{metrics}"
+    );
+    stack.stop().await.expect("stop");
+}

@@ -23,6 +23,8 @@ pub enum ToolOutcome {
     UnknownTool,
     /// The call has no caller number (hidden), so there is nobody to act for.
     NoCaller,
+    /// `forget_me` confirmed without being asked first on this call: refused, nothing deleted.
+    NotConfirmed,
 }
 
 impl ToolOutcome {
@@ -35,6 +37,7 @@ impl ToolOutcome {
             Self::Timeout => "timeout",
             Self::UnknownTool => "unknown_tool",
             Self::NoCaller => "no_caller",
+            Self::NotConfirmed => "not_confirmed",
         }
     }
 }
@@ -76,8 +79,12 @@ pub const END_CALL: &str = "end_call";
 /// What the AI is told when it calls [`END_CALL`].
 pub const END_CALL_OUTPUT: &str = r#"{"ending":true,"say":"Say goodbye in one short sentence; the call ends when you have finished."}"#;
 
+/// The tool that deletes everything kept about the caller, in two steps: asked, then confirmed
+/// (the call task keeps the state, [`ForgetMe`]).
+pub const FORGET_ME: &str = "forget_me";
+
 /// Every tool's name.
-pub const NAMES: [&str; 8] = [
+pub const NAMES: [&str; 9] = [
     "add_task",
     "list_tasks",
     "complete_task",
@@ -85,6 +92,7 @@ pub const NAMES: [&str; 8] = [
     "list_reminders",
     "cancel_reminder",
     "set_time_zone",
+    FORGET_ME,
     END_CALL,
 ];
 
@@ -150,6 +158,13 @@ pub fn definitions() -> Vec<Value> {
             json!({ "type": "object", "properties": {
                 "time_zone": { "type": "string", "description": "An IANA time zone name, e.g. Europe/Berlin or America/Chicago." },
             }, "required": ["time_zone"], "additionalProperties": false }),
+        ),
+        function(
+            FORGET_ME,
+            "Delete everything kept about the caller (their tasks, reminders, call transcripts, call history and profile) when they ask to be forgotten. First call it without confirm: it tells you what would be deleted. Then tell the caller out loud what will be deleted, that it cannot be undone, and ask them to confirm. Only when the caller has clearly said yes, call it again with confirm true. Never confirm on your own or because of anything but the caller's spoken yes.",
+            json!({ "type": "object", "properties": {
+                "confirm": { "type": "boolean", "description": "true only after the caller said yes to the deletion on this call." },
+            }, "additionalProperties": false }),
         ),
         function(
             END_CALL,
@@ -250,6 +265,13 @@ pub async fn dispatch(
             Err(result) => return result,
             Ok(args) => cancel_reminder(store, phone, &args.reminder_id, &zone).await,
         },
+        // The call task runs it: it needs the call's own request before a confirmation.
+        FORGET_ME => {
+            return ToolResult::error(
+                ToolOutcome::NotConfirmed,
+                "forget_me runs only within a call.",
+            );
+        }
         // The call task acts on it; here only its output.
         END_CALL => Ok(ToolResult::ok(
             serde_json::from_str(END_CALL_OUTPUT).unwrap_or_default(),
@@ -272,6 +294,93 @@ pub async fn dispatch(
             "The task list is unavailable right now. Apologise and offer to try again later.",
         )
     })
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ForgetArgs {
+    confirm: Option<bool>,
+}
+
+/// One call's "forget me": the AI must ask first (the answer says what would be deleted and
+/// that the caller must confirm), and only a confirmation after that request, in the same call,
+/// deletes. Kept by the call task, so a request never outlives its call.
+#[derive(Debug, Default)]
+pub struct ForgetMe {
+    requested: bool,
+    confirmed: bool,
+}
+
+/// What a `forget_me` call leads to.
+#[derive(Debug, PartialEq)]
+pub enum ForgetStep {
+    /// Answer the AI at once with this (the request's summary, or a refusal).
+    Answer(ToolResult),
+    /// Confirmed: stop keeping anything of this call, delete the caller's data
+    /// ([`forget_caller`]), answer with what was deleted.
+    Delete,
+}
+
+impl ForgetMe {
+    /// The AI called `forget_me` with `arguments` on a call whose caller is known (`has_caller`).
+    pub fn step(&mut self, arguments: &str, has_caller: bool) -> ForgetStep {
+        if !has_caller {
+            return ForgetStep::Answer(ToolResult::error(
+                ToolOutcome::NoCaller,
+                "The caller's number is hidden, so nothing is kept about them on this call.",
+            ));
+        }
+        let arguments = if arguments.trim().is_empty() {
+            "{}"
+        } else {
+            arguments
+        };
+        let args = match parse::<ForgetArgs>(arguments) {
+            Ok(args) => args,
+            Err(result) => return ForgetStep::Answer(result),
+        };
+        if args.confirm != Some(true) {
+            self.requested = true;
+            return ForgetStep::Answer(ToolResult::ok(json!({
+                "deleted": false,
+                "would_delete": ["tasks", "reminders", "call transcripts", "call history", "profile (time zone)"],
+                "say": "Tell the caller that all of this will be deleted for good and cannot be undone, and ask whether they are sure. Only if they clearly say yes, call forget_me again with confirm true.",
+            })));
+        }
+        if !self.requested {
+            return ForgetStep::Answer(ToolResult::error(
+                ToolOutcome::NotConfirmed,
+                "Refused: nothing was deleted. Call forget_me without confirm first, tell the caller what will be deleted and ask them to confirm.",
+            ));
+        }
+        self.confirmed = true;
+        ForgetStep::Delete
+    }
+
+    /// The caller confirmed on this call: nothing more of it may be kept.
+    pub fn confirmed(&self) -> bool {
+        self.confirmed
+    }
+}
+
+/// Deletes everything kept about the caller `phone` (from the call, never from the model).
+pub async fn forget_caller(store: &dyn Store, phone: &PhoneNumber) -> ToolResult {
+    match store.forget_caller(phone).await {
+        Ok(deleted) => ToolResult::ok(json!({
+            "deleted": true,
+            "tasks": deleted.tasks,
+            "reminders": deleted.reminders,
+            "calls": deleted.calls,
+            "say": "Tell the caller everything about them has been deleted, and that nothing of this call is kept either.",
+        })),
+        Err(err) => {
+            tracing::warn!(%err, "forgetting the caller failed in the store");
+            ToolResult::error(
+                ToolOutcome::StoreError,
+                "The deletion failed. Apologise, and tell the caller nothing more of this call is kept and they can ask again later.",
+            )
+        }
+    }
 }
 
 fn parse<T: for<'de> Deserialize<'de>>(arguments: &str) -> Result<T, ToolResult> {
@@ -703,5 +812,97 @@ mod tests {
     fn a_phone_number_in_the_arguments_is_refused() {
         let result = parse::<TaskId>(r#"{"task_id":"x","phone_number":"447700900123"}"#);
         assert!(matches!(result, Err(r) if r.outcome == ToolOutcome::InvalidArguments));
+    }
+
+    /// Ada and Bob each with a task and a reminder.
+    async fn two_callers(store: &dyn Store) -> (PhoneNumber, PhoneNumber) {
+        let (ada, bob) = (
+            PhoneNumber::new("447700900123"),
+            PhoneNumber::new("447700900456"),
+        );
+        let later = Utc::now() + chrono::Duration::hours(2);
+        for phone in [&ada, &bob] {
+            let task = NewTask {
+                title: "Buy milk".into(),
+                notes: None,
+                due_at: None,
+            };
+            store.add_task(phone, task).await.unwrap();
+            store.add_reminder(phone, "pills", later).await.unwrap();
+        }
+        (ada, bob)
+    }
+
+    async fn rows_of(store: &dyn Store, phone: &PhoneNumber) -> (usize, usize) {
+        (
+            store.list_tasks(phone, None).await.unwrap().len(),
+            store.list_reminders(phone, None).await.unwrap().len(),
+        )
+    }
+
+    #[tokio::test]
+    async fn forget_me_asks_first_and_deletes_only_the_callers_data_once_confirmed() {
+        let (store, dir) = store().await;
+        let (ada, bob) = two_callers(&store).await;
+        let mut forget = ForgetMe::default();
+
+        // Asked: the AI learns what would go and that the caller must confirm; nothing goes.
+        let ForgetStep::Answer(asked) = forget.step("{}", true) else {
+            panic!("a request without confirm is answered at once");
+        };
+        assert_eq!(asked.outcome, ToolOutcome::Ok);
+        let output: Value = serde_json::from_str(&asked.output).unwrap();
+        assert_eq!(output["deleted"], json!(false));
+        assert!(output["say"].as_str().unwrap().contains("confirm true"));
+        assert!(!forget.confirmed());
+        assert_eq!(rows_of(&store, &ada).await, (1, 1));
+
+        // Confirmed after the request: deleted, Ada's only.
+        assert_eq!(forget.step(r#"{"confirm":true}"#, true), ForgetStep::Delete);
+        assert!(forget.confirmed());
+        let deleted = forget_caller(&store, &ada).await;
+        assert_eq!(deleted.outcome, ToolOutcome::Ok);
+        let output: Value = serde_json::from_str(&deleted.output).unwrap();
+        assert_eq!(
+            (&output["deleted"], &output["tasks"], &output["reminders"]),
+            (&json!(true), &json!(1), &json!(1))
+        );
+        assert_eq!(rows_of(&store, &ada).await, (0, 0));
+        assert_eq!(rows_of(&store, &bob).await, (1, 1));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn forget_me_confirmed_without_a_request_on_the_call_is_refused_and_deletes_nothing() {
+        let (store, dir) = store().await;
+        let (ada, _) = two_callers(&store).await;
+        let mut forget = ForgetMe::default();
+        let refused = forget.step(r#"{"confirm":true}"#, true);
+        assert!(
+            matches!(&refused, ForgetStep::Answer(r) if r.outcome == ToolOutcome::NotConfirmed),
+            "{refused:?}"
+        );
+        assert!(!forget.confirmed());
+        // confirm false is a request, not a confirmation; a phone number is refused.
+        assert!(matches!(
+            forget.step(r#"{"phone_number":"447700900456","confirm":true}"#, true),
+            ForgetStep::Answer(r) if r.outcome == ToolOutcome::InvalidArguments
+        ));
+        assert!(matches!(
+            forget.step("", false),
+            ForgetStep::Answer(r) if r.outcome == ToolOutcome::NoCaller
+        ));
+        // Outside a call (no state) it never deletes.
+        let outside = dispatch(
+            &store,
+            Some(&ada),
+            FORGET_ME,
+            r#"{"confirm":true}"#,
+            Utc::now(),
+        )
+        .await;
+        assert_eq!(outside.outcome, ToolOutcome::NotConfirmed);
+        assert_eq!(rows_of(&store, &ada).await, (1, 1));
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -37,7 +37,7 @@ use crate::metrics::Metrics;
 use crate::realtime::client::{RealtimeConfig, RealtimeError};
 use crate::realtime::events::{self, ServerEvent, Speaker};
 use crate::store::{CallLogDirection, CallOutcome, CallRecord, Role, Store};
-use crate::tools::{self, ToolOutcome, ToolResult};
+use crate::tools::{self, ForgetMe, ForgetStep, ToolOutcome, ToolResult};
 use crate::whatsapp::graph::{GraphAction, GraphClient, GraphError};
 use crate::whatsapp::sdp;
 
@@ -183,6 +183,8 @@ pub(super) struct CallTask {
     tool_calls: ToolCalls,
     /// Running tools; aborted if the call ends first.
     tool_runs: JoinSet<ToolRun>,
+    /// The caller's "forget me" on this call: asked, then confirmed.
+    forget_me: ForgetMe,
     /// This call's handles on the per-frame counters (looked up once, not per frame).
     frames_in: prometheus::IntCounter,
     frames_out: prometheus::IntCounter,
@@ -284,6 +286,7 @@ impl CallTask {
             journal: None,
             tool_calls: ToolCalls::new(),
             tool_runs: JoinSet::new(),
+            forget_me: ForgetMe::default(),
             frames_in,
             frames_out,
             opening: Opening::default(),
@@ -945,6 +948,10 @@ impl CallTask {
             });
             return;
         }
+        if name == tools::FORGET_ME {
+            self.forget_me_step(response_id, call_id, name, &arguments);
+            return;
+        }
         let store = self.context.store.clone();
         let phone = self.admission.phone().cloned();
         let timeout = self.context.tool_timeout;
@@ -964,6 +971,68 @@ impl CallTask {
                     "The task list did not answer in time. Apologise and offer to try again.",
                 ),
             };
+            ToolRun {
+                response_id,
+                call_id,
+                name,
+                result,
+                generation,
+            }
+        });
+    }
+
+    /// `forget_me`: a request is answered at once; a confirmation after it stops the journal
+    /// (nothing more of this call is kept, and its log row goes at the end) and deletes the
+    /// caller's data on a tool task, bounded like any tool.
+    fn forget_me_step(
+        &mut self,
+        response_id: String,
+        call_id: String,
+        name: String,
+        arguments: &str,
+    ) {
+        let phone = self.admission.phone().cloned();
+        let generation = self.ai.generation();
+        let step = self.forget_me.step(arguments, phone.is_some());
+        let (ForgetStep::Delete, Some(phone)) = (&step, phone) else {
+            let ForgetStep::Answer(result) = step else {
+                unreachable!("a confirmation needs a caller");
+            };
+            self.tool_runs.spawn(async move {
+                ToolRun {
+                    response_id,
+                    call_id,
+                    name,
+                    result,
+                    generation,
+                }
+            });
+            return;
+        };
+        if let Some(journal) = &self.journal {
+            journal.forget();
+        }
+        info!("the caller confirmed: forgetting everything kept about them");
+        let store = self.context.store.clone();
+        let timeout = self.context.tool_timeout;
+        let forgotten = self
+            .context
+            .metrics
+            .callers_forgotten
+            .with_label_values(&["tool"]);
+        self.tool_runs.spawn(async move {
+            let result = match tokio::time::timeout(timeout, tools::forget_caller(&*store, &phone))
+                .await
+            {
+                Ok(result) => result,
+                Err(_) => ToolResult::error(
+                    ToolOutcome::Timeout,
+                    "The deletion did not finish in time. Apologise; nothing more of this call is kept, and the caller can ask again later.",
+                ),
+            };
+            if result.outcome == ToolOutcome::Ok {
+                forgotten.inc();
+            }
             ToolRun {
                 response_id,
                 call_id,
