@@ -389,3 +389,135 @@ async fn a_callers_full_number_never_reaches_the_logs() {
         number.as_str()
     );
 }
+
+/// A task, a reminder, a profile and a call with a turn, for `phone`.
+async fn seed_caller(stack: &LocalStack, phone: &bridge::ids::PhoneNumber, call: &str) {
+    use bridge::store::{CallLogDirection, CallRecord, NewTask, Role, TranscriptTurn};
+    let now = chrono::Utc::now();
+    let store = &stack.store;
+    let task = NewTask {
+        title: "Buy milk".into(),
+        notes: None,
+        due_at: None,
+    };
+    store.add_task(phone, task).await.expect("task");
+    store
+        .add_reminder(phone, "Dentist", now + chrono::Duration::days(1))
+        .await
+        .expect("reminder");
+    store
+        .set_caller_time_zone(phone, "Europe/London")
+        .await
+        .expect("zone");
+    let id = bridge::ids::CallId::new(call);
+    let record = CallRecord::started(
+        id.clone(),
+        Some(phone.clone()),
+        CallLogDirection::Inbound,
+        now,
+    );
+    store.start_call(&record).await.expect("call");
+    let turns: Vec<_> = (0..2)
+        .map(|seq| TranscriptTurn {
+            call_id: id.clone(),
+            seq,
+            role: Role::User,
+            text: format!("turn {seq}"),
+            at: now,
+        })
+        .collect();
+    store.append_turns(&turns).await.expect("turns");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_deletes_everything_of_one_caller_and_nothing_of_another() {
+    let stack = stack_with(5, &[("ADMIN_TOKEN", ADMIN_TOKEN)]).await;
+    let (ada, bob) = (user(31), user(32));
+    seed_caller(&stack, &ada, "wacid.ADMIN-ADA").await;
+    seed_caller(&stack, &bob, "wacid.ADMIN-BOB").await;
+    let delete = |number: &str, token: Option<&str>| {
+        let mut request = stack
+            .http()
+            .delete(format!("{}/callers/{number}/data", stack.bridge_url));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        async move {
+            let response = request.send().await.expect("DELETE");
+            let status = response.status().as_u16();
+            (status, response.text().await.expect("body"))
+        }
+    };
+    let adas_rows = |stack: &LocalStack, phone: bridge::ids::PhoneNumber| {
+        let store = stack.store.clone();
+        async move {
+            (
+                store.list_tasks(&phone, None).await.unwrap().len(),
+                store.list_reminders(&phone, None).await.unwrap().len(),
+                store
+                    .recent_turns(&phone, chrono::Utc::now() - chrono::Duration::days(1), 10)
+                    .await
+                    .unwrap()
+                    .len(),
+            )
+        }
+    };
+
+    // No token, a wrong one, a number that is not one: refused, nothing deleted.
+    assert_eq!(delete(&format!("+{}", ada.as_str()), None).await.0, 401);
+    assert_eq!(delete(ada.as_str(), Some("wrong")).await.0, 401);
+    for bad in ["12ab5678", "123", "+%2B447700900031"] {
+        let (status, body) = delete(bad, Some(ADMIN_TOKEN)).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(body.contains("6 to 15 digits"), "{body}");
+    }
+    assert_eq!(adas_rows(&stack, ada.clone()).await, (1, 1, 2));
+
+    let (status, body) = delete(&format!("+{}", ada.as_str()), Some(ADMIN_TOKEN)).await;
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(
+        answer["deleted"],
+        serde_json::json!({
+            "tasks": 1, "reminders": 1, "transcript_turns": 2, "calls": 1, "profiles": 1
+        })
+    );
+    assert!(
+        !body.contains(ada.as_str()),
+        "the number is not echoed: {body}"
+    );
+    assert_eq!(adas_rows(&stack, ada.clone()).await, (0, 0, 0));
+    assert_eq!(
+        stack
+            .store
+            .call(&bridge::ids::CallId::new("wacid.ADMIN-ADA"))
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        stack.store.caller_profile(&ada).await.unwrap().time_zone,
+        None
+    );
+    assert_eq!(adas_rows(&stack, bob.clone()).await, (1, 1, 2));
+    assert_eq!(
+        stack
+            .store
+            .caller_profile(&bob)
+            .await
+            .unwrap()
+            .time_zone
+            .as_deref(),
+        Some("Europe/London")
+    );
+    // Again: nothing left to delete.
+    let (status, body) = delete(ada.as_str(), Some(ADMIN_TOKEN)).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("\"tasks\":0"), "{body}");
+    let (_, metrics) = get(&stack, "/metrics", None).await;
+    assert!(
+        metrics.contains("whatsapp_bridge_callers_forgotten_total{via=\"admin\"} 2"),
+        "{metrics}"
+    );
+    stack.stop().await.expect("stop");
+}

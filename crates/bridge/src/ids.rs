@@ -51,6 +51,14 @@ impl PhoneNumber {
         )
     }
 
+    /// A number given by a person (the admin API): 6 to 15 digits (E.164's most), optionally
+    /// after `+`; anything else (spaces, letters, too short or long) is `None`.
+    pub fn parse(text: &str) -> Option<Self> {
+        let digits = text.strip_prefix('+').unwrap_or(text);
+        ((6..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| Self(digits.to_owned()))
+    }
+
     /// The full number, digits only. Never log this.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -93,5 +101,25 @@ mod tests {
     #[test]
     fn short_numbers_are_fully_masked() {
         assert_eq!(PhoneNumber::new("12345").to_string(), "+*****");
+    }
+
+    #[test]
+    fn a_typed_number_is_6_to_15_digits_after_an_optional_plus() {
+        assert_eq!(
+            PhoneNumber::parse("+447700900123").map(|p| p.as_str().to_owned()),
+            Some("447700900123".to_owned())
+        );
+        assert!(PhoneNumber::parse("447700900123").is_some());
+        for bad in [
+            "",
+            "+",
+            "12345",
+            "1234567890123456",
+            "44 7700 900123",
+            "44770090012a",
+            "++447700900123",
+        ] {
+            assert_eq!(PhoneNumber::parse(bad), None, "{bad}");
+        }
     }
 }

@@ -1,5 +1,5 @@
-//! The admin calls API (`ADMIN_TOKEN` as a bearer token): list live calls, place one, hang one
-//! up; with a fleet, on every replica.
+//! The admin API (`ADMIN_TOKEN` as a bearer token): list live calls, place one, hang one up
+//! (with a fleet, on every replica); delete everything kept about a caller.
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
@@ -124,6 +124,42 @@ pub async fn hang_up(
         .into_response()
 }
 
+/// `DELETE /callers/{number}/data`: deletes everything kept about the caller (tasks, reminders
+/// and callbacks, transcripts, call log, profile) as their "forget me" does; 200 with the rows
+/// deleted of each, 400 for a number that is not one (nothing deleted), 503 when the store
+/// failed. A call of theirs live now may still write its own log when it ends.
+pub async fn forget_caller(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(number): Path<String>,
+) -> Response {
+    if !authorized(&state, &headers) {
+        return unauthorized();
+    }
+    let Some(phone) = PhoneNumber::parse(&number) else {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "the number must be 6 to 15 digits, optionally after +",
+        );
+    };
+    let store = state.calls.context().store.clone();
+    match store.forget_caller(&phone).await {
+        Ok(deleted) => {
+            state
+                .metrics
+                .callers_forgotten
+                .with_label_values(&["admin"])
+                .inc();
+            info!(phone = %phone, rows = deleted.total(), "caller's data deleted by an operator");
+            Json(json!({ "deleted": deleted })).into_response()
+        }
+        Err(err) => {
+            warn!(phone = %phone, %err, "deleting a caller's data failed");
+            error_response(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
+        }
+    }
+}
+
 /// `POST /calls`: places a call to a user (a callback): the same path as every outbound call
 /// (the user's call permission, offer, Graph `connect`, Meta's answer webhook, the AI opening
 /// with `purpose` once the user picks up). 202 with the call id once Meta took the `connect`;
@@ -143,13 +179,12 @@ pub async fn place_call(
             "the body must be JSON: {\"to\": \"<number>\", \"purpose\": \"<text>\"}",
         );
     };
-    let digits = request.to.strip_prefix('+').unwrap_or(&request.to);
-    if !(6..=15).contains(&digits.len()) || !digits.bytes().all(|b| b.is_ascii_digit()) {
+    let Some(to) = PhoneNumber::parse(&request.to) else {
         return error_response(
             StatusCode::BAD_REQUEST,
             "to must be a phone number: 6 to 15 digits, optionally after +",
         );
-    }
+    };
     let purpose = request.purpose.trim();
     if purpose.is_empty() || purpose.chars().count() > MAX_PURPOSE_CHARS {
         return error_response(
@@ -157,7 +192,6 @@ pub async fn place_call(
             "purpose must be 1 to 2000 characters",
         );
     }
-    let to = PhoneNumber::new(digits);
     let context = "The business is calling this user (a call placed by an operator).";
     match state.outreach.call(&to, purpose, context, None).await {
         Ok(placed) => {
