@@ -22,7 +22,7 @@ use super::journal::Journal;
 use super::registry::Admission;
 use super::tool_calls::{Send as ToolSend, ToolCalls};
 use super::{CallCommand, CallDirection, CallEnd};
-use crate::ids::CallId;
+use crate::ids::{CallId, PhoneNumber};
 use crate::local_time;
 use crate::media::codec::{EncoderSettings, SAMPLES_PER_FRAME, StreamEncoder};
 use crate::media::downlink::{Downlink, OutgoingFrame};
@@ -1251,12 +1251,29 @@ impl CallTask {
                 })
                 .await;
         }
+        if self.forget_me.confirmed()
+            && let Some(phone) = self.admission.phone().cloned()
+        {
+            let store = self.context.store.clone();
+            forget_again(&*store, &phone, self.context.tool_timeout).await;
+        }
         record_end(&self.context.metrics, &self.flow);
         if let Some(reporter) = self.opening.reporter.take() {
             let answered = self.flow.active_since().is_some();
             let _ = reporter.send(PlacedOutcome::Ended { end, answered });
         }
         drop(self.admission);
+    }
+}
+
+/// At the end of a call whose caller confirmed "forget me": the deletion once more, after the
+/// journal's last write, since the end aborts running tools and may have cut it short (anything
+/// stored for the caller since goes too, as they asked). Bounded like a tool.
+async fn forget_again(store: &dyn Store, phone: &PhoneNumber, timeout: Duration) {
+    match tokio::time::timeout(timeout, store.forget_caller(phone)).await {
+        Ok(Ok(deleted)) => debug!(rows = deleted.total(), "forgotten caller: final sweep"),
+        Ok(Err(err)) => warn!(%err, "forgotten caller: the final sweep failed"),
+        Err(_) => warn!("forgotten caller: the final sweep timed out"),
     }
 }
 
