@@ -2,9 +2,10 @@
 //! schema in memory with what the database checks on a write (timestamps, check constraints,
 //! the primary key and unique indexes, the `callers` trigger), PostgREST's query grammar as far
 //! as the store uses it (`eq.`, `gte.`, `is.` filters, `select` with an inner-joined `calls`
-//! embed, `order`, `limit`), upserts (`resolution=merge-duplicates`, `on_conflict`), the SQL
-//! function `claim_due_reminders` at `/rpc/`, its `apikey` + bearer check, its status codes and
-//! error bodies, every request recorded. Its clock (`now()` in the database) can be moved on.
+//! embed, `order`, `limit`), upserts (`resolution=merge-duplicates`, `on_conflict`), deletes
+//! with the same filters, the SQL function `claim_due_reminders` at `/rpc/`, its `apikey` +
+//! bearer check, its status codes and error bodies, every request recorded. Its clock (`now()`
+//! in the database) can be moved on.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -340,6 +341,7 @@ async fn handle_table(
             };
             update(&mut tables, &write, &params, changes)
         }
+        Method::DELETE => delete(&mut tables, &write, &params),
         _ => error(
             StatusCode::METHOD_NOT_ALLOWED,
             "PGRST117",
@@ -679,6 +681,34 @@ fn update(
     }
     tables.get_mut(table).expect("checked by the caller").rows = next;
     write.answer(StatusCode::OK, updated)
+}
+
+/// Removes the rows that pass every filter.
+fn delete(
+    tables: &mut HashMap<&'static str, Table>,
+    write: &Write<'_>,
+    params: &[(String, String)],
+) -> Response {
+    let target = tables.get_mut(write.table).expect("checked by the caller");
+    let mut kept = Vec::with_capacity(target.rows.len());
+    let mut deleted = Vec::new();
+    for row in &target.rows {
+        let mut keep = false;
+        for (column, filter) in params {
+            match passes(row.get(column), filter) {
+                Ok(true) => {}
+                Ok(false) => keep = true,
+                Err(message) => return error(StatusCode::BAD_REQUEST, "PGRST100", &message),
+            }
+        }
+        if keep {
+            kept.push(row.clone());
+        } else {
+            deleted.push(row.clone());
+        }
+    }
+    target.rows = kept;
+    write.answer(StatusCode::OK, deleted)
 }
 
 #[cfg(test)]

@@ -161,8 +161,8 @@ mod tests {
     use super::*;
     use crate::ids::PhoneNumber;
     use crate::store::{
-        CallLogDirection, CallerProfile, NewTask, Reminder, ReminderStatus, ReminderUpdate,
-        StoreError, Task, TaskStatus,
+        BlockedCaller, CallLogDirection, CallerProfile, NewTask, Reminder, ReminderStatus,
+        ReminderUpdate, StoreError, Task, TaskStatus,
     };
 
     /// A store whose call-log write never finishes: the writer is stuck, turns pile up.
@@ -277,6 +277,20 @@ mod tests {
             _: chrono::DateTime<Utc>,
         ) -> Result<(), StoreError> {
             Ok(())
+        }
+        async fn list_blocked(&self) -> Result<Vec<BlockedCaller>, StoreError> {
+            Ok(vec![])
+        }
+        async fn block_caller(
+            &self,
+            _: &PhoneNumber,
+            _: Option<&str>,
+            _: chrono::DateTime<Utc>,
+        ) -> Result<BlockedCaller, StoreError> {
+            unreachable!("not used")
+        }
+        async fn unblock_caller(&self, _: &PhoneNumber) -> Result<bool, StoreError> {
+            Ok(false)
         }
     }
 

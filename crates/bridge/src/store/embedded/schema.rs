@@ -75,7 +75,7 @@ CREATE TABLE IF NOT EXISTS transcript_turns (
 
 /// Upgrade `n` takes a file from `user_version` n to n + 1. Append only; never edit one that
 /// has shipped.
-const UPGRADES: &[&str] = &[REMINDER_DELIVERY];
+const UPGRADES: &[&str] = &[REMINDER_DELIVERY, BLOCKED_CALLERS];
 
 /// Supabase's `0003_reminder_delivery.sql`: what the reminder scheduler needs (kinds, retries,
 /// the outcome, the attempt log, the claim of a replica) and the `callers` table.
@@ -102,6 +102,15 @@ CREATE TABLE callers (
     time_zone TEXT,
     last_message_at TEXT,
     updated_at TEXT NOT NULL
+);
+";
+
+/// Supabase's `0004_blocked_callers.sql`: the numbers the business neither answers nor calls.
+const BLOCKED_CALLERS: &str = "
+CREATE TABLE blocked_callers (
+    phone_number TEXT PRIMARY KEY,
+    reason TEXT,
+    blocked_at TEXT NOT NULL
 );
 ";
 
