@@ -51,6 +51,14 @@ impl PhoneNumber {
         )
     }
 
+    /// A number as a person writes it to the bridge (admin API): 6 to 15 digits (E.164),
+    /// optionally after `+`; anything else is `None`.
+    pub fn parse(text: &str) -> Option<Self> {
+        let digits = text.strip_prefix('+').unwrap_or(text);
+        ((6..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| Self(digits.to_owned()))
+    }
+
     /// The full number, digits only. Never log this.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -88,6 +96,25 @@ mod tests {
         assert_eq!(number.to_string(), "+9198****3421");
         assert_eq!(format!("{number:?}"), "PhoneNumber(+9198****3421)");
         assert_eq!(number.as_str(), "919812343421");
+    }
+
+    #[test]
+    fn only_six_to_fifteen_digits_parse_as_a_number() {
+        assert_eq!(
+            PhoneNumber::parse("+447700900123").map(|n| n.as_str().to_owned()),
+            Some("447700900123".to_owned())
+        );
+        for bad in [
+            "",
+            "+",
+            "12345",
+            "1234567890123456",
+            "44 7700 900123",
+            "4477OO900123",
+            "++447700900123",
+        ] {
+            assert_eq!(PhoneNumber::parse(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! The admin calls API (`ADMIN_TOKEN` as a bearer token): list live calls, place one, hang one
-//! up; with a fleet, on every replica.
+//! The admin API (`ADMIN_TOKEN` as a bearer token): list live calls, place one, hang one up
+//! (with a fleet, on every replica); list, add to and remove from the block list.
 
+use axum::body::Bytes;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -15,6 +16,10 @@ use crate::call::calls::brief;
 use crate::fleet::CallBrief;
 use crate::ids::{CallId, PhoneNumber};
 use crate::outreach::OutreachError;
+use crate::store::{BlockedCaller, StoreError};
+
+/// Longest `reason` of a block.
+const MAX_BLOCK_REASON_CHARS: usize = 500;
 
 /// Longest `purpose` of a placed call (it goes into the AI's instructions).
 const MAX_PURPOSE_CHARS: usize = 2_000;
@@ -143,13 +148,12 @@ pub async fn place_call(
             "the body must be JSON: {\"to\": \"<number>\", \"purpose\": \"<text>\"}",
         );
     };
-    let digits = request.to.strip_prefix('+').unwrap_or(&request.to);
-    if !(6..=15).contains(&digits.len()) || !digits.bytes().all(|b| b.is_ascii_digit()) {
+    let Some(to) = PhoneNumber::parse(&request.to) else {
         return error_response(
             StatusCode::BAD_REQUEST,
             "to must be a phone number: 6 to 15 digits, optionally after +",
         );
-    }
+    };
     let purpose = request.purpose.trim();
     if purpose.is_empty() || purpose.chars().count() > MAX_PURPOSE_CHARS {
         return error_response(
@@ -157,7 +161,6 @@ pub async fn place_call(
             "purpose must be 1 to 2000 characters",
         );
     }
-    let to = PhoneNumber::new(digits);
     let context = "The business is calling this user (a call placed by an operator).";
     match state.outreach.call(&to, purpose, context, None).await {
         Ok(placed) => {
@@ -171,7 +174,9 @@ pub async fn place_call(
         }
         Err(err) => {
             let status = match &err {
-                OutreachError::NoPermission { .. } => StatusCode::FORBIDDEN,
+                OutreachError::NoPermission { .. } | OutreachError::Blocked => {
+                    StatusCode::FORBIDDEN
+                }
                 OutreachError::Busy => StatusCode::CONFLICT,
                 OutreachError::Quota { .. } | OutreachError::RateLimited => {
                     StatusCode::TOO_MANY_REQUESTS
@@ -188,5 +193,120 @@ pub async fn place_call(
             };
             error_response(status, label)
         }
+    }
+}
+
+/// `PUT /blocked/{number}` body (optional).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BlockRequest {
+    /// Why, for the operators; kept with the block.
+    reason: Option<String>,
+}
+
+fn blocked_json(row: &BlockedCaller) -> serde_json::Value {
+    json!({
+        "number": row.phone_number.as_str(),
+        "reason": row.reason,
+        "blocked_at": row.blocked_at.to_rfc3339(),
+    })
+}
+
+fn number_of(text: &str) -> Result<PhoneNumber, Response> {
+    PhoneNumber::parse(text).ok_or_else(|| {
+        error_response(
+            StatusCode::BAD_REQUEST,
+            "the number must be a phone number: 6 to 15 digits, optionally after +",
+        )
+    })
+}
+
+fn store_failed(err: &StoreError) -> Response {
+    warn!(%err, "admin: the block list could not be read or changed");
+    error_response(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
+}
+
+/// `GET /blocked`: every blocked number (as the store has it), earliest first.
+pub async fn list_blocked(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if !authorized(&state, &headers) {
+        return unauthorized();
+    }
+    match state.calls.context().block_list.list().await {
+        Ok(rows) => {
+            let blocked: Vec<_> = rows.iter().map(blocked_json).collect();
+            Json(json!({ "blocked": blocked })).into_response()
+        }
+        Err(err) => store_failed(&err),
+    }
+}
+
+/// `PUT /blocked/{number}`, optional body `{"reason": "…"}`: the number's calls are declined
+/// (`blocked`) on every replica and nothing is sent to it. Blocking again replaces the reason.
+pub async fn block(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(number): Path<String>,
+    body: Bytes,
+) -> Response {
+    if !authorized(&state, &headers) {
+        return unauthorized();
+    }
+    let phone = match number_of(&number) {
+        Ok(phone) => phone,
+        Err(response) => return response,
+    };
+    let request = if body.iter().all(u8::is_ascii_whitespace) {
+        BlockRequest { reason: None }
+    } else {
+        match serde_json::from_slice::<BlockRequest>(&body) {
+            Ok(request) => request,
+            Err(_) => {
+                return error_response(
+                    StatusCode::BAD_REQUEST,
+                    "the body must be empty or JSON: {\"reason\": \"<text>\"}",
+                );
+            }
+        }
+    };
+    let reason = request
+        .reason
+        .as_deref()
+        .map(str::trim)
+        .filter(|reason| !reason.is_empty());
+    if reason.is_some_and(|reason| reason.chars().count() > MAX_BLOCK_REASON_CHARS) {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "reason must be at most 500 characters",
+        );
+    }
+    match state.calls.context().block_list.block(&phone, reason).await {
+        Ok(row) => {
+            info!(number = %phone, "number blocked by an operator");
+            Json(blocked_json(&row)).into_response()
+        }
+        Err(err) => store_failed(&err),
+    }
+}
+
+/// `DELETE /blocked/{number}`: 204 once unblocked, 404 when it was not blocked.
+pub async fn unblock(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(number): Path<String>,
+) -> Response {
+    if !authorized(&state, &headers) {
+        return unauthorized();
+    }
+    let phone = match number_of(&number) {
+        Ok(phone) => phone,
+        Err(response) => return response,
+    };
+    match state.calls.context().block_list.unblock(&phone).await {
+        Ok(true) => {
+            info!(number = %phone, "number unblocked by an operator");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Ok(false) => error_response(StatusCode::NOT_FOUND, "not blocked"),
+        Err(err) => store_failed(&err),
     }
 }

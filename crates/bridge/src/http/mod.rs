@@ -58,7 +58,12 @@ pub fn router(state: AppState, metrics_separately: bool) -> Router {
     if state.admin_token.is_some() {
         router = router
             .route("/calls", get(admin::list_calls).post(admin::place_call))
-            .route("/calls/{id}", axum::routing::delete(admin::hang_up));
+            .route("/calls/{id}", axum::routing::delete(admin::hang_up))
+            .route("/blocked", get(admin::list_blocked))
+            .route(
+                "/blocked/{number}",
+                axum::routing::put(admin::block).delete(admin::unblock),
+            );
     }
     router
         .layer(DefaultBodyLimit::max(WEBHOOK_BODY_LIMIT))
