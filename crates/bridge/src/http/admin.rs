@@ -212,13 +212,11 @@ fn blocked_json(row: &BlockedCaller) -> serde_json::Value {
     })
 }
 
-fn number_of(text: &str) -> Result<PhoneNumber, Response> {
-    PhoneNumber::parse(text).ok_or_else(|| {
-        error_response(
-            StatusCode::BAD_REQUEST,
-            "the number must be a phone number: 6 to 15 digits, optionally after +",
-        )
-    })
+fn bad_number() -> Response {
+    error_response(
+        StatusCode::BAD_REQUEST,
+        "the number must be a phone number: 6 to 15 digits, optionally after +",
+    )
 }
 
 fn store_failed(err: &StoreError) -> Response {
@@ -251,9 +249,8 @@ pub async fn block(
     if !authorized(&state, &headers) {
         return unauthorized();
     }
-    let phone = match number_of(&number) {
-        Ok(phone) => phone,
-        Err(response) => return response,
+    let Some(phone) = PhoneNumber::parse(&number) else {
+        return bad_number();
     };
     let request = if body.iter().all(u8::is_ascii_whitespace) {
         BlockRequest { reason: None }
@@ -297,9 +294,8 @@ pub async fn unblock(
     if !authorized(&state, &headers) {
         return unauthorized();
     }
-    let phone = match number_of(&number) {
-        Ok(phone) => phone,
-        Err(response) => return response,
+    let Some(phone) = PhoneNumber::parse(&number) else {
+        return bad_number();
     };
     match state.calls.context().block_list.unblock(&phone).await {
         Ok(true) => {
