@@ -5,6 +5,7 @@ mod cleanup;
 mod cli;
 mod drain;
 mod fleet;
+mod limits;
 mod ops;
 mod recovery;
 mod reminders;

@@ -1,10 +1,11 @@
 //! Reminders that reach the caller, over real WebRTC on loopback: set during a call and
 //! delivered by a call the user hears; retried, then sent as a WhatsApp message; a permission
 //! request where the user has not allowed calls; failed with the reason when nothing can reach
-//! the user; delayed, not lost, while the store is down; and the busy callback for a caller
-//! refused at capacity. Two processes on one store delivering 100 due reminders exactly once is
-//! the load harness's `--reminders` run, which `scripts/test.sh` runs as its own process (its
-//! hundred phones would disturb the socket counts of the tests running beside it here).
+//! the user, or with nothing sent when the number is blocked; delayed, not lost, while the store
+//! is down; and the busy callback for a caller refused at capacity. Two processes on one store
+//! delivering 100 due reminders exactly once is the load harness's `--reminders` run, which
+//! `scripts/test.sh` runs as its own process (its hundred phones would disturb the socket counts
+//! of the tests running beside it here).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -311,6 +312,42 @@ async fn after_the_window_a_reminder_fails_with_the_reason_or_goes_by_template()
     assert_eq!(messages[0].kind, "template");
     assert_eq!(messages[0].template.as_deref(), Some("reminder"));
     assert!(messages[0].text.contains("the dentist"));
+    stack.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reminder_for_a_blocked_number_fails_and_nothing_reaches_it() {
+    let stack = reminder_stack(4, &[], Vec::new()).await;
+    let _callee = Callee::start(&stack.graph, stack.phone_settings());
+    let person = user(505);
+    stack
+        .calls
+        .context()
+        .block_list
+        .block(&person, Some("abuse"))
+        .await
+        .expect("blocked");
+    stack
+        .store
+        .add_reminder(&person, "the dentist", Utc::now())
+        .await
+        .expect("reminder");
+    let reminder = settled(&*stack.store, &person, DELIVERY_WAIT).await;
+    assert_eq!(reminder.status, ReminderStatus::Failed);
+    assert_eq!(
+        reminder.failure_reason.as_deref(),
+        Some("the number is blocked")
+    );
+    // No call and no message went out.
+    assert!(
+        stack.graph.actions().is_empty(),
+        "{:?}",
+        stack.graph.actions()
+    );
+    assert!(stack.graph.messages().is_empty());
+    assert!(stack.metrics.render().contains(
+        "whatsapp_bridge_reminders_failed_total{kind=\"reminder\",reason=\"blocked\"} 1"
+    ));
     stack.stop().await.expect("stop");
 }
 

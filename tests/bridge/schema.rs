@@ -41,7 +41,10 @@ fn the_migrations_create_the_tables_indexes_and_row_level_security() {
         "select string_agg(table_name, ',' order by table_name) from information_schema.tables \
          where table_schema = 'public'",
     );
-    assert_eq!(tables, "callers,calls,reminders,tasks,transcript_turns");
+    assert_eq!(
+        tables,
+        "blocked_callers,callers,calls,reminders,tasks,transcript_turns"
+    );
     let columns = |table: &str| {
         psql(
             &url,
@@ -69,6 +72,7 @@ fn the_migrations_create_the_tables_indexes_and_row_level_security() {
         columns("callers"),
         "phone_number,time_zone,last_message_at,updated_at"
     );
+    assert_eq!(columns("blocked_callers"), "phone_number,reason,blocked_at");
 
     let indexes = psql(
         &url,
@@ -142,11 +146,12 @@ fn the_migrations_create_the_tables_indexes_and_row_level_security() {
     let secured = psql(
         &url,
         "select string_agg(relname || '=' || relrowsecurity, ',' order by relname) from pg_class \
-         where relname in ('tasks', 'reminders', 'calls', 'transcript_turns', 'callers')",
+         where relname in ('tasks', 'reminders', 'calls', 'transcript_turns', 'callers', \
+         'blocked_callers')",
     );
     assert_eq!(
         secured,
-        "callers=true,calls=true,reminders=true,tasks=true,transcript_turns=true"
+        "blocked_callers=true,callers=true,calls=true,reminders=true,tasks=true,transcript_turns=true"
     );
 
     // A row written by the owner is invisible to anon and visible to the service role.

@@ -12,6 +12,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::call::ai_breaker::{AiBreaker, run_prober};
+use crate::call::block_list::BlockList;
+use crate::call::caller_limits::CallerLimits;
 use crate::call::calls::Calls;
 use crate::call::registry::Registry;
 use crate::call::task::CallContext;
@@ -31,7 +33,7 @@ use crate::retention::{FIRST_RUN_DELAY, PurgeBounds, RetentionPurge};
 use crate::store::Store;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::supabase::{SupabaseConfig, SupabaseStore};
-use crate::tools;
+use crate::tools::{self, ToolLimits};
 use crate::whatsapp::graph::{GraphClient, GraphConfig};
 
 /// After the drain, how long shutdown waits for calls to finish ending (each sends its
@@ -60,6 +62,8 @@ pub struct App {
     ai_probe_interval: Duration,
     /// Purges transcripts and call logs past `TRANSCRIPT_RETENTION` (`None`: kept forever).
     retention: Option<RetentionPurge>,
+    /// How often the block list is read again (other replicas' changes).
+    block_list_refresh: Duration,
 }
 
 impl App {
@@ -123,6 +127,10 @@ impl App {
         if let crate::realtime::client::Provider::Azure { deployment, .. } = &config.ai_provider {
             session.model = Some(deployment.clone());
         }
+        let block_list = BlockList::new(store.clone());
+        if let Err(err) = block_list.refresh().await {
+            warn!(%err, "the block list could not be read at start; it is read again periodically");
+        }
         let context = CallContext {
             graph,
             realtime: RealtimeConfig {
@@ -151,6 +159,13 @@ impl App {
             idle_timeout: config.idle_timeout,
             frame_phases: FramePhases::default(),
             ai_breaker: AiBreaker::new(config.ai_breaker_threshold, metrics.clone()),
+            block_list: block_list.clone(),
+            caller_limits: CallerLimits::new(&config.caller_limits, fleet.clone()),
+            tool_limits: ToolLimits {
+                open_tasks: config.caller_limits.open_tasks as usize,
+                pending_reminders: config.caller_limits.pending_reminders as usize,
+            },
+            tool_calls_per_call: config.caller_limits.tool_calls_per_call,
         };
         let calls = Calls::new(context, registry, TaskTracker::new(), ports, fleet.clone());
         let outreach = Outreach::new(calls.clone(), config.reminders.clone());
@@ -210,6 +225,7 @@ impl App {
             scheduler,
             ai_probe_interval: config.ai_breaker_probe_interval,
             retention,
+            block_list_refresh: config.caller_limits.block_list_refresh,
         })
     }
 
@@ -264,6 +280,7 @@ impl App {
             scheduler,
             ai_probe_interval,
             retention,
+            block_list_refresh,
         } = self;
         let scheduler_stop = CancellationToken::new();
         let scheduler =
@@ -283,6 +300,12 @@ impl App {
         if let Some(retention) = retention {
             tokio::spawn(retention.run(FIRST_RUN_DELAY, stopped.clone()));
         }
+        tokio::spawn(
+            context
+                .block_list
+                .clone()
+                .run_refresh(block_list_refresh, stopped.clone()),
+        );
         if let Some(metrics_listener) = metrics_listener {
             info!(addr = %metrics_listener.local_addr()?, "metrics listening");
             let stop = stopped.clone();

@@ -71,6 +71,13 @@ pub const REMINDER_TEMPLATE: &str = "REMINDER_TEMPLATE";
 pub const REMINDER_TEMPLATE_LANGUAGE: &str = "REMINDER_TEMPLATE_LANGUAGE";
 pub const CALLBACK_ON_BUSY: &str = "CALLBACK_ON_BUSY";
 pub const TRANSCRIPT_RETENTION: &str = "TRANSCRIPT_RETENTION";
+pub const CALLER_CALLS_PER_HOUR: &str = "CALLER_CALLS_PER_HOUR";
+pub const CALLER_CALLS_PER_DAY: &str = "CALLER_CALLS_PER_DAY";
+pub const CALLER_MINUTES_PER_DAY: &str = "CALLER_MINUTES_PER_DAY";
+pub const CALLER_OPEN_TASKS: &str = "CALLER_OPEN_TASKS";
+pub const CALLER_PENDING_REMINDERS: &str = "CALLER_PENDING_REMINDERS";
+pub const TOOL_CALLS_PER_CALL: &str = "TOOL_CALLS_PER_CALL";
+pub const BLOCK_LIST_REFRESH: &str = "BLOCK_LIST_REFRESH";
 
 /// Every key, for `.env.example` checks and `--help`.
 pub const ALL_KEYS: &[&str] = &[
@@ -131,6 +138,13 @@ pub const ALL_KEYS: &[&str] = &[
     REMINDER_TEMPLATE_LANGUAGE,
     CALLBACK_ON_BUSY,
     TRANSCRIPT_RETENTION,
+    CALLER_CALLS_PER_HOUR,
+    CALLER_CALLS_PER_DAY,
+    CALLER_MINUTES_PER_DAY,
+    CALLER_OPEN_TASKS,
+    CALLER_PENDING_REMINDERS,
+    TOOL_CALLS_PER_CALL,
+    BLOCK_LIST_REFRESH,
 ];
 
 /// Where the caller's data lives.
@@ -178,6 +192,39 @@ pub struct ReminderSettings {
     pub template_language: String,
     /// A caller refused at capacity is told the lines are busy and called back.
     pub callback_on_busy: bool,
+}
+
+/// What one caller (one number) may use; every limit 0 means none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CallerLimitSettings {
+    /// Inbound calls admitted per number per clock hour (UTC).
+    pub calls_per_hour: u32,
+    /// Inbound calls admitted per number per day (UTC).
+    pub calls_per_day: u32,
+    /// Minutes of inbound calls per number per day (UTC); a call is cut to what is left.
+    pub minutes_per_day: u32,
+    /// Open tasks per number; `add_task` refuses past it.
+    pub open_tasks: u32,
+    /// Pending reminders per number; `add_reminder` refuses past it.
+    pub pending_reminders: u32,
+    /// Tool calls per call; past it every tool call is answered with an error.
+    pub tool_calls_per_call: u32,
+    /// How often the block list is read again from the store (other replicas' changes).
+    pub block_list_refresh: Duration,
+}
+
+impl Default for CallerLimitSettings {
+    fn default() -> Self {
+        Self {
+            calls_per_hour: 20,
+            calls_per_day: 60,
+            minutes_per_day: 120,
+            open_tasks: 200,
+            pending_reminders: 50,
+            tool_calls_per_call: 50,
+            block_list_refresh: Duration::from_secs(30),
+        }
+    }
 }
 
 /// The caller's speech is transcribed by this OpenAI model unless `OPENAI_TRANSCRIBE_MODEL` says
@@ -295,6 +342,7 @@ pub struct Config {
     /// Transcript turns and call-log rows older than this are purged; `None` (`0`/`off`):
     /// kept forever.
     pub transcript_retention: Option<Duration>,
+    pub caller_limits: CallerLimitSettings,
 }
 
 impl std::fmt::Debug for Config {
@@ -607,6 +655,7 @@ impl Config {
         let fleet = read_fleet(&mut r);
         let reminders = read_reminders(&mut r);
         let transcript_retention = read_retention(&mut r, max_call_duration);
+        let caller_limits = read_caller_limits(&mut r);
 
         if !r.problems.is_empty() {
             return Err(ConfigError(r.problems));
@@ -648,6 +697,7 @@ impl Config {
             fleet,
             reminders,
             transcript_retention,
+            caller_limits,
         })
     }
 }
@@ -670,6 +720,45 @@ fn read_retention(r: &mut Reader<'_>, max_call_duration: Duration) -> Option<Dur
             Some(retention)
         }
     }
+}
+
+/// The per-caller limits (0: no limit).
+fn read_caller_limits(r: &mut Reader<'_>) -> CallerLimitSettings {
+    let defaults = CallerLimitSettings::default();
+    let settings = CallerLimitSettings {
+        calls_per_hour: r.parsed(
+            CALLER_CALLS_PER_HOUR,
+            defaults.calls_per_hour,
+            "a number of calls",
+        ),
+        calls_per_day: r.parsed(
+            CALLER_CALLS_PER_DAY,
+            defaults.calls_per_day,
+            "a number of calls",
+        ),
+        minutes_per_day: r.parsed(
+            CALLER_MINUTES_PER_DAY,
+            defaults.minutes_per_day,
+            "a number of minutes",
+        ),
+        open_tasks: r.parsed(CALLER_OPEN_TASKS, defaults.open_tasks, "a number of tasks"),
+        pending_reminders: r.parsed(
+            CALLER_PENDING_REMINDERS,
+            defaults.pending_reminders,
+            "a number of reminders",
+        ),
+        tool_calls_per_call: r.parsed(
+            TOOL_CALLS_PER_CALL,
+            defaults.tool_calls_per_call,
+            "a number of tool calls",
+        ),
+        block_list_refresh: r.duration(BLOCK_LIST_REFRESH, defaults.block_list_refresh),
+    };
+    if settings.block_list_refresh < Duration::from_secs(1) {
+        r.problems
+            .push(format!("{BLOCK_LIST_REFRESH} must be at least 1s"));
+    }
+    settings
 }
 
 /// A boolean setting (`true`/`false`, `on`/`off`, `1`/`0`, `yes`/`no`).

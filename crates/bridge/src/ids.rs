@@ -99,6 +99,25 @@ mod tests {
     }
 
     #[test]
+    fn only_six_to_fifteen_digits_parse_as_a_number() {
+        assert_eq!(
+            PhoneNumber::parse("+447700900123").map(|n| n.as_str().to_owned()),
+            Some("447700900123".to_owned())
+        );
+        for bad in [
+            "",
+            "+",
+            "12345",
+            "1234567890123456",
+            "44 7700 900123",
+            "4477OO900123",
+            "++447700900123",
+        ] {
+            assert_eq!(PhoneNumber::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
     fn short_numbers_are_fully_masked() {
         assert_eq!(PhoneNumber::new("12345").to_string(), "+*****");
     }

@@ -25,6 +25,9 @@ pub enum ToolOutcome {
     NoCaller,
     /// `forget_me` confirmed without being asked first on this call: refused, nothing deleted.
     NotConfirmed,
+    /// A limit was reached (the caller's open tasks or pending reminders, the call's tool
+    /// calls): nothing was done.
+    LimitReached,
 }
 
 impl ToolOutcome {
@@ -38,6 +41,7 @@ impl ToolOutcome {
             Self::UnknownTool => "unknown_tool",
             Self::NoCaller => "no_caller",
             Self::NotConfirmed => "not_confirmed",
+            Self::LimitReached => "limit_reached",
         }
     }
 }
@@ -71,6 +75,24 @@ impl ToolResult {
             outcome,
         }
     }
+}
+
+/// How much one caller may keep in the store (`CALLER_OPEN_TASKS`, `CALLER_PENDING_REMINDERS`);
+/// 0: no limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ToolLimits {
+    pub open_tasks: usize,
+    pub pending_reminders: usize,
+}
+
+/// What the AI is told for every tool call past `TOOL_CALLS_PER_CALL`.
+pub fn tool_calls_limit_reached(limit: u32) -> ToolResult {
+    ToolResult::error(
+        ToolOutcome::LimitReached,
+        &format!(
+            "This call has used its {limit} tool calls, the most allowed in one call; nothing was done. Tell the caller that tasks and reminders cannot be changed any more on this call and that they can call again."
+        ),
+    )
 }
 
 /// The tool the call task handles itself: the AI ends the call after its goodbye.
@@ -216,6 +238,7 @@ struct TimeZoneArg {
 /// Runs one tool call for the caller `phone` (taken from the call) at `now`.
 pub async fn dispatch(
     store: &dyn Store,
+    limits: &ToolLimits,
     phone: Option<&PhoneNumber>,
     name: &str,
     arguments: &str,
@@ -243,7 +266,7 @@ pub async fn dispatch(
     let result = match name {
         "add_task" => match parse::<AddTask>(arguments) {
             Err(result) => return result,
-            Ok(args) => add_task(store, phone, args, &zone).await,
+            Ok(args) => add_task(store, limits, phone, args, &zone).await,
         },
         "list_tasks" => match parse::<ListFilter>(arguments) {
             Err(result) => return result,
@@ -255,7 +278,7 @@ pub async fn dispatch(
         },
         "add_reminder" => match parse::<AddReminder>(arguments) {
             Err(result) => return result,
-            Ok(args) => add_reminder(store, phone, args, now, &zone).await,
+            Ok(args) => add_reminder(store, limits, phone, args, now, &zone).await,
         },
         "list_reminders" => match parse::<ListFilter>(arguments) {
             Err(result) => return result,
@@ -454,10 +477,20 @@ fn reminder_json(reminder: &Reminder, zone: &CallerZone) -> Value {
 
 async fn add_task(
     store: &dyn Store,
+    limits: &ToolLimits,
     phone: &PhoneNumber,
     args: AddTask,
     zone: &CallerZone,
 ) -> Result<ToolResult, StoreError> {
+    let limit = limits.open_tasks;
+    if limit > 0 && store.list_tasks(phone, Some(TaskStatus::Open)).await?.len() >= limit {
+        return Ok(ToolResult::error(
+            ToolOutcome::LimitReached,
+            &format!(
+                "The caller has {limit} open tasks, the most allowed; nothing was added. Tell them to complete some first."
+            ),
+        ));
+    }
     if args.title.trim().is_empty() {
         return Ok(ToolResult::error(
             ToolOutcome::InvalidArguments,
@@ -529,11 +562,27 @@ async fn complete_task(
 
 async fn add_reminder(
     store: &dyn Store,
+    limits: &ToolLimits,
     phone: &PhoneNumber,
     args: AddReminder,
     now: DateTime<Utc>,
     zone: &CallerZone,
 ) -> Result<ToolResult, StoreError> {
+    let limit = limits.pending_reminders;
+    if limit > 0
+        && store
+            .list_reminders(phone, Some(ReminderStatus::Pending))
+            .await?
+            .len()
+            >= limit
+    {
+        return Ok(ToolResult::error(
+            ToolOutcome::LimitReached,
+            &format!(
+                "The caller has {limit} pending reminders, the most allowed; nothing was added. Tell them to cancel some first."
+            ),
+        ));
+    }
     if args.text.trim().is_empty() {
         return Ok(ToolResult::error(
             ToolOutcome::InvalidArguments,
@@ -652,6 +701,77 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn tasks_and_reminders_past_the_callers_limits_are_refused_and_not_stored() {
+        let (store, dir) = store().await;
+        let phone = PhoneNumber::new("447700900123");
+        let other = PhoneNumber::new("447700900456");
+        let limits = ToolLimits {
+            open_tasks: 2,
+            pending_reminders: 1,
+        };
+        let now = utc("2026-12-07T12:00:00Z");
+        let add_task = |phone| {
+            dispatch(
+                &store,
+                &limits,
+                Some(phone),
+                "add_task",
+                r#"{"title":"milk"}"#,
+                now,
+            )
+        };
+        assert_eq!(add_task(&phone).await.outcome, ToolOutcome::Ok);
+        assert_eq!(add_task(&phone).await.outcome, ToolOutcome::Ok);
+        let refused = add_task(&phone).await;
+        assert_eq!(refused.outcome, ToolOutcome::LimitReached);
+        assert!(
+            refused
+                .output
+                .contains("The caller has 2 open tasks, the most allowed"),
+            "{}",
+            refused.output
+        );
+        let open = store
+            .list_tasks(&phone, Some(TaskStatus::Open))
+            .await
+            .expect("tasks");
+        assert_eq!(open.len(), 2);
+        // Another caller has a limit of their own; a completed task frees a place.
+        assert_eq!(add_task(&other).await.outcome, ToolOutcome::Ok);
+        store
+            .complete_task(&phone, &open[0].id)
+            .await
+            .expect("completed");
+        assert_eq!(add_task(&phone).await.outcome, ToolOutcome::Ok);
+
+        let arguments = json!({ "text": "call mum", "remind_at": "2026-12-08T15:00" }).to_string();
+        let add_reminder = || {
+            dispatch(
+                &store,
+                &limits,
+                Some(&phone),
+                "add_reminder",
+                &arguments,
+                now,
+            )
+        };
+        assert_eq!(add_reminder().await.outcome, ToolOutcome::Ok);
+        let refused = add_reminder().await;
+        assert_eq!(refused.outcome, ToolOutcome::LimitReached);
+        assert!(
+            refused
+                .output
+                .contains("1 pending reminders, the most allowed")
+        );
+        let pending = store
+            .list_reminders(&phone, Some(ReminderStatus::Pending))
+            .await
+            .expect("reminders");
+        assert_eq!(pending.len(), 1);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
     async fn a_reminder_in_the_past_is_refused_with_a_message_the_ai_can_say() {
         let (store, dir) = store().await;
         let phone = PhoneNumber::new("447700900123");
@@ -659,6 +779,7 @@ mod tests {
         let past = (now - chrono::Duration::hours(1)).to_rfc3339();
         let result = dispatch(
             &store,
+            &ToolLimits::default(),
             Some(&phone),
             "add_reminder",
             &json!({"text": "pills", "remind_at": past}).to_string(),
@@ -702,7 +823,15 @@ mod tests {
             ("drop_tables", "{}", ToolOutcome::UnknownTool),
         ];
         for (name, arguments, outcome) in cases {
-            let result = dispatch(&store, Some(&phone), name, arguments, now).await;
+            let result = dispatch(
+                &store,
+                &ToolLimits::default(),
+                Some(&phone),
+                name,
+                arguments,
+                now,
+            )
+            .await;
             assert_eq!(
                 result.outcome, outcome,
                 "{name} {arguments}: {}",
@@ -710,9 +839,25 @@ mod tests {
             );
             assert!(result.output.contains("error"));
         }
-        let hidden = dispatch(&store, None, "list_tasks", "{}", now).await;
+        let hidden = dispatch(
+            &store,
+            &ToolLimits::default(),
+            None,
+            "list_tasks",
+            "{}",
+            now,
+        )
+        .await;
         assert_eq!(hidden.outcome, ToolOutcome::NoCaller);
-        let listed = dispatch(&store, Some(&phone), "list_tasks", "", now).await;
+        let listed = dispatch(
+            &store,
+            &ToolLimits::default(),
+            Some(&phone),
+            "list_tasks",
+            "",
+            now,
+        )
+        .await;
         assert_eq!(listed.outcome, ToolOutcome::Ok);
         let _ = std::fs::remove_dir_all(dir);
     }
@@ -730,7 +875,15 @@ mod tests {
         now: DateTime<Utc>,
     ) -> ToolResult {
         let arguments = json!({"text": "call the dentist", "remind_at": local}).to_string();
-        dispatch(store, Some(phone), "add_reminder", &arguments, now).await
+        dispatch(
+            store,
+            &ToolLimits::default(),
+            Some(phone),
+            "add_reminder",
+            &arguments,
+            now,
+        )
+        .await
     }
 
     #[tokio::test]
@@ -754,6 +907,7 @@ mod tests {
         // The UK caller says they are in Berlin now: the next local time is Berlin's.
         let set = dispatch(
             &store,
+            &ToolLimits::default(),
             Some(&uk),
             "set_time_zone",
             r#"{"time_zone":"Europe/Berlin"}"#,
@@ -771,7 +925,15 @@ mod tests {
             .map(|r| r.remind_at)
             .collect();
         assert!(times.contains(&utc("2026-12-09T14:00:00Z")), "{times:?}");
-        let listed = dispatch(&store, Some(&uk), "list_reminders", "{}", now).await;
+        let listed = dispatch(
+            &store,
+            &ToolLimits::default(),
+            Some(&uk),
+            "list_reminders",
+            "{}",
+            now,
+        )
+        .await;
         assert!(
             listed.output.contains("+01:00") && listed.output.contains("Europe/Berlin"),
             "{}",
@@ -779,6 +941,7 @@ mod tests {
         );
         let bad = dispatch(
             &store,
+            &ToolLimits::default(),
             Some(&uk),
             "set_time_zone",
             r#"{"time_zone":"Berlin time"}"#,
@@ -895,6 +1058,7 @@ mod tests {
         // Outside a call (no state) it never deletes.
         let outside = dispatch(
             &store,
+            &ToolLimits::default(),
             Some(&ada),
             FORGET_ME,
             r#"{"confirm":true}"#,

@@ -4,8 +4,8 @@
 //! as the store uses it (`eq.`, `gte.`, `is.` filters, `select` with an inner-joined `calls`
 //! embed, `order`, `limit`), upserts (`resolution=merge-duplicates`, `on_conflict`), DELETE with
 //! filters and the schema's foreign keys (a call's turns cascade), the SQL functions
-//! `claim_due_reminders`, `purge_history_before` and `forget_caller` at `/rpc/`, its `apikey` + bearer check, its status codes and
-//! error bodies, every request recorded. Its clock (`now()` in the database) can be moved on.
+//! `claim_due_reminders`, `purge_history_before` and `forget_caller` at `/rpc/`, its `apikey` +
+//! bearer check, its status codes and error bodies, every request recorded. Its clock (`now()` in the database) can be moved on.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};

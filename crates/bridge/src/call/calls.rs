@@ -5,7 +5,8 @@
 //! Admission never waits on a call: a call takes a slot in the [`Registry`] (capacity, one live
 //! call per caller, tombstones), its claim in the fleet when there is one (the same checks across
 //! replicas, bounded by the fleet's command timeout) and, when `WEBRTC_UDP_PORTS` is set, a UDP
-//! port; then its task is spawned and owns all of them until it ends. A refused inbound call is
+//! port; an inbound call then passes its caller's own checks (the block list, the caller's
+//! quotas); then its task is spawned and owns all of them until it ends. A refused inbound call is
 //! declined with `reject` in the background, bounded, and summarised in the log rather than
 //! flooding it.
 
@@ -23,6 +24,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument as _, debug, info, info_span, warn};
 
 use super::CallDirection;
+use super::caller_limits::Verdict;
 use super::flow::CallFlow;
 use super::registry::CallSummary;
 use super::registry::{AdmitResult, Refusal, RefusalReason, Registry};
@@ -195,6 +197,22 @@ impl Calls {
                 }
                 Ok(()) => match self.lease_port() {
                     Ok(port) => {
+                        // Last, so that only a call that goes ahead is counted.
+                        let time_left = match self.caller_allowed(caller.as_ref()).await {
+                            Ok(time_left) => time_left,
+                            Err(reason) => {
+                                drop((admission, port));
+                                registry.tombstone(&call_id);
+                                let refusal = self.refusal(reason);
+                                self.inner.refusals.note(&call_id, reason.as_str());
+                                let declined = self.reject_in_background(call_id);
+                                return Offered::Refused { refusal, declined };
+                            }
+                        };
+                        let max_call_duration = time_left
+                            .map_or(self.inner.context.max_call_duration, |left| {
+                                left.min(self.inner.context.max_call_duration)
+                            });
                         info!(%call_id, caller = ?caller, "call admitted");
                         let context = self.inner.context.clone();
                         let span = call_span(&call_id, CallDirection::Inbound);
@@ -203,7 +221,7 @@ impl Calls {
                                 CallDirection::Inbound,
                                 received_at,
                                 context.answer_deadline,
-                                context.max_call_duration,
+                                max_call_duration,
                             );
                             let offer = match sdp::inspect(&sdp) {
                                 Ok(offer) => offer,
@@ -258,6 +276,35 @@ impl Calls {
         self.inner.context.ai_breaker.is_open()
     }
 
+    /// Whether this caller may call now (checked after the fleet's claim, so that a redelivered
+    /// connect is never counted or declined): not blocked, and within their quotas, which
+    /// counts the call. `Ok` with what is left of their minutes today when those are limited;
+    /// a hidden number is not limited.
+    async fn caller_allowed(
+        &self,
+        caller: Option<&PhoneNumber>,
+    ) -> Result<Option<Duration>, RefusalReason> {
+        let Some(caller) = caller else {
+            return Ok(None);
+        };
+        if self.inner.context.block_list.is_blocked(caller) {
+            return Err(RefusalReason::Blocked);
+        }
+        match self
+            .inner
+            .context
+            .caller_limits
+            .admit(caller, std::time::SystemTime::now())
+            .await
+        {
+            Verdict::Admitted { time_left } => Ok(time_left),
+            Verdict::Refused(quota) => {
+                debug!(caller = %caller, quota = quota.as_str(), "caller over a quota");
+                Err(RefusalReason::CallerLimit)
+            }
+        }
+    }
+
     /// The fleet's claim of an admitted call (nothing to claim without a fleet). `Err`: the
     /// call is live on another replica or ended there, or its caller has a live call there.
     async fn claim(&self, call_id: &CallId, caller: &Option<PhoneNumber>) -> Result<(), Claimed> {
@@ -309,6 +356,9 @@ impl Calls {
         reminder_id: Option<&str>,
     ) -> Result<Placed, PlaceError> {
         let started = Instant::now();
+        if self.inner.context.block_list.is_blocked(to) {
+            return Err(PlaceError::Refused(self.refusal(RefusalReason::Blocked)));
+        }
         if self.ai_unavailable() {
             return Err(PlaceError::Refused(
                 self.refusal(RefusalReason::AiUnavailable),

@@ -133,6 +133,11 @@ impl CallFlow {
         }
     }
 
+    /// How long the call may last once answered.
+    pub fn max_duration(&self) -> Duration {
+        self.max_duration
+    }
+
     /// An outbound call whose offer went out with `connect` at `signalled` (the call task
     /// takes it over once Meta has named it): it rings until the callee answers.
     pub fn placed(started: Instant, signalled: Instant, max_duration: Duration) -> Self {

@@ -185,8 +185,8 @@ mod tests {
     use super::*;
     use crate::ids::PhoneNumber;
     use crate::store::{
-        CallLogDirection, CallerProfile, Forgotten, NewTask, Purged, Reminder, ReminderStatus,
-        ReminderUpdate, StoreError, Task, TaskStatus,
+        BlockedCaller, CallLogDirection, CallerProfile, Forgotten, NewTask, Purged, Reminder,
+        ReminderStatus, ReminderUpdate, StoreError, Task, TaskStatus,
     };
 
     /// A store whose call-log write never finishes: the writer is stuck, turns pile up.
@@ -314,6 +314,20 @@ mod tests {
         }
         async fn delete_call(&self, _: &CallId) -> Result<(), StoreError> {
             unreachable!("not used")
+        }
+        async fn list_blocked(&self) -> Result<Vec<BlockedCaller>, StoreError> {
+            Ok(vec![])
+        }
+        async fn block_caller(
+            &self,
+            _: &PhoneNumber,
+            _: Option<&str>,
+            _: chrono::DateTime<Utc>,
+        ) -> Result<BlockedCaller, StoreError> {
+            unreachable!("not used")
+        }
+        async fn unblock_caller(&self, _: &PhoneNumber) -> Result<bool, StoreError> {
+            Ok(false)
         }
     }
 

@@ -35,6 +35,10 @@ pub enum RefusalReason {
     NoUdpPort,
     /// The AI cannot be reached (its circuit breaker is open).
     AiUnavailable,
+    /// The caller used up a quota of calls or minutes (`CALLER_CALLS_PER_HOUR`, …).
+    CallerLimit,
+    /// The number is on the block list.
+    Blocked,
 }
 
 impl RefusalReason {
@@ -45,6 +49,8 @@ impl RefusalReason {
             Self::Draining => "draining",
             Self::NoUdpPort => "no_udp_port",
             Self::AiUnavailable => "ai_unavailable",
+            Self::CallerLimit => "caller_limit",
+            Self::Blocked => "blocked",
         }
     }
 }

@@ -17,6 +17,8 @@ use tracing::{debug, info, warn};
 
 use super::ai_breaker::AiBreaker;
 use super::ai_link::{AiLink, LinkEvent};
+use super::block_list::BlockList;
+use super::caller_limits::CallerLimits;
 use super::flow::{Action, CallFlow};
 use super::journal::Journal;
 use super::registry::Admission;
@@ -37,7 +39,7 @@ use crate::metrics::Metrics;
 use crate::realtime::client::{RealtimeConfig, RealtimeError};
 use crate::realtime::events::{self, ServerEvent, Speaker};
 use crate::store::{CallLogDirection, CallOutcome, CallRecord, Role, Store};
-use crate::tools::{self, ForgetMe, ForgetStep, ToolOutcome, ToolResult};
+use crate::tools::{self, ForgetMe, ForgetStep, ToolLimits, ToolOutcome, ToolResult};
 use crate::whatsapp::graph::{GraphAction, GraphClient, GraphError};
 use crate::whatsapp::sdp;
 
@@ -86,6 +88,14 @@ pub struct CallContext {
     pub frame_phases: FramePhases,
     /// Whether the AI can be reached (shared by every call).
     pub ai_breaker: AiBreaker,
+    /// The numbers the business neither answers nor calls.
+    pub block_list: BlockList,
+    /// Per-caller quotas of inbound calls; an inbound call's answered time is counted at its end.
+    pub caller_limits: CallerLimits,
+    /// What one caller may keep in the store (open tasks, pending reminders).
+    pub tool_limits: ToolLimits,
+    /// Tool calls per call (0: no limit); past it each is answered with an error.
+    pub tool_calls_per_call: u32,
 }
 
 /// The first AI session must be open this long before the answer deadline, so that a caller
@@ -199,8 +209,10 @@ pub(super) struct CallTask {
     /// Set once the AI called `end_call`, or the call went idle twice.
     ending: Option<Ending>,
     idle: Idle,
-    /// The caller was told the call is about to reach `MAX_CALL_DURATION`.
+    /// The caller was told the call is about to reach its maximum duration.
     duration_warned: bool,
+    /// Tool calls the AI made in this call (for `TOOL_CALLS_PER_CALL`).
+    tool_calls_made: u32,
 }
 
 /// The media side of a call before it has a task: the PeerConnection and both codecs.
@@ -300,6 +312,7 @@ impl CallTask {
                 caller_speaking: false,
             },
             duration_warned: false,
+            tool_calls_made: 0,
         };
         task.journal = Some(journal);
         task
@@ -595,7 +608,9 @@ impl CallTask {
         if self.duration_warned || !self.ai.is_live() {
             return None;
         }
-        let max = self.context.max_call_duration;
+        // The call's own maximum: `MAX_CALL_DURATION`, or less when the caller's minutes of the
+        // day run out sooner.
+        let max = self.flow.max_duration();
         let warn_at = since + max - DURATION_WARNING_BEFORE.min(max / 3);
         if now < warn_at {
             return None;
@@ -948,6 +963,29 @@ impl CallTask {
             });
             return;
         }
+        // `end_call` is never refused (the call must be able to end); every other tool call past
+        // `TOOL_CALLS_PER_CALL` is answered with an error, without touching the store.
+        self.tool_calls_made = self.tool_calls_made.saturating_add(1);
+        let limit = self.context.tool_calls_per_call;
+        if limit > 0 && self.tool_calls_made > limit {
+            if self.tool_calls_made == limit + 1 {
+                info!(
+                    limit,
+                    "the call reached its tool call limit; further tool calls are refused"
+                );
+            }
+            let generation = self.ai.generation();
+            self.tool_runs.spawn(async move {
+                ToolRun {
+                    response_id,
+                    call_id,
+                    name,
+                    result: tools::tool_calls_limit_reached(limit),
+                    generation,
+                }
+            });
+            return;
+        }
         if name == tools::FORGET_ME {
             self.forget_me_step(response_id, call_id, name, &arguments);
             return;
@@ -955,9 +993,17 @@ impl CallTask {
         let store = self.context.store.clone();
         let phone = self.admission.phone().cloned();
         let timeout = self.context.tool_timeout;
+        let limits = self.context.tool_limits;
         let generation = self.ai.generation();
         self.tool_runs.spawn(async move {
-            let dispatch = tools::dispatch(&*store, phone.as_ref(), &name, &arguments, Utc::now());
+            let dispatch = tools::dispatch(
+                &*store,
+                &limits,
+                phone.as_ref(),
+                &name,
+                &arguments,
+                Utc::now(),
+            );
             let result = match tokio::time::timeout(
                 timeout,
                 AssertUnwindSafe(dispatch).catch_unwind(),
@@ -1258,6 +1304,16 @@ impl CallTask {
             forget_again(&*store, &phone, self.context.tool_timeout).await;
         }
         record_end(&self.context.metrics, &self.flow);
+        if let (CallDirection::Inbound, Some(phone), Some(since)) = (
+            self.flow.direction(),
+            self.admission.phone(),
+            self.flow.active_since(),
+        ) {
+            self.context
+                .caller_limits
+                .record(phone, since.elapsed(), std::time::SystemTime::now())
+                .await;
+        }
         if let Some(reporter) = self.opening.reporter.take() {
             let answered = self.flow.active_since().is_some();
             let _ = reporter.send(PlacedOutcome::Ended { end, answered });

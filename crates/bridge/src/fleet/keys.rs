@@ -59,4 +59,9 @@ impl Keys {
     pub(super) fn replicas(&self) -> String {
         format!("{}:replicas", self.prefix)
     }
+
+    /// A fixed-window counter (`counters.rs`).
+    pub(super) fn counter(&self, name: &str) -> String {
+        format!("{}:count:{}", self.prefix, name)
+    }
 }

@@ -21,6 +21,7 @@
 //! has lost its data) it writes its claims again and the releases and tombstones it could not
 //! write.
 
+mod counters;
 mod inbox;
 mod keys;
 mod scripts;
@@ -42,6 +43,7 @@ use tracing::{info, warn};
 
 use crate::ids::{CallId, PhoneNumber};
 use crate::metrics::Metrics;
+pub use counters::{Counter, Taken};
 use keys::Keys;
 use scripts::Scripts;
 

@@ -1,6 +1,8 @@
 //! The admin API (`ADMIN_TOKEN` as a bearer token): list live calls, place one, hang one up
-//! (with a fleet, on every replica); delete everything kept about a caller.
+//! (with a fleet, on every replica); list, add to and remove from the block list; delete
+//! everything kept about a caller.
 
+use axum::body::Bytes;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -15,6 +17,10 @@ use crate::call::calls::brief;
 use crate::fleet::CallBrief;
 use crate::ids::{CallId, PhoneNumber};
 use crate::outreach::OutreachError;
+use crate::store::{BlockedCaller, StoreError};
+
+/// Longest `reason` of a block.
+const MAX_BLOCK_REASON_CHARS: usize = 500;
 
 /// Longest `purpose` of a placed call (it goes into the AI's instructions).
 const MAX_PURPOSE_CHARS: usize = 2_000;
@@ -205,7 +211,9 @@ pub async fn place_call(
         }
         Err(err) => {
             let status = match &err {
-                OutreachError::NoPermission { .. } => StatusCode::FORBIDDEN,
+                OutreachError::NoPermission { .. } | OutreachError::Blocked => {
+                    StatusCode::FORBIDDEN
+                }
                 OutreachError::Busy => StatusCode::CONFLICT,
                 OutreachError::Quota { .. } | OutreachError::RateLimited => {
                     StatusCode::TOO_MANY_REQUESTS
@@ -222,5 +230,116 @@ pub async fn place_call(
             };
             error_response(status, label)
         }
+    }
+}
+
+/// `PUT /blocked/{number}` body (optional).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BlockRequest {
+    /// Why, for the operators; kept with the block.
+    reason: Option<String>,
+}
+
+fn blocked_json(row: &BlockedCaller) -> serde_json::Value {
+    json!({
+        "number": row.phone_number.as_str(),
+        "reason": row.reason,
+        "blocked_at": row.blocked_at.to_rfc3339(),
+    })
+}
+
+fn bad_number() -> Response {
+    error_response(
+        StatusCode::BAD_REQUEST,
+        "the number must be a phone number: 6 to 15 digits, optionally after +",
+    )
+}
+
+fn store_failed(err: &StoreError) -> Response {
+    warn!(%err, "admin: the block list could not be read or changed");
+    error_response(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
+}
+
+/// `GET /blocked`: every blocked number (as the store has it), earliest first.
+pub async fn list_blocked(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if !authorized(&state, &headers) {
+        return unauthorized();
+    }
+    match state.calls.context().block_list.list().await {
+        Ok(rows) => {
+            let blocked: Vec<_> = rows.iter().map(blocked_json).collect();
+            Json(json!({ "blocked": blocked })).into_response()
+        }
+        Err(err) => store_failed(&err),
+    }
+}
+
+/// `PUT /blocked/{number}`, optional body `{"reason": "…"}`: the number's calls are declined
+/// (`blocked`) on every replica and nothing is sent to it. Blocking again replaces the reason.
+pub async fn block(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(number): Path<String>,
+    body: Bytes,
+) -> Response {
+    if !authorized(&state, &headers) {
+        return unauthorized();
+    }
+    let Some(phone) = PhoneNumber::parse(&number) else {
+        return bad_number();
+    };
+    let request = if body.iter().all(u8::is_ascii_whitespace) {
+        BlockRequest { reason: None }
+    } else {
+        match serde_json::from_slice::<BlockRequest>(&body) {
+            Ok(request) => request,
+            Err(_) => {
+                return error_response(
+                    StatusCode::BAD_REQUEST,
+                    "the body must be empty or JSON: {\"reason\": \"<text>\"}",
+                );
+            }
+        }
+    };
+    let reason = request
+        .reason
+        .as_deref()
+        .map(str::trim)
+        .filter(|reason| !reason.is_empty());
+    if reason.is_some_and(|reason| reason.chars().count() > MAX_BLOCK_REASON_CHARS) {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "reason must be at most 500 characters",
+        );
+    }
+    match state.calls.context().block_list.block(&phone, reason).await {
+        Ok(row) => {
+            info!(number = %phone, "number blocked by an operator");
+            Json(blocked_json(&row)).into_response()
+        }
+        Err(err) => store_failed(&err),
+    }
+}
+
+/// `DELETE /blocked/{number}`: 204 once unblocked, 404 when it was not blocked.
+pub async fn unblock(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(number): Path<String>,
+) -> Response {
+    if !authorized(&state, &headers) {
+        return unauthorized();
+    }
+    let Some(phone) = PhoneNumber::parse(&number) else {
+        return bad_number();
+    };
+    match state.calls.context().block_list.unblock(&phone).await {
+        Ok(true) => {
+            info!(number = %phone, "number unblocked by an operator");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Ok(false) => error_response(StatusCode::NOT_FOUND, "not blocked"),
+        Err(err) => store_failed(&err),
     }
 }

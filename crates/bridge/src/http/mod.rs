@@ -62,6 +62,11 @@ pub fn router(state: AppState, metrics_separately: bool) -> Router {
             .route(
                 "/callers/{number}/data",
                 axum::routing::delete(admin::forget_caller),
+            )
+            .route("/blocked", get(admin::list_blocked))
+            .route(
+                "/blocked/{number}",
+                axum::routing::put(admin::block).delete(admin::unblock),
             );
     }
     router

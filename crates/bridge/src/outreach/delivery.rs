@@ -22,6 +22,8 @@ use crate::store::{
 
 /// The text a callback's row carries (its "reminder" is the call itself).
 pub const CALLBACK_PURPOSE: &str = "The caller tried to call earlier while all lines were busy.";
+/// Why a reminder for a blocked number failed (nothing was sent).
+pub const BLOCKED_REASON: &str = "the number is blocked";
 /// The longest a placed call may take to be heard or end: 60 s ringing, then the opening.
 const CALL_OUTCOME_TIMEOUT: Duration = Duration::from_secs(120);
 /// After the replica had no room or shut down mid-call: try again soon (on any replica).
@@ -228,6 +230,17 @@ pub async fn deliver(outreach: &Outreach, reminder: &Reminder) -> ReminderUpdate
     let to = &reminder.phone_number;
     let mut log = reminder.attempt_log.clone();
     let mut attempts = reminder.attempts;
+    if outreach.is_blocked(to) {
+        info!(reminder = %reminder.id, "reminder not delivered: the number is blocked");
+        return ReminderUpdate {
+            settlement: ReminderSettlement::Failed {
+                reason: BLOCKED_REASON.to_owned(),
+            },
+            attempts,
+            last_attempt_at: log.last().map(|attempt| attempt.at),
+            attempt_log: log,
+        };
+    }
     let now = Utc::now();
     let calls_left = attempts < settings.max_attempts && now < window_end(reminder, settings);
     let next = if calls_left {

@@ -72,6 +72,8 @@ pub enum OutreachError {
     Graph(GraphError),
     #[error("media set-up failed: {0}")]
     Setup(String),
+    #[error("the number is blocked")]
+    Blocked,
 }
 
 impl OutreachError {
@@ -86,6 +88,7 @@ impl OutreachError {
             Self::Uncallable => "uncallable",
             Self::Graph(_) => "graph_failed",
             Self::Setup(_) => "setup_failed",
+            Self::Blocked => "blocked",
         }
     }
 }
@@ -181,6 +184,9 @@ impl Outreach {
         reminder_id: Option<&str>,
     ) -> Result<Placed, OutreachError> {
         let calls = &self.inner.calls;
+        if self.is_blocked(to) {
+            return Err(OutreachError::Blocked);
+        }
         if calls.registry().free_slots() == 0 {
             return Err(OutreachError::NoRoom(RefusalReason::AtCapacity.as_str()));
         }
@@ -218,6 +224,7 @@ impl Outreach {
             .map_err(|err| match err {
                 PlaceError::Refused(refusal) => match refusal.reason {
                     RefusalReason::CallerBusy => OutreachError::Busy,
+                    RefusalReason::Blocked => OutreachError::Blocked,
                     reason => OutreachError::NoRoom(reason.as_str()),
                 },
                 PlaceError::Setup(err) => OutreachError::Setup(err),
@@ -235,6 +242,11 @@ impl Outreach {
                     },
                 },
             })
+    }
+
+    /// Whether the number is on the block list: it is never called or messaged.
+    pub fn is_blocked(&self, phone: &PhoneNumber) -> bool {
+        self.inner.calls.context().block_list.is_blocked(phone)
     }
 
     /// Waits for this replica's next permission-read slot.
@@ -333,7 +345,8 @@ impl Outreach {
     /// and the caller told the lines are busy (once per queued callback: a caller who redials
     /// is not messaged again). In the background, bounded; never delays the webhook.
     pub fn caller_refused_at_capacity(&self, caller: PhoneNumber) {
-        if !self.inner.settings.callback_on_busy {
+        // A blocked number is neither messaged nor called back.
+        if !self.inner.settings.callback_on_busy || self.is_blocked(&caller) {
             return;
         }
         let Ok(permit) = self.inner.busy_notices.clone().try_acquire_owned() else {

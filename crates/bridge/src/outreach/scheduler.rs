@@ -249,7 +249,9 @@ async fn settle(outreach: &Outreach, owner: &str, reminder: &Reminder, update: &
 
 /// A bounded label for a failure reason.
 fn failure_label(reason: &str) -> &'static str {
-    if reason.contains("no template") {
+    if reason == super::delivery::BLOCKED_REASON {
+        "blocked"
+    } else if reason.contains("no template") {
         "no_message_channel"
     } else {
         "message_failed"

@@ -2,8 +2,8 @@
 //! run once on a store of their own: due reminders claimed soonest first for a lease, a claim
 //! lost once its lease has expired (and with it the right to extend or settle), retries, final
 //! settlements, callbacks kept out of the caller's reminders, caller profiles, and concurrent
-//! claimers claiming every due reminder exactly once; and the retention purge, forgetting a
-//! caller and deleting one call.
+//! claimers claiming every due reminder exactly once; the retention purge, forgetting a caller
+//! and deleting one call; and the block list.
 //!
 //! A scenario takes a fresh, empty store and the [`Clock`] its claims go by. A store that claims
 //! at the `now` it is given (the embedded one) runs on a [`SteppedClock`]; one whose database
@@ -24,9 +24,9 @@ use chrono::{DateTime, SubsecRound, Utc};
 use parking_lot::Mutex;
 
 use super::{
-    CallLogDirection, CallOutcome, CallRecord, CallerProfile, DeliveryChannel, Forgotten, NewTask,
-    Purged, Reminder, ReminderAttempt, ReminderKind, ReminderSettlement, ReminderStatus,
-    ReminderUpdate, Role, Store, TranscriptTurn,
+    BlockedCaller, CallLogDirection, CallOutcome, CallRecord, CallerProfile, DeliveryChannel,
+    Forgotten, NewTask, Purged, Reminder, ReminderAttempt, ReminderKind, ReminderSettlement,
+    ReminderStatus, ReminderUpdate, Role, Store, TranscriptTurn,
 };
 use crate::ids::{CallId, PhoneNumber};
 
@@ -454,6 +454,55 @@ pub async fn the_callers_profile_keeps_their_zone_and_their_latest_message(
     // A message alone makes a profile with no zone.
     store.note_caller_message(&bob(), now).await.unwrap();
     assert_eq!(store.caller_profile(&bob()).await.unwrap().time_zone, None);
+}
+
+/// The block list keeps one row per number: blocking again replaces the reason and time,
+/// unblocking removes the row and says whether there was one.
+pub async fn the_block_list_keeps_one_row_per_number(store: &dyn Store, clock: &dyn Clock) {
+    let now = clock.now();
+    assert!(store.list_blocked().await.unwrap().is_empty());
+    let blocked = store
+        .block_caller(&ada(), Some("abusive"), now)
+        .await
+        .unwrap();
+    assert_eq!(
+        blocked,
+        BlockedCaller {
+            phone_number: ada(),
+            reason: Some("abusive".to_owned()),
+            blocked_at: now,
+        }
+    );
+    store
+        .block_caller(&bob(), None, now + minutes(1))
+        .await
+        .unwrap();
+    // Blocked again: still one row, with the new reason and time.
+    store
+        .block_caller(&ada(), Some("spam"), now + minutes(2))
+        .await
+        .unwrap();
+    let listed = store.list_blocked().await.unwrap();
+    assert_eq!(
+        listed,
+        vec![
+            BlockedCaller {
+                phone_number: bob(),
+                reason: None,
+                blocked_at: now + minutes(1),
+            },
+            BlockedCaller {
+                phone_number: ada(),
+                reason: Some("spam".to_owned()),
+                blocked_at: now + minutes(2),
+            },
+        ]
+    );
+    assert!(store.unblock_caller(&ada()).await.unwrap());
+    assert!(!store.unblock_caller(&ada()).await.unwrap());
+    let listed = store.list_blocked().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].phone_number, bob());
 }
 
 /// Claims until nothing is left, with a lease no claim outlives in the test; fails rather than

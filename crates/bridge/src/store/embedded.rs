@@ -10,9 +10,9 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::sqlite_thread::SqliteThread;
 use super::{
-    CallLogDirection, CallOutcome, CallRecord, CallerProfile, Forgotten, NewTask, Purged, Reminder,
-    ReminderKind, ReminderStatus, ReminderUpdate, SettledColumns, Store, StoreError, Task,
-    TaskStatus, TranscriptTurn, enum_text, time_text,
+    BlockedCaller, CallLogDirection, CallOutcome, CallRecord, CallerProfile, Forgotten, NewTask,
+    Purged, Reminder, ReminderKind, ReminderStatus, ReminderUpdate, SettledColumns, Store,
+    StoreError, Task, TaskStatus, TranscriptTurn, enum_text, time_text,
 };
 use crate::ids::{CallId, PhoneNumber};
 
@@ -65,6 +65,14 @@ fn parse_time(text: &str) -> rusqlite::Result<DateTime<Utc>> {
         .map_err(|e| {
             rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
         })
+}
+
+fn blocked_from_row(row: &Row<'_>) -> rusqlite::Result<BlockedCaller> {
+    Ok(BlockedCaller {
+        phone_number: PhoneNumber::new(row.get::<_, String>("phone_number")?),
+        reason: row.get("reason")?,
+        blocked_at: parse_time(&row.get::<_, String>("blocked_at")?)?,
+    })
 }
 
 fn parse_opt_time(text: Option<String>) -> rusqlite::Result<Option<DateTime<Utc>>> {
@@ -626,6 +634,47 @@ impl Store for EmbeddedStore {
             )?
             .execute(params![phone, zone, time_text(Utc::now())])
             .map(|_| ())
+        })
+        .await
+    }
+
+    async fn list_blocked(&self) -> Result<Vec<BlockedCaller>, StoreError> {
+        self.with(|c| {
+            c.prepare_cached(
+                "SELECT phone_number, reason, blocked_at FROM blocked_callers
+                 ORDER BY blocked_at, phone_number",
+            )?
+            .query_map([], blocked_from_row)?
+            .collect()
+        })
+        .await
+    }
+
+    async fn block_caller(
+        &self,
+        phone: &PhoneNumber,
+        reason: Option<&str>,
+        at: DateTime<Utc>,
+    ) -> Result<BlockedCaller, StoreError> {
+        let (phone, reason) = (phone.as_str().to_owned(), reason.map(str::to_owned));
+        self.with(move |c| {
+            c.prepare_cached(
+                "INSERT INTO blocked_callers (phone_number, reason, blocked_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (phone_number) DO UPDATE
+                 SET reason = excluded.reason, blocked_at = excluded.blocked_at
+                 RETURNING phone_number, reason, blocked_at",
+            )?
+            .query_row(params![phone, reason, time_text(at)], blocked_from_row)
+        })
+        .await
+    }
+
+    async fn unblock_caller(&self, phone: &PhoneNumber) -> Result<bool, StoreError> {
+        let phone = phone.as_str().to_owned();
+        self.with(move |c| {
+            c.prepare_cached("DELETE FROM blocked_callers WHERE phone_number = ?1")?
+                .execute(params![phone])
+                .map(|deleted| deleted > 0)
         })
         .await
     }

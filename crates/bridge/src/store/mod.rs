@@ -440,6 +440,26 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes one call's log row and its transcript turns (a call whose caller asked to be
     /// forgotten during it).
     async fn delete_call(&self, id: &CallId) -> Result<(), StoreError>;
+    /// Every blocked number, earliest block first.
+    async fn list_blocked(&self) -> Result<Vec<BlockedCaller>, StoreError>;
+    /// Blocks a number at `at`; blocking it again replaces the reason and the time.
+    async fn block_caller(
+        &self,
+        phone: &PhoneNumber,
+        reason: Option<&str>,
+        at: DateTime<Utc>,
+    ) -> Result<BlockedCaller, StoreError>;
+    /// Unblocks a number; false when it was not blocked.
+    async fn unblock_caller(&self, phone: &PhoneNumber) -> Result<bool, StoreError>;
+}
+
+/// A number the business neither takes calls from nor calls (the admin API's `/blocked`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockedCaller {
+    pub phone_number: PhoneNumber,
+    /// Why, as the operator put it.
+    pub reason: Option<String>,
+    pub blocked_at: DateTime<Utc>,
 }
 
 /// Timestamps as both stores write them: RFC 3339, UTC, microseconds (PostgreSQL's precision;

@@ -11,9 +11,9 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::{
-    CallOutcome, CallRecord, CallerProfile, Forgotten, NewTask, Purged, Reminder, ReminderKind,
-    ReminderStatus, ReminderUpdate, SettledColumns, Store, StoreError, Task, TaskStatus,
-    TranscriptTurn, enum_text, time_text,
+    BlockedCaller, CallOutcome, CallRecord, CallerProfile, Forgotten, NewTask, Purged, Reminder,
+    ReminderKind, ReminderStatus, ReminderUpdate, SettledColumns, Store, StoreError, Task,
+    TaskStatus, TranscriptTurn, enum_text, time_text,
 };
 use crate::ids::{CallId, PhoneNumber};
 
@@ -491,6 +491,48 @@ impl Store for SupabaseStore {
     ) -> Result<(), StoreError> {
         self.upsert_caller(phone, json!({ "time_zone": zone }))
             .await
+    }
+
+    async fn list_blocked(&self) -> Result<Vec<BlockedCaller>, StoreError> {
+        self.rows(
+            self.client
+                .from("blocked_callers")
+                .select("phone_number,reason,blocked_at")
+                .order("blocked_at.asc"),
+        )
+        .await
+    }
+
+    async fn block_caller(
+        &self,
+        phone: &PhoneNumber,
+        reason: Option<&str>,
+        at: DateTime<Utc>,
+    ) -> Result<BlockedCaller, StoreError> {
+        let row = json!({
+            "phone_number": phone.as_str(),
+            "reason": reason,
+            "blocked_at": time_text(at),
+        });
+        self.one(
+            self.client
+                .from("blocked_callers")
+                .upsert(row.to_string())
+                .on_conflict("phone_number"),
+        )
+        .await
+    }
+
+    async fn unblock_caller(&self, phone: &PhoneNumber) -> Result<bool, StoreError> {
+        let rows: Vec<BlockedCaller> = self
+            .rows(
+                self.client
+                    .from("blocked_callers")
+                    .eq("phone_number", phone.as_str())
+                    .delete(),
+            )
+            .await?;
+        Ok(!rows.is_empty())
     }
 
     async fn note_caller_message(

@@ -138,6 +138,24 @@ async fn the_callers_profile_keeps_their_zone_and_their_latest_message() {
 }
 
 #[tokio::test]
+async fn the_block_list_keeps_one_row_per_number() {
+    let double = on_a_new_double(contract::the_block_list_keeps_one_row_per_number).await;
+    // An unblock is a DELETE filtered on the number, answered with the rows it removed.
+    let deletes: Vec<_> = double
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/rest/v1/blocked_callers" && r.method == "DELETE")
+        .collect();
+    assert_eq!(deletes.len(), 2);
+    assert!(
+        deletes
+            .iter()
+            .all(|r| r.query.starts_with("phone_number=eq."))
+    );
+    assert_eq!(double.rows("blocked_callers").len(), 1);
+}
+
+#[tokio::test]
 async fn delivered_and_failed_reminders_are_final_and_listed_with_their_attempts() {
     on_a_new_double(
         contract::delivered_and_failed_reminders_are_final_and_listed_with_their_attempts,

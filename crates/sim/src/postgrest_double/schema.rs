@@ -185,6 +185,16 @@ pub(super) fn tables() -> HashMap<&'static str, Table> {
                 &[],
             ),
         ),
+        (
+            "blocked_callers",
+            table(
+                &["phone_number", "reason", "blocked_at"],
+                &["phone_number"],
+                &["blocked_at"],
+                &[],
+                &[],
+            ),
+        ),
     ])
 }
 
@@ -229,6 +239,7 @@ pub(super) fn with_defaults(
         }
         "transcript_turns" => default("at", timestamp(now)),
         "callers" => default("updated_at", timestamp(now)),
+        "blocked_callers" => default("blocked_at", timestamp(now)),
         _ => {}
     }
     for column in columns {

@@ -80,6 +80,11 @@ async fn the_callers_profile_keeps_their_zone_and_their_latest_message() {
     on_a_new_store(contract::the_callers_profile_keeps_their_zone_and_their_latest_message).await;
 }
 
+#[tokio::test]
+async fn the_block_list_keeps_one_row_per_number() {
+    on_a_new_store(contract::the_block_list_keeps_one_row_per_number).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_claimers_in_two_processes_claim_every_due_reminder_exactly_once() {
     let dir = TempDir::new();

@@ -75,7 +75,7 @@ CREATE TABLE IF NOT EXISTS transcript_turns (
 
 /// Upgrade `n` takes a file from `user_version` n to n + 1. Append only; never edit one that
 /// has shipped.
-const UPGRADES: &[&str] = &[REMINDER_DELIVERY, RETENTION];
+const UPGRADES: &[&str] = &[REMINDER_DELIVERY, BLOCKED_CALLERS, RETENTION];
 
 /// Supabase's `0003_reminder_delivery.sql`: what the reminder scheduler needs (kinds, retries,
 /// the outcome, the attempt log, the claim of a replica) and the `callers` table.
@@ -110,6 +110,15 @@ CREATE TABLE callers (
 const RETENTION: &str = "
 CREATE INDEX transcript_turns_by_time ON transcript_turns (at);
 CREATE INDEX calls_by_end ON calls (coalesce(ended_at, started_at));
+";
+
+/// Supabase's `0004_blocked_callers.sql`: the numbers the business neither answers nor calls.
+const BLOCKED_CALLERS: &str = "
+CREATE TABLE blocked_callers (
+    phone_number TEXT PRIMARY KEY,
+    reason TEXT,
+    blocked_at TEXT NOT NULL
+);
 ";
 
 /// The `user_version` of a file with every upgrade applied.
