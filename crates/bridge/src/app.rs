@@ -15,8 +15,9 @@ use crate::call::ai_breaker::{AiBreaker, run_prober};
 use crate::call::calls::Calls;
 use crate::call::registry::Registry;
 use crate::call::task::CallContext;
-use crate::config::{Config, StoreSettings};
+use crate::config::{Config, HttpLimits, StoreSettings};
 use crate::fleet::{Fleet, FleetSettings, default_replica_name};
+use crate::http::server::serve;
 use crate::http::{AppState, WebhookSettings, metrics_router, router};
 use crate::media::peer::PeerSettings;
 use crate::media::phases::FramePhases;
@@ -40,6 +41,10 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
 const FLEET_STOP_GRACE: Duration = Duration::from_secs(3);
 /// After the calls, how long shutdown waits for the reminder deliveries to be recorded.
 const SCHEDULER_STOP_GRACE: Duration = Duration::from_secs(5);
+/// The metrics listener's connection cap when `HTTP_MAX_CONNECTIONS` is higher: a Prometheus
+/// server or two scrape it, so its connections need not count against the file descriptors
+/// that the main listener and the calls share.
+const METRICS_MAX_CONNECTIONS: usize = 32;
 
 /// A built bridge, bound to its port and ready to serve.
 pub struct App {
@@ -57,6 +62,8 @@ pub struct App {
     scheduler: Option<Scheduler>,
     /// How often the AI is tried while its circuit breaker is open.
     ai_probe_interval: Duration,
+    /// Timeouts and connection cap of the HTTP listeners.
+    http_limits: HttpLimits,
 }
 
 impl App {
@@ -198,6 +205,7 @@ impl App {
             fleet_worker,
             scheduler,
             ai_probe_interval: config.ai_breaker_probe_interval,
+            http_limits: config.http,
         })
     }
 
@@ -251,6 +259,7 @@ impl App {
             fleet_worker,
             scheduler,
             ai_probe_interval,
+            http_limits,
         } = self;
         let scheduler_stop = CancellationToken::new();
         let scheduler =
@@ -269,15 +278,18 @@ impl App {
         ));
         if let Some(metrics_listener) = metrics_listener {
             info!(addr = %metrics_listener.local_addr()?, "metrics listening");
-            let stop = stopped.clone();
-            tokio::spawn(async move {
-                let served = axum::serve(metrics_listener, metrics_router(state))
-                    .with_graceful_shutdown(stop.cancelled_owned())
-                    .await;
-                if let Err(err) = served {
-                    warn!(%err, "metrics server failed");
-                }
-            });
+            let limits = HttpLimits {
+                max_connections: http_limits.max_connections.min(METRICS_MAX_CONNECTIONS),
+                ..http_limits
+            };
+            let metrics = state.metrics.http_listener("metrics");
+            tokio::spawn(serve(
+                metrics_listener,
+                metrics_router(state.clone()),
+                limits,
+                metrics,
+                stopped.clone().cancelled_owned(),
+            ));
         }
         let drained = async move {
             if signals.recv().await.is_none() {
@@ -311,9 +323,8 @@ impl App {
             }
             info!("drained");
         };
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(drained)
-            .await;
+        let metrics = state.metrics.http_listener("main");
+        serve(listener, app, http_limits, metrics, drained).await;
         stopped.cancel();
         if let Some(scheduler) = scheduler
             && tokio::time::timeout(SCHEDULER_STOP_GRACE, scheduler)
@@ -330,7 +341,6 @@ impl App {
         {
             warn!("the fleet's last writes did not finish; the claims expire with their lease");
         }
-        served?;
         Ok(())
     }
 }

@@ -5,7 +5,8 @@
 //!
 //! Map of the crate, by floor (a module imports only from floors below it; no loops):
 //! - floor 6 — [`app`]: wires it all together: `App::build(config)`, `run_until_stopped`, drain.
-//! - floor 5 — [`http`]: the axum router: signed webhook, `/health`, `/ready`, `/metrics`, admin.
+//! - floor 5 — [`http`]: the axum router: signed webhook, `/health`, `/ready`, `/metrics`, admin;
+//!   the listeners' bounded connections (timeouts, a cap).
 //! - floor 4 — [`outreach`]: the business reaching users by WhatsApp's rules (permission,
 //!   calls, messages) and the scheduler that delivers due reminders and callbacks.
 //! - floor 3 — [`call`]: admission of inbound and outbound calls (`Calls`), the registry of live
