@@ -24,6 +24,7 @@ use crate::media::phases::FramePhases;
 use crate::media::ports::PortPool;
 use crate::memory::MemorySettings;
 use crate::metrics::Metrics;
+use crate::open_files;
 use crate::outreach::Outreach;
 use crate::outreach::scheduler::Scheduler;
 use crate::realtime::client::RealtimeConfig;
@@ -77,6 +78,7 @@ impl App {
         store: Option<Arc<dyn Store>>,
     ) -> anyhow::Result<App> {
         install_crypto_provider();
+        raise_open_files(&config);
         let store = match store {
             Some(store) => store,
             None => open_store(&config.store)?,
@@ -342,6 +344,38 @@ impl App {
             warn!("the fleet's last writes did not finish; the claims expire with their lease");
         }
         Ok(())
+    }
+}
+
+/// Raises the open-file limit to its hard limit (logged), and warns when the connection caps
+/// do not fit under it: stalled connections could then use up the descriptors calls need.
+fn raise_open_files(config: &Config) {
+    let limit = match open_files::raise_to_hard_limit() {
+        Ok(limit) => {
+            if limit.after > limit.before {
+                info!(
+                    before = limit.before,
+                    after = limit.after,
+                    "open-file limit raised to its hard limit"
+                );
+            }
+            limit.after
+        }
+        Err(err) => {
+            warn!(%err, "the open-file limit could not be read or raised");
+            return;
+        }
+    };
+    let mut connections = config.http.max_connections;
+    if config.metrics_port.is_some() {
+        connections += config.http.max_connections.min(METRICS_MAX_CONNECTIONS);
+    }
+    if connections as u64 >= limit {
+        warn!(
+            max_connections = connections,
+            open_file_limit = limit,
+            "HTTP_MAX_CONNECTIONS is not below the open-file limit: connections could use up the descriptors calls need"
+        );
     }
 }
 

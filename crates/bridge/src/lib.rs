@@ -23,7 +23,8 @@
 //! - floor 0 — [`media`]: the PeerConnection (the one place that names WebRTC types), Opus, the
 //!   uplink and the downlink of a call's audio; [`realtime`]: the Realtime API client and its
 //!   events; [`metrics`]: the Prometheus metrics; [`ids`]: call ids and phone numbers (masked
-//!   in logs); [`allocator`]: hands the allocator's thread caches back once the bridge is idle.
+//!   in logs); [`allocator`]: hands the allocator's thread caches back once the bridge is idle;
+//!   [`open_files`]: raises the open-file limit at start.
 
 pub mod allocator;
 pub mod app;
@@ -36,6 +37,7 @@ pub mod local_time;
 pub mod media;
 pub mod memory;
 pub mod metrics;
+pub mod open_files;
 pub mod outreach;
 pub mod realtime;
 pub mod store;
