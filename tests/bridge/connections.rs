@@ -1,7 +1,7 @@
 //! Bounded HTTP connections on every listener: clients that stall (half a request line,
 //! headers without end, a body that never comes, an idle kept-alive connection) are closed
 //! within their timeout while `/health` keeps answering, and past the connection cap a new
-//! connection is closed at once and counted.
+//! connection is closed at once and counted while those already open go on.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -130,6 +130,29 @@ async fn health_answers_fast(port: u16) {
         "/health took {:?}",
         start.elapsed()
     );
+}
+
+/// Sends `GET path` on a kept-alive connection and reads the whole response; returns its
+/// status line.
+async fn get_on(stream: &mut TcpStream, path: &str) -> String {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: bridge\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(stream.read_u8().await.expect("a response head"));
+    }
+    let head = String::from_utf8(head).expect("a text head");
+    let length: usize = head
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())?
+        })
+        .expect("a content length");
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).await.expect("the body");
+    head.lines().next().unwrap_or_default().to_owned()
 }
 
 fn assert_closed_by_its_timeout(what: &str, closed: Option<(Duration, String)>, timeout: Duration) {
@@ -272,8 +295,11 @@ async fn past_the_cap_a_new_connection_is_closed_at_once_and_counted_on_each_lis
     let metrics = ("listener", "metrics");
     assert_eq!(metric(metrics_port, refused, &[main]).await, 0.0);
 
+    // One connection kept alive (as Meta's are), the others stalled.
+    let mut kept_alive = connect(port).await;
+    assert_eq!(get_on(&mut kept_alive, "/health").await, "HTTP/1.1 200 OK");
     let mut holding: Vec<TcpStream> = Vec::new();
-    for _ in 0..CAP {
+    for _ in 1..CAP {
         holding.push(connect(port).await);
     }
     wait_for_metric(metrics_port, open, &[main], CAP as f64).await;
@@ -286,6 +312,8 @@ async fn past_the_cap_a_new_connection_is_closed_at_once_and_counted_on_each_lis
     assert!(after < Duration::from_secs(1), "closed after {after:?}");
     assert_eq!(metric(metrics_port, refused, &[main]).await, 1.0);
     assert_eq!(metric(metrics_port, open, &[main]).await, CAP as f64);
+    // The connection already open goes on being served.
+    assert_eq!(get_on(&mut kept_alive, "/ready").await, "HTTP/1.1 200 OK");
 
     // A place frees up: the bridge answers again.
     holding.pop();
