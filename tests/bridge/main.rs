@@ -3,6 +3,7 @@
 mod calls;
 mod cleanup;
 mod cli;
+mod connections;
 mod drain;
 mod fleet;
 mod limits;

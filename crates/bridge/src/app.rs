@@ -17,14 +17,16 @@ use crate::call::caller_limits::CallerLimits;
 use crate::call::calls::Calls;
 use crate::call::registry::Registry;
 use crate::call::task::CallContext;
-use crate::config::{Config, StoreSettings};
+use crate::config::{Config, HttpLimits, StoreSettings};
 use crate::fleet::{Fleet, FleetSettings, default_replica_name};
+use crate::http::server::serve;
 use crate::http::{AppState, WebhookSettings, metrics_router, router};
 use crate::media::peer::PeerSettings;
 use crate::media::phases::FramePhases;
 use crate::media::ports::PortPool;
 use crate::memory::MemorySettings;
 use crate::metrics::Metrics;
+use crate::open_files;
 use crate::outreach::Outreach;
 use crate::outreach::scheduler::Scheduler;
 use crate::realtime::client::RealtimeConfig;
@@ -43,6 +45,10 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(15);
 const FLEET_STOP_GRACE: Duration = Duration::from_secs(3);
 /// After the calls, how long shutdown waits for the reminder deliveries to be recorded.
 const SCHEDULER_STOP_GRACE: Duration = Duration::from_secs(5);
+/// The metrics listener's connection cap when `HTTP_MAX_CONNECTIONS` is higher: a Prometheus
+/// server or two scrape it, so its connections need not count against the file descriptors
+/// that the main listener and the calls share.
+const METRICS_MAX_CONNECTIONS: usize = 32;
 
 /// A built bridge, bound to its port and ready to serve.
 pub struct App {
@@ -64,6 +70,8 @@ pub struct App {
     retention: Option<RetentionPurge>,
     /// How often the block list is read again (other replicas' changes).
     block_list_refresh: Duration,
+    /// Timeouts and connection cap of the HTTP listeners.
+    http_limits: HttpLimits,
 }
 
 impl App {
@@ -77,6 +85,7 @@ impl App {
         store: Option<Arc<dyn Store>>,
     ) -> anyhow::Result<App> {
         install_crypto_provider();
+        raise_open_files(&config);
         let store = match store {
             Some(store) => store,
             None => open_store(&config.store)?,
@@ -226,6 +235,7 @@ impl App {
             ai_probe_interval: config.ai_breaker_probe_interval,
             retention,
             block_list_refresh: config.caller_limits.block_list_refresh,
+            http_limits: config.http,
         })
     }
 
@@ -281,6 +291,7 @@ impl App {
             ai_probe_interval,
             retention,
             block_list_refresh,
+            http_limits,
         } = self;
         let scheduler_stop = CancellationToken::new();
         let scheduler =
@@ -308,15 +319,18 @@ impl App {
         );
         if let Some(metrics_listener) = metrics_listener {
             info!(addr = %metrics_listener.local_addr()?, "metrics listening");
-            let stop = stopped.clone();
-            tokio::spawn(async move {
-                let served = axum::serve(metrics_listener, metrics_router(state))
-                    .with_graceful_shutdown(stop.cancelled_owned())
-                    .await;
-                if let Err(err) = served {
-                    warn!(%err, "metrics server failed");
-                }
-            });
+            let limits = HttpLimits {
+                max_connections: http_limits.max_connections.min(METRICS_MAX_CONNECTIONS),
+                ..http_limits
+            };
+            let metrics = state.metrics.http_listener("metrics");
+            tokio::spawn(serve(
+                metrics_listener,
+                metrics_router(state.clone()),
+                limits,
+                metrics,
+                stopped.clone().cancelled_owned(),
+            ));
         }
         let drained = async move {
             if signals.recv().await.is_none() {
@@ -350,9 +364,8 @@ impl App {
             }
             info!("drained");
         };
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(drained)
-            .await;
+        let metrics = state.metrics.http_listener("main");
+        serve(listener, app, http_limits, metrics, drained).await;
         stopped.cancel();
         if let Some(scheduler) = scheduler
             && tokio::time::timeout(SCHEDULER_STOP_GRACE, scheduler)
@@ -369,8 +382,39 @@ impl App {
         {
             warn!("the fleet's last writes did not finish; the claims expire with their lease");
         }
-        served?;
         Ok(())
+    }
+}
+
+/// Raises the open-file limit to its hard limit (logged), and warns when the connection caps
+/// do not fit under it: stalled connections could then use up the descriptors calls need.
+fn raise_open_files(config: &Config) {
+    let limit = match open_files::raise_to_hard_limit() {
+        Ok(limit) => {
+            if limit.after > limit.before {
+                info!(
+                    before = limit.before,
+                    after = limit.after,
+                    "open-file limit raised to its hard limit"
+                );
+            }
+            limit.after
+        }
+        Err(err) => {
+            warn!(%err, "the open-file limit could not be read or raised");
+            return;
+        }
+    };
+    let mut connections = config.http.max_connections;
+    if config.metrics_port.is_some() {
+        connections += config.http.max_connections.min(METRICS_MAX_CONNECTIONS);
+    }
+    if connections as u64 >= limit {
+        warn!(
+            max_connections = connections,
+            open_file_limit = limit,
+            "HTTP_MAX_CONNECTIONS is not below the open-file limit: connections could use up the descriptors calls need"
+        );
     }
 }
 

@@ -78,6 +78,10 @@ pub const CALLER_OPEN_TASKS: &str = "CALLER_OPEN_TASKS";
 pub const CALLER_PENDING_REMINDERS: &str = "CALLER_PENDING_REMINDERS";
 pub const TOOL_CALLS_PER_CALL: &str = "TOOL_CALLS_PER_CALL";
 pub const BLOCK_LIST_REFRESH: &str = "BLOCK_LIST_REFRESH";
+pub const HTTP_HEADER_TIMEOUT: &str = "HTTP_HEADER_TIMEOUT";
+pub const HTTP_BODY_TIMEOUT: &str = "HTTP_BODY_TIMEOUT";
+pub const HTTP_IDLE_TIMEOUT: &str = "HTTP_IDLE_TIMEOUT";
+pub const HTTP_MAX_CONNECTIONS: &str = "HTTP_MAX_CONNECTIONS";
 
 /// Every key, for `.env.example` checks and `--help`.
 pub const ALL_KEYS: &[&str] = &[
@@ -145,6 +149,10 @@ pub const ALL_KEYS: &[&str] = &[
     CALLER_PENDING_REMINDERS,
     TOOL_CALLS_PER_CALL,
     BLOCK_LIST_REFRESH,
+    HTTP_HEADER_TIMEOUT,
+    HTTP_BODY_TIMEOUT,
+    HTTP_IDLE_TIMEOUT,
+    HTTP_MAX_CONNECTIONS,
 ];
 
 /// Where the caller's data lives.
@@ -223,6 +231,39 @@ impl Default for CallerLimitSettings {
             pending_reminders: 50,
             tool_calls_per_call: 50,
             block_list_refresh: Duration::from_secs(30),
+        }
+    }
+}
+
+/// How long an HTTP client may take, and how many connections a listener holds (both the main
+/// listener and `METRICS_PORT`'s), so that stalled or idle clients cannot use up the process's
+/// file descriptors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// A new connection must send a request's complete headers within this; so must a
+    /// kept-alive one from the first byte of its next request.
+    pub header_timeout: Duration,
+    /// A request's body must have arrived this long after its headers, or it is answered 408.
+    pub body_timeout: Duration,
+    /// A kept-alive connection with no new request this long after its last response is
+    /// closed.
+    pub idle_timeout: Duration,
+    /// Connections a listener holds at once; past it a new one is closed at once.
+    pub max_connections: usize,
+}
+
+impl Default for HttpLimits {
+    /// Webhook deliveries send their few kilobytes at once: 10 s for the headers and 30 s for
+    /// a body (1 MiB at most, `WEBHOOK_BODY_LIMIT`: 35 KB/s) leave room for a slow network.
+    /// 75 s idle outlasts the 60 s idle timeout of common load balancers, so that they, not
+    /// the bridge, close an idle connection (no race on a reused one). 1024 connections are
+    /// ten per call at the default 100 calls, far more than Meta and the probes open.
+    fn default() -> Self {
+        Self {
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(75),
+            max_connections: 1024,
         }
     }
 }
@@ -343,6 +384,7 @@ pub struct Config {
     /// kept forever.
     pub transcript_retention: Option<Duration>,
     pub caller_limits: CallerLimitSettings,
+    pub http: HttpLimits,
 }
 
 impl std::fmt::Debug for Config {
@@ -656,6 +698,7 @@ impl Config {
         let reminders = read_reminders(&mut r);
         let transcript_retention = read_retention(&mut r, max_call_duration);
         let caller_limits = read_caller_limits(&mut r);
+        let http = read_http_limits(&mut r);
 
         if !r.problems.is_empty() {
             return Err(ConfigError(r.problems));
@@ -698,6 +741,7 @@ impl Config {
             reminders,
             transcript_retention,
             caller_limits,
+            http,
         })
     }
 }
@@ -759,6 +803,35 @@ fn read_caller_limits(r: &mut Reader<'_>) -> CallerLimitSettings {
             .push(format!("{BLOCK_LIST_REFRESH} must be at least 1s"));
     }
     settings
+}
+
+/// The HTTP listeners' timeouts and connection cap.
+fn read_http_limits(r: &mut Reader<'_>) -> HttpLimits {
+    let defaults = HttpLimits::default();
+    let limits = HttpLimits {
+        header_timeout: r.duration(HTTP_HEADER_TIMEOUT, defaults.header_timeout),
+        body_timeout: r.duration(HTTP_BODY_TIMEOUT, defaults.body_timeout),
+        idle_timeout: r.duration(HTTP_IDLE_TIMEOUT, defaults.idle_timeout),
+        max_connections: r.parsed(
+            HTTP_MAX_CONNECTIONS,
+            defaults.max_connections,
+            "a number of connections",
+        ),
+    };
+    for (key, value) in [
+        (HTTP_HEADER_TIMEOUT, limits.header_timeout),
+        (HTTP_BODY_TIMEOUT, limits.body_timeout),
+        (HTTP_IDLE_TIMEOUT, limits.idle_timeout),
+    ] {
+        if value.is_zero() {
+            r.problems.push(format!("{key} must be more than 0"));
+        }
+    }
+    if limits.max_connections == 0 {
+        r.problems
+            .push(format!("{HTTP_MAX_CONNECTIONS} must be at least 1"));
+    }
+    limits
 }
 
 /// A boolean setting (`true`/`false`, `on`/`off`, `1`/`0`, `yes`/`no`).
@@ -1097,6 +1170,50 @@ mod tests {
             assert!(problems.contains(key), "{key}: {problems}");
         }
         assert!(!problems.contains(CALLBACK_ON_BUSY));
+    }
+
+    #[test]
+    fn http_limits_have_defaults_and_bad_values_are_reported() {
+        let config = Config::from_env(&minimal()).expect("valid");
+        assert_eq!(config.http, HttpLimits::default());
+        assert_eq!(config.http.header_timeout, Duration::from_secs(10));
+        assert_eq!(config.http.max_connections, 1024);
+        let mut vars = minimal();
+        vars.extend(env(&[
+            (HTTP_HEADER_TIMEOUT, "2s"),
+            (HTTP_BODY_TIMEOUT, "500ms"),
+            (HTTP_IDLE_TIMEOUT, "1m"),
+            (HTTP_MAX_CONNECTIONS, "16"),
+        ]));
+        let http = Config::from_env(&vars).expect("valid").http;
+        assert_eq!(
+            http,
+            HttpLimits {
+                header_timeout: Duration::from_secs(2),
+                body_timeout: Duration::from_millis(500),
+                idle_timeout: Duration::from_secs(60),
+                max_connections: 16,
+            }
+        );
+        vars.extend(env(&[
+            (HTTP_HEADER_TIMEOUT, "0s"),
+            (HTTP_BODY_TIMEOUT, "soon"),
+            (HTTP_IDLE_TIMEOUT, "0"),
+            (HTTP_MAX_CONNECTIONS, "0"),
+        ]));
+        let problems = Config::from_env(&vars).expect_err("invalid").0;
+        assert_eq!(problems.len(), 4, "{problems:?}");
+        for key in [
+            HTTP_HEADER_TIMEOUT,
+            HTTP_BODY_TIMEOUT,
+            HTTP_IDLE_TIMEOUT,
+            HTTP_MAX_CONNECTIONS,
+        ] {
+            assert!(
+                problems.iter().any(|p| p.contains(key)),
+                "{key}: {problems:?}"
+            );
+        }
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //!
 //! Map of the crate, by floor (a module imports only from floors below it; no loops):
 //! - floor 6 — [`app`]: wires it all together: `App::build(config)`, `run_until_stopped`, drain.
-//! - floor 5 — [`http`]: the axum router: signed webhook, `/health`, `/ready`, `/metrics`, admin.
+//! - floor 5 — [`http`]: the axum router: signed webhook, `/health`, `/ready`, `/metrics`, admin;
+//!   the listeners' bounded connections (timeouts, a cap).
 //! - floor 4 — [`outreach`]: the business reaching users by WhatsApp's rules (permission,
 //!   calls, messages) and the scheduler that delivers due reminders and callbacks.
 //! - floor 3 — [`call`]: admission of inbound and outbound calls (`Calls`), the registry of live
@@ -23,7 +24,8 @@
 //! - floor 0 — [`media`]: the PeerConnection (the one place that names WebRTC types), Opus, the
 //!   uplink and the downlink of a call's audio; [`realtime`]: the Realtime API client and its
 //!   events; [`metrics`]: the Prometheus metrics; [`ids`]: call ids and phone numbers (masked
-//!   in logs); [`allocator`]: hands the allocator's thread caches back once the bridge is idle.
+//!   in logs); [`allocator`]: hands the allocator's thread caches back once the bridge is idle;
+//!   [`open_files`]: raises the open-file limit at start.
 
 pub mod allocator;
 pub mod app;
@@ -36,6 +38,7 @@ pub mod local_time;
 pub mod media;
 pub mod memory;
 pub mod metrics;
+pub mod open_files;
 pub mod outreach;
 pub mod realtime;
 pub mod retention;

@@ -2,8 +2,8 @@
 //! (never phone numbers or call ids).
 
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 /// All metrics; cheap to clone (every field is an `Arc` inside).
@@ -102,6 +102,23 @@ pub struct Metrics {
     pub ai_connect_failures: IntCounterVec,
     /// 1 while the AI circuit breaker is open and new calls are refused.
     pub ai_breaker_open: IntGauge,
+    /// HTTP connections open now, by listener (`main`, `metrics`).
+    pub http_connections_open: IntGaugeVec,
+    /// HTTP connections closed at once because the listener was at `HTTP_MAX_CONNECTIONS`.
+    pub http_connections_refused: IntCounterVec,
+    /// HTTP connections (or requests) ended by a timeout, by listener and reason (`header`,
+    /// `body`, `idle`).
+    pub http_timeouts: IntCounterVec,
+}
+
+/// The connection metrics of one HTTP listener, its labels applied.
+#[derive(Clone)]
+pub struct ListenerMetrics {
+    pub open: IntGauge,
+    pub refused: IntCounter,
+    pub header_timeouts: IntCounter,
+    pub body_timeouts: IntCounter,
+    pub idle_timeouts: IntCounter,
 }
 
 impl Metrics {
@@ -427,6 +444,30 @@ impl Metrics {
             &["action"],
         )
         .expect("valid metric");
+        let http_connections_open = IntGaugeVec::new(
+            Opts::new(
+                "whatsapp_bridge_http_connections_open",
+                "HTTP connections open now, by listener",
+            ),
+            &["listener"],
+        )
+        .expect("valid metric");
+        let http_connections_refused = IntCounterVec::new(
+            Opts::new(
+                "whatsapp_bridge_http_connections_refused_total",
+                "HTTP connections closed at once because the listener was at its cap",
+            ),
+            &["listener"],
+        )
+        .expect("valid metric");
+        let http_timeouts = IntCounterVec::new(
+            Opts::new(
+                "whatsapp_bridge_http_timeouts_total",
+                "HTTP connections or requests ended by a timeout, by listener and reason",
+            ),
+            &["listener", "reason"],
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(active_calls.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(max_calls.clone()),
@@ -472,6 +513,9 @@ impl Metrics {
             Box::new(ai_rollovers.clone()),
             Box::new(ai_connect_failures.clone()),
             Box::new(ai_breaker_open.clone()),
+            Box::new(http_connections_open.clone()),
+            Box::new(http_connections_refused.clone()),
+            Box::new(http_timeouts.clone()),
         ] {
             registry
                 .register(collector)
@@ -523,6 +567,22 @@ impl Metrics {
             ai_rollovers,
             ai_connect_failures,
             ai_breaker_open,
+            http_connections_open,
+            http_connections_refused,
+            http_timeouts,
+        }
+    }
+
+    /// The connection metrics of the listener named `listener` (its series exist, at 0, from
+    /// here on).
+    pub fn http_listener(&self, listener: &str) -> ListenerMetrics {
+        let timeouts = |reason: &str| self.http_timeouts.with_label_values(&[listener, reason]);
+        ListenerMetrics {
+            open: self.http_connections_open.with_label_values(&[listener]),
+            refused: self.http_connections_refused.with_label_values(&[listener]),
+            header_timeouts: timeouts("header"),
+            body_timeouts: timeouts("body"),
+            idle_timeouts: timeouts("idle"),
         }
     }
 

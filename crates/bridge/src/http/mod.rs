@@ -1,7 +1,10 @@
 //! The HTTP surface: the signed WhatsApp webhook, `/health`, `/ready`, `/metrics` and the
-//! admin calls API.
+//! admin calls API, and the listeners' bounded connections (`server`).
 
 mod admin;
+mod body_deadline;
+mod conn_clock;
+pub mod server;
 mod webhook;
 
 use std::sync::Arc;
