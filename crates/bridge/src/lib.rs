@@ -40,3 +40,7 @@ pub mod realtime;
 pub mod store;
 pub mod tools;
 pub mod whatsapp;
+
+/// Property-based fuzzing of the parsers of untrusted input (README, "Fuzzing").
+#[cfg(test)]
+mod fuzz;
