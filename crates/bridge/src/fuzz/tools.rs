@@ -122,11 +122,11 @@ fn tool_call() -> BoxedStrategy<ToolCall> {
         .boxed()
 }
 
-/// Who calls: a fresh caller per case (so cases do not pile rows on one caller), the other
-/// caller's own calls are never made; sometimes nobody (a hidden number).
+/// Who calls: a fresh number per case (so rows do not pile up on one caller), never the other
+/// caller's (a different prefix); now and then nobody (a hidden number).
 fn next_caller(callers: &AtomicU64) -> Option<PhoneNumber> {
     let n = callers.fetch_add(1, Ordering::Relaxed);
-    (n % 16 != 15).then(|| PhoneNumber::new(format!("4477{n:08}")))
+    (n % 16 != 15).then(|| PhoneNumber::new(format!("4479{n:08}")))
 }
 
 fn now() -> BoxedStrategy<DateTime<Utc>> {
