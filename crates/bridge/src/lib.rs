@@ -45,3 +45,7 @@ pub mod retention;
 pub mod store;
 pub mod tools;
 pub mod whatsapp;
+
+/// Property-based fuzzing of the parsers of untrusted input (README, "Fuzzing").
+#[cfg(test)]
+mod fuzz;

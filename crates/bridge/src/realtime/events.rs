@@ -306,6 +306,17 @@ struct ErrorObject {
 
 /// Parses one server text frame.
 pub fn parse_server_event(text: &str) -> Result<ServerEvent, EventError> {
+    // A derived struct also reads a JSON array, field by position: `[""]` would be an event of
+    // type "". Events are objects.
+    if !text
+        .trim_start_matches([' ', '\t', '\n', '\r'])
+        .starts_with('{')
+    {
+        return Err(EventError::Json(de::Error::invalid_type(
+            de::Unexpected::Other("JSON that is not an object"),
+            &"an event object",
+        )));
+    }
     let envelope: Envelope<'_> = serde_json::from_str(text)?;
     let kind = envelope.kind.ok_or(EventError::MissingType)?.0;
     let Some(known) = Known::classify(&kind) else {
@@ -1081,6 +1092,21 @@ mod tests {
             Err(EventError::Json(_))
         ));
         assert!(matches!(parse_server_event(""), Err(EventError::Json(_))));
+    }
+
+    /// Found by fuzzing (`fuzz::realtime_events`): an array was read as an event, by position.
+    #[test]
+    fn an_array_is_not_an_event() {
+        for text in [
+            r#"[""]"#,
+            r#" ["response.output_audio.delta","item","resp",null,null,null,"AAAA"]"#,
+        ] {
+            assert!(
+                matches!(parse_server_event(text), Err(EventError::Json(_))),
+                "{text}"
+            );
+        }
+        assert!(parse_server_event(" \r\n\t{\"type\":\"session.updated\"}").is_ok());
     }
 
     fn decode_append(text: &str) -> Vec<i16> {

@@ -43,6 +43,10 @@ pub enum SdpError {
     NoOpus,
     #[error("the audio section has no a=mid")]
     MissingMid,
+    #[error("the SDP has no a=ice-ufrag and a=ice-pwd")]
+    MissingIceCredentials,
+    #[error("the SDP has no a=fingerprint with a hash and a digest")]
+    MissingFingerprint,
 }
 
 /// Payload types Meta accepts in our answer: Opus and 8 kHz telephone-event.
@@ -245,6 +249,24 @@ pub fn inspect(sdp: &str) -> Result<OfferInfo, SdpError> {
         .rtpmaps()
         .find(|(pt, name, clock)| is_telephone_event_8k(name, *clock) && audio.offered(*pt))
         .map(|(pt, _, _)| pt);
+    // Without them no ICE check or DTLS handshake can succeed: refused here, before the call
+    // opens an AI session or answers.
+    let has_value = |name| {
+        parsed
+            .all_lines()
+            .any(|line| attr(line, name).is_some_and(|value| !value.trim().is_empty()))
+    };
+    if !has_value("ice-ufrag") || !has_value("ice-pwd") {
+        return Err(SdpError::MissingIceCredentials);
+    }
+    let fingerprinted = parsed.all_lines().any(|line| {
+        attr(line, "fingerprint")
+            .and_then(|value| value.trim().split_once(' '))
+            .is_some_and(|(hash, digest)| !hash.is_empty() && !digest.trim().is_empty())
+    });
+    if !fingerprinted {
+        return Err(SdpError::MissingFingerprint);
+    }
     let setup = audio
         .attr("setup")
         .or_else(|| parsed.session.iter().find_map(|line| attr(line, "setup")))
@@ -920,6 +942,38 @@ mod tests {
         let info = inspect(&offer).unwrap();
         assert!(!info.opus_fec);
         assert_eq!(info.telephone_event_payload_type, None);
+    }
+
+    /// Found by fuzzing (`fuzz::sdp`): these were accepted, and the call opened an AI session
+    /// before the WebRTC stack refused the offer.
+    #[test]
+    fn an_offer_without_ice_credentials_or_fingerprint_is_refused() {
+        let offer = offer();
+        let line = |prefix: &str| {
+            let line = offer.lines().find(|l| l.starts_with(prefix)).expect(prefix);
+            format!("{line}\r\n")
+        };
+        let cases = [
+            (
+                offer.replace(&line("a=ice-ufrag:"), ""),
+                SdpError::MissingIceCredentials,
+            ),
+            (
+                offer.replace(&line("a=ice-pwd:"), "a=ice-pwd: \r\n"),
+                SdpError::MissingIceCredentials,
+            ),
+            (
+                offer.replace(&line("a=fingerprint:"), ""),
+                SdpError::MissingFingerprint,
+            ),
+            (
+                offer.replace(&line("a=fingerprint:"), "a=fingerprint:sha-256\r\n"),
+                SdpError::MissingFingerprint,
+            ),
+        ];
+        for (sdp, expected) in cases {
+            assert_eq!(inspect(&sdp), Err(expected));
+        }
     }
 
     #[test]
