@@ -1,10 +1,13 @@
-//! Identifiers that cross module boundaries: WhatsApp call ids and phone numbers (masked in logs).
+//! Identifiers that cross module boundaries: WhatsApp call ids and phone numbers (masked in logs),
+//! and [`LogSafe`] for any outside text that reaches a log line.
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::log_safe::LogSafe;
+mod log_safe;
+
+pub use log_safe::{LOG_FIELD_CHARS, LogSafe};
 
 /// Longest call id accepted from a webhook. Real ids (`wacid.` and a base64 blob) are about 110
 /// characters; anything longer is not Meta's and would cost memory in every map keyed by it.

@@ -22,8 +22,8 @@
 //! - floor 0 — [`media`]: the PeerConnection (the one place that names WebRTC types), Opus, the
 //!   uplink and the downlink of a call's audio; [`realtime`]: the Realtime API client and its
 //!   events; [`metrics`]: the Prometheus metrics; [`ids`]: call ids and phone numbers (masked
-//!   in logs); [`log_safe`]: outside text escaped and cut short for logs; [`allocator`]: hands
-//!   the allocator's thread caches back once the bridge is idle.
+//!   in logs) and outside text made safe to log; [`allocator`]: hands the allocator's thread
+//!   caches back once the bridge is idle.
 
 pub mod allocator;
 pub mod app;
@@ -33,7 +33,6 @@ pub mod fleet;
 pub mod http;
 pub mod ids;
 pub mod local_time;
-pub mod log_safe;
 pub mod media;
 pub mod memory;
 pub mod metrics;

@@ -22,8 +22,7 @@ use super::{AppState, error_response};
 use crate::call::CallCommand;
 use crate::call::calls::{InboundOffer, Offered};
 use crate::call::registry::{Refusal, RefusalReason};
-use crate::ids::{CallId, PhoneNumber};
-use crate::log_safe::LogSafe;
+use crate::ids::{CallId, LogSafe, PhoneNumber};
 use crate::whatsapp::signature::{self, SIGNATURE_HEADER};
 use crate::whatsapp::webhook::{
     self, CallStatus, ConnectEvent, Direction, RefusedElement, SdpType, StatusEvent,

@@ -19,8 +19,7 @@ use rand::Rng as _;
 use secrecy::{ExposeSecret as _, SecretString};
 use serde_json::{Value, json};
 
-use crate::ids::{CallId, PhoneNumber};
-use crate::log_safe::LogSafe;
+use crate::ids::{CallId, LogSafe, PhoneNumber};
 
 /// Where and as whom to call the Graph API.
 #[derive(Debug, Clone)]
