@@ -638,6 +638,11 @@ async fn an_offer_the_bridge_cannot_answer_with_one_opus_section_is_rejected_nev
             offer.replace("a=rtpmap:111 opus/48000/2", "a=rtpmap:111 G722/8000"),
         ),
         ("no audio m= line", offer.replace("m=audio ", "m=video ")),
+        (
+            "port 0 m= line",
+            offer.replace("m=audio 3484 ", "m=audio 0 "),
+        ),
+        ("inactive", offer.replace("a=sendrecv", "a=inactive")),
     ];
     for (n, (case, offer)) in unusable.iter().enumerate() {
         assert_ne!(offer, &loopback_offer(), "{case}: the offer was changed");
@@ -657,11 +662,6 @@ async fn an_offer_the_bridge_cannot_answer_with_one_opus_section_is_rejected_nev
             "garbage c= line",
             offer.replace("c=IN IP4 127.0.0.1", "c=garbage"),
         ),
-        (
-            "port 0 m= line",
-            offer.replace("m=audio 3484 ", "m=audio 0 "),
-        ),
-        ("inactive", offer.replace("a=sendrecv", "a=inactive")),
     ];
     let mut refused = 0;
     for (n, (case, offer)) in odd.iter().enumerate() {
@@ -674,11 +674,9 @@ async fn an_offer_the_bridge_cannot_answer_with_one_opus_section_is_rejected_nev
             Ok(answer) => {
                 let info = sdp::inspect(&answer).expect("the answer carries one opus section");
                 assert_eq!(info.mid, "audio", "{case}");
-                eprintln!("{case}: answered");
                 post_signed(&stack, terminate_body(&id, &user(220 + n as u32))).await;
             }
             Err(()) => {
-                eprintln!("{case}: rejected");
                 refused += 1;
             }
         }
@@ -687,7 +685,7 @@ async fn an_offer_the_bridge_cannot_answer_with_one_opus_section_is_rejected_nev
     let metrics = stack.metrics.render();
     let expected = format!(
         "whatsapp_bridge_calls_total{{direction=\"inbound\",outcome=\"setup_failed\"}} {}",
-        2 + refused
+        4 + refused
     );
     assert!(metrics.contains(&expected), "{expected}\n{metrics}");
     stack.stop().await.expect("stop");

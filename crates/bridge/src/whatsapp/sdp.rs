@@ -43,6 +43,10 @@ pub enum SdpError {
     NoOpus,
     #[error("the audio section has no a=mid")]
     MissingMid,
+    #[error("the audio section has port 0 (rejected)")]
+    AudioRejected,
+    #[error("the audio section is a={0}, not sendrecv")]
+    NotSendrecv(String),
 }
 
 /// Payload types Meta accepts in our answer: Opus and 8 kHz telephone-event.
@@ -219,9 +223,27 @@ fn truncate(text: &str) -> String {
 }
 
 /// Reads the facts the call flow needs from an offer or an answer.
+///
+/// A call carries audio both ways: a rejected audio section (port 0) or one that is not
+/// `sendrecv` (`inactive`, `sendonly`, `recvonly`) is unusable. No direction at all means
+/// `sendrecv` (RFC 8866 §6.7).
 pub fn inspect(sdp: &str) -> Result<OfferInfo, SdpError> {
     let parsed = Sdp::split(sdp);
     let audio = parsed.audio()?;
+    if audio.port_and_proto.split(' ').next() == Some("0") {
+        return Err(SdpError::AudioRejected);
+    }
+    let direction = |line: &str| DIRECTIONS.into_iter().find(|d| attr(line, d) == Some(""));
+    let declared = audio
+        .lines
+        .iter()
+        .find_map(|line| direction(line))
+        .or_else(|| parsed.session.iter().find_map(|line| direction(line)));
+    if let Some(declared) = declared
+        && declared != "sendrecv"
+    {
+        return Err(SdpError::NotSendrecv(declared.to_owned()));
+    }
     let mid = audio
         .attr("mid")
         .filter(|mid| !mid.is_empty())
@@ -987,6 +1009,18 @@ mod tests {
                 SdpError::NoOpus,
             ),
             (offer.replace("a=mid:audio\r\n", ""), SdpError::MissingMid),
+            (
+                offer.replace("m=audio 3484 ", "m=audio 0 "),
+                SdpError::AudioRejected,
+            ),
+            (
+                offer.replace("a=sendrecv", "a=inactive"),
+                SdpError::NotSendrecv("inactive".to_owned()),
+            ),
+            (
+                offer.replace("a=sendrecv", "a=recvonly"),
+                SdpError::NotSendrecv("recvonly".to_owned()),
+            ),
         ];
         for (sdp, expected) in cases {
             assert_eq!(inspect(&sdp), Err(expected));
