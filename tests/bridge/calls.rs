@@ -599,3 +599,121 @@ async fn the_caller_is_told_before_the_maximum_duration_ends_the_call() {
     );
     stack.stop().await.expect("stop");
 }
+
+/// What the bridge sent Meta for a call: `Ok(answer)` (its pre_accept SDP) or `Err(())` for a
+/// reject without any pre_accept or accept; panics on anything else, or if nothing came.
+async fn answered_or_rejected(stack: &LocalStack, id: &CallId) -> Result<String, ()> {
+    let mut actions = stack.graph.subscribe();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let recorded = stack.graph.actions_for(id);
+        if let Some(pre_accept) = recorded.iter().find(|a| a.action == "pre_accept") {
+            return Ok(pre_accept
+                .sdp
+                .clone()
+                .expect("pre_accept carries the answer"));
+        }
+        if recorded.iter().any(|a| a.action == "reject") {
+            let names: Vec<&str> = recorded.iter().map(|a| a.action.as_str()).collect();
+            assert_eq!(names, ["reject"], "a reject and nothing else");
+            return Err(());
+        }
+        assert!(
+            tokio::time::timeout_at(deadline, actions.recv())
+                .await
+                .is_ok(),
+            "neither answered nor rejected: {recorded:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offer_the_bridge_cannot_answer_with_one_opus_section_is_rejected_never_answered_without_an_m_line()
+ {
+    let stack = echo_stack(5).await;
+    let offer = loopback_offer();
+    let unusable = [
+        (
+            "no opus",
+            offer.replace("a=rtpmap:111 opus/48000/2", "a=rtpmap:111 G722/8000"),
+        ),
+        ("no audio m= line", offer.replace("m=audio ", "m=video ")),
+        (
+            "port 0 m= line",
+            offer.replace("m=audio 3484 ", "m=audio 0 "),
+        ),
+        ("inactive", offer.replace("a=sendrecv", "a=inactive")),
+    ];
+    for (n, (case, offer)) in unusable.iter().enumerate() {
+        assert_ne!(offer, &loopback_offer(), "{case}: the offer was changed");
+        let id = call_id(&format!("unusable-{n}"));
+        let (status, _) =
+            post_signed(&stack, connect_body(&id, &user(200 + n as u32), offer)).await;
+        assert_eq!(status, 200, "{case}");
+        assert_eq!(answered_or_rejected(&stack, &id).await, Err(()), "{case}");
+    }
+    // Broken but answerable, or refused: never an answer without its one opus audio section.
+    let odd = [
+        (
+            "broken c= line",
+            offer.replace("c=IN IP4 127.0.0.1", "c=IN IP4"),
+        ),
+        (
+            "garbage c= line",
+            offer.replace("c=IN IP4 127.0.0.1", "c=garbage"),
+        ),
+    ];
+    let mut refused = 0;
+    for (n, (case, offer)) in odd.iter().enumerate() {
+        assert_ne!(offer, &loopback_offer(), "{case}: the offer was changed");
+        let id = call_id(&format!("odd-{n}"));
+        let (status, _) =
+            post_signed(&stack, connect_body(&id, &user(220 + n as u32), offer)).await;
+        assert_eq!(status, 200, "{case}");
+        match answered_or_rejected(&stack, &id).await {
+            Ok(answer) => {
+                let info = sdp::inspect(&answer).expect("the answer carries one opus section");
+                assert_eq!(info.mid, "audio", "{case}");
+                post_signed(&stack, terminate_body(&id, &user(220 + n as u32))).await;
+            }
+            Err(()) => {
+                refused += 1;
+            }
+        }
+    }
+    assert!(stack.wait_idle(WAIT).await);
+    let metrics = stack.metrics.render();
+    let expected = format!(
+        "whatsapp_bridge_calls_total{{direction=\"inbound\",outcome=\"setup_failed\"}} {}",
+        4 + refused
+    );
+    assert!(metrics.contains(&expected), "{expected}\n{metrics}");
+    stack.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offer_without_a_direction_attribute_is_answered_as_sendrecv() {
+    let stack = echo_stack(5).await;
+    let offer = loopback_offer();
+    for (n, offer) in [
+        offer.replace("a=sendrecv\r\n", ""),
+        offer.replace("a=sendrecv", "a=sndrecv"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        assert_ne!(offer, &loopback_offer(), "the offer was changed");
+        let id = call_id(&format!("no-direction-{n}"));
+        let (status, _) =
+            post_signed(&stack, connect_body(&id, &user(210 + n as u32), offer)).await;
+        assert_eq!(status, 200);
+        let answer = answered_or_rejected(&stack, &id)
+            .await
+            .expect("answered, not rejected");
+        assert_eq!(answer.matches("m=audio ").count(), 1, "{answer}");
+        assert!(answer.contains("a=sendrecv\r\n"), "{answer}");
+        post_signed(&stack, terminate_body(&id, &user(210 + n as u32))).await;
+    }
+    assert!(stack.wait_idle(WAIT).await);
+    stack.stop().await.expect("stop");
+}

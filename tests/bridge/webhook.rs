@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use bridge::ids::CallId;
 use bridge::whatsapp::signature;
 use sim::phone::PhoneCall;
 use sim::stack::{APP_SECRET, VERIFY_TOKEN};
@@ -298,5 +299,141 @@ async fn a_full_udp_port_range_refuses_calls_like_capacity_and_ports_come_back()
     let third = answered_call(&stack, "port3", 302).await;
     third.hang_up().await.expect("hang up");
     assert!(stack.wait_idle(WAIT).await);
+    stack.stop().await.expect("stop");
+}
+
+/// A terminate delivery for `ids`, each call carrying `errors` error objects whose details hold
+/// `marker`.
+fn terminates_with_errors(ids: &[CallId], errors: usize, marker: &str) -> String {
+    let mut body: serde_json::Value =
+        serde_json::from_str(&terminate_body(&ids[0], &user(90))).expect("JSON");
+    let template = body["entry"][0]["changes"][0]["value"]["calls"][0].clone();
+    let calls: Vec<serde_json::Value> = ids
+        .iter()
+        .map(|id| {
+            let mut call = template.clone();
+            call["id"] = id.as_str().into();
+            call["status"] = "FAILED".into();
+            call["errors"] = (0..errors)
+                .map(|i| {
+                    serde_json::json!({
+                        "code": 131_000 + i,
+                        "error_data": { "details": format!("{marker}\n{i}") },
+                    })
+                })
+                .collect();
+            call
+        })
+        .collect();
+    body["entry"][0]["changes"][0]["value"]["calls"] = calls.into();
+    body.to_string()
+}
+
+/// Lines of the captured log that contain `needle`.
+fn log_lines_with(logs: &std::sync::Mutex<Vec<u8>>, needle: &str) -> Vec<String> {
+    String::from_utf8_lossy(&logs.lock().expect("logs"))
+        .lines()
+        .filter(|line| line.contains(needle))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn an_over_long_or_control_character_call_id_creates_nothing_and_valid_events_beside_it_still_count()
+ {
+    let logs = captured_logs();
+    let stack = echo_stack(5).await;
+    let marker = format!("FORGED-{}", rand::random::<u32>());
+    let long_id = CallId::new(format!("wacid.{}", "A".repeat(1_000_000)));
+    let forged_id = CallId::new(format!("wacid.X\n2026-01-01T00:00:00Z ERROR {marker}"));
+    let valid = call_id("beside-bad");
+    let tombstones = stack.registry.tombstone_count();
+
+    // A connect with each bad id (to the Graph API it would be pre_accept/accept or reject).
+    for bad in [&long_id, &forged_id] {
+        let (status, _) =
+            post_signed(&stack, connect_body(bad, &user(91), &loopback_offer())).await;
+        assert_eq!(status, 200, "answered 200 so Meta does not redeliver");
+    }
+    // One delivery: a terminate with a bad id and one with a valid id.
+    let mut body: serde_json::Value =
+        serde_json::from_str(&terminate_body(&valid, &user(92))).expect("JSON");
+    let mut bad = body["entry"][0]["changes"][0]["value"]["calls"][0].clone();
+    bad["id"] = forged_id.as_str().into();
+    body["entry"][0]["changes"][0]["value"]["calls"]
+        .as_array_mut()
+        .expect("calls")
+        .insert(0, bad);
+    let (status, _) = post_signed(&stack, body.to_string()).await;
+    assert_eq!(status, 200);
+
+    // Nothing of the bad ids reached the Graph API, the registry or the tombstones; the valid
+    // terminate beside them was taken (its id is tombstoned).
+    assert!(stack.graph.actions().iter().all(|a| {
+        a.call_id
+            .as_ref()
+            .is_none_or(|id| id != &long_id && id != &forged_id)
+    }));
+    assert_eq!(stack.registry.active_calls(), 0);
+    assert_eq!(stack.registry.tombstone_count(), tombstones + 1);
+    let metrics = stack.metrics.render();
+    assert!(
+        metrics.contains(
+            "whatsapp_bridge_webhook_events_refused_total{reason=\"call_id_too_long\"} 1"
+        ),
+        "{metrics}"
+    );
+    assert!(metrics.contains(
+        "whatsapp_bridge_webhook_events_refused_total{reason=\"call_id_bad_character\"} 2"
+    ));
+    // No forged line: the marker never starts a line of its own.
+    assert!(
+        log_lines_with(&logs, &marker)
+            .iter()
+            .all(|line| !line.starts_with("2026-01-01T00:00:00Z")),
+        "a forged log line"
+    );
+    assert!(
+        log_lines_with(&logs, &"A".repeat(1_000)).is_empty(),
+        "the long id reached the log"
+    );
+    stack.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn a_terminate_flood_of_errors_is_one_log_line_per_delivery() {
+    let logs = captured_logs();
+    let stack = echo_stack(5).await;
+    let ids: Vec<CallId> = (0..10).map(|i| call_id(&format!("errors-{i}"))).collect();
+
+    // 10 calls × 16 errors (the most one call may carry): taken, their errors one WARN line.
+    let marker = format!("ERRMARK-{}", rand::random::<u32>());
+    let (status, _) = post_signed(&stack, terminates_with_errors(&ids, 16, &marker)).await;
+    assert_eq!(status, 200);
+    let lines = log_lines_with(&logs, &marker);
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(lines[0].contains("count=160"), "{}", lines[0]);
+    assert!(lines[0].contains("(and 157 more)"), "{}", lines[0]);
+
+    // 10 calls × 1,000 errors (the 28 kB body of the finding): refused, one line, no error text.
+    let flood_ids: Vec<CallId> = (0..10).map(|i| call_id(&format!("flood-{i}"))).collect();
+    let flood = format!("FLOODMARK-{}", rand::random::<u32>());
+    let tombstones = stack.registry.tombstone_count();
+    let (status, _) = post_signed(&stack, terminates_with_errors(&flood_ids, 1_000, &flood)).await;
+    assert_eq!(status, 200);
+    assert!(log_lines_with(&logs, &flood).is_empty());
+    assert_eq!(stack.registry.tombstone_count(), tombstones);
+    let metrics = stack.metrics.render();
+    assert!(
+        metrics.contains(
+            "whatsapp_bridge_webhook_events_refused_total{reason=\"too_many_errors\"} 10"
+        ),
+        "{metrics}"
+    );
+    let refused_lines = log_lines_with(&logs, "webhook elements refused");
+    assert!(
+        refused_lines.iter().any(|l| l.contains("count=10")),
+        "{refused_lines:#?}"
+    );
     stack.stop().await.expect("stop");
 }

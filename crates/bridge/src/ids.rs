@@ -1,8 +1,30 @@
-//! Identifiers that cross module boundaries: WhatsApp call ids and phone numbers (masked in logs).
+//! Identifiers that cross module boundaries: WhatsApp call ids and phone numbers (masked in logs),
+//! and [`LogSafe`] for any outside text that reaches a log line.
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+
+mod log_safe;
+
+pub use log_safe::{LOG_FIELD_CHARS, LogSafe};
+
+/// Longest call id accepted from a webhook. Real ids (`wacid.` and a base64 blob) are about 110
+/// characters; anything longer is not Meta's and would cost memory in every map keyed by it.
+pub const MAX_CALL_ID_CHARS: usize = 128;
+/// Longest phone number accepted (E.164 allows 15 digits; margin for odd formats).
+pub const MAX_PHONE_DIGITS: usize = 20;
+
+/// Why a call id from outside was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CallIdError {
+    #[error("the call id is empty")]
+    Empty,
+    #[error("the call id is longer than {MAX_CALL_ID_CHARS} characters")]
+    TooLong,
+    #[error("the call id has a character outside A-Z a-z 0-9 . _ - + / = :")]
+    BadCharacter,
+}
 
 /// Meta's call identifier (`wacid.…`). Opaque: never parsed, only compared and echoed.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -10,8 +32,26 @@ use serde::{Deserialize, Serialize};
 pub struct CallId(String);
 
 impl CallId {
+    /// Wraps an id the bridge already trusts (its own tests, Meta's Graph API responses). Ids
+    /// from webhooks and admin requests go through [`CallId::parse`].
     pub fn new(id: impl Into<String>) -> Self {
         Self(id.into())
+    }
+
+    /// An id from outside: non-empty, at most [`MAX_CALL_ID_CHARS`], and only the characters of
+    /// Meta's ids (ASCII letters and digits, `. _ - + / = :`; base64 and its URL-safe form).
+    pub fn parse(id: &str) -> Result<Self, CallIdError> {
+        if id.is_empty() {
+            return Err(CallIdError::Empty);
+        }
+        if id.len() > MAX_CALL_ID_CHARS {
+            return Err(CallIdError::TooLong);
+        }
+        let allowed = |b: u8| b.is_ascii_alphanumeric() || b".-_+/=:".contains(&b);
+        if !id.bytes().all(allowed) {
+            return Err(CallIdError::BadCharacter);
+        }
+        Ok(Self(id.to_owned()))
     }
 
     pub fn as_str(&self) -> &str {
@@ -19,15 +59,17 @@ impl CallId {
     }
 }
 
+/// Escaped and truncated ([`LogSafe`]): an id made with [`CallId::new`] is not checked, and
+/// a log line must not be forged through it whatever it holds.
 impl fmt::Display for CallId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        LogSafe::truncated(&self.0, MAX_CALL_ID_CHARS).fmt(f)
     }
 }
 
 impl fmt::Debug for CallId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "CallId({})", self.0)
+        write!(f, "CallId({self})")
     }
 }
 
@@ -115,6 +157,33 @@ mod tests {
         ] {
             assert_eq!(PhoneNumber::parse(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn call_ids_from_outside_are_bounded_and_of_a_safe_charset() {
+        let real = "wacid.HBgMNDQ3NzAwOTAwMTIzFQIAEhggN0ExQzlEMkU0QjZGOEEwQzNFNUQ3RjlCMUQzRTVGN0EcGAsxNTU1MDAwMTExMRUCABUKAA==";
+        assert_eq!(
+            CallId::parse(real).map(|id| id.to_string()),
+            Ok(real.to_owned())
+        );
+        assert_eq!(CallId::parse(""), Err(CallIdError::Empty));
+        let long = format!("wacid.{}", "A".repeat(MAX_CALL_ID_CHARS));
+        assert_eq!(CallId::parse(&long), Err(CallIdError::TooLong));
+        assert!(CallId::parse(&long[..MAX_CALL_ID_CHARS]).is_ok());
+        for bad in ["wacid.1\nERROR", "wacid.1 2", "wacid.é", "wacid.\u{0}"] {
+            assert_eq!(
+                CallId::parse(bad),
+                Err(CallIdError::BadCharacter),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_unchecked_call_id_is_escaped_when_displayed() {
+        let id = CallId::new("wacid.1\nERROR forged");
+        assert_eq!(id.to_string(), "wacid.1\\nERROR forged");
+        assert_eq!(format!("{id:?}"), "CallId(wacid.1\\nERROR forged)");
     }
 
     #[test]

@@ -24,8 +24,8 @@
 //! - floor 0 — [`media`]: the PeerConnection (the one place that names WebRTC types), Opus, the
 //!   uplink and the downlink of a call's audio; [`realtime`]: the Realtime API client and its
 //!   events; [`metrics`]: the Prometheus metrics; [`ids`]: call ids and phone numbers (masked
-//!   in logs); [`allocator`]: hands the allocator's thread caches back once the bridge is idle;
-//!   [`open_files`]: raises the open-file limit at start.
+//!   in logs) and outside text made safe to log; [`allocator`]: hands the allocator's thread
+//!   caches back once the bridge is idle; [`open_files`]: raises the open-file limit at start.
 
 pub mod allocator;
 pub mod app;

@@ -22,6 +22,15 @@ pub struct Metrics {
     pub rejects_skipped: IntCounter,
     /// Webhook deliveries by result (ok, unauthorized, too_large, bad_request, at_capacity…).
     pub webhook_requests: IntCounterVec,
+    /// Webhook elements refused for being over a limit (`whatsapp::webhook::InputRefusal`), by
+    /// reason: they create no state and reach no API.
+    pub webhook_events_refused: IntCounterVec,
+    /// Tombstones (ended or refused call ids) evicted before their time because the map was
+    /// full: a flood of distinct ids.
+    pub tombstones_evicted: IntCounter,
+    /// Remote ICE candidates the bridge cannot use (port 0, not UDP, unparsable), dropped from
+    /// the offer before the WebRTC stack sees them.
+    pub ice_candidates_dropped: IntCounter,
     /// Graph API request attempts by action and outcome (HTTP status, `timeout`, ...).
     pub graph_requests: IntCounterVec,
     /// Webhook received → `accept` returned 200.
@@ -161,6 +170,24 @@ impl Metrics {
                 "Webhook requests by result",
             ),
             &["result"],
+        )
+        .expect("valid metric");
+        let webhook_events_refused = IntCounterVec::new(
+            Opts::new(
+                "whatsapp_bridge_webhook_events_refused_total",
+                "Webhook elements refused for being over a limit, by reason",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let tombstones_evicted = IntCounter::new(
+            "whatsapp_bridge_tombstones_evicted_total",
+            "Ended or refused call ids forgotten early because the tombstone map was full",
+        )
+        .expect("valid metric");
+        let ice_candidates_dropped = IntCounter::new(
+            "whatsapp_bridge_ice_candidates_dropped_total",
+            "Remote ICE candidates dropped as unusable (port 0, not UDP, unparsable)",
         )
         .expect("valid metric");
         let graph_requests = IntCounterVec::new(
@@ -476,6 +503,9 @@ impl Metrics {
             Box::new(rejections.clone()),
             Box::new(rejects_skipped.clone()),
             Box::new(webhook_requests.clone()),
+            Box::new(webhook_events_refused.clone()),
+            Box::new(tombstones_evicted.clone()),
+            Box::new(ice_candidates_dropped.clone()),
             Box::new(graph_requests.clone()),
             Box::new(call_setup_seconds.clone()),
             Box::new(ai_response_latency_seconds.clone()),
@@ -530,6 +560,9 @@ impl Metrics {
             rejections,
             rejects_skipped,
             webhook_requests,
+            webhook_events_refused,
+            tombstones_evicted,
+            ice_candidates_dropped,
             graph_requests,
             call_setup_seconds,
             ai_response_latency_seconds,

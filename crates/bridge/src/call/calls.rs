@@ -230,6 +230,20 @@ impl Calls {
                                     return fail_before_start(&context, &admission, flow).await;
                                 }
                             };
+                            let prepared = sdp::prepare_offer(&sdp);
+                            if prepared.dropped_candidates > 0 {
+                                context
+                                    .metrics
+                                    .ice_candidates_dropped
+                                    .inc_by(prepared.dropped_candidates as u64);
+                                debug!(
+                                    dropped = prepared.dropped_candidates,
+                                    "unusable ICE candidates dropped from the offer"
+                                );
+                            }
+                            if prepared.direction_added {
+                                debug!("the offer has no direction: answered as sendrecv");
+                            }
                             let media = match CallMedia::new(&context, port, offer.opus_fec).await {
                                 Ok(media) => media,
                                 Err(err) => {
@@ -244,7 +258,7 @@ impl Calls {
                                 context, admission, commands, flow, media, greeting, None,
                             );
                             task.start_ai(ai_context);
-                            let end = task.answer_and_run(&sdp).await;
+                            let end = task.answer_and_run(&prepared.sdp).await;
                             task.finish(end).await;
                         });
                         return Offered::Started;

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
+use tracing::debug;
 
 use super::flow::Phase;
 use super::{CallCommand, CallDirection};
@@ -22,6 +23,11 @@ use crate::metrics::Metrics;
 
 /// How long an ended or refused call id is remembered (whatsapp-calling §6: at least 10 min).
 pub const TOMBSTONE_TTL: Duration = Duration::from_secs(600);
+/// Most tombstones kept; past it the oldest is forgotten early (and
+/// `whatsapp_bridge_tombstones_evicted_total` counts it). Far above a busy bridge's ended calls in
+/// [`TOMBSTONE_TTL`]; with ids of at most `MAX_CALL_ID_CHARS` (128) the map stays under ~8 MB
+/// whatever a flood of distinct ids does.
+pub const MAX_TOMBSTONES: usize = 20_000;
 /// Commands queued to one call (terminate webhook, admin hang-up, BIC answer). They are rare;
 /// a full queue means the call task is stuck, and the command is dropped with a warning.
 pub const CALL_COMMAND_CAPACITY: usize = 8;
@@ -111,11 +117,26 @@ struct Tombstones {
 }
 
 impl Tombstones {
-    fn insert(&mut self, call_id: CallId, now: Instant) {
+    /// Remembers `call_id` until `now + TOMBSTONE_TTL`; returns how many were evicted early
+    /// to stay within `max`.
+    fn insert(&mut self, call_id: CallId, now: Instant, max: usize) -> usize {
         self.prune(now);
-        if self.ids.insert(call_id.clone()) {
-            self.order.push_back((now + TOMBSTONE_TTL, call_id));
+        if !self.ids.insert(call_id.clone()) {
+            return 0;
         }
+        self.order.push_back((now + TOMBSTONE_TTL, call_id));
+        let mut evicted = 0;
+        while self.order.len() > max {
+            if let Some((_, id)) = self.order.pop_front() {
+                self.ids.remove(&id);
+                evicted += 1;
+            }
+        }
+        evicted
+    }
+
+    fn len(&self) -> usize {
+        self.order.len()
     }
 
     fn contains(&self, call_id: &CallId) -> bool {
@@ -236,7 +257,7 @@ impl Registry {
             return AdmitResult::Tombstoned;
         }
         let refuse = |reason: RefusalReason, live: &mut Live| {
-            live.tombstones.insert(call_id.clone(), now);
+            self.bury(live, call_id, now);
             if let Some(fleet) = &self.inner.fleet {
                 fleet.tombstone(call_id);
             }
@@ -305,11 +326,16 @@ impl Registry {
         if live.early.len() >= EARLY_COMMAND_IDS && !live.early.contains_key(call_id) {
             return false;
         }
-        live.early
+        let held = &mut live
+            .early
             .entry(call_id.clone())
             .or_insert_with(|| (now, Vec::new()))
-            .1
-            .push(command);
+            .1;
+        // As many as the call's own queue takes: a flood for one id cannot grow the map.
+        if held.len() >= CALL_COMMAND_CAPACITY {
+            return false;
+        }
+        held.push(command);
         true
     }
 
@@ -375,14 +401,27 @@ impl Registry {
     /// Remembers a call id as ended (a terminate for a call not (yet) known), so that a
     /// `connect` arriving after it is not answered.
     pub fn tombstone(&self, call_id: &CallId) {
-        self.inner
-            .live
-            .lock()
-            .tombstones
-            .insert(call_id.clone(), Instant::now());
+        self.bury(&mut self.inner.live.lock(), call_id, Instant::now());
         if let Some(fleet) = &self.inner.fleet {
             fleet.tombstone(call_id);
         }
+    }
+
+    /// Tombstones `call_id` within [`MAX_TOMBSTONES`], counting what that evicts.
+    fn bury(&self, live: &mut Live, call_id: &CallId, now: Instant) {
+        let evicted = live.tombstones.insert(call_id.clone(), now, MAX_TOMBSTONES);
+        if evicted > 0 {
+            self.inner.metrics.tombstones_evicted.inc_by(evicted as u64);
+            debug!(
+                evicted,
+                "tombstone map full: the oldest were forgotten early"
+            );
+        }
+    }
+
+    /// Call ids remembered as ended or refused right now.
+    pub fn tombstone_count(&self) -> usize {
+        self.inner.live.lock().tombstones.len()
     }
 
     pub fn list(&self) -> Vec<CallSummary> {
@@ -408,7 +447,7 @@ impl Registry {
         if let Some(phone) = phone {
             live.phones.remove(phone);
         }
-        live.tombstones.insert(call_id.clone(), Instant::now());
+        self.bury(&mut live, call_id, Instant::now());
         let occupied = live.occupied();
         self.inner.metrics.active_calls.set(occupied as i64);
         drop(live);
@@ -555,6 +594,40 @@ impl Drop for Admission {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tombstones_stay_bounded_under_many_distinct_ids_oldest_evicted_first() {
+        let metrics = Metrics::new();
+        let registry = Registry::new(1, metrics.clone(), CancellationToken::new(), None);
+        let flood = MAX_TOMBSTONES + 500;
+        for i in 0..flood {
+            registry.tombstone(&CallId::new(format!("wacid.FLOOD-{i}")));
+        }
+        assert_eq!(registry.tombstone_count(), MAX_TOMBSTONES);
+        assert_eq!(metrics.tombstones_evicted.get(), 500);
+        // The newest are still remembered: a late connect for them is not answered.
+        let newest = CallId::new(format!("wacid.FLOOD-{}", flood - 1));
+        assert!(matches!(
+            registry.admit(&newest, CallDirection::Inbound, None),
+            AdmitResult::Tombstoned
+        ));
+        // The oldest were forgotten first.
+        let oldest = CallId::new("wacid.FLOOD-0");
+        assert!(matches!(
+            registry.admit(&oldest, CallDirection::Inbound, None),
+            AdmitResult::Admitted(..)
+        ));
+    }
+
+    #[test]
+    fn commands_held_for_one_unknown_id_are_bounded() {
+        let registry = registry(1);
+        let id = CallId::new("wacid.EARLY");
+        for _ in 0..CALL_COMMAND_CAPACITY {
+            assert!(registry.hold_for_unknown(&id, CallCommand::RemoteAccepted));
+        }
+        assert!(!registry.hold_for_unknown(&id, CallCommand::RemoteAccepted));
+    }
 
     fn registry(max: usize) -> Registry {
         Registry::new(max, Metrics::new(), CancellationToken::new(), None)

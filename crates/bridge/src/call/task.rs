@@ -400,13 +400,20 @@ impl CallTask {
             Early::AiFailed(err) => return self.ai_failed(err).await,
             Early::Ended(end) => return self.end(end).await,
         };
-        match answer {
-            Ok(answer) => self.answer_sdp = Arc::new(sdp::normalize_answer(&answer)),
+        let answer = match answer {
+            Ok(answer) => sdp::normalize_answer(&answer),
             Err(err) => {
                 warn!(%err, "answering the offer failed");
                 return self.end(CallEnd::SetupFailed).await;
             }
+        };
+        // The stack may answer an offer it could not use with no audio section at all; Meta
+        // must never be sent that (the call would die as caller_gone): refuse instead.
+        if let Err(err) = sdp::inspect(&answer) {
+            warn!(%err, "our answer cannot carry the call: refused");
+            return self.end(CallEnd::SetupFailed).await;
         }
+        self.answer_sdp = Arc::new(answer);
         let actions = self.flow.sdp_ready();
         if let Some(end) = self.apply(actions).await {
             return end;

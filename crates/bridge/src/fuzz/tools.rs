@@ -19,7 +19,7 @@ use super::{any_json, config, json_like_text, odd_string};
 use crate::ids::PhoneNumber;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::{CallerProfile, NewTask, Reminder, Store, Task};
-use crate::tools::{NAMES, ToolOutcome, dispatch};
+use crate::tools::{NAMES, ToolLimits, ToolOutcome, dispatch};
 
 /// Whose data must stay as it is.
 const OTHER: &str = "447700900999";
@@ -249,6 +249,7 @@ fn random_tool_calls_answer_json_and_never_touch_another_callers_data() {
             };
             let result = runtime.block_on(dispatch(
                 &store,
+                &ToolLimits::default(),
                 caller.as_ref(),
                 &call.name,
                 &arguments,

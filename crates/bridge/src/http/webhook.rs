@@ -22,10 +22,11 @@ use super::{AppState, error_response};
 use crate::call::CallCommand;
 use crate::call::calls::{InboundOffer, Offered};
 use crate::call::registry::{Refusal, RefusalReason};
-use crate::ids::{CallId, PhoneNumber};
+use crate::ids::{CallId, LogSafe, PhoneNumber};
 use crate::whatsapp::signature::{self, SIGNATURE_HEADER};
 use crate::whatsapp::webhook::{
-    self, CallStatus, ConnectEvent, Direction, SdpType, StatusEvent, TerminateEvent, WebhookEvent,
+    self, CallStatus, ConnectEvent, Direction, RefusedElement, SdpType, StatusEvent,
+    TerminateEvent, WebhookError, WebhookEvent,
 };
 
 /// A `connect` older than this cannot be answered any more (§3.3): it is logged, not acted on.
@@ -108,10 +109,9 @@ pub async fn receive(
             return error_response(StatusCode::BAD_REQUEST, "invalid JSON");
         }
     };
-    for ignored in &parsed.ignored {
-        info!(reason = %ignored, "webhook element ignored");
-    }
+    log_skipped(&state, &parsed.ignored, &parsed.refused);
     let mut refusal = None;
+    let mut call_errors = Vec::new();
     for event in parsed.events {
         match event {
             WebhookEvent::Connect(connect) => {
@@ -119,7 +119,9 @@ pub async fn receive(
                     refusal.get_or_insert(refused);
                 }
             }
-            WebhookEvent::Terminate(terminate) => on_terminate(&state, terminate).await,
+            WebhookEvent::Terminate(terminate) => {
+                on_terminate(&state, terminate, &mut call_errors).await;
+            }
             WebhookEvent::Status(status) => on_status(&state, status).await,
             // Messages (§4.6): each opens the user's 24-hour customer-service window.
             WebhookEvent::PermissionReply(reply) => {
@@ -127,17 +129,18 @@ pub async fn receive(
                     user = %reply.user,
                     accepted = reply.accepted,
                     permanent = reply.permanent,
-                    source = %reply.source,
+                    source = %LogSafe::new(&reply.source),
                     "call permission reply received"
                 );
                 note_message(&state, &reply.user, reply.timestamp).await;
             }
             WebhookEvent::UserMessage(message) => {
-                debug!(user = %message.user, kind = %message.kind, "user message received");
+                debug!(user = %message.user, kind = %LogSafe::new(&message.kind), "user message received");
                 note_message(&state, &message.user, message.timestamp).await;
             }
         }
     }
+    log_call_errors(&call_errors);
     match refusal {
         // Declined with `reject`: Meta is told the call is over, so a redelivery (to this or
         // any other replica) would be pointless. 200, with the refusal in the body.
@@ -262,14 +265,82 @@ async fn note_message(state: &AppState, user: &PhoneNumber, timestamp: Option<u6
     }
 }
 
-async fn on_terminate(state: &AppState, terminate: TerminateEvent) {
+/// Ends the call; its errors join `call_errors`, logged once for the whole delivery.
+async fn on_terminate(
+    state: &AppState,
+    terminate: TerminateEvent,
+    call_errors: &mut Vec<(CallId, WebhookError)>,
+) {
     if !is_ours(state, &terminate.phone_number_id, &terminate.call_id) {
         return;
     }
-    for error in &terminate.errors {
-        warn!(call_id = %terminate.call_id, code = error.code, details = ?error.details, "call ended with an error");
-    }
+    call_errors.extend(
+        terminate
+            .errors
+            .into_iter()
+            .map(|error| (terminate.call_id.clone(), error)),
+    );
     state.calls.remote_terminated(&terminate.call_id).await;
+}
+
+/// Items named in one summary line; the rest are only counted.
+const LOGGED_ITEMS: usize = 3;
+/// Characters of one item in a summary line.
+const LOGGED_ITEM_CHARS: usize = 200;
+
+/// `first; second; third (and N more)`, each item escaped and cut short.
+fn summary<T: AsRef<str>>(items: &[T]) -> String {
+    let mut line = items
+        .iter()
+        .take(LOGGED_ITEMS)
+        .map(|item| LogSafe::truncated(item.as_ref(), LOGGED_ITEM_CHARS).to_string())
+        .collect::<Vec<_>>()
+        .join("; ");
+    if items.len() > LOGGED_ITEMS {
+        line.push_str(&format!(" (and {} more)", items.len() - LOGGED_ITEMS));
+    }
+    line
+}
+
+/// One line for the delivery's ignored elements and one for its refused ones, however many.
+fn log_skipped(state: &AppState, ignored: &[String], refused: &[RefusedElement]) {
+    if !ignored.is_empty() {
+        info!(count = ignored.len(), elements = %summary(ignored), "webhook elements ignored");
+    }
+    if refused.is_empty() {
+        return;
+    }
+    for element in refused {
+        state
+            .metrics
+            .webhook_events_refused
+            .with_label_values(&[element.reason.as_str()])
+            .inc();
+    }
+    let lines: Vec<String> = refused
+        .iter()
+        .map(|element| format!("{}: {}", element.at, element.reason.as_str()))
+        .collect();
+    warn!(count = refused.len(), elements = %summary(&lines), "webhook elements refused: over a limit");
+}
+
+/// One warning for every error Meta reported on the delivery's terminates.
+fn log_call_errors(call_errors: &[(CallId, WebhookError)]) {
+    if call_errors.is_empty() {
+        return;
+    }
+    let lines: Vec<String> = call_errors
+        .iter()
+        .map(|(call_id, error)| {
+            let details = error
+                .details
+                .as_deref()
+                .or(error.message.as_deref())
+                .unwrap_or("");
+            format!("{call_id} code {} {details}", error.code)
+        })
+        .collect();
+    warn!(count = call_errors.len(), errors = %summary(&lines), "calls ended with errors");
 }
 
 async fn on_status(state: &AppState, status: StatusEvent) {

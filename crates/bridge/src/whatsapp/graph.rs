@@ -19,7 +19,7 @@ use rand::Rng as _;
 use secrecy::{ExposeSecret as _, SecretString};
 use serde_json::{Value, json};
 
-use crate::ids::{CallId, PhoneNumber};
+use crate::ids::{CallId, LogSafe, PhoneNumber};
 
 /// Where and as whom to call the Graph API.
 #[derive(Debug, Clone)]
@@ -514,11 +514,18 @@ fn transport_error(error: reqwest::Error) -> GraphError {
     GraphError::Transport(text)
 }
 
-/// Reads Meta's error shape (§5.3); anything else still becomes `Api` with code 0.
+/// Characters kept of each text in Meta's error (it ends up in log lines).
+const ERROR_TEXT_CHARS: usize = 512;
+
+/// Reads Meta's error shape (§5.3); anything else still becomes `Api` with code 0. Its texts
+/// are escaped and cut short ([`LogSafe`]): they are logged.
 fn api_error(status: u16, body: &[u8]) -> GraphError {
     let parsed: Option<Value> = serde_json::from_slice(body).ok();
     let error = parsed.as_ref().and_then(|v| v.get("error"));
-    let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_owned);
+    let text = |v: Option<&Value>| {
+        v.and_then(Value::as_str)
+            .map(|text| LogSafe::truncated(text, ERROR_TEXT_CHARS).to_string())
+    };
     match error {
         Some(error) => GraphError::Api {
             status,

@@ -47,6 +47,10 @@ pub enum SdpError {
     MissingIceCredentials,
     #[error("the SDP has no a=fingerprint with a hash and a digest")]
     MissingFingerprint,
+    #[error("the audio section has port 0 (rejected)")]
+    AudioRejected,
+    #[error("the audio section is a={0}, not sendrecv")]
+    NotSendrecv(String),
 }
 
 /// Payload types Meta accepts in our answer: Opus and 8 kHz telephone-event.
@@ -223,9 +227,27 @@ fn truncate(text: &str) -> String {
 }
 
 /// Reads the facts the call flow needs from an offer or an answer.
+///
+/// A call carries audio both ways: a rejected audio section (port 0) or one that is not
+/// `sendrecv` (`inactive`, `sendonly`, `recvonly`) is unusable. No direction at all means
+/// `sendrecv` (RFC 8866 §6.7).
 pub fn inspect(sdp: &str) -> Result<OfferInfo, SdpError> {
     let parsed = Sdp::split(sdp);
     let audio = parsed.audio()?;
+    if audio.port_and_proto.split(' ').next() == Some("0") {
+        return Err(SdpError::AudioRejected);
+    }
+    let direction = |line: &str| DIRECTIONS.into_iter().find(|d| attr(line, d) == Some(""));
+    let declared = audio
+        .lines
+        .iter()
+        .find_map(|line| direction(line))
+        .or_else(|| parsed.session.iter().find_map(|line| direction(line)));
+    if let Some(declared) = declared
+        && declared != "sendrecv"
+    {
+        return Err(SdpError::NotSendrecv(declared.to_owned()));
+    }
     let mid = audio
         .attr("mid")
         .filter(|mid| !mid.is_empty())
@@ -288,6 +310,87 @@ pub fn inspect(sdp: &str) -> Result<OfferInfo, SdpError> {
             .map(str::to_ascii_lowercase)
             .collect(),
     })
+}
+
+/// Direction attributes (RFC 8866 §6.7); without any, a media section is `sendrecv`.
+const DIRECTIONS: [&str; 4] = ["sendrecv", "sendonly", "recvonly", "inactive"];
+
+/// The caller's offer as the WebRTC stack is given it, and what was changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreparedOffer {
+    pub sdp: String,
+    /// `a=candidate` lines dropped as unusable (see [`usable_candidate`]).
+    pub dropped_candidates: usize,
+    /// The offer had no direction attribute, so `a=sendrecv` was added to its audio section.
+    pub direction_added: bool,
+}
+
+/// Makes an offer's defaults explicit and drops what the stack cannot use, so that its answer
+/// is an answer to what the caller meant:
+/// - no direction attribute at all (nor one the stack knows, such as a misspelt `a=sndrecv`,
+///   which SDP parsers ignore): RFC 8866 §6.7 (and RFC 3264 §5.1) make the default `sendrecv`,
+///   which the stack does not apply (it leaves the section out of its answer), so `a=sendrecv`
+///   is added to the audio section;
+/// - `a=candidate` lines the bridge cannot use (port 0, a transport other than UDP, unparsable)
+///   are dropped rather than left to fail in the ICE agent.
+///
+/// Line endings become CRLF.
+pub fn prepare_offer(offer: &str) -> PreparedOffer {
+    let parsed = Sdp::split(offer);
+    let direction_added = !parsed
+        .all_lines()
+        .any(|line| DIRECTIONS.iter().any(|d| attr(line, d) == Some("")));
+    let mut dropped_candidates = 0;
+    let mut out: Vec<&str> = Vec::new();
+    let mut usable = |line: &str| {
+        if attr(line, "candidate").is_some_and(|value| !usable_candidate(value)) {
+            dropped_candidates += 1;
+            return false;
+        }
+        true
+    };
+    out.extend(parsed.session.iter().copied().filter(|line| usable(line)));
+    let mut added = false;
+    for section in &parsed.media {
+        out.extend(section.iter().copied().filter(|line| usable(line)));
+        if direction_added && !added && section.first().is_some_and(|m| m.starts_with("m=audio ")) {
+            out.push("a=sendrecv");
+            added = true;
+        }
+    }
+    let mut sdp = out.join("\r\n");
+    sdp.push_str("\r\n");
+    PreparedOffer {
+        sdp,
+        dropped_candidates,
+        direction_added,
+    }
+}
+
+/// An `a=candidate` value the bridge can use: `<foundation> <component> udp <priority>
+/// <address> <port> typ <type> …` with a non-zero port.
+fn usable_candidate(value: &str) -> bool {
+    let fields: Vec<&str> = value.split_ascii_whitespace().collect();
+    let [
+        _foundation,
+        component,
+        transport,
+        priority,
+        address,
+        port,
+        typ,
+        _kind,
+        ..,
+    ] = fields.as_slice()
+    else {
+        return false;
+    };
+    component.parse::<u16>().is_ok()
+        && transport.eq_ignore_ascii_case("udp")
+        && priority.parse::<u32>().is_ok()
+        && !address.is_empty()
+        && port.parse::<u16>().is_ok_and(|port| port != 0)
+        && *typ == "typ"
 }
 
 /// Our answer after the stack made it, brought in line with §8.2: CRLF endings and trailing CRLF;
@@ -928,6 +1031,18 @@ mod tests {
                 SdpError::NoOpus,
             ),
             (offer.replace("a=mid:audio\r\n", ""), SdpError::MissingMid),
+            (
+                offer.replace("m=audio 3484 ", "m=audio 0 "),
+                SdpError::AudioRejected,
+            ),
+            (
+                offer.replace("a=sendrecv", "a=inactive"),
+                SdpError::NotSendrecv("inactive".to_owned()),
+            ),
+            (
+                offer.replace("a=sendrecv", "a=recvonly"),
+                SdpError::NotSendrecv("recvonly".to_owned()),
+            ),
         ];
         for (sdp, expected) in cases {
             assert_eq!(inspect(&sdp), Err(expected));
@@ -974,6 +1089,49 @@ mod tests {
         for (sdp, expected) in cases {
             assert_eq!(inspect(&sdp), Err(expected));
         }
+    }
+
+    /// The spec offer with `edit` applied to its text.
+    fn spec_offer_with(edit: impl FnOnce(String) -> String) -> String {
+        edit(testkit::fixtures::meta_offer())
+    }
+
+    #[test]
+    fn an_offer_without_a_direction_is_made_sendrecv_as_rfc_8866_says() {
+        let offer = spec_offer_with(|o| o.replace("a=sendrecv\r\n", ""));
+        assert!(!offer.contains("a=sendrecv"));
+        let prepared = prepare_offer(&offer);
+        assert!(prepared.direction_added);
+        assert_eq!(prepared.sdp.matches("a=sendrecv\r\n").count(), 1);
+        assert!(inspect(&prepared.sdp).is_ok());
+
+        let misspelt = spec_offer_with(|o| o.replace("a=sendrecv", "a=sndrecv"));
+        assert!(prepare_offer(&misspelt).direction_added);
+
+        let explicit = prepare_offer(&testkit::fixtures::meta_offer());
+        assert!(!explicit.direction_added);
+        assert_eq!(explicit.sdp.matches("a=sendrecv").count(), 1);
+    }
+
+    #[test]
+    fn unusable_candidates_are_dropped_and_counted() {
+        let offer = spec_offer_with(|o| {
+            o.replace(
+                "a=ice-ufrag",
+                "a=candidate:9 1 udp 2122260223 198.51.100.9 0 typ host\r\n\
+                 a=candidate:8 1 tcp 2122260223 198.51.100.8 9 typ host tcptype active\r\n\
+                 a=candidate:garbage\r\n\
+                 a=ice-ufrag",
+            )
+        });
+        let original = inspect(&testkit::fixtures::meta_offer())
+            .expect("usable")
+            .candidates;
+        assert_eq!(inspect(&offer).expect("usable").candidates, original + 3);
+        let prepared = prepare_offer(&offer);
+        assert_eq!(prepared.dropped_candidates, 3);
+        assert_eq!(inspect(&prepared.sdp).expect("usable").candidates, original);
+        assert!(!prepared.sdp.contains(" 0 typ host"));
     }
 
     #[test]

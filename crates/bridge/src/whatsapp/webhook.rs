@@ -10,10 +10,27 @@
 //! is walked as a `serde_json::Value`: only a body that is not JSON at all is an error; every
 //! element that cannot become an event is skipped with a line in [`ParsedWebhook::ignored`], and
 //! the other elements of the same delivery still count.
+//!
+//! Signed does not mean sane: an element over one of the limits below (or with a call id outside
+//! Meta's charset) is refused before it becomes an event, with a line in
+//! [`ParsedWebhook::refused`], so it can create no state, reach no API and flood no log.
 
 use serde_json::{Map, Value};
 
-use crate::ids::{CallId, PhoneNumber};
+use crate::ids::{CallId, CallIdError, MAX_PHONE_DIGITS, PhoneNumber};
+
+/// Call, status and message elements taken from one delivery; the rest are refused. Meta sends
+/// one or a few per delivery.
+pub const MAX_EVENTS_PER_WEBHOOK: usize = 100;
+/// Error objects one call (or one change) may carry; Meta sends one or two. More, and the
+/// element is refused.
+pub const MAX_ERRORS_PER_EVENT: usize = 16;
+/// An error's `title`, `message` and `details` are cut to this many characters (and marked).
+pub const MAX_ERROR_TEXT_CHARS: usize = 512;
+/// Longest WhatsApp profile name accepted (WhatsApp itself allows far fewer).
+pub const MAX_PROFILE_NAME_CHARS: usize = 256;
+/// Largest SDP accepted in a connect. Meta's offers are 1-2 kB.
+pub const MAX_SDP_BYTES: usize = 16 * 1024;
 
 /// Who placed the call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -153,6 +170,49 @@ pub enum WebhookEvent {
     UserMessage(UserMessageEvent),
 }
 
+/// Why an element was refused: over a limit, or with an id that cannot be Meta's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum InputRefusal {
+    /// The call id is longer than [`MAX_CALL_ID_CHARS`](crate::ids::MAX_CALL_ID_CHARS).
+    CallIdTooLong,
+    /// The call id has a character outside Meta's charset (a control character, a space…).
+    CallIdBadCharacter,
+    /// A phone number (`from`, `to`, `wa_id`, `recipient_id`) has more than
+    /// [`MAX_PHONE_DIGITS`] digits.
+    PhoneNumberTooLong,
+    /// A profile name is longer than [`MAX_PROFILE_NAME_CHARS`].
+    ProfileNameTooLong,
+    /// More than [`MAX_ERRORS_PER_EVENT`] error objects.
+    TooManyErrors,
+    /// An SDP larger than [`MAX_SDP_BYTES`].
+    SdpTooLarge,
+    /// Past [`MAX_EVENTS_PER_WEBHOOK`] elements in one delivery.
+    TooManyEvents,
+}
+
+impl InputRefusal {
+    /// The metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::CallIdTooLong => "call_id_too_long",
+            Self::CallIdBadCharacter => "call_id_bad_character",
+            Self::PhoneNumberTooLong => "phone_number_too_long",
+            Self::ProfileNameTooLong => "profile_name_too_long",
+            Self::TooManyErrors => "too_many_errors",
+            Self::SdpTooLarge => "sdp_too_large",
+            Self::TooManyEvents => "too_many_events",
+        }
+    }
+}
+
+/// An element refused for [`InputRefusal`] reasons.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedElement {
+    pub reason: InputRefusal,
+    /// Where in the body (`entry[0].changes[0].calls[3]`); never any of the element's text.
+    pub at: String,
+}
+
 /// Everything usable in one delivery, in delivery order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ParsedWebhook {
@@ -160,6 +220,107 @@ pub struct ParsedWebhook {
     /// One line per ignored element (unknown event, malformed element, other object) for
     /// logging. Lines never contain phone numbers or SDP.
     pub ignored: Vec<String>,
+    /// Elements refused for being over a limit: nothing of them is acted on.
+    pub refused: Vec<RefusedElement>,
+    /// Call, status and message elements met so far, against [`MAX_EVENTS_PER_WEBHOOK`].
+    elements: usize,
+}
+
+impl ParsedWebhook {
+    /// Counts one element; refuses it (recording where) past [`MAX_EVENTS_PER_WEBHOOK`].
+    fn take_element(&mut self, at: &str) -> bool {
+        self.elements += 1;
+        if self.elements > MAX_EVENTS_PER_WEBHOOK {
+            self.refuse(InputRefusal::TooManyEvents, at);
+            return false;
+        }
+        true
+    }
+
+    fn refuse(&mut self, reason: InputRefusal, at: &str) {
+        self.refused.push(RefusedElement {
+            reason,
+            at: at.to_owned(),
+        });
+    }
+}
+
+/// Why an element did not become an event.
+enum Skip {
+    /// Unusable: a line for the log.
+    Ignored(String),
+    /// Over a limit.
+    Refused(InputRefusal),
+}
+
+impl From<&str> for Skip {
+    fn from(line: &str) -> Self {
+        Self::Ignored(line.to_owned())
+    }
+}
+
+impl From<String> for Skip {
+    fn from(line: String) -> Self {
+        Self::Ignored(line)
+    }
+}
+
+impl From<InputRefusal> for Skip {
+    fn from(reason: InputRefusal) -> Self {
+        Self::Refused(reason)
+    }
+}
+
+impl ParsedWebhook {
+    fn skip(&mut self, skip: Skip, at: &str) {
+        match skip {
+            Skip::Ignored(line) => self.ignored.push(format!("{at}: {line}")),
+            Skip::Refused(reason) => self.refuse(reason, at),
+        }
+    }
+}
+
+/// A call id from a webhook, checked against [`CallId::parse`].
+fn call_id(element: &Map<String, Value>) -> Result<CallId, Skip> {
+    let id = element.get("id").and_then(Value::as_str).unwrap_or("");
+    CallId::parse(id).map_err(|err| match err {
+        CallIdError::Empty => Skip::from("no call id"),
+        CallIdError::TooLong => Skip::Refused(InputRefusal::CallIdTooLong),
+        CallIdError::BadCharacter => Skip::Refused(InputRefusal::CallIdBadCharacter),
+    })
+}
+
+/// Refuses a phone number field (string or number) with more than [`MAX_PHONE_DIGITS`]
+/// characters; absent or shorter ones pass (whether they are numbers is decided elsewhere).
+fn check_number(value: Option<&Value>) -> Result<(), InputRefusal> {
+    let too_long = match value {
+        Some(Value::String(s)) => {
+            s.trim().trim_start_matches('+').chars().count() > MAX_PHONE_DIGITS
+        }
+        Some(Value::Number(n)) => n.to_string().len() > MAX_PHONE_DIGITS,
+        _ => false,
+    };
+    if too_long {
+        Err(InputRefusal::PhoneNumberTooLong)
+    } else {
+        Ok(())
+    }
+}
+
+/// Refuses a change whose contacts carry a number or a profile name over the limits.
+fn check_contacts(contacts: &[Value]) -> Result<(), InputRefusal> {
+    for contact in contacts {
+        check_number(contact.get("wa_id"))?;
+        let name = contact
+            .get("profile")
+            .and_then(|p| p.get("name"))
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        if name.chars().count() > MAX_PROFILE_NAME_CHARS {
+            return Err(InputRefusal::ProfileNameTooLong);
+        }
+    }
+    Ok(())
 }
 
 /// The only way parsing fails: the body is not JSON.
@@ -238,10 +399,22 @@ fn parse_change(change: &Value, at: &str, out: &mut ParsedWebhook) {
         .and_then(Value::as_array)
         .map(Vec::as_slice)
         .unwrap_or_default();
-    let change_errors = value
-        .get("errors")
-        .map(|errors| parse_errors(errors, &format!("{at}.value.errors"), &mut out.ignored))
-        .unwrap_or_default();
+    if let Err(reason) = check_contacts(contacts) {
+        out.refuse(reason, &format!("{at}.value.contacts"));
+        return;
+    }
+    let change_errors = match value.get("errors") {
+        Some(errors) => {
+            match parse_errors(errors, &format!("{at}.value.errors"), &mut out.ignored) {
+                Ok(errors) => errors,
+                Err(reason) => {
+                    out.refuse(reason, &format!("{at}.value.errors"));
+                    return;
+                }
+            }
+        }
+        None => Vec::new(),
+    };
     let ctx = ChangeContext {
         phone_number_id: &phone_number_id,
         contacts,
@@ -259,13 +432,16 @@ fn parse_change(change: &Value, at: &str, out: &mut ParsedWebhook) {
             Some(calls) => {
                 for (i, call) in calls.iter().enumerate() {
                     let at = format!("{at}.calls[{i}]");
+                    if !out.take_element(&at) {
+                        continue;
+                    }
                     match parse_call(call, &ctx, &at, &mut out.ignored) {
                         Ok(Some(event)) => out.events.push(event),
                         Ok(None) => out.ignored.push(format!(
                             "{at}: unknown event {}",
                             quoted(call.get("event").and_then(Value::as_str).unwrap_or(""))
                         )),
-                        Err(reason) => out.ignored.push(format!("{at}: {reason}")),
+                        Err(skip) => out.skip(skip, &at),
                     }
                 }
             }
@@ -277,9 +453,12 @@ fn parse_change(change: &Value, at: &str, out: &mut ParsedWebhook) {
             Some(statuses) => {
                 for (i, status) in statuses.iter().enumerate() {
                     let at = format!("{at}.statuses[{i}]");
+                    if !out.take_element(&at) {
+                        continue;
+                    }
                     match parse_status(status, &phone_number_id) {
                         Ok(event) => out.events.push(event),
-                        Err(reason) => out.ignored.push(format!("{at}: {reason}")),
+                        Err(skip) => out.skip(skip, &at),
                     }
                 }
             }
@@ -310,9 +489,13 @@ fn parse_messages_change(
         match messages.as_array() {
             Some(messages) => {
                 for (i, message) in messages.iter().enumerate() {
+                    let at = format!("{at}.messages[{i}]");
+                    if !out.take_element(&at) {
+                        continue;
+                    }
                     match parse_message(message, ctx) {
                         Ok(event) => out.events.push(event),
-                        Err(reason) => out.ignored.push(format!("{at}.messages[{i}]: {reason}")),
+                        Err(skip) => out.skip(skip, &at),
                     }
                 }
             }
@@ -369,8 +552,9 @@ fn error_codes(errors: &[WebhookError]) -> Option<String> {
 }
 
 /// A message from the user: a call-permission reply, or any other message.
-fn parse_message(message: &Value, ctx: &ChangeContext<'_>) -> Result<WebhookEvent, String> {
+fn parse_message(message: &Value, ctx: &ChangeContext<'_>) -> Result<WebhookEvent, Skip> {
     let message = message.as_object().ok_or("not an object")?;
+    check_number(message.get("from"))?;
     let message_id = message
         .get("id")
         .and_then(Value::as_str)
@@ -412,7 +596,8 @@ fn parse_message(message: &Value, ctx: &ChangeContext<'_>) -> Result<WebhookEven
                     "call_permission_reply {} has response {}",
                     quoted(&message_id),
                     other.map_or_else(|| "(missing)".to_owned(), quoted)
-                ));
+                )
+                .into());
             }
         };
         return Ok(WebhookEvent::PermissionReply(PermissionReplyEvent {
@@ -457,26 +642,23 @@ fn parse_call(
     ctx: &ChangeContext<'_>,
     at: &str,
     ignored: &mut Vec<String>,
-) -> Result<Option<WebhookEvent>, String> {
+) -> Result<Option<WebhookEvent>, Skip> {
     let call = call.as_object().ok_or("not an object")?;
     let event = call.get("event").and_then(Value::as_str).unwrap_or("");
     if !event.eq_ignore_ascii_case("connect") && !event.eq_ignore_ascii_case("terminate") {
         return Ok(None);
     }
-    let call_id = call
-        .get("id")
-        .and_then(Value::as_str)
-        .filter(|id| !id.is_empty())
-        .map(CallId::new)
-        .ok_or("no call id")?;
+    let call_id = call_id(call)?;
+    check_number(call.get("from"))?;
+    check_number(call.get("to"))?;
     let timestamp = call.get("timestamp").and_then(lenient_u64);
     if event.eq_ignore_ascii_case("connect") {
         parse_connect(call, call_id, timestamp, ctx).map(|c| Some(WebhookEvent::Connect(c)))
     } else {
-        let errors = call
-            .get("errors")
-            .map(|errors| parse_errors(errors, &format!("{at}.errors"), ignored))
-            .unwrap_or_default();
+        let errors = match call.get("errors") {
+            Some(errors) => parse_errors(errors, &format!("{at}.errors"), ignored)?,
+            None => Vec::new(),
+        };
         Ok(Some(WebhookEvent::Terminate(parse_terminate(
             call, call_id, timestamp, errors, ctx,
         ))))
@@ -488,7 +670,7 @@ fn parse_connect(
     call_id: CallId,
     timestamp: Option<u64>,
     ctx: &ChangeContext<'_>,
-) -> Result<ConnectEvent, String> {
+) -> Result<ConnectEvent, Skip> {
     let session = call
         .get("session")
         .and_then(Value::as_object)
@@ -496,15 +678,18 @@ fn parse_connect(
     let sdp_type = match session.get("sdp_type").and_then(Value::as_str) {
         Some(t) if t.eq_ignore_ascii_case("offer") => SdpType::Offer,
         Some(t) if t.eq_ignore_ascii_case("answer") => SdpType::Answer,
-        Some(t) => return Err(format!("connect {call_id} has sdp_type {}", quoted(t))),
-        None => return Err(format!("connect {call_id} has no session.sdp_type")),
+        Some(t) => return Err(format!("connect {call_id} has sdp_type {}", quoted(t)).into()),
+        None => return Err(format!("connect {call_id} has no session.sdp_type").into()),
     };
     let sdp = session
         .get("sdp")
         .and_then(Value::as_str)
         .filter(|sdp| !sdp.is_empty())
-        .ok_or_else(|| format!("connect {call_id} has no session.sdp"))?
-        .to_owned();
+        .ok_or_else(|| format!("connect {call_id} has no session.sdp"))?;
+    if sdp.len() > MAX_SDP_BYTES {
+        return Err(InputRefusal::SdpTooLarge.into());
+    }
+    let sdp = sdp.to_owned();
     // Some samples omit `direction`: an offer can only come from a user's call, an answer only
     // from ours.
     let direction = match call.get("direction").and_then(Value::as_str) {
@@ -570,19 +755,17 @@ fn parse_terminate(
     }
 }
 
-fn parse_status(status: &Value, phone_number_id: &str) -> Result<WebhookEvent, String> {
+fn parse_status(status: &Value, phone_number_id: &str) -> Result<WebhookEvent, Skip> {
     let status = status.as_object().ok_or("not an object")?;
     match status.get("type").and_then(Value::as_str) {
         Some(t) if t.eq_ignore_ascii_case("call") => {}
-        Some(other) => return Err(format!("status type {} is not \"call\"", quoted(other))),
-        None => return Err("status without a type".to_owned()),
+        Some(other) => {
+            return Err(format!("status type {} is not \"call\"", quoted(other)).into());
+        }
+        None => return Err("status without a type".into()),
     }
-    let call_id = status
-        .get("id")
-        .and_then(Value::as_str)
-        .filter(|id| !id.is_empty())
-        .map(CallId::new)
-        .ok_or("no call id")?;
+    let call_id = call_id(status)?;
+    check_number(status.get("recipient_id"))?;
     let text = status
         .get("status")
         .and_then(Value::as_str)
@@ -604,13 +787,21 @@ fn parse_status(status: &Value, phone_number_id: &str) -> Result<WebhookEvent, S
     }))
 }
 
-/// Error objects without a usable `code` are skipped, each with an ignored line.
-fn parse_errors(errors: &Value, at: &str, ignored: &mut Vec<String>) -> Vec<WebhookError> {
+/// Error objects without a usable `code` are skipped, each with an ignored line; their texts are
+/// cut to [`MAX_ERROR_TEXT_CHARS`]. More than [`MAX_ERRORS_PER_EVENT`] objects are refused.
+fn parse_errors(
+    errors: &Value,
+    at: &str,
+    ignored: &mut Vec<String>,
+) -> Result<Vec<WebhookError>, InputRefusal> {
     let Some(errors) = errors.as_array() else {
         ignored.push(format!("{at}: not an array"));
-        return Vec::new();
+        return Ok(Vec::new());
     };
-    errors
+    if errors.len() > MAX_ERRORS_PER_EVENT {
+        return Err(InputRefusal::TooManyErrors);
+    }
+    Ok(errors
         .iter()
         .enumerate()
         .filter_map(|(i, error)| {
@@ -618,7 +809,7 @@ fn parse_errors(errors: &Value, at: &str, ignored: &mut Vec<String>) -> Vec<Webh
             if code.is_none() {
                 ignored.push(format!("{at}[{i}]: error without a code"));
             }
-            let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_owned);
+            let text = |v: Option<&Value>| v.and_then(Value::as_str).map(bounded_text);
             Some(WebhookError {
                 code: code?,
                 title: text(error.get("title")),
@@ -626,7 +817,17 @@ fn parse_errors(errors: &Value, at: &str, ignored: &mut Vec<String>) -> Vec<Webh
                 details: text(error.get("error_data").and_then(|d| d.get("details"))),
             })
         })
-        .collect()
+        .collect())
+}
+
+/// An error text cut to [`MAX_ERROR_TEXT_CHARS`] characters, with `…` where it was cut.
+fn bounded_text(text: &str) -> String {
+    let mut chars = text.chars();
+    let mut kept: String = chars.by_ref().take(MAX_ERROR_TEXT_CHARS).collect();
+    if chars.next().is_some() {
+        kept.push('…');
+    }
+    kept
 }
 
 /// The profile name of the contact that is `user`; without a user number, the first contact's.
@@ -767,6 +968,129 @@ mod tests {
         let mut root: Value = serde_json::from_str(fixture).unwrap();
         edit(&mut root["entry"][0]["changes"][0]["value"]);
         root.to_string()
+    }
+
+    /// The reasons of a delivery's refused elements, asserting it made no event.
+    fn refused_only(body: &str) -> Vec<InputRefusal> {
+        let parsed = parse_str(body);
+        assert!(parsed.events.is_empty(), "events: {:?}", parsed.events);
+        parsed.refused.iter().map(|r| r.reason).collect()
+    }
+
+    #[test]
+    fn a_call_id_over_the_limit_or_outside_the_charset_is_refused() {
+        let long = with_call(CONNECT_UIC, |call| {
+            call.insert(
+                "id".into(),
+                format!("wacid.{}", "A".repeat(1_000_000)).into(),
+            );
+        });
+        assert_eq!(refused_only(&long), [InputRefusal::CallIdTooLong]);
+        for bad in ["wacid.1\nERROR forged", "wacid.1\u{7f}", "wacid. 1"] {
+            let body = with_call(TERMINATE_FAILED, |call| {
+                call.insert("id".into(), bad.into());
+            });
+            assert_eq!(
+                refused_only(&body),
+                [InputRefusal::CallIdBadCharacter],
+                "{bad:?}"
+            );
+        }
+        let status = edit_value(BIC_STATUS_RINGING, |value| {
+            value["statuses"][0]["id"] = "wacid.\r".into();
+        });
+        assert_eq!(refused_only(&status), [InputRefusal::CallIdBadCharacter]);
+        // The refused line names where, never the id.
+        let parsed = parse_str(&long);
+        assert_eq!(parsed.refused[0].at, "entry[0].changes[0].calls[0]");
+    }
+
+    #[test]
+    fn numbers_names_sdp_and_error_lists_over_their_limits_are_refused() {
+        let number = with_call(CONNECT_UIC, |call| {
+            call.insert("from".into(), "1".repeat(MAX_PHONE_DIGITS + 1).into());
+        });
+        assert_eq!(refused_only(&number), [InputRefusal::PhoneNumberTooLong]);
+        let wa_id = edit_value(CONNECT_UIC, |value| {
+            value["contacts"][0]["wa_id"] = "9".repeat(1_000).into();
+        });
+        assert_eq!(refused_only(&wa_id), [InputRefusal::PhoneNumberTooLong]);
+        let name = edit_value(CONNECT_UIC, |value| {
+            value["contacts"][0]["profile"]["name"] = "n".repeat(MAX_PROFILE_NAME_CHARS + 1).into();
+        });
+        assert_eq!(refused_only(&name), [InputRefusal::ProfileNameTooLong]);
+        let sdp = with_call(CONNECT_UIC, |call| {
+            call["session"]["sdp"] = "a".repeat(MAX_SDP_BYTES + 1).into();
+        });
+        assert_eq!(refused_only(&sdp), [InputRefusal::SdpTooLarge]);
+        let errors = with_call(TERMINATE_FAILED, |call| {
+            call.insert(
+                "errors".into(),
+                (0..=MAX_ERRORS_PER_EVENT)
+                    .map(|i| json!({"code": i}))
+                    .collect::<Vec<_>>()
+                    .into(),
+            );
+        });
+        assert_eq!(refused_only(&errors), [InputRefusal::TooManyErrors]);
+    }
+
+    #[test]
+    fn values_at_the_limits_are_accepted_and_error_texts_are_cut() {
+        let body = with_call(TERMINATE_FAILED, |call| {
+            call.insert(
+                "id".into(),
+                "w".repeat(crate::ids::MAX_CALL_ID_CHARS).into(),
+            );
+            call.insert(
+                "errors".into(),
+                (0..MAX_ERRORS_PER_EVENT)
+                    .map(|i| json!({"code": i, "message": "m".repeat(10_000)}))
+                    .collect::<Vec<_>>()
+                    .into(),
+            );
+        });
+        let terminate = only_terminate(&body);
+        assert_eq!(terminate.errors.len(), MAX_ERRORS_PER_EVENT);
+        let message = terminate.errors[0].message.as_deref().unwrap_or("");
+        assert_eq!(message.chars().count(), MAX_ERROR_TEXT_CHARS + 1);
+        assert!(message.ends_with('…'));
+    }
+
+    #[test]
+    fn elements_past_the_per_delivery_limit_are_refused_and_the_first_ones_kept() {
+        let body = edit_value(TERMINATE_FAILED, |value| {
+            let call = value["calls"][0].clone();
+            value["calls"] = (0..MAX_EVENTS_PER_WEBHOOK + 5)
+                .map(|i| {
+                    let mut call = call.clone();
+                    call["id"] = format!("wacid.{i}").into();
+                    call
+                })
+                .collect::<Vec<_>>()
+                .into();
+        });
+        let parsed = parse_str(&body);
+        assert_eq!(parsed.events.len(), MAX_EVENTS_PER_WEBHOOK);
+        assert_eq!(parsed.refused.len(), 5);
+        assert!(
+            parsed
+                .refused
+                .iter()
+                .all(|r| r.reason == InputRefusal::TooManyEvents)
+        );
+    }
+
+    #[test]
+    fn a_refused_element_leaves_the_others_of_the_delivery_alone() {
+        let body = edit_value(TERMINATE_FAILED, |value| {
+            let mut bad = value["calls"][0].clone();
+            bad["id"] = "wacid.\n".into();
+            value["calls"].as_array_mut().unwrap().insert(0, bad);
+        });
+        let parsed = parse_str(&body);
+        assert_eq!(parsed.refused.len(), 1);
+        assert_eq!(parsed.events.len(), 1);
     }
 
     #[test]
