@@ -2,7 +2,8 @@
 //! (never phone numbers or call ids).
 
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts,
+    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts,
     Registry, TextEncoder,
 };
 
@@ -97,6 +98,11 @@ pub struct Metrics {
     pub ai_connect_failures: IntCounterVec,
     /// 1 while the AI circuit breaker is open and new calls are refused.
     pub ai_breaker_open: IntGauge,
+    /// Tasks alive on the process's tokio runtime, as of the last scrape.
+    pub runtime_alive_tasks: IntGauge,
+    /// Entries in the call registry's maps by map (`calls`, `phones`, `tombstones`,
+    /// `reserved`, `early_commands`), as of the last scrape.
+    pub registry_entries: IntGaugeVec,
 }
 
 impl Metrics {
@@ -406,6 +412,19 @@ impl Metrics {
             &["action"],
         )
         .expect("valid metric");
+        let runtime_alive_tasks = IntGauge::new(
+            "whatsapp_bridge_runtime_alive_tasks",
+            "Tasks alive on the tokio runtime (read at each scrape)",
+        )
+        .expect("valid metric");
+        let registry_entries = IntGaugeVec::new(
+            Opts::new(
+                "whatsapp_bridge_registry_entries",
+                "Entries in the call registry's maps, by map (read at each scrape)",
+            ),
+            &["map"],
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(active_calls.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(max_calls.clone()),
@@ -449,6 +468,8 @@ impl Metrics {
             Box::new(ai_rollovers.clone()),
             Box::new(ai_connect_failures.clone()),
             Box::new(ai_breaker_open.clone()),
+            Box::new(runtime_alive_tasks.clone()),
+            Box::new(registry_entries.clone()),
         ] {
             registry
                 .register(collector)
@@ -498,6 +519,8 @@ impl Metrics {
             ai_rollovers,
             ai_connect_failures,
             ai_breaker_open,
+            runtime_alive_tasks,
+            registry_entries,
         }
     }
 
