@@ -3,8 +3,7 @@
 
 use prometheus::{
     Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts,
-    Registry, TextEncoder,
+    Opts, Registry, TextEncoder,
 };
 
 /// All metrics; cheap to clone (every field is an `Arc` inside).

@@ -147,7 +147,9 @@ async fn metrics(State(state): State<AppState>) -> Response {
 /// before and after to find leaks).
 fn observe_at_scrape(state: &AppState) {
     let metrics = &state.metrics;
-    let alive = tokio::runtime::Handle::current().metrics().num_alive_tasks();
+    let alive = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks();
     metrics.runtime_alive_tasks.set(alive as i64);
     let sizes = state.calls.registry().sizes();
     for (map, entries) in [
