@@ -25,7 +25,7 @@ use super::{Doubles, Harness, IDLE_TIMEOUT, LoadtestOptions, start_target};
 use crate::bridge_process::Bridge;
 use cycles::{Cycle, Kind};
 use leaks::{Leaks, Observation};
-use observe::observe;
+use observe::{Footprint, harness_footprint, observe};
 use tally::{Report, Tally};
 
 /// The run's calls are numbered from here; the warm-up's below it.
@@ -86,6 +86,7 @@ pub(super) async fn run(options: &LoadtestOptions, calls: u64) -> anyhow::Result
         "the bridge still had calls after the warm-up"
     );
     let baseline = steady_observation(bridge, graph_port).await?;
+    let harness_before = harness_footprint()?;
     println!(
         "Baseline: {} tasks, {} fds, {:.1} MiB RSS, {} tombstones.",
         baseline.tasks, baseline.fds, baseline.rss_mib, baseline.tombstones
@@ -103,6 +104,7 @@ pub(super) async fn run(options: &LoadtestOptions, calls: u64) -> anyhow::Result
 
     harness.close_idle_connections();
     let idle = bridge.wait_idle(IDLE_TIMEOUT).await;
+    let harness_after = harness_footprint()?;
     // Actions the bridge made after their cycle had ended (e.g. a pre_accept racing a storm's
     // terminate) are still in the record.
     let late = doubles.graph.actions();
@@ -119,6 +121,7 @@ pub(super) async fn run(options: &LoadtestOptions, calls: u64) -> anyhow::Result
         after,
         settled_in: settle_start.elapsed(),
         leaks,
+        harness: (harness_before, harness_after),
     };
     println!();
     print!("{}", report.render());
@@ -163,6 +166,7 @@ fn warm_up_report(tally: &Tally) -> String {
         after: Observation::default(),
         settled_in: Duration::ZERO,
         leaks: Leaks::default(),
+        harness: (Footprint::default(), Footprint::default()),
     };
     report.render()
 }

@@ -35,6 +35,21 @@ pub(super) async fn observe(bridge: &Bridge, graph_port: u16) -> anyhow::Result<
     })
 }
 
+/// The harness's own open file descriptors and RSS (MiB): both must stay flat over a long run.
+pub(super) fn harness_footprint() -> anyhow::Result<Footprint> {
+    let fds = std::fs::read_dir("/proc/self/fd")?.count() as i64;
+    Ok(Footprint {
+        fds,
+        rss_mib: crate::bridge_process::sample(None)?.rss_mib,
+    })
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Footprint {
+    pub(super) fds: i64,
+    pub(super) rss_mib: f64,
+}
+
 /// The process's open file descriptors, and the inodes of those that are sockets.
 struct Sockets {
     fds: i64,

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use super::cycles::{Kind, Outcome};
 use super::leaks::{Leaks, Observation};
+use super::observe::Footprint;
 use crate::graph_double::RecordedAction;
 
 /// The Graph API actions counted by name; any other is counted as `other`.
@@ -99,6 +100,8 @@ pub(super) struct Report<'a> {
     pub(super) after: Observation,
     pub(super) settled_in: Duration,
     pub(super) leaks: Leaks,
+    /// The harness's own, at the baseline and after the cycles.
+    pub(super) harness: (Footprint, Footprint),
 }
 
 impl Report<'_> {
@@ -120,6 +123,17 @@ impl Report<'_> {
             ),
         ];
         figures.extend(self.tally.figures());
+        let (before, after) = self.harness;
+        figures.push(("harness_fds_baseline".into(), before.fds.to_string()));
+        figures.push(("harness_fds_after".into(), after.fds.to_string()));
+        figures.push((
+            "harness_rss_mib_baseline".into(),
+            format!("{:.1}", before.rss_mib),
+        ));
+        figures.push((
+            "harness_rss_mib_after".into(),
+            format!("{:.1}", after.rss_mib),
+        ));
         let (b, a, l) = (&self.baseline, &self.after, &self.leaks);
         let rows: [(&str, String, String, String); 8] = [
             (
@@ -242,6 +256,11 @@ impl Report<'_> {
             "  leaked: permits {}, registry entries {}, tasks {}, fds {}, UDP sockets {}; RSS {:+.1} MiB\n",
             l.permits, l.entries, l.tasks, l.fds, l.udp_sockets, l.rss_mib
         ));
+        let (before, after) = self.harness;
+        text.push_str(&format!(
+            "  the harness itself: fds {} -> {}, RSS {:.1} -> {:.1} MiB\n",
+            before.fds, after.fds, before.rss_mib, after.rss_mib
+        ));
         text
     }
 }
@@ -292,6 +311,7 @@ mod tests {
             after: Observation::default(),
             settled_in: Duration::ZERO,
             leaks: Leaks::default(),
+            harness: (Footprint::default(), Footprint::default()),
         };
         let csv = report.csv();
         assert!(csv.contains("\ncalls_per_s,2.5\n"), "{csv}");
