@@ -188,7 +188,7 @@ async fn run_cycles(
     let mut done = 0;
     while let Some(outcome) = outcomes.next().await {
         for call_id in &outcome.call_ids {
-            tally.add_actions(&doubles.graph.forget_call(call_id));
+            tally.add_call(outcome.kind, &doubles.graph.forget_call(call_id));
         }
         doubles.ai.forget_closed_sessions();
         harness.probe.clear();

@@ -56,6 +56,32 @@ impl Tally {
         }
     }
 
+    /// What the Graph double saw of one call of a `kind` cycle, counted and checked: the
+    /// bridge answers a call at most once (a duplicate connect must not be pre-accepted
+    /// again), and a connect after its terminate is not answered at all.
+    pub(super) fn add_call(&mut self, kind: Kind, actions: &[RecordedAction]) {
+        self.add_actions(actions);
+        let pre_accepts: Vec<&RecordedAction> = actions
+            .iter()
+            .filter(|a| a.action == "pre_accept")
+            .collect();
+        let call_id = pre_accepts
+            .first()
+            .and_then(|a| a.call_id.as_ref())
+            .map_or("?", |id| id.as_str())
+            .to_owned();
+        if kind == Kind::TerminateFirst && !pre_accepts.is_empty() {
+            self.error(format!(
+                "{call_id}: its connect came after its terminate and was pre-accepted"
+            ));
+        } else if pre_accepts.len() > 1 {
+            self.error(format!(
+                "{call_id}: pre-accepted {} times",
+                pre_accepts.len()
+            ));
+        }
+    }
+
     pub(super) fn error(&mut self, message: String) {
         self.errors += 1;
         if self.first_errors.len() < KEPT_ERRORS {
@@ -280,6 +306,23 @@ mod tests {
             received_at: Instant::now(),
             responded_at: Instant::now(),
         }
+    }
+
+    #[test]
+    fn a_call_answered_twice_or_after_its_terminate_is_an_error() {
+        let mut tally = Tally::default();
+        tally.add_call(Kind::Duplicate, &[action("pre_accept", 200)]);
+        tally.add_call(Kind::TerminateFirst, &[]);
+        assert_eq!(tally.errors, 0);
+        tally.add_call(
+            Kind::Duplicate,
+            &[action("pre_accept", 200), action("pre_accept", 200)],
+        );
+        tally.add_call(Kind::TerminateFirst, &[action("pre_accept", 200)]);
+        assert_eq!(tally.errors, 2);
+        assert_eq!(tally.actions[0], 4);
+        assert!(tally.first_errors[0].contains("pre-accepted 2 times"));
+        assert!(tally.first_errors[1].contains("after its terminate"));
     }
 
     #[test]
