@@ -35,4 +35,8 @@ cargo run --locked --quiet -- loadtest --ai-faults 10 --fault-calls 5 --hold 3s 
 # Reminders on a fleet: two bridge processes on one store (and the Redis), 100 reminders due at
 # once; fails unless each is delivered by exactly one call the user hears (0 duplicates, 0 lost).
 cargo run --locked --quiet -- loadtest --reminders 100 --replicas 2 --reminder-concurrency 10 --out "$smoke_out"
+# Soak smoke: 300 calls in randomised cycles (storms, duplicates, terminates first, media that
+# never connects, vanishing callers, short WebRTC calls); fails on any error, any call left, or
+# a permit, registry entry, task, fd or UDP socket left over, or RSS over 5 MiB above baseline.
+cargo run --locked --quiet -- loadtest --soak 300 --strict --out "$smoke_out"
 rm -rf "$smoke_out"

@@ -226,6 +226,14 @@ async fn metrics_on_their_own_port_count_exactly_what_happened() {
     );
     assert_eq!(counter(&scrape, "whatsapp_bridge_active_calls", &[]), 0.0);
     assert_eq!(counter(&scrape, "whatsapp_bridge_max_calls", &[]), 3.0);
+    // The registry's maps, read at the scrape: no call or busy caller left, and a tombstone for
+    // each of the five call ids (three ended, two refused).
+    let entries = |map| counter(&scrape, "whatsapp_bridge_registry_entries", &[("map", map)]);
+    assert_eq!(entries("calls"), 0.0);
+    assert_eq!(entries("phones"), 0.0);
+    assert_eq!(entries("reserved"), 0.0);
+    assert_eq!(entries("tombstones"), 5.0);
+    assert!(counter(&scrape, "whatsapp_bridge_runtime_alive_tasks", &[]) > 0.0);
     let accepted = [("action", "accept"), ("status", "200")];
     assert_eq!(
         counter(&scrape, "whatsapp_bridge_graph_requests_total", &accepted),

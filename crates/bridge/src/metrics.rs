@@ -118,6 +118,11 @@ pub struct Metrics {
     /// HTTP connections (or requests) ended by a timeout, by listener and reason (`header`,
     /// `body`, `idle`).
     pub http_timeouts: IntCounterVec,
+    /// Tasks alive on the process's tokio runtime, as of the last scrape.
+    pub runtime_alive_tasks: IntGauge,
+    /// Entries in the call registry's maps by map (`calls`, `phones`, `tombstones`,
+    /// `reserved`, `early_commands`), as of the last scrape.
+    pub registry_entries: IntGaugeVec,
 }
 
 /// The connection metrics of one HTTP listener, its labels applied.
@@ -495,6 +500,19 @@ impl Metrics {
             &["listener", "reason"],
         )
         .expect("valid metric");
+        let runtime_alive_tasks = IntGauge::new(
+            "whatsapp_bridge_runtime_alive_tasks",
+            "Tasks alive on the tokio runtime (read at each scrape)",
+        )
+        .expect("valid metric");
+        let registry_entries = IntGaugeVec::new(
+            Opts::new(
+                "whatsapp_bridge_registry_entries",
+                "Entries in the call registry's maps, by map (read at each scrape)",
+            ),
+            &["map"],
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(active_calls.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(max_calls.clone()),
@@ -546,6 +564,8 @@ impl Metrics {
             Box::new(http_connections_open.clone()),
             Box::new(http_connections_refused.clone()),
             Box::new(http_timeouts.clone()),
+            Box::new(runtime_alive_tasks.clone()),
+            Box::new(registry_entries.clone()),
         ] {
             registry
                 .register(collector)
@@ -603,6 +623,8 @@ impl Metrics {
             http_connections_open,
             http_connections_refused,
             http_timeouts,
+            runtime_alive_tasks,
+            registry_entries,
         }
     }
 

@@ -222,6 +222,19 @@ impl GraphDouble {
         self.handle.state.inner.lock().offers.get(call_id).cloned()
     }
 
+    /// Drops what the double keeps of a call (its recorded actions, its offer and `pre_accept`
+    /// answer) and returns the actions, so a long run can keep its record bounded.
+    pub fn forget_call(&self, call_id: &CallId) -> Vec<RecordedAction> {
+        let mut inner = self.handle.state.inner.lock();
+        inner.offers.remove(call_id);
+        inner.pre_accepted.remove(call_id);
+        let (forgotten, kept) = std::mem::take(&mut inner.actions)
+            .into_iter()
+            .partition(|a| a.call_id.as_ref() == Some(call_id));
+        inner.actions = kept;
+        forgotten
+    }
+
     /// Stops accepting connections; requests in flight are still answered.
     pub fn shutdown(&self) {
         self.handle.stop.cancel();

@@ -396,6 +396,15 @@ impl RealtimeAiDouble {
             .collect()
     }
 
+    /// Drops the record of every session that has ended, so a long run keeps the record
+    /// bounded; returns how many were dropped. The counters (configured, with audio) stay.
+    pub fn forget_closed_sessions(&self) -> usize {
+        let mut sessions = self.shared.sessions.lock();
+        let before = sessions.len();
+        sessions.retain(|entry| !entry.session.lock().is_closed());
+        before - sessions.len()
+    }
+
     pub fn live_sessions(&self) -> usize {
         *self.shared.live.borrow()
     }

@@ -173,6 +173,17 @@ impl Live {
     }
 }
 
+/// How many entries each of the registry's maps holds, for `/metrics` (leaks show as entries
+/// that outlive their calls).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RegistrySizes {
+    pub calls: usize,
+    pub phones: usize,
+    pub tombstones: usize,
+    pub reserved: usize,
+    pub early_commands: usize,
+}
+
 /// How long a command for a not-yet-registered call is kept.
 const EARLY_COMMAND_TTL: Duration = Duration::from_secs(60);
 /// At most this many call ids with early commands are kept (a flood of unknown ids is dropped).
@@ -422,6 +433,18 @@ impl Registry {
     /// Call ids remembered as ended or refused right now.
     pub fn tombstone_count(&self) -> usize {
         self.inner.live.lock().tombstones.len()
+    }
+
+    /// The sizes of the registry's maps, read under its lock.
+    pub fn sizes(&self) -> RegistrySizes {
+        let live = self.inner.live.lock();
+        RegistrySizes {
+            calls: live.calls.len(),
+            phones: live.phones.len(),
+            tombstones: live.tombstones.ids.len(),
+            reserved: live.reserved,
+            early_commands: live.early.len(),
+        }
     }
 
     pub fn list(&self) -> Vec<CallSummary> {

@@ -146,11 +146,36 @@ fn capacity_percent(active: usize, max: usize) -> f64 {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
+    observe_at_scrape(&state);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),
     )
         .into_response()
+}
+
+/// Sets the gauges that are read when scraped rather than kept up to date: the tokio
+/// runtime's alive tasks and the sizes of the call registry's maps (a soak run compares them
+/// before and after to find leaks).
+fn observe_at_scrape(state: &AppState) {
+    let metrics = &state.metrics;
+    let alive = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks();
+    metrics.runtime_alive_tasks.set(alive as i64);
+    let sizes = state.calls.registry().sizes();
+    for (map, entries) in [
+        ("calls", sizes.calls),
+        ("phones", sizes.phones),
+        ("tombstones", sizes.tombstones),
+        ("reserved", sizes.reserved),
+        ("early_commands", sizes.early_commands),
+    ] {
+        metrics
+            .registry_entries
+            .with_label_values(&[map])
+            .set(entries as i64);
+    }
 }
 
 /// A JSON error body with a status, for the few error answers of the webhook.

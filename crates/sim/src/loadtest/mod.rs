@@ -17,6 +17,7 @@ mod phone;
 mod plot;
 mod reminders;
 mod report;
+mod soak;
 mod summary;
 mod target;
 
@@ -61,7 +62,9 @@ WEBRTC_LOOPBACK=true, ASSISTANT_GREETING=off and the --app-secret and OPUS_* set
 
 Exit status: 0 when every level ran; 1 when --strict and a call failed or audio was lost. With \
 --ai-faults: 1 when --strict and a call's AI was not back within 10 s of a fault, not every fault \
-could be injected, or the recovery p99 is over 1 s.")]
+could be injected, or the recovery p99 is over 1 s. With --soak: 1 when --strict and a cycle \
+failed, a call outlived the cycles, or a permit, registry entry, task, fd or UDP socket was \
+left over, or the RSS is more than 5 MiB above the baseline once settled.")]
 pub struct LoadtestOptions {
     /// Calls at each level, comma-separated; each level dials all its calls at once.
     #[arg(long, value_delimiter = ',', default_value = "10,25,50,100,150")]
@@ -140,6 +143,21 @@ pub struct LoadtestOptions {
     /// Calls held during the `--ai-faults` run.
     #[arg(long, default_value_t = 10)]
     pub fault_calls: usize,
+    /// Instead of the levels: this many calls in randomised cycles (connect/terminate storms,
+    /// duplicate connects, terminates before connects, connects whose media never connects,
+    /// callers vanishing mid-call, short WebRTC calls), then the idle bridge against its
+    /// baseline: permits, registry entries, tasks, fds, UDP sockets and RSS left over.
+    #[arg(long, default_value_t = 0)]
+    pub soak: u64,
+    /// Soak cycles run at once.
+    #[arg(long, default_value_t = 16)]
+    pub soak_concurrency: usize,
+    /// Share of the soak's calls made over real WebRTC (0 to 1); a fifth of them vanish.
+    #[arg(long, default_value_t = 0.1, value_parser = soak::parse_share)]
+    pub soak_webrtc_share: f64,
+    /// The seed of the soak's mix (printed by every run); random when not given.
+    #[arg(long)]
+    pub soak_seed: Option<u64>,
 }
 
 fn parse_duration_arg(text: &str) -> Result<Duration, String> {
@@ -214,6 +232,9 @@ async fn run_inner(options: LoadtestOptions) -> anyhow::Result<ExitCode> {
     }
     if options.ai_faults > 0 {
         return faults::run(&options, options.ai_faults).await;
+    }
+    if options.soak > 0 {
+        return soak::run(&options, options.soak).await;
     }
     let levels: Vec<usize> = options.levels.iter().copied().filter(|n| *n > 0).collect();
     anyhow::ensure!(!levels.is_empty(), "no level to run");

@@ -264,6 +264,13 @@ impl LiveCall {
         (self.stats(), problem)
     }
 
+    /// The caller vanishes: its media stops and its peer closes, but no `terminate` follows;
+    /// the bridge has to notice by itself. Returns the phone's counters.
+    pub async fn vanish(mut self) -> PhoneStats {
+        self.stop_media().await;
+        self.stats()
+    }
+
     async fn stop_media(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
