@@ -13,6 +13,7 @@ use tracing::{info, warn};
 
 use crate::call::ai_breaker::{AiBreaker, run_prober};
 use crate::call::calls::Calls;
+use crate::call::headroom::monitor::{self as headroom_monitor, CpuClock, ProcCpu};
 use crate::call::registry::Registry;
 use crate::call::task::CallContext;
 use crate::config::{Config, StoreSettings};
@@ -57,6 +58,17 @@ pub struct App {
     scheduler: Option<Scheduler>,
     /// How often the AI is tried while its circuit breaker is open.
     ai_probe_interval: Duration,
+    /// Where the headroom monitor reads this process's CPU use.
+    cpu_clock: Arc<dyn CpuClock>,
+}
+
+/// What [`App::build_from`] takes instead of building it from the configuration.
+#[derive(Default)]
+pub struct Parts {
+    /// The caller-data store; `None`: the configured one.
+    pub store: Option<Arc<dyn Store>>,
+    /// Where the process's CPU use is read; `None`: `/proc/self/stat`.
+    pub cpu_clock: Option<Arc<dyn CpuClock>>,
 }
 
 impl App {
@@ -69,7 +81,20 @@ impl App {
         config: Config,
         store: Option<Arc<dyn Store>>,
     ) -> anyhow::Result<App> {
+        Self::build_from(
+            config,
+            Parts {
+                store,
+                ..Parts::default()
+            },
+        )
+        .await
+    }
+
+    /// Like [`App::build`], with some parts given instead of built.
+    pub async fn build_from(config: Config, parts: Parts) -> anyhow::Result<App> {
         install_crypto_provider();
+        let Parts { store, cpu_clock } = parts;
         let store = match store {
             Some(store) => store,
             None => open_store(&config.store)?,
@@ -87,6 +112,7 @@ impl App {
         };
         let registry = Registry::new(
             config.max_concurrent_calls,
+            config.admission,
             metrics.clone(),
             root.clone(),
             fleet.clone(),
@@ -148,6 +174,7 @@ impl App {
             idle_timeout: config.idle_timeout,
             frame_phases: FramePhases::default(),
             ai_breaker: AiBreaker::new(config.ai_breaker_threshold, metrics.clone()),
+            headroom: registry.headroom().clone(),
         };
         let calls = Calls::new(context, registry, TaskTracker::new(), ports, fleet.clone());
         let outreach = Outreach::new(calls.clone(), config.reminders.clone());
@@ -198,6 +225,7 @@ impl App {
             fleet_worker,
             scheduler,
             ai_probe_interval: config.ai_breaker_probe_interval,
+            cpu_clock: cpu_clock.unwrap_or_else(|| Arc::new(ProcCpu)),
         })
     }
 
@@ -251,6 +279,7 @@ impl App {
             fleet_worker,
             scheduler,
             ai_probe_interval,
+            cpu_clock,
         } = self;
         let scheduler_stop = CancellationToken::new();
         let scheduler =
@@ -265,6 +294,13 @@ impl App {
             context.ai_breaker.clone(),
             context.realtime.clone(),
             ai_probe_interval,
+            stopped.clone(),
+        ));
+        let live = registry.clone();
+        tokio::spawn(headroom_monitor::run(
+            registry.headroom().clone(),
+            cpu_clock,
+            move || live.active_calls(),
             stopped.clone(),
         ));
         if let Some(metrics_listener) = metrics_listener {

@@ -4,12 +4,14 @@
 //! one call's PeerConnection, AI session, media and timers, helped by its [`journal`] (call log
 //! and transcript) and [`tool_calls`] (when tool results go back to the AI); `ai_link` keeps
 //! the call's AI session going across drops and the provider's session limit, and
-//! [`ai_breaker`] stops answering calls while the AI cannot be reached.
+//! [`ai_breaker`] stops answering calls while the AI cannot be reached; [`headroom`] measures
+//! whether the host can carry one more call.
 
 pub mod ai_breaker;
 mod ai_link;
 pub mod calls;
 pub mod flow;
+pub mod headroom;
 pub mod journal;
 pub mod registry;
 pub mod task;

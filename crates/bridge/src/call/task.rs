@@ -16,6 +16,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use super::ai_breaker::AiBreaker;
+use super::headroom::Headroom;
 use super::ai_link::{AiLink, LinkEvent};
 use super::flow::{Action, CallFlow};
 use super::journal::Journal;
@@ -86,6 +87,8 @@ pub struct CallContext {
     pub frame_phases: FramePhases,
     /// Whether the AI can be reached (shared by every call).
     pub ai_breaker: AiBreaker,
+    /// Where every call's frame send delay goes for admission by headroom.
+    pub headroom: Headroom,
 }
 
 /// The first AI session must be open this long before the answer deadline, so that a caller
@@ -660,6 +663,7 @@ impl CallTask {
                 .metrics
                 .frame_send_delay_seconds
                 .observe(polled.delay.as_secs_f64());
+            self.context.headroom.record_send_delay(polled.delay);
         }
         if polled.late {
             self.context.metrics.late_pacer_ticks.inc();
