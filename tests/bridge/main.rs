@@ -5,6 +5,7 @@ mod cleanup;
 mod cli;
 mod drain;
 mod fleet;
+mod headroom;
 mod ops;
 mod recovery;
 mod reminders;
