@@ -65,7 +65,9 @@ async fn a_host_without_headroom_refuses_new_calls_at_capacity_and_health_shows_
     // However busy the host reads, an idle bridge takes its first call.
     let first = answered_call(&stack, "headroom-first", 1).await;
     let report = health_when(&stack, |h| {
-        h["headroom"]["cpu_used"].as_f64().is_some_and(|used| used > 1.9)
+        h["headroom"]["cpu_used"]
+            .as_f64()
+            .is_some_and(|used| used > 1.9)
             && h["headroom"]["admitting"] == false
     })
     .await;
@@ -101,7 +103,13 @@ async fn a_host_without_headroom_refuses_new_calls_at_capacity_and_health_shows_
             .is_some(),
         "the refused call is rejected at the Graph API"
     );
-    assert!(stack.graph.actions_for(&second.call_id).iter().all(|a| a.action == "reject"));
+    assert!(
+        stack
+            .graph
+            .actions_for(&second.call_id)
+            .iter()
+            .all(|a| a.action == "reject")
+    );
 
     // An operator's call finds no room either.
     let placed = stack

@@ -626,7 +626,13 @@ mod tests {
             mode: AdmissionMode::Count,
             ..AdmissionSettings::default()
         };
-        Registry::new(max, count_only, Metrics::new(), CancellationToken::new(), None)
+        Registry::new(
+            max,
+            count_only,
+            Metrics::new(),
+            CancellationToken::new(),
+            None,
+        )
     }
 
     fn admit(registry: &Registry, id: &str, phone: &str) -> AdmitResult {
@@ -780,7 +786,11 @@ mod tests {
             None,
         );
         registry.headroom().publish(full_host(), 0);
-        assert_eq!(registry.capacity(), 1, "an idle bridge takes its first call");
+        assert_eq!(
+            registry.capacity(),
+            1,
+            "an idle bridge takes its first call"
+        );
         let AdmitResult::Admitted(first, _) = admit(&registry, "wacid.1", "4470001") else {
             panic!("the first call on an idle host is admitted");
         };
@@ -790,7 +800,10 @@ mod tests {
             _ => panic!("no headroom: refused"),
         }
         assert_eq!(
-            registry.reserve(&PhoneNumber::new("4470003")).err().map(|r| r.reason),
+            registry
+                .reserve(&PhoneNumber::new("4470003"))
+                .err()
+                .map(|r| r.reason),
             Some(RefusalReason::AtCapacity)
         );
         assert_eq!((registry.capacity(), registry.free_slots()), (1, 0));
@@ -809,9 +822,17 @@ mod tests {
             AdmitResult::Refused(_)
         ));
         first.set_phase(Phase::Active);
-        assert_eq!(registry.headroom().setting_up(), 2, "set up once media flows");
+        assert_eq!(
+            registry.headroom().setting_up(),
+            2,
+            "set up once media flows"
+        );
         drop((second, third));
-        assert_eq!(registry.headroom().setting_up(), 0, "ended calls are set up");
+        assert_eq!(
+            registry.headroom().setting_up(),
+            0,
+            "ended calls are set up"
+        );
     }
 
     #[test]

@@ -16,9 +16,9 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use super::ai_breaker::AiBreaker;
-use super::headroom::Headroom;
 use super::ai_link::{AiLink, LinkEvent};
 use super::flow::{Action, CallFlow};
+use super::headroom::Headroom;
 use super::journal::Journal;
 use super::registry::Admission;
 use super::tool_calls::{Send as ToolSend, ToolCalls};

@@ -163,8 +163,7 @@ impl Estimator {
             self.over_budget = true;
             self.calm_samples = 0;
         } else if self.over_budget {
-            if worst.is_none_or(|delay| delay.as_secs_f64() <= budget.as_secs_f64() * CALM_SHARE)
-            {
+            if worst.is_none_or(|delay| delay.as_secs_f64() <= budget.as_secs_f64() * CALM_SHARE) {
                 self.calm_samples += 1;
                 if self.calm_samples >= CALM_SAMPLES {
                     self.over_budget = false;
@@ -242,7 +241,10 @@ mod tests {
         let mut host = Host::new(1.0);
         let first = host.step(0.01, 0, 0);
         assert_eq!(first.cpu_used, None, "one reading measures nothing yet");
-        assert_eq!(first.can_take, 80, "0.8 of one core at the default 1 % per call");
+        assert_eq!(
+            first.can_take, 80,
+            "0.8 of one core at the default 1 % per call"
+        );
         for _ in 0..4 {
             host.step(0.01, 0, 0);
         }
@@ -300,7 +302,11 @@ mod tests {
         for _ in 0..30 {
             last = host.step(0.05 + 0.005 * 100.0, 100, 0);
         }
-        assert!((last.call_cost - 0.005).abs() < 0.0005, "{}", last.call_cost);
+        assert!(
+            (last.call_cost - 0.005).abs() < 0.0005,
+            "{}",
+            last.call_cost
+        );
         assert!(
             (49..=50).contains(&last.can_take),
             "(0.8 - 0.55) / 0.005: {}",
@@ -313,7 +319,10 @@ mod tests {
         let mut host = Host::new(4.0);
         host.step(0.1, 10, 0);
         let ok = host.step_with(0.1, 10, 0, Some(ms(5)), Some(ms(1)));
-        assert!(ok.within_budget && ok.can_take > 0, "5 ms is within a 5 ms budget");
+        assert!(
+            ok.within_budget && ok.can_take > 0,
+            "5 ms is within a 5 ms budget"
+        );
         let late = host.step_with(0.1, 10, 0, Some(ms(6)), Some(ms(1)));
         assert!(!late.within_budget);
         assert_eq!(late.can_take, 0);

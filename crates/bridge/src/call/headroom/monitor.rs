@@ -103,7 +103,8 @@ mod tests {
 
     #[test]
     fn cpu_ticks_are_read_after_a_command_name_with_spaces() {
-        let stat = "4242 (tokio (rt) 1) S 1 4242 4242 0 -1 4194560 2000 0 0 0 150 37 0 0 20 0 9 0 100 0 0";
+        let stat =
+            "4242 (tokio (rt) 1) S 1 4242 4242 0 -1 4194560 2000 0 0 0 150 37 0 0 20 0 9 0 100 0 0";
         assert_eq!(parse_cpu_ticks(stat), Some(187));
         assert_eq!(parse_cpu_ticks("garbage"), None);
     }
