@@ -17,11 +17,12 @@ pub mod monitor;
 pub mod window;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
 use serde::Serialize;
+use tracing::info;
 
 use crate::config::{AdmissionMode, AdmissionSettings};
 use crate::metrics::Metrics;
@@ -48,6 +49,8 @@ struct Inner {
     latest: Mutex<Option<Estimate>>,
     /// Notified when slots appear after there were none.
     room: tokio::sync::Notify,
+    /// Whether the latest estimate was within the latency budget (to log its changes once).
+    within_budget: AtomicBool,
     metrics: Metrics,
 }
 
@@ -64,6 +67,7 @@ impl Headroom {
                 send_delays: DelayWindow::default(),
                 latest: Mutex::new(None),
                 room: tokio::sync::Notify::new(),
+                within_budget: AtomicBool::new(true),
                 metrics,
             }),
         }
@@ -153,6 +157,41 @@ impl Headroom {
             .set(estimate.lag_p99.map_or(0.0, |d| d.as_secs_f64()));
         if before == 0 && can_take > 0 {
             self.inner.room.notify_waiters();
+        }
+        let was_within = self
+            .inner
+            .within_budget
+            .swap(estimate.within_budget, Ordering::AcqRel);
+        if was_within != estimate.within_budget {
+            let ms = |d: Option<Duration>| d.map_or(-1.0, |d| d.as_secs_f64() * 1000.0);
+            info!(
+                within_budget = estimate.within_budget,
+                send_delay_p99_ms = ms(estimate.send_delay_p99),
+                runtime_lag_p99_ms = ms(estimate.lag_p99),
+                live,
+                "headroom: latency budget {}",
+                if estimate.within_budget {
+                    "kept again"
+                } else {
+                    "exceeded"
+                }
+            );
+        }
+        if (before == 0) != (can_take == 0) && live > 0 {
+            info!(
+                can_take,
+                live,
+                setting_up = estimate.setting_up,
+                cpu_used = estimate.cpu_used.unwrap_or(-1.0),
+                cpus = estimate.cpus,
+                call_cost = estimate.call_cost,
+                "headroom: {}",
+                if can_take == 0 {
+                    "no room for another call"
+                } else {
+                    "room again"
+                }
+            );
         }
     }
 

@@ -19,6 +19,9 @@ pub const DEFAULT_CALL_COST: f64 = 0.01;
 const MIN_CALL_COST: f64 = 0.001;
 /// Weight of a new measurement in the smoothed per-call cost and idle use.
 const SMOOTHING: f64 = 0.3;
+/// The delays must be over budget in this many samples in a row (a second) to stop admission:
+/// one stall of the host is not a bridge that cannot keep up.
+const OVER_SAMPLES: u32 = 2;
 /// Once over budget, the delays must stay under this share of the budget ...
 const CALM_SHARE: f64 = 0.8;
 /// ... for this many samples in a row before calls are admitted again.
@@ -72,6 +75,7 @@ pub struct Estimator {
     /// CPU used with no call at all (the runtime, timers, the HTTP server idling).
     idle: f64,
     over_budget: bool,
+    over_samples: u32,
     calm_samples: u32,
 }
 
@@ -84,6 +88,7 @@ impl Estimator {
             call_cost: DEFAULT_CALL_COST,
             idle: 0.0,
             over_budget: false,
+            over_samples: 0,
             calm_samples: 0,
         }
     }
@@ -155,14 +160,21 @@ impl Estimator {
         Some(((cpu_seconds - first_cpu) / span.as_secs_f64()).max(0.0))
     }
 
-    /// Over the budget at once; back within it only after [`CALM_SAMPLES`] calm samples.
+    /// Over the budget after [`OVER_SAMPLES`] samples over it; back within it only after
+    /// [`CALM_SAMPLES`] calm samples.
     fn judge_latency(&mut self, sample: &Sample) {
         let budget = self.settings.latency_budget;
         let worst = sample.send_delay_p99.max(sample.lag_p99);
         if worst.is_some_and(|delay| delay > budget) {
-            self.over_budget = true;
+            self.over_samples += 1;
             self.calm_samples = 0;
-        } else if self.over_budget {
+            if self.over_samples >= OVER_SAMPLES {
+                self.over_budget = true;
+            }
+            return;
+        }
+        self.over_samples = 0;
+        if self.over_budget {
             if worst.is_none_or(|delay| delay.as_secs_f64() <= budget.as_secs_f64() * CALM_SHARE) {
                 self.calm_samples += 1;
                 if self.calm_samples >= CALM_SAMPLES {
@@ -323,17 +335,27 @@ mod tests {
             ok.within_budget && ok.can_take > 0,
             "5 ms is within a 5 ms budget"
         );
+        let stall = host.step_with(0.1, 10, 0, Some(ms(6)), Some(ms(1)));
+        assert!(
+            stall.within_budget,
+            "one late sample is a stall, not a trend"
+        );
+        host.step_with(0.1, 10, 0, Some(ms(2)), Some(ms(1)));
+        host.step_with(0.1, 10, 0, Some(ms(6)), Some(ms(1)));
         let late = host.step_with(0.1, 10, 0, Some(ms(6)), Some(ms(1)));
-        assert!(!late.within_budget);
+        assert!(!late.within_budget, "late for a second");
         assert_eq!(late.can_take, 0);
-        let lagging = Host::new(4.0).step_with(0.1, 10, 0, None, Some(ms(8)));
-        assert_eq!(lagging.can_take, 0, "runtime lag alone refuses too");
+        let mut lagging = Host::new(4.0);
+        lagging.step_with(0.1, 10, 0, None, Some(ms(8)));
+        let lagged = lagging.step_with(0.1, 10, 0, None, Some(ms(8)));
+        assert_eq!(lagged.can_take, 0, "runtime lag alone refuses too");
     }
 
     #[test]
     fn admission_reopens_only_after_the_delays_stay_calm() {
         let mut host = Host::new(1.0);
         host.step(0.1, 10, 0);
+        host.step_with(0.1, 10, 0, Some(ms(8)), None);
         assert!(!host.step_with(0.1, 10, 0, Some(ms(8)), None).within_budget);
         // Back under the budget but not well under it: still refusing.
         for _ in 0..5 {
