@@ -102,6 +102,28 @@ if all(isinstance(v, int) for v in (max_calls, share, permille)) and replica_mil
         f"{max_calls * share * permille / 100_000:.3f} cores = {target} % of {replica_milli / 1000} cores"
     )
 need("value: string(targetCpuPercent)" in bicep, "the CPU scale rule does not use targetCpuPercent")
+# The bridge admits by its measured headroom, and the scale rule adds a replica before that
+# headroom runs out on CPU: the bridge's CPU at the target is below its admission CPU target.
+need(
+    re.search(r"name: 'ADMISSION'\s*\n\s*value: 'headroom'", bicep) is not None,
+    "the bridge does not admit by its measured headroom (ADMISSION=headroom)",
+)
+admission_target = re.search(r"name: 'ADMISSION_CPU_TARGET'\s*\n\s*value: '([0-9.]+)'", bicep)
+need(admission_target is not None, "ADMISSION_CPU_TARGET is not set")
+if admission_target is not None and all(isinstance(v, int) for v in (max_calls, share, permille)) and replica_milli:
+    admit_milli = float(admission_target.group(1)) * var_int("bridgeCpuMilli")
+    need(
+        0 < admit_milli <= var_int("bridgeCpuMilli"),
+        f"ADMISSION_CPU_TARGET {admission_target.group(1)} is not a share of the bridge's core",
+    )
+    need(
+        target * replica_milli / 100 < admit_milli,
+        f"at the CPU target the replica uses {target * replica_milli / 100:.0f} millicores, not below the {admit_milli:.0f} its bridge admits calls up to",
+    )
+    print(
+        f"headroom: a replica is added at {target * replica_milli / 100:.0f} millicores, "
+        f"its bridge refuses calls from {admit_milli:.0f} (ADMISSION_CPU_TARGET {admission_target.group(1)})"
+    )
 # The containers' CPU requests match the figures the target is computed from.
 need(
     var_int("bridgeCpuMilli") == 1000 and "cpu: json('1.0')" in bicep,

@@ -6,6 +6,9 @@
 // relays (ACA ingress carries no UDP, and none is needed). Replicas scale on CPU, which tracks
 // live calls; the target is derived from the calls a replica may carry and the measured cost of
 // a call, so a replica is added well before one is full (infra/README.md has the arithmetic).
+// Each bridge also admits calls by its own measured headroom (ADMISSION=headroom): on a slower
+// host it refuses before its CPU reaches ADMISSION_CPU_TARGET of its core, whatever
+// maxCallsPerReplica allows, and the scale target sits well below that CPU.
 // A collector beside each bridge scrapes its metrics into Azure Monitor managed Prometheus,
 // where the alert rules below run.
 
@@ -51,7 +54,7 @@ param reminderTemplate string = ''
 @description('Language code of reminderTemplate.')
 param reminderTemplateLanguage string = 'en_US'
 
-@description('Calls one replica serves at once (MAX_CONCURRENT_CALLS). One core sent every frame on time at 100 calls in the load harness on the faster machines; 80 leaves headroom for slower hosts.')
+@description('Calls one replica serves at once at most (MAX_CONCURRENT_CALLS). One core sent every frame on time at 100 calls in the load harness on the faster machines; a slower host is held below this by the bridge\'s own headroom admission (ADMISSION=headroom).')
 @minValue(1)
 @maxValue(200)
 param maxCallsPerReplica int = 80
@@ -407,6 +410,16 @@ resource app 'Microsoft.App/containerApps@2024-03-01' = {
               value: string(maxCallsPerReplica)
             }
             {
+              // Hosts differ by 2x: a call is also refused when admitting it would push this
+              // replica past 80 % of its core or its frames past a 5 ms send delay.
+              name: 'ADMISSION'
+              value: 'headroom'
+            }
+            {
+              name: 'ADMISSION_CPU_TARGET'
+              value: '0.8'
+            }
+            {
               name: 'DRAIN_TIMEOUT'
               value: '${drainTimeoutSeconds}s'
             }
@@ -642,11 +655,11 @@ resource alertRules 'Microsoft.AlertsManagement/prometheusRuleGroups@2023-03-01'
       }
       {
         alert: 'CapacityAbove90Percent'
-        expression: 'sum(whatsapp_bridge_active_calls) / sum(whatsapp_bridge_max_calls) > 0.9'
+        expression: 'sum(whatsapp_bridge_active_calls) / (sum(whatsapp_bridge_active_calls) + sum(whatsapp_bridge_headroom_calls)) > 0.9'
         for: 'PT5M'
         severity: 2
         annotations: {
-          description: 'The fleet carries over 90 % of the calls it can; new callers may be refused.'
+          description: 'The fleet carries over 90 % of the calls it can (its live calls and those the replicas estimate they can still take, by their measured headroom); new callers may be refused.'
         }
         actions: alertActions
       }

@@ -6,6 +6,7 @@ mod cli;
 mod connections;
 mod drain;
 mod fleet;
+mod headroom;
 mod limits;
 mod ops;
 mod recovery;

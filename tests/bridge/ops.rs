@@ -56,6 +56,11 @@ async fn health_reports_the_process_and_a_full_replica_stays_ready_for_webhooks(
     let report = health(&stack).await;
     assert_eq!(report["status"], "healthy");
     assert_eq!(report["max_calls"], 1);
+    assert_eq!(report["capacity"], 1);
+    assert_eq!(
+        report["headroom"]["admission"], "count",
+        "the headroom is shown, not enforced: {report}"
+    );
     assert!(report["uptime_seconds"].is_u64());
     assert_eq!(report["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(get(&stack, "/ready", None).await.0, 200);

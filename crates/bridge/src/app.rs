@@ -15,6 +15,7 @@ use crate::call::ai_breaker::{AiBreaker, run_prober};
 use crate::call::block_list::BlockList;
 use crate::call::caller_limits::CallerLimits;
 use crate::call::calls::Calls;
+use crate::call::headroom::monitor::{self as headroom_monitor, CpuClock, ProcCpu};
 use crate::call::registry::Registry;
 use crate::call::task::CallContext;
 use crate::config::{Config, HttpLimits, StoreSettings};
@@ -72,6 +73,17 @@ pub struct App {
     block_list_refresh: Duration,
     /// Timeouts and connection cap of the HTTP listeners.
     http_limits: HttpLimits,
+    /// Where the headroom monitor reads this process's CPU use.
+    cpu_clock: Arc<dyn CpuClock>,
+}
+
+/// What [`App::build_from`] takes instead of building it from the configuration.
+#[derive(Default)]
+pub struct Parts {
+    /// The caller-data store; `None`: the configured one.
+    pub store: Option<Arc<dyn Store>>,
+    /// Where the process's CPU use is read; `None`: `/proc/self/stat`.
+    pub cpu_clock: Option<Arc<dyn CpuClock>>,
 }
 
 impl App {
@@ -84,8 +96,21 @@ impl App {
         config: Config,
         store: Option<Arc<dyn Store>>,
     ) -> anyhow::Result<App> {
+        Self::build_from(
+            config,
+            Parts {
+                store,
+                ..Parts::default()
+            },
+        )
+        .await
+    }
+
+    /// Like [`App::build`], with some parts given instead of built.
+    pub async fn build_from(config: Config, parts: Parts) -> anyhow::Result<App> {
         install_crypto_provider();
         raise_open_files(&config);
+        let Parts { store, cpu_clock } = parts;
         let store = match store {
             Some(store) => store,
             None => open_store(&config.store)?,
@@ -103,6 +128,7 @@ impl App {
         };
         let registry = Registry::new(
             config.max_concurrent_calls,
+            config.admission,
             metrics.clone(),
             root.clone(),
             fleet.clone(),
@@ -175,6 +201,7 @@ impl App {
                 pending_reminders: config.caller_limits.pending_reminders as usize,
             },
             tool_calls_per_call: config.caller_limits.tool_calls_per_call,
+            headroom: registry.headroom().clone(),
         };
         let calls = Calls::new(context, registry, TaskTracker::new(), ports, fleet.clone());
         let outreach = Outreach::new(calls.clone(), config.reminders.clone());
@@ -236,6 +263,7 @@ impl App {
             retention,
             block_list_refresh: config.caller_limits.block_list_refresh,
             http_limits: config.http,
+            cpu_clock: cpu_clock.unwrap_or_else(|| Arc::new(ProcCpu)),
         })
     }
 
@@ -292,6 +320,7 @@ impl App {
             retention,
             block_list_refresh,
             http_limits,
+            cpu_clock,
         } = self;
         let scheduler_stop = CancellationToken::new();
         let scheduler =
@@ -317,6 +346,13 @@ impl App {
                 .clone()
                 .run_refresh(block_list_refresh, stopped.clone()),
         );
+        let live = registry.clone();
+        tokio::spawn(headroom_monitor::run(
+            registry.headroom().clone(),
+            cpu_clock,
+            move || live.active_calls(),
+            stopped.clone(),
+        ));
         if let Some(metrics_listener) = metrics_listener {
             info!(addr = %metrics_listener.local_addr()?, "metrics listening");
             let limits = HttpLimits {

@@ -24,6 +24,9 @@ pub const WHATSAPP_PHONE_NUMBER_ID: &str = "WHATSAPP_PHONE_NUMBER_ID";
 pub const WHATSAPP_ACCESS_TOKEN: &str = "WHATSAPP_ACCESS_TOKEN";
 pub const GRAPH_TIMEOUT: &str = "GRAPH_TIMEOUT";
 pub const MAX_CONCURRENT_CALLS: &str = "MAX_CONCURRENT_CALLS";
+pub const ADMISSION: &str = "ADMISSION";
+pub const ADMISSION_CPU_TARGET: &str = "ADMISSION_CPU_TARGET";
+pub const ADMISSION_LATENCY_BUDGET: &str = "ADMISSION_LATENCY_BUDGET";
 pub const MAX_CALL_DURATION: &str = "MAX_CALL_DURATION";
 pub const ANSWER_DEADLINE: &str = "ANSWER_DEADLINE";
 pub const OPENAI_API_KEY: &str = "OPENAI_API_KEY";
@@ -95,6 +98,9 @@ pub const ALL_KEYS: &[&str] = &[
     WHATSAPP_ACCESS_TOKEN,
     GRAPH_TIMEOUT,
     MAX_CONCURRENT_CALLS,
+    ADMISSION,
+    ADMISSION_CPU_TARGET,
+    ADMISSION_LATENCY_BUDGET,
     MAX_CALL_DURATION,
     ANSWER_DEADLINE,
     OPENAI_API_KEY,
@@ -341,6 +347,9 @@ pub struct Config {
     pub access_token: SecretString,
     pub graph_timeout: Duration,
     pub max_concurrent_calls: usize,
+    /// How a new call is judged besides `max_concurrent_calls`: by the host's measured headroom
+    /// or by the count alone.
+    pub admission: AdmissionSettings,
     pub max_call_duration: Duration,
     pub answer_deadline: Duration,
     pub ai_provider: Provider,
@@ -548,6 +557,7 @@ impl Config {
             r.problems
                 .push(format!("{MAX_CONCURRENT_CALLS} must be at least 1"));
         }
+        let admission = read_admission(&mut r);
         let max_call_duration = r.duration(MAX_CALL_DURATION, Duration::from_secs(3600));
         let answer_deadline = r.duration(ANSWER_DEADLINE, Duration::from_secs(20));
 
@@ -714,6 +724,7 @@ impl Config {
             access_token,
             graph_timeout,
             max_concurrent_calls,
+            admission,
             max_call_duration,
             answer_deadline,
             ai_provider,
@@ -832,6 +843,69 @@ fn read_http_limits(r: &mut Reader<'_>) -> HttpLimits {
             .push(format!("{HTTP_MAX_CONNECTIONS} must be at least 1"));
     }
     limits
+}
+
+/// How new calls are admitted (see `call::headroom`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdmissionSettings {
+    pub mode: AdmissionMode,
+    /// The share of the CPUs this process may use that live calls (and the one admitted) may
+    /// take, e.g. 0.8.
+    pub cpu_target: f64,
+    /// The recent frame send delay and runtime lag (p99) above which no call is admitted.
+    pub latency_budget: Duration,
+}
+
+impl Default for AdmissionSettings {
+    fn default() -> Self {
+        Self {
+            mode: AdmissionMode::Headroom,
+            cpu_target: 0.8,
+            latency_budget: Duration::from_millis(5),
+        }
+    }
+}
+
+/// `ADMISSION`: what bounds the live calls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AdmissionMode {
+    /// The measured headroom of this host, and `MAX_CONCURRENT_CALLS` as an upper bound.
+    Headroom,
+    /// `MAX_CONCURRENT_CALLS` alone.
+    Count,
+}
+
+fn read_admission(r: &mut Reader<'_>) -> AdmissionSettings {
+    let defaults = AdmissionSettings::default();
+    let mode = match r.raw(ADMISSION) {
+        None => defaults.mode,
+        Some(value) => match value.to_ascii_lowercase().as_str() {
+            "headroom" => AdmissionMode::Headroom,
+            "count" => AdmissionMode::Count,
+            _ => {
+                r.problems
+                    .push(format!("{ADMISSION}={value:?} is not headroom or count"));
+                defaults.mode
+            }
+        },
+    };
+    let cpu_target = r.parsed(ADMISSION_CPU_TARGET, defaults.cpu_target, "a fraction");
+    if !(cpu_target > 0.0 && cpu_target <= 1.0) {
+        r.problems.push(format!(
+            "{ADMISSION_CPU_TARGET}={cpu_target} is outside (0, 1] (a share of the CPUs)"
+        ));
+    }
+    let latency_budget = r.duration(ADMISSION_LATENCY_BUDGET, defaults.latency_budget);
+    if latency_budget < Duration::from_millis(1) || latency_budget > Duration::from_secs(1) {
+        r.problems.push(format!(
+            "{ADMISSION_LATENCY_BUDGET} must be between 1ms and 1s"
+        ));
+    }
+    AdmissionSettings {
+        mode,
+        cpu_target,
+        latency_budget,
+    }
 }
 
 /// A boolean setting (`true`/`false`, `on`/`off`, `1`/`0`, `yes`/`no`).
@@ -1056,6 +1130,38 @@ mod tests {
         let config = Config::from_env(&vars).expect("valid");
         assert_eq!(config.transcription_model, None);
         assert_eq!(config.voice.as_deref(), Some("cedar"));
+    }
+
+    #[test]
+    fn admission_is_by_headroom_unless_told_otherwise_and_bad_values_are_reported() {
+        let config = Config::from_env(&minimal()).expect("valid");
+        assert_eq!(config.admission, AdmissionSettings::default());
+        assert_eq!(config.admission.mode, AdmissionMode::Headroom);
+        let mut vars = minimal();
+        vars.extend(env(&[
+            (ADMISSION, "Count"),
+            (ADMISSION_CPU_TARGET, "0.6"),
+            (ADMISSION_LATENCY_BUDGET, "8ms"),
+        ]));
+        let config = Config::from_env(&vars).expect("valid");
+        assert_eq!(
+            config.admission,
+            AdmissionSettings {
+                mode: AdmissionMode::Count,
+                cpu_target: 0.6,
+                latency_budget: Duration::from_millis(8),
+            }
+        );
+        let mut vars = minimal();
+        vars.extend(env(&[
+            (ADMISSION, "vibes"),
+            (ADMISSION_CPU_TARGET, "1.5"),
+            (ADMISSION_LATENCY_BUDGET, "0ms"),
+        ]));
+        let text = Config::from_env(&vars).expect_err("invalid").to_string();
+        for key in [ADMISSION, ADMISSION_CPU_TARGET, ADMISSION_LATENCY_BUDGET] {
+            assert!(text.contains(key), "{key} not reported in {text}");
+        }
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //! (never phone numbers or call ids).
 
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// All metrics; cheap to clone (every field is an `Arc` inside).
@@ -123,6 +123,21 @@ pub struct Metrics {
     /// Entries in the call registry's maps by map (`calls`, `phones`, `tombstones`,
     /// `reserved`, `early_commands`), as of the last scrape.
     pub registry_entries: IntGaugeVec,
+    /// Calls this replica estimates it can still take (its measured headroom, never more than
+    /// `MAX_CONCURRENT_CALLS` leaves).
+    pub headroom_calls: IntGauge,
+    /// 1 while the headroom would admit a new call.
+    pub headroom_admitting: IntGauge,
+    /// CPUs this process may use (affinity, cgroup quota).
+    pub headroom_cpus: Gauge,
+    /// CPU this process used over the last second, in cores.
+    pub headroom_cpu_used: Gauge,
+    /// What one more call is expected to cost, in cores.
+    pub headroom_call_cost: Gauge,
+    /// p99 of the frame send delay over the last sample (0 when too few frames).
+    pub headroom_send_delay_p99: Gauge,
+    /// p99 of the runtime's lag over the last sample.
+    pub headroom_runtime_lag_p99: Gauge,
 }
 
 /// The connection metrics of one HTTP listener, its labels applied.
@@ -513,6 +528,41 @@ impl Metrics {
             &["map"],
         )
         .expect("valid metric");
+        let headroom_calls = IntGauge::new(
+            "whatsapp_bridge_headroom_calls",
+            "Calls this replica estimates it can still take (measured headroom, at most MAX_CONCURRENT_CALLS free)",
+        )
+        .expect("valid metric");
+        let headroom_admitting = IntGauge::new(
+            "whatsapp_bridge_headroom_admitting",
+            "1 while the measured headroom would admit a new call",
+        )
+        .expect("valid metric");
+        let headroom_cpus = Gauge::new(
+            "whatsapp_bridge_headroom_cpus",
+            "CPUs this process may use (affinity and cgroup quota)",
+        )
+        .expect("valid metric");
+        let headroom_cpu_used = Gauge::new(
+            "whatsapp_bridge_headroom_cpu_used_cores",
+            "CPU this process used over the last second, in cores",
+        )
+        .expect("valid metric");
+        let headroom_call_cost = Gauge::new(
+            "whatsapp_bridge_headroom_call_cost_cores",
+            "CPU one more call is expected to cost, in cores",
+        )
+        .expect("valid metric");
+        let headroom_send_delay_p99 = Gauge::new(
+            "whatsapp_bridge_headroom_send_delay_p99_seconds",
+            "p99 of the frame send delay over the last headroom sample",
+        )
+        .expect("valid metric");
+        let headroom_runtime_lag_p99 = Gauge::new(
+            "whatsapp_bridge_headroom_runtime_lag_p99_seconds",
+            "p99 of how late the runtime's probe tick fired over the last headroom sample",
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(active_calls.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(max_calls.clone()),
@@ -566,6 +616,13 @@ impl Metrics {
             Box::new(http_timeouts.clone()),
             Box::new(runtime_alive_tasks.clone()),
             Box::new(registry_entries.clone()),
+            Box::new(headroom_calls.clone()),
+            Box::new(headroom_admitting.clone()),
+            Box::new(headroom_cpus.clone()),
+            Box::new(headroom_cpu_used.clone()),
+            Box::new(headroom_call_cost.clone()),
+            Box::new(headroom_send_delay_p99.clone()),
+            Box::new(headroom_runtime_lag_p99.clone()),
         ] {
             registry
                 .register(collector)
@@ -625,6 +682,13 @@ impl Metrics {
             http_timeouts,
             runtime_alive_tasks,
             registry_entries,
+            headroom_calls,
+            headroom_admitting,
+            headroom_cpus,
+            headroom_cpu_used,
+            headroom_call_cost,
+            headroom_send_delay_p99,
+            headroom_runtime_lag_p99,
         }
     }
 

@@ -12,8 +12,9 @@ use tokio_util::sync::CancellationToken;
 use crate::graph_double::{GraphDouble, GraphDoubleConfig};
 use crate::phone::PhoneSettings;
 use crate::realtime_ai::{AiDoubleConfig, RealtimeAiDouble};
-use bridge::app::App;
+use bridge::app::{App, Parts};
 use bridge::call::calls::Calls;
+use bridge::call::headroom::monitor::CpuClock;
 use bridge::call::registry::Registry;
 use bridge::config::{self, Config};
 use bridge::metrics::Metrics;
@@ -34,6 +35,9 @@ pub struct StackOptions {
     pub settings: HashMap<String, String>,
     /// The caller-data store; `None`: a fresh embedded store in a temporary directory.
     pub store: Option<Arc<dyn Store>>,
+    /// Where the bridge reads its CPU use (with `ADMISSION=headroom` in `settings`); `None`:
+    /// this process's own.
+    pub cpu_clock: Option<Arc<dyn CpuClock>>,
 }
 
 impl Default for StackOptions {
@@ -44,6 +48,7 @@ impl Default for StackOptions {
             greeting: None,
             settings: HashMap::new(),
             store: None,
+            cpu_clock: None,
         }
     }
 }
@@ -99,6 +104,10 @@ impl LocalStack {
             config::ASSISTANT_GREETING,
             options.greeting.clone().unwrap_or_else(|| "off".into()),
         );
+        // The bridge shares this process with the phones, the doubles and often other
+        // stacks: its CPU and lag are theirs too, so the count alone admits unless a test
+        // asks for the headroom (the load harness runs the bridge as its own process).
+        set(config::ADMISSION, "count".into());
         env.extend(options.settings.clone());
         let config = Config::from_env(&env).map_err(|err| anyhow::anyhow!("{err}"))?;
 
@@ -112,7 +121,14 @@ impl LocalStack {
                 Arc::new(store)
             }
         };
-        let app = App::build_with_store(config, Some(store.clone())).await?;
+        let app = App::build_from(
+            config,
+            Parts {
+                store: Some(store.clone()),
+                cpu_clock: options.cpu_clock.clone(),
+            },
+        )
+        .await?;
         let bridge_url = format!("http://127.0.0.1:{}", app.port());
         let registry = app.registry();
         let metrics = app.metrics();

@@ -142,7 +142,8 @@ impl Calls {
                 .map(|fleet| fleet.replica().to_owned())
                 .unwrap_or_default(),
             active_calls: registry.active_calls(),
-            max_calls: registry.max_calls(),
+            // What this host can carry now, so that the fleet's capacity follows the headroom.
+            max_calls: registry.capacity(),
             draining: registry.is_draining(),
             calls: registry.list().iter().map(brief).collect(),
         }

@@ -4,8 +4,9 @@
 //! one call's PeerConnection, AI session, media and timers, helped by its [`journal`] (call log
 //! and transcript) and [`tool_calls`] (when tool results go back to the AI); `ai_link` keeps
 //! the call's AI session going across drops and the provider's session limit, and
-//! [`ai_breaker`] stops answering calls while the AI cannot be reached; [`caller_limits`] holds
-//! the per-caller quotas of inbound calls and [`block_list`] the numbers never answered or called.
+//! [`ai_breaker`] stops answering calls while the AI cannot be reached; [`headroom`] measures
+//! whether the host can carry one more call; [`caller_limits`] holds the per-caller quotas of
+//! inbound calls and [`block_list`] the numbers never answered or called.
 
 pub mod ai_breaker;
 mod ai_link;
@@ -13,6 +14,7 @@ pub mod block_list;
 pub mod caller_limits;
 pub mod calls;
 pub mod flow;
+pub mod headroom;
 pub mod journal;
 pub mod registry;
 pub mod task;

@@ -3,7 +3,8 @@
 //!
 //! A call that is admitted gets an [`Admission`] guard holding its permit and its registry
 //! entry; dropping the guard (on every exit path of the call task, panics included) releases
-//! both.
+//! both. Besides the count, the host's measured [`Headroom`] must have room for the call
+//! (`ADMISSION=headroom`); a call refused for either reason is `at_capacity`.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -16,7 +17,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::flow::Phase;
+use super::headroom::Headroom;
 use super::{CallCommand, CallDirection};
+use crate::config::AdmissionSettings;
 use crate::fleet::Fleet;
 use crate::ids::{CallId, PhoneNumber};
 use crate::metrics::Metrics;
@@ -202,6 +205,8 @@ struct Inner {
     /// With `REDIS_URL`: where claims are released and tombstones shared with the other
     /// replicas (never waiting: the fleet's worker writes them).
     fleet: Option<Fleet>,
+    /// Whether the host can carry one more call, beside the count.
+    headroom: Headroom,
 }
 
 /// The registry of live calls; cheap to clone.
@@ -213,11 +218,13 @@ pub struct Registry {
 impl Registry {
     pub fn new(
         max_calls: usize,
+        admission: AdmissionSettings,
         metrics: Metrics,
         root: CancellationToken,
         fleet: Option<Fleet>,
     ) -> Self {
         metrics.max_calls.set(max_calls as i64);
+        let headroom = Headroom::new(admission, max_calls, metrics.clone());
         Self {
             inner: Arc::new(Inner {
                 semaphore: Arc::new(Semaphore::new(max_calls)),
@@ -228,12 +235,28 @@ impl Registry {
                 root,
                 released: tokio::sync::Notify::new(),
                 fleet,
+                headroom,
             }),
         }
     }
 
+    /// `MAX_CONCURRENT_CALLS`: the upper bound, whatever the headroom.
     pub fn max_calls(&self) -> usize {
         self.inner.max_calls
+    }
+
+    /// The calls this replica can carry now: the live ones and as many more as both the count
+    /// and the measured headroom allow (at least one on an idle bridge).
+    pub fn capacity(&self) -> usize {
+        let active = self.active_calls();
+        match self.inner.headroom.room() {
+            None => self.inner.max_calls,
+            Some(room) => (active + room.max(usize::from(active == 0))).min(self.inner.max_calls),
+        }
+    }
+
+    pub fn headroom(&self) -> &Headroom {
+        &self.inner.headroom
     }
 
     /// Live calls, counting outbound calls that are being placed.
@@ -290,7 +313,19 @@ impl Registry {
         let Ok(permit) = self.inner.semaphore.clone().try_acquire_owned() else {
             return refuse(RefusalReason::AtCapacity, &mut live);
         };
-        let (admission, rx) = self.insert(&mut live, call_id, direction, phone, permit, Vec::new());
+        if !self.inner.headroom.try_admit(live.occupied()) {
+            drop(permit);
+            return refuse(RefusalReason::AtCapacity, &mut live);
+        }
+        let (admission, rx) = self.insert(
+            &mut live,
+            call_id,
+            direction,
+            phone,
+            permit,
+            Vec::new(),
+            false,
+        );
         drop(live);
         AdmitResult::Admitted(admission, rx)
     }
@@ -315,6 +350,11 @@ impl Registry {
         let Ok(permit) = self.inner.semaphore.clone().try_acquire_owned() else {
             return Err(refuse(RefusalReason::AtCapacity, &live));
         };
+        if !self.inner.headroom.try_admit(live.occupied()) {
+            return Err(refuse(RefusalReason::AtCapacity, &live));
+        }
+        // Set up from now: the offer, the connect, the ringing, the media.
+        self.inner.headroom.setup_started();
         live.phones.insert(phone.clone());
         live.reserved += 1;
         self.inner.metrics.active_calls.set(live.occupied() as i64);
@@ -351,7 +391,9 @@ impl Registry {
     }
 
     /// Registers a call that holds `permit`: its handle in the map, its phone marked busy.
-    /// `held` commands are queued to it first.
+    /// `held` commands are queued to it first. It counts as setting up until its media flows
+    /// (`counted`: it already does, since its reservation).
+    #[allow(clippy::too_many_arguments)]
     fn insert(
         &self,
         live: &mut Live,
@@ -360,7 +402,11 @@ impl Registry {
         phone: Option<&PhoneNumber>,
         permit: OwnedSemaphorePermit,
         held: Vec<CallCommand>,
+        counted: bool,
     ) -> (Admission, mpsc::Receiver<CallCommand>) {
+        if !counted {
+            self.inner.headroom.setup_started();
+        }
         let (tx, rx) = mpsc::channel(CALL_COMMAND_CAPACITY);
         for command in held {
             let _ = tx.try_send(command);
@@ -389,6 +435,7 @@ impl Registry {
             phone: phone.cloned(),
             cancel,
             phase,
+            setting_up: AtomicBool::new(true),
             registry: self.clone(),
             _permit: permit,
         };
@@ -484,6 +531,7 @@ impl Registry {
     }
 
     fn cancel_reservation(&self, phone: &PhoneNumber) {
+        self.inner.headroom.setup_done();
         let mut live = self.inner.live.lock();
         live.reserved -= 1;
         live.phones.remove(phone);
@@ -492,24 +540,31 @@ impl Registry {
         self.inner.released.notify_waiters();
     }
 
-    /// Calls that could be admitted now: none while draining.
+    /// Calls that could be admitted now (by the count and the headroom): none while draining.
     pub fn free_slots(&self) -> usize {
         if self.is_draining() {
             return 0;
         }
-        self.inner.max_calls.saturating_sub(self.active_calls())
+        self.capacity().saturating_sub(self.active_calls())
     }
 
-    /// Waits until a call could be admitted (a slot is free and the registry is not draining).
+    /// Waits until a call could be admitted (a slot is free, the headroom has room and the
+    /// registry is not draining).
     pub async fn wait_for_room(&self) {
         loop {
             let released = self.inner.released.notified();
             tokio::pin!(released);
             released.as_mut().enable();
+            let room = self.inner.headroom.room_appeared();
+            tokio::pin!(room);
+            room.as_mut().enable();
             if self.free_slots() > 0 {
                 return;
             }
-            released.await;
+            tokio::select! {
+                _ = released => {}
+                _ = room => {}
+            }
         }
     }
 
@@ -536,6 +591,8 @@ pub struct Admission {
     phone: Option<PhoneNumber>,
     cancel: CancellationToken,
     phase: Arc<AtomicU8>,
+    /// Until its media flows the call counts as setting up in the headroom.
+    setting_up: AtomicBool,
     registry: Registry,
     /// Released after the registry entry (fields drop after `drop` runs).
     _permit: OwnedSemaphorePermit,
@@ -555,9 +612,19 @@ impl Admission {
         &self.cancel
     }
 
-    /// Publishes the call's phase for listings.
+    /// Publishes the call's phase for listings; a call whose media flows (or that ends) is set
+    /// up as far as the headroom goes.
     pub fn set_phase(&self, phase: Phase) {
         self.phase.store(phase.to_u8(), Ordering::Relaxed);
+        if matches!(phase, Phase::Active | Phase::Ended) {
+            self.set_up();
+        }
+    }
+
+    fn set_up(&self) {
+        if self.setting_up.swap(false, Ordering::AcqRel) {
+            self.registry.inner.headroom.setup_done();
+        }
     }
 }
 
@@ -596,6 +663,7 @@ impl Reservation {
             Some(&self.phone),
             permit,
             held,
+            true,
         )
     }
 }
@@ -610,6 +678,7 @@ impl Drop for Reservation {
 
 impl Drop for Admission {
     fn drop(&mut self) {
+        self.set_up();
         self.registry.release(&self.call_id, self.phone.as_ref());
     }
 }
@@ -617,11 +686,23 @@ impl Drop for Admission {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::call::headroom::estimate::Estimate;
+    use crate::config::AdmissionMode;
 
     #[test]
     fn tombstones_stay_bounded_under_many_distinct_ids_oldest_evicted_first() {
         let metrics = Metrics::new();
-        let registry = Registry::new(1, metrics.clone(), CancellationToken::new(), None);
+        let count_only = AdmissionSettings {
+            mode: AdmissionMode::Count,
+            ..AdmissionSettings::default()
+        };
+        let registry = Registry::new(
+            1,
+            count_only,
+            metrics.clone(),
+            CancellationToken::new(),
+            None,
+        );
         let flood = MAX_TOMBSTONES + 500;
         for i in 0..flood {
             registry.tombstone(&CallId::new(format!("wacid.FLOOD-{i}")));
@@ -653,7 +734,17 @@ mod tests {
     }
 
     fn registry(max: usize) -> Registry {
-        Registry::new(max, Metrics::new(), CancellationToken::new(), None)
+        let count_only = AdmissionSettings {
+            mode: AdmissionMode::Count,
+            ..AdmissionSettings::default()
+        };
+        Registry::new(
+            max,
+            count_only,
+            Metrics::new(),
+            CancellationToken::new(),
+            None,
+        )
     }
 
     fn admit(registry: &Registry, id: &str, phone: &str) -> AdmitResult {
@@ -782,5 +873,89 @@ mod tests {
             AdmitResult::Refused(refusal) => assert_eq!(refusal.reason, RefusalReason::Draining),
             _ => panic!("refused while draining"),
         }
+    }
+
+    fn full_host() -> Estimate {
+        Estimate {
+            cpus: 1.0,
+            cpu_used: Some(0.9),
+            call_cost: 0.01,
+            setting_up: 0,
+            send_delay_p99: None,
+            lag_p99: None,
+            within_budget: true,
+            can_take: 0,
+        }
+    }
+
+    #[test]
+    fn without_headroom_a_call_is_refused_at_capacity_though_the_count_allows_it() {
+        let registry = Registry::new(
+            10,
+            AdmissionSettings::default(),
+            Metrics::new(),
+            CancellationToken::new(),
+            None,
+        );
+        registry.headroom().publish(full_host(), 0);
+        assert_eq!(
+            registry.capacity(),
+            1,
+            "an idle bridge takes its first call"
+        );
+        let AdmitResult::Admitted(first, _) = admit(&registry, "wacid.1", "4470001") else {
+            panic!("the first call on an idle host is admitted");
+        };
+        assert_eq!(registry.headroom().setting_up(), 1);
+        match admit(&registry, "wacid.2", "4470002") {
+            AdmitResult::Refused(refusal) => assert_eq!(refusal.reason, RefusalReason::AtCapacity),
+            _ => panic!("no headroom: refused"),
+        }
+        assert_eq!(
+            registry
+                .reserve(&PhoneNumber::new("4470003"))
+                .err()
+                .map(|r| r.reason),
+            Some(RefusalReason::AtCapacity)
+        );
+        assert_eq!((registry.capacity(), registry.free_slots()), (1, 0));
+
+        // The next sample finds room for two: two more are admitted, then none.
+        let mut roomy = full_host();
+        roomy.can_take = 2;
+        registry.headroom().publish(roomy, 1);
+        assert_eq!(registry.capacity(), 3);
+        let second = admit(&registry, "wacid.4", "4470004");
+        let third = admit(&registry, "wacid.5", "4470005");
+        assert!(matches!(second, AdmitResult::Admitted(..)));
+        assert!(matches!(third, AdmitResult::Admitted(..)));
+        assert!(matches!(
+            admit(&registry, "wacid.6", "4470006"),
+            AdmitResult::Refused(_)
+        ));
+        first.set_phase(Phase::Active);
+        assert_eq!(
+            registry.headroom().setting_up(),
+            2,
+            "set up once media flows"
+        );
+        drop((second, third));
+        assert_eq!(
+            registry.headroom().setting_up(),
+            0,
+            "ended calls are set up"
+        );
+    }
+
+    #[test]
+    fn count_admission_ignores_the_headroom() {
+        let registry = registry(3);
+        registry.headroom().publish(full_host(), 0);
+        let _one = admit(&registry, "wacid.1", "4470001");
+        assert!(matches!(
+            admit(&registry, "wacid.2", "4470002"),
+            AdmitResult::Admitted(..)
+        ));
+        assert_eq!(registry.capacity(), 3);
     }
 }

@@ -20,6 +20,7 @@ use super::ai_link::{AiLink, LinkEvent};
 use super::block_list::BlockList;
 use super::caller_limits::CallerLimits;
 use super::flow::{Action, CallFlow};
+use super::headroom::Headroom;
 use super::journal::Journal;
 use super::registry::Admission;
 use super::tool_calls::{Send as ToolSend, ToolCalls};
@@ -96,6 +97,8 @@ pub struct CallContext {
     pub tool_limits: ToolLimits,
     /// Tool calls per call (0: no limit); past it each is answered with an error.
     pub tool_calls_per_call: u32,
+    /// Where every call's frame send delay goes for admission by headroom.
+    pub headroom: Headroom,
 }
 
 /// The first AI session must be open this long before the answer deadline, so that a caller
@@ -685,6 +688,7 @@ impl CallTask {
                 .metrics
                 .frame_send_delay_seconds
                 .observe(polled.delay.as_secs_f64());
+            self.context.headroom.record_send_delay(polled.delay);
         }
         if polled.late {
             self.context.metrics.late_pacer_ticks.inc();

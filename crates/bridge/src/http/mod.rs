@@ -84,12 +84,15 @@ pub fn metrics_router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Liveness: 200 while the process serves. With a fleet it also reports the fleet's live
-/// calls (as of the last heartbeat, so this stays fast) beside this replica's.
+/// Liveness: 200 while the process serves. `capacity` is what this replica can carry now
+/// (`max_calls`, or fewer when its measured headroom says so; `headroom` shows the figures).
+/// With a fleet it also reports the fleet's live calls (as of the last heartbeat, so this
+/// stays fast) beside this replica's.
 async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
     let registry = state.calls.registry();
     let active = registry.active_calls();
     let max = registry.max_calls();
+    let capacity = registry.capacity();
     let status = if registry.is_draining() {
         "draining"
     } else {
@@ -99,10 +102,12 @@ async fn health(State(state): State<AppState>) -> Json<serde_json::Value> {
         "status": status,
         "active_calls": active,
         "max_calls": max,
-        "capacity_used_percent": capacity_percent(active, max),
+        "capacity": capacity,
+        "capacity_used_percent": capacity_percent(active, capacity),
         "uptime_seconds": state.started.elapsed().as_secs(),
         "version": env!("CARGO_PKG_VERSION"),
         "ai": state.calls.context().ai_breaker.status(),
+        "headroom": registry.headroom().status(active),
     });
     if let Some(fleet) = state.calls.fleet() {
         let cluster = fleet.cluster();

@@ -162,7 +162,7 @@ async fn hang_up_all(caller: &Caller, live: Vec<LiveCall>) -> Vec<Ended> {
 }
 
 /// What the bridge's own counters say about the level: frames concealed on the uplink, pacer
-/// ticks and frames sent late during the hold.
+/// ticks and frames sent late during the hold, and the p99 of the frames' send delay then.
 fn count_bridge_side(
     result: &mut LevelResult,
     before: &Metrics,
@@ -183,6 +183,13 @@ fn count_bridge_side(
             )
     };
     result.frames_sent_late = (sent_late(after) - sent_late(at_hold)).max(0.0) as u64;
+    let send_delay = "whatsapp_bridge_frame_send_delay_seconds";
+    result.send_delay_p99_ms = quantile(
+        &at_hold.buckets(send_delay),
+        &after.buckets(send_delay),
+        0.99,
+    )
+    .map(|seconds| seconds * 1000.0);
 }
 
 /// What a fleet's coordination did over the level: the events forwarded to a call's replica and

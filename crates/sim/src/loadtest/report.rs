@@ -39,6 +39,9 @@ pub struct LevelResult {
     /// Frames the bridge sent more than 10 ms after their slot (its own histogram): where a
     /// phone's late frame started.
     pub frames_sent_late: u64,
+    /// p99 of how late the bridge sent the admitted calls' frames during the hold (its own
+    /// histogram, interpolated), ms; `None` without frames.
+    pub send_delay_p99_ms: Option<f64>,
     /// Bridge CPU during the hold, in cores (1.0 = one core busy).
     pub bridge_cores: f64,
     /// Bridge RSS at the end of the hold, and once every call of the level had ended.
@@ -232,7 +235,7 @@ pub fn table(levels: &[LevelResult]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:>5} {:>6} {:>7} {:>17} {:>11} {:>11} {:>13} {:>11} {:>11} {:>8} {:>9} {:>8} {:>8}",
+        "{:>5} {:>6} {:>7} {:>17} {:>11} {:>11} {:>13} {:>11} {:>11} {:>13} {:>8} {:>9} {:>8} {:>8}",
         "calls",
         "admit",
         "refuse",
@@ -242,6 +245,7 @@ pub fn table(levels: &[LevelResult]) -> String {
         "pkts sent/rcv",
         "lost up/dn",
         "late/bunch",
+        "sent p99/>10ms",
         "CPU %",
         "%/call",
         "RSS MiB",
@@ -251,7 +255,7 @@ pub fn table(levels: &[LevelResult]) -> String {
         let per_call = level.cpu_percent_per_call().unwrap_or(f64::NAN);
         let _ = writeln!(
             out,
-            "{:>5} {:>6} {:>7} {:>17} {:>11} {:>11} {:>13} {:>11} {:>11} {:>8.1} {:>9.3} {:>8.1} {:>8.1}",
+            "{:>5} {:>6} {:>7} {:>17} {:>11} {:>11} {:>13} {:>11} {:>11} {:>13} {:>8.1} {:>9.3} {:>8.1} {:>8.1}",
             level.calls,
             level.admitted,
             level.refused,
@@ -274,6 +278,11 @@ pub fn table(levels: &[LevelResult]) -> String {
             format!("{}/{}", level.packets_sent, level.packets_received),
             format!("{}/{}", level.uplink_concealed, level.downlink_lost),
             format!("{}/{}", level.late, level.bunched),
+            format!(
+                "{}/{}",
+                ms(level.send_delay_p99_ms.unwrap_or(f64::NAN)),
+                level.frames_sent_late
+            ),
             level.bridge_cores * 100.0,
             per_call,
             level.rss_mib,
@@ -288,7 +297,7 @@ uplink_markers,uplink_p50_ms,uplink_p99_ms,downlink_markers,downlink_p50_ms,down
 downlink_markers_lost,round_trips_missing,packets_sent,packets_received,downlink_lost,\
 uplink_concealed,late,bunched,max_gap_ms,jitter_ms,late_pacer_ticks,frames_sent_over_10ms_late,bridge_cpu_percent,\
 bridge_cpu_percent_per_call,rss_mib,rss_after_mib,harness_cpu_percent,harness_stalls,harness_max_lag_ms,ai_audio_share,\
-forwarded,forward_p50_ms,forward_p99_ms,redis_commands,redis_cpu_ms";
+forwarded,forward_p50_ms,forward_p99_ms,redis_commands,redis_cpu_ms,frame_send_delay_p99_ms";
 
 pub fn csv(levels: &[LevelResult]) -> String {
     let mut out = String::from(CSV_HEADER);
@@ -297,7 +306,7 @@ pub fn csv(levels: &[LevelResult]) -> String {
         let per_call = l.cpu_percent_per_call().unwrap_or(0.0);
         let _ = writeln!(
             out,
-            "{},{},{},{},{:.2},{:.2},{:.2},{},{:.2},{:.2},{},{:.2},{:.2},{},{},{},{},{},{},{},{},{},{:.1},{:.2},{},{},{:.2},{:.4},{:.1},{:.1},{:.2},{},{:.1},{:.3},{},{:.3},{:.3},{},{:.1}",
+            "{},{},{},{},{:.2},{:.2},{:.2},{},{:.2},{:.2},{},{:.2},{:.2},{},{},{},{},{},{},{},{},{},{:.1},{:.2},{},{},{:.2},{:.4},{:.1},{:.1},{:.2},{},{:.1},{:.3},{},{:.3},{:.3},{},{:.1},{:.2}",
             l.calls,
             l.admitted,
             l.refused,
@@ -337,6 +346,7 @@ pub fn csv(levels: &[LevelResult]) -> String {
             l.forward_p99_ms,
             l.redis_commands,
             l.redis_cpu_ms,
+            l.send_delay_p99_ms.unwrap_or(f64::NAN),
         );
     }
     out

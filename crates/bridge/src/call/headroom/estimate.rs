@@ -1,0 +1,391 @@
+//! The admission decision, sans-IO: from samples of the process's CPU time, its calls and the
+//! recent delays, how many more calls this host can carry within the CPU target and whether
+//! the live calls are within the latency budget.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use crate::config::AdmissionSettings;
+
+/// CPU use is measured over about this long (`/proc` counts in 10 ms steps: 1 % of a core
+/// over a second).
+const CPU_WINDOW: Duration = Duration::from_secs(1);
+/// A CPU reading over less than this is not trusted.
+const MIN_CPU_SPAN: Duration = Duration::from_millis(400);
+/// What one call is assumed to cost (cores) before any was measured: a call on the slower
+/// machine of our kind (docs/BENCHMARKS.md: 0.67–1.03 % of a core; 0.47 % on the faster).
+pub const DEFAULT_CALL_COST: f64 = 0.01;
+/// The estimate never goes below this (cores per call), whatever the noise.
+const MIN_CALL_COST: f64 = 0.001;
+/// Weight of a new measurement in the smoothed per-call cost and idle use.
+const SMOOTHING: f64 = 0.3;
+/// The delays must be over budget in this many samples in a row (a second) to stop admission:
+/// one stall of the host is not a bridge that cannot keep up.
+const OVER_SAMPLES: u32 = 2;
+/// Once over budget, the delays must stay under this share of the budget ...
+const CALM_SHARE: f64 = 0.8;
+/// ... for this many samples in a row before calls are admitted again.
+const CALM_SAMPLES: u32 = 3;
+/// No more calls are ever counted than this (an absurdly cheap estimate stays finite).
+const MAX_ROOM: usize = 100_000;
+
+/// What the monitor saw at one sample.
+#[derive(Clone, Copy, Debug)]
+pub struct Sample {
+    pub at: Instant,
+    /// CPU time this process has used so far (seconds); `None` when it cannot be read.
+    pub cpu_seconds: Option<f64>,
+    /// Live calls (outbound ones being placed included).
+    pub calls: usize,
+    /// Of those, the ones still being set up (not yet carrying media both ways).
+    pub setting_up: usize,
+    /// p99 of the frame send delay since the last sample; `None`: too few frames to say.
+    pub send_delay_p99: Option<Duration>,
+    /// p99 of how late the runtime's probe tick fired since the last sample.
+    pub lag_p99: Option<Duration>,
+}
+
+/// The verdict of one sample.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Estimate {
+    /// CPUs this process may use.
+    pub cpus: f64,
+    /// CPU used over the last second (cores); `None` until measured.
+    pub cpu_used: Option<f64>,
+    /// What one more call is expected to cost (cores).
+    pub call_cost: f64,
+    /// Calls still being set up (they cost more soon).
+    pub setting_up: usize,
+    pub send_delay_p99: Option<Duration>,
+    pub lag_p99: Option<Duration>,
+    /// False while the recent delays are over the budget (or not yet calm again).
+    pub within_budget: bool,
+    /// More calls this host can take now: those the CPU target leaves room for, less the
+    /// ones still being set up; 0 while over the latency budget.
+    pub can_take: usize,
+}
+
+/// Turns samples into estimates; keeps the smoothed per-call cost and the hysteresis.
+pub struct Estimator {
+    settings: AdmissionSettings,
+    cpus: f64,
+    /// (when, process CPU seconds), oldest first, spanning about [`CPU_WINDOW`].
+    readings: VecDeque<(Instant, f64)>,
+    call_cost: f64,
+    /// CPU used with no call at all (the runtime, timers, the HTTP server idling).
+    idle: f64,
+    over_budget: bool,
+    over_samples: u32,
+    calm_samples: u32,
+}
+
+impl Estimator {
+    pub fn new(settings: AdmissionSettings, cpus: f64) -> Self {
+        Self {
+            settings,
+            cpus: cpus.max(0.01),
+            readings: VecDeque::new(),
+            call_cost: DEFAULT_CALL_COST,
+            idle: 0.0,
+            over_budget: false,
+            over_samples: 0,
+            calm_samples: 0,
+        }
+    }
+
+    pub fn update(&mut self, sample: &Sample) -> Estimate {
+        let cpu_used = self.cpu_used(sample);
+        if let Some(used) = cpu_used {
+            if sample.calls == 0 {
+                self.idle += SMOOTHING * (used - self.idle);
+            } else {
+                // Calls still setting up cost something too: charging it all to the ones set
+                // up overstates a call's cost, on the safe side.
+                let set_up = sample.calls.saturating_sub(sample.setting_up);
+                if set_up > 0 {
+                    let measured = (used - self.idle).max(0.0) / set_up as f64;
+                    self.call_cost += SMOOTHING * (measured - self.call_cost);
+                    self.call_cost = self.call_cost.max(MIN_CALL_COST);
+                }
+            }
+        }
+        self.judge_latency(sample);
+        // Unmeasured (no `/proc`, or too soon): the live calls at the cost known so far.
+        let set_up = sample.calls.saturating_sub(sample.setting_up);
+        let used = cpu_used.unwrap_or(self.idle + set_up as f64 * self.call_cost);
+        let budget = self.settings.cpu_target * self.cpus - used;
+        let cpu_room = if budget <= 0.0 {
+            0
+        } else {
+            ((budget / self.call_cost).floor() as usize).min(MAX_ROOM)
+        };
+        let can_take = if self.over_budget {
+            0
+        } else {
+            cpu_room.saturating_sub(sample.setting_up)
+        };
+        Estimate {
+            cpus: self.cpus,
+            cpu_used,
+            call_cost: self.call_cost,
+            setting_up: sample.setting_up,
+            send_delay_p99: sample.send_delay_p99,
+            lag_p99: sample.lag_p99,
+            within_budget: !self.over_budget,
+            can_take,
+        }
+    }
+
+    /// Cores used over the last [`CPU_WINDOW`], once the readings span long enough.
+    fn cpu_used(&mut self, sample: &Sample) -> Option<f64> {
+        let Some(cpu_seconds) = sample.cpu_seconds else {
+            self.readings.clear();
+            return None;
+        };
+        self.readings.push_back((sample.at, cpu_seconds));
+        // Keep the newest reading at least a window old as the start of the window.
+        while self.readings.len() > 2
+            && self
+                .readings
+                .get(1)
+                .is_some_and(|(at, _)| sample.at.duration_since(*at) >= CPU_WINDOW)
+        {
+            self.readings.pop_front();
+        }
+        let (first_at, first_cpu) = *self.readings.front()?;
+        let span = sample.at.duration_since(first_at);
+        if span < MIN_CPU_SPAN {
+            return None;
+        }
+        Some(((cpu_seconds - first_cpu) / span.as_secs_f64()).max(0.0))
+    }
+
+    /// Over the budget after [`OVER_SAMPLES`] samples over it; back within it only after
+    /// [`CALM_SAMPLES`] calm samples.
+    fn judge_latency(&mut self, sample: &Sample) {
+        let budget = self.settings.latency_budget;
+        let worst = sample.send_delay_p99.max(sample.lag_p99);
+        if worst.is_some_and(|delay| delay > budget) {
+            self.over_samples += 1;
+            self.calm_samples = 0;
+            if self.over_samples >= OVER_SAMPLES {
+                self.over_budget = true;
+            }
+            return;
+        }
+        self.over_samples = 0;
+        if self.over_budget {
+            if worst.is_none_or(|delay| delay.as_secs_f64() <= budget.as_secs_f64() * CALM_SHARE) {
+                self.calm_samples += 1;
+                if self.calm_samples >= CALM_SAMPLES {
+                    self.over_budget = false;
+                    self.calm_samples = 0;
+                }
+            } else {
+                self.calm_samples = 0;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::AdmissionMode;
+
+    const STEP: Duration = Duration::from_millis(500);
+
+    fn settings() -> AdmissionSettings {
+        AdmissionSettings {
+            mode: AdmissionMode::Headroom,
+            cpu_target: 0.8,
+            latency_budget: Duration::from_millis(5),
+        }
+    }
+
+    /// Feeds samples every 500 ms with the process using `cores` and `calls` live calls.
+    struct Host {
+        estimator: Estimator,
+        at: Instant,
+        cpu_seconds: f64,
+    }
+
+    impl Host {
+        fn new(cpus: f64) -> Self {
+            Self {
+                estimator: Estimator::new(settings(), cpus),
+                at: Instant::now(),
+                cpu_seconds: 0.0,
+            }
+        }
+
+        fn step(&mut self, cores: f64, calls: usize, setting_up: usize) -> Estimate {
+            self.step_with(cores, calls, setting_up, None, None)
+        }
+
+        fn step_with(
+            &mut self,
+            cores: f64,
+            calls: usize,
+            setting_up: usize,
+            send_delay_p99: Option<Duration>,
+            lag_p99: Option<Duration>,
+        ) -> Estimate {
+            self.at += STEP;
+            self.cpu_seconds += cores * STEP.as_secs_f64();
+            self.estimator.update(&Sample {
+                at: self.at,
+                cpu_seconds: Some(self.cpu_seconds),
+                calls,
+                setting_up,
+                send_delay_p99,
+                lag_p99,
+            })
+        }
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn an_idle_host_has_room_from_the_first_sample_on() {
+        let mut host = Host::new(1.0);
+        let first = host.step(0.01, 0, 0);
+        assert_eq!(first.cpu_used, None, "one reading measures nothing yet");
+        assert_eq!(
+            first.can_take, 80,
+            "0.8 of one core at the default 1 % per call"
+        );
+        for _ in 0..4 {
+            host.step(0.01, 0, 0);
+        }
+        let settled = host.step(0.01, 0, 0);
+        assert!((settled.cpu_used.expect("measured") - 0.01).abs() < 1e-9);
+        assert!(settled.within_budget);
+        assert_eq!(settled.can_take, 79);
+    }
+
+    #[test]
+    fn calls_setting_up_take_their_share_before_they_show_in_the_cpu() {
+        let mut host = Host::new(1.0);
+        host.step(0.0, 0, 0);
+        assert_eq!(host.step(0.0, 0, 0).can_take, 80);
+        // A burst of 70 admitted: still setting up, hardly any CPU yet.
+        assert_eq!(host.step(0.0, 70, 70).can_take, 10);
+        assert_eq!(host.step(0.0, 100, 100).can_take, 0);
+    }
+
+    #[test]
+    fn the_cost_per_call_is_learnt_and_projected_cpu_over_the_target_refuses() {
+        // A host where each call costs 2 % of a core: 40 calls fill 0.8 of it.
+        let mut host = Host::new(1.0);
+        let mut last = host.step(0.0, 0, 0);
+        for _ in 0..30 {
+            last = host.step(0.02 * 30.0, 30, 0);
+        }
+        assert!(
+            (last.call_cost - 0.02).abs() < 0.001,
+            "cost {}",
+            last.call_cost
+        );
+        assert_eq!(last.can_take, 10);
+        for _ in 0..30 {
+            last = host.step(0.02 * 40.0, 40, 0);
+        }
+        assert_eq!(last.can_take, 0, "0.8 of the core is used: no more calls");
+        assert!(last.within_budget, "refused for CPU alone");
+        // Two CPUs carry twice as many.
+        let mut wide = Host::new(2.0);
+        for _ in 0..30 {
+            last = wide.step(0.02 * 40.0, 40, 0);
+        }
+        assert_eq!(last.can_take, 40);
+    }
+
+    #[test]
+    fn a_busy_host_measures_a_cost_no_cheaper_than_the_truth() {
+        let mut host = Host::new(1.0);
+        let mut last = host.step(0.05, 0, 0);
+        for _ in 0..10 {
+            last = host.step(0.05, 0, 0);
+        }
+        // Idle use is not charged to the calls.
+        for _ in 0..30 {
+            last = host.step(0.05 + 0.005 * 100.0, 100, 0);
+        }
+        assert!(
+            (last.call_cost - 0.005).abs() < 0.0005,
+            "{}",
+            last.call_cost
+        );
+        assert!(
+            (49..=50).contains(&last.can_take),
+            "(0.8 - 0.55) / 0.005: {}",
+            last.can_take
+        );
+    }
+
+    #[test]
+    fn a_send_delay_over_the_budget_refuses_with_cpu_to_spare() {
+        let mut host = Host::new(4.0);
+        host.step(0.1, 10, 0);
+        let ok = host.step_with(0.1, 10, 0, Some(ms(5)), Some(ms(1)));
+        assert!(
+            ok.within_budget && ok.can_take > 0,
+            "5 ms is within a 5 ms budget"
+        );
+        let stall = host.step_with(0.1, 10, 0, Some(ms(6)), Some(ms(1)));
+        assert!(
+            stall.within_budget,
+            "one late sample is a stall, not a trend"
+        );
+        host.step_with(0.1, 10, 0, Some(ms(2)), Some(ms(1)));
+        host.step_with(0.1, 10, 0, Some(ms(6)), Some(ms(1)));
+        let late = host.step_with(0.1, 10, 0, Some(ms(6)), Some(ms(1)));
+        assert!(!late.within_budget, "late for a second");
+        assert_eq!(late.can_take, 0);
+        let mut lagging = Host::new(4.0);
+        lagging.step_with(0.1, 10, 0, None, Some(ms(8)));
+        let lagged = lagging.step_with(0.1, 10, 0, None, Some(ms(8)));
+        assert_eq!(lagged.can_take, 0, "runtime lag alone refuses too");
+    }
+
+    #[test]
+    fn admission_reopens_only_after_the_delays_stay_calm() {
+        let mut host = Host::new(1.0);
+        host.step(0.1, 10, 0);
+        host.step_with(0.1, 10, 0, Some(ms(8)), None);
+        assert!(!host.step_with(0.1, 10, 0, Some(ms(8)), None).within_budget);
+        // Back under the budget but not well under it: still refusing.
+        for _ in 0..5 {
+            let edge = host.step_with(0.1, 10, 0, Some(ms(5)), Some(ms(5)));
+            assert!(!edge.within_budget);
+            assert_eq!(edge.can_take, 0);
+        }
+        // Calm for three samples: admitting again; one calm sample between spikes is not enough.
+        assert!(!host.step_with(0.1, 10, 0, Some(ms(3)), None).within_budget);
+        assert!(!host.step_with(0.1, 10, 0, Some(ms(3)), None).within_budget);
+        assert!(!host.step_with(0.1, 10, 0, Some(ms(10)), None).within_budget);
+        assert!(!host.step_with(0.1, 10, 0, Some(ms(3)), None).within_budget);
+        assert!(!host.step_with(0.1, 10, 0, Some(ms(3)), None).within_budget);
+        let open = host.step_with(0.1, 10, 0, Some(ms(3)), None);
+        assert!(open.within_budget);
+        assert!(open.can_take > 0);
+    }
+
+    #[test]
+    fn without_a_cpu_reading_only_the_latency_decides() {
+        let mut estimator = Estimator::new(settings(), 1.0);
+        let estimate = estimator.update(&Sample {
+            at: Instant::now(),
+            cpu_seconds: None,
+            calls: 5,
+            setting_up: 0,
+            send_delay_p99: Some(ms(1)),
+            lag_p99: None,
+        });
+        assert_eq!(estimate.cpu_used, None);
+        assert_eq!(estimate.can_take, 75, "five calls at the default cost");
+    }
+}
