@@ -143,6 +143,10 @@ pub struct LoadtestOptions {
     /// Calls held during the `--ai-faults` run.
     #[arg(long, default_value_t = 10)]
     pub fault_calls: usize,
+    /// A setting for the bridge processes started here, as `KEY=VALUE` (repeatable), e.g.
+    /// `--bridge-setting ADMISSION=count` to compare admission by count with the headroom.
+    #[arg(long = "bridge-setting", value_parser = parse_setting)]
+    pub bridge_settings: Vec<(String, String)>,
     /// Instead of the levels: this many calls in randomised cycles (connect/terminate storms,
     /// duplicate connects, terminates before connects, connects whose media never connects,
     /// callers vanishing mid-call, short WebRTC calls), then the idle bridge against its
@@ -158,6 +162,16 @@ pub struct LoadtestOptions {
     /// The seed of the soak's mix (printed by every run); random when not given.
     #[arg(long)]
     pub soak_seed: Option<u64>,
+}
+
+fn parse_setting(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if config::ALL_KEYS.contains(&key) => {
+            Ok((key.to_owned(), value.to_owned()))
+        }
+        Some((key, _)) => Err(format!("{key} is not a setting of the bridge")),
+        None => Err("expected KEY=VALUE".to_owned()),
+    }
 }
 
 fn parse_duration_arg(text: &str) -> Result<Duration, String> {
@@ -349,7 +363,8 @@ async fn start_target(
 ) -> anyhow::Result<Target> {
     let encoder = options.encoder();
     let prefix = format!("wvb-loadtest-{}", uuid::Uuid::new_v4().simple());
-    let launch = |n: usize, settings: Vec<(String, String)>| {
+    let launch = |n: usize, mut settings: Vec<(String, String)>| {
+        settings.extend(options.bridge_settings.iter().cloned());
         let log = options.out.join(match options.replicas {
             1 => "bridge.log".to_owned(),
             _ => format!("bridge-{n}.log"),

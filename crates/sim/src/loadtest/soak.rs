@@ -19,6 +19,7 @@ mod tally;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use bridge::config;
 use futures_util::StreamExt as _;
 
 use super::{Doubles, Harness, IDLE_TIMEOUT, LoadtestOptions, start_target};
@@ -57,6 +58,20 @@ pub(super) async fn run(options: &LoadtestOptions, calls: u64) -> anyhow::Result
     anyhow::ensure!(concurrency > 0, "--soak-concurrency must be at least 1");
     let seed = options.soak_seed.unwrap_or_else(rand::random);
     let doubles = Doubles::start(options).await?;
+    // The soak looks for what a call's life leaves behind, so every cycle must be admitted:
+    // admission counts calls (`MAX_CONCURRENT_CALLS` is sized for the cycles) unless the run
+    // says otherwise. Refusals by headroom have their own tests and the load levels.
+    let mut options = options.clone();
+    if !options
+        .bridge_settings
+        .iter()
+        .any(|(key, _)| key == config::ADMISSION)
+    {
+        options
+            .bridge_settings
+            .push((config::ADMISSION.to_owned(), "count".to_owned()));
+    }
+    let options = &options;
     let target = start_target(options, &doubles, concurrency * STORM_MAX).await?;
     let graph_port = graph_port(&doubles.graph.base_url())?;
     println!(
