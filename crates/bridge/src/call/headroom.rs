@@ -134,10 +134,13 @@ impl Headroom {
     /// Issues the slots of a new estimate and shows it (`/health`, metrics). `live`: the calls
     /// live when it was made.
     pub(crate) fn publish(&self, estimate: Estimate, live: usize) {
+        // The slots are the headroom alone: the registry bounds the count itself, and a count
+        // taken here would be stale by the next sample (a call that ended just after it would
+        // keep its slot away from a burst until then).
+        let before = self.inner.slots.swap(estimate.can_take, Ordering::AcqRel);
         let can_take = estimate
             .can_take
             .min(self.inner.max_calls.saturating_sub(live));
-        let before = self.inner.slots.swap(can_take, Ordering::AcqRel);
         *self.inner.latest.lock() = Some(estimate);
         let metrics = &self.inner.metrics;
         metrics.headroom_calls.set(can_take as i64);
@@ -155,7 +158,7 @@ impl Headroom {
         metrics
             .headroom_runtime_lag_p99
             .set(estimate.lag_p99.map_or(0.0, |d| d.as_secs_f64()));
-        if before == 0 && can_take > 0 {
+        if before == 0 && estimate.can_take > 0 {
             self.inner.room.notify_waiters();
         }
         let was_within = self
@@ -199,7 +202,11 @@ impl Headroom {
     pub fn status(&self, live: usize) -> HeadroomStatus {
         let settings = self.inner.settings;
         let latest = *self.inner.latest.lock();
-        let can_take = self.inner.slots.load(Ordering::Acquire);
+        let can_take = self
+            .inner
+            .slots
+            .load(Ordering::Acquire)
+            .min(self.inner.max_calls.saturating_sub(live));
         let millis = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1000.0);
         HeadroomStatus {
             admission: match settings.mode {

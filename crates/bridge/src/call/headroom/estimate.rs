@@ -72,6 +72,9 @@ pub struct Estimator {
     /// (when, process CPU seconds), oldest first, spanning about [`CPU_WINDOW`].
     readings: VecDeque<(Instant, f64)>,
     call_cost: f64,
+    /// When a sample last saw a call being set up: the CPU window since then holds set-up work
+    /// (ICE, DTLS, the AI's session), which is not what a call costs once it runs.
+    setup_seen_at: Option<Instant>,
     /// CPU used with no call at all (the runtime, timers, the HTTP server idling).
     idle: f64,
     over_budget: bool,
@@ -86,6 +89,7 @@ impl Estimator {
             cpus: cpus.max(0.01),
             readings: VecDeque::new(),
             call_cost: DEFAULT_CALL_COST,
+            setup_seen_at: None,
             idle: 0.0,
             over_budget: false,
             over_samples: 0,
@@ -95,12 +99,20 @@ impl Estimator {
 
     pub fn update(&mut self, sample: &Sample) -> Estimate {
         let cpu_used = self.cpu_used(sample);
+        if sample.setting_up > 0 {
+            self.setup_seen_at = Some(sample.at);
+        }
+        // The running cost of a call is learnt only from windows without set-ups: a burst's
+        // set-up work charged to the few calls already running read as a cost many times the
+        // truth and refused calls on an idle host. Calls setting up are charged one running
+        // call each below (`setting_up`), and the latency check catches what that misses.
+        let setup_free = self
+            .setup_seen_at
+            .is_none_or(|seen| sample.at.duration_since(seen) >= CPU_WINDOW);
         if let Some(used) = cpu_used {
-            if sample.calls == 0 {
+            if sample.calls == 0 && setup_free {
                 self.idle += SMOOTHING * (used - self.idle);
-            } else {
-                // Calls still setting up cost something too: charging it all to the ones set
-                // up overstates a call's cost, on the safe side.
+            } else if setup_free {
                 let set_up = sample.calls.saturating_sub(sample.setting_up);
                 if set_up > 0 {
                     let measured = (used - self.idle).max(0.0) / set_up as f64;
@@ -274,6 +286,31 @@ mod tests {
         // A burst of 70 admitted: still setting up, hardly any CPU yet.
         assert_eq!(host.step(0.0, 70, 70).can_take, 10);
         assert_eq!(host.step(0.0, 100, 100).can_take, 0);
+    }
+
+    #[test]
+    fn set_up_work_is_not_learnt_as_the_cost_of_a_running_call() {
+        let mut host = Host::new(1.0);
+        host.step(0.0, 0, 0);
+        host.step(0.0, 0, 0);
+        // One call running while a burst of 20 sets up and takes half the core.
+        let mut last = host.step(0.5, 21, 20);
+        for _ in 0..3 {
+            last = host.step(0.5, 21, 20);
+        }
+        assert_eq!(
+            last.call_cost, DEFAULT_CALL_COST,
+            "set-up CPU is not a call's cost"
+        );
+        assert_eq!(
+            last.can_take, 10,
+            "(0.8 - 0.5) / 0.01 less the 20 setting up"
+        );
+        // Once the window holds no set-up, the running calls' cost is learnt.
+        for _ in 0..30 {
+            last = host.step(0.02 * 21.0, 21, 0);
+        }
+        assert!((last.call_cost - 0.02).abs() < 0.001, "{}", last.call_cost);
     }
 
     #[test]
