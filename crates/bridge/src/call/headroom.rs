@@ -180,16 +180,16 @@ impl Headroom {
                 }
             );
         }
-        if (before == 0) != (can_take == 0) && live > 0 {
+        if (before == 0) != (estimate.can_take == 0) && live > 0 {
             info!(
-                can_take,
+                can_take = estimate.can_take,
                 live,
                 setting_up = estimate.setting_up,
                 cpu_used = estimate.cpu_used.unwrap_or(-1.0),
                 cpus = estimate.cpus,
                 call_cost = estimate.call_cost,
                 "headroom: {}",
-                if can_take == 0 {
+                if estimate.can_take == 0 {
                     "no room for another call"
                 } else {
                     "room again"

@@ -75,6 +75,13 @@ pub struct Estimator {
     /// When a sample last saw a call being set up: the CPU window since then holds set-up work
     /// (ICE, DTLS, the AI's session), which is not what a call costs once it runs.
     setup_seen_at: Option<Instant>,
+    /// When more calls were running than at the sample before, and how many ran then: a window
+    /// reaching back before such a rise reads the new calls as nearly free.
+    running_rose_at: Option<Instant>,
+    running: usize,
+    /// When a sample last saw any call: idle use is learnt only from a window without one (the
+    /// end of a busy level read as idle use charged every later call to "idle").
+    calls_seen_at: Option<Instant>,
     /// CPU used with no call at all (the runtime, timers, the HTTP server idling).
     idle: f64,
     over_budget: bool,
@@ -90,6 +97,9 @@ impl Estimator {
             readings: VecDeque::new(),
             call_cost: DEFAULT_CALL_COST,
             setup_seen_at: None,
+            running_rose_at: None,
+            running: 0,
+            calls_seen_at: None,
             idle: 0.0,
             over_budget: false,
             over_samples: 0,
@@ -102,15 +112,26 @@ impl Estimator {
         if sample.setting_up > 0 {
             self.setup_seen_at = Some(sample.at);
         }
-        // The running cost of a call is learnt only from windows without set-ups: a burst's
-        // set-up work charged to the few calls already running read as a cost many times the
-        // truth and refused calls on an idle host. Calls setting up are charged one running
-        // call each below (`setting_up`), and the latency check catches what that misses.
-        let setup_free = self
-            .setup_seen_at
-            .is_none_or(|seen| sample.at.duration_since(seen) >= CPU_WINDOW);
+        // The running cost of a call is learnt only from windows without set-ups and without a
+        // rise in the running calls: a burst's set-up work charged to the few calls already
+        // running read as a cost many times the truth and refused calls on an idle host, and a
+        // window from before a rise reads the new calls as nearly free. Calls setting up are
+        // charged one running call each below, and the latency check catches what that misses.
+        let running = sample.calls.saturating_sub(sample.setting_up);
+        if running > self.running {
+            self.running_rose_at = Some(sample.at);
+        }
+        self.running = running;
+        let settled = |since: Option<Instant>| {
+            since.is_none_or(|at| sample.at.duration_since(at) >= CPU_WINDOW)
+        };
+        let setup_free = settled(self.setup_seen_at) && settled(self.running_rose_at);
+        let idle_window = settled(self.calls_seen_at);
+        if sample.calls > 0 {
+            self.calls_seen_at = Some(sample.at);
+        }
         if let Some(used) = cpu_used {
-            if sample.calls == 0 && setup_free {
+            if sample.calls == 0 && idle_window {
                 self.idle += SMOOTHING * (used - self.idle);
             } else if setup_free {
                 let set_up = sample.calls.saturating_sub(sample.setting_up);
@@ -122,9 +143,13 @@ impl Estimator {
             }
         }
         self.judge_latency(sample);
-        // Unmeasured (no `/proc`, or too soon): the live calls at the cost known so far.
+        // The CPU the live calls use: what was measured, but never less than they are known to
+        // cost. The window trails a burst: calls that began running in it have hardly shown yet
+        // (a 200-call burst read 0.2 of a core with 81 calls running, and 48 more were let in).
+        // Unmeasured (no `/proc`, or too soon): the known cost alone.
         let set_up = sample.calls.saturating_sub(sample.setting_up);
-        let used = cpu_used.unwrap_or(self.idle + set_up as f64 * self.call_cost);
+        let known = self.idle + set_up as f64 * self.call_cost;
+        let used = cpu_used.map_or(known, |measured| measured.max(known));
         let budget = self.settings.cpu_target * self.cpus - used;
         let cpu_room = if budget <= 0.0 {
             0
@@ -176,7 +201,10 @@ impl Estimator {
     /// [`CALM_SAMPLES`] calm samples.
     fn judge_latency(&mut self, sample: &Sample) {
         let budget = self.settings.latency_budget;
-        let worst = sample.send_delay_p99.max(sample.lag_p99);
+        // What the callers hear is the frame send delay; the runtime's lag stands in for it
+        // only while too few frames went out to say (a probe tick is a noisier witness: on a
+        // loaded host it read 6 ms at 25 calls whose frames went out within 3 ms).
+        let worst = sample.send_delay_p99.or(sample.lag_p99);
         if worst.is_some_and(|delay| delay > budget) {
             self.over_samples += 1;
             self.calm_samples = 0;
@@ -289,6 +317,16 @@ mod tests {
     }
 
     #[test]
+    fn calls_that_just_began_running_count_before_the_cpu_window_shows_them() {
+        let mut host = Host::new(1.0);
+        host.step(0.0, 0, 0);
+        host.step(0.0, 0, 0);
+        // 60 calls at the default 1 % each, but the window has not caught up with them yet.
+        let last = host.step(0.1, 60, 0);
+        assert_eq!(last.can_take, 20, "(0.8 - 60 x 0.01) / 0.01");
+    }
+
+    #[test]
     fn set_up_work_is_not_learnt_as_the_cost_of_a_running_call() {
         let mut host = Host::new(1.0);
         host.step(0.0, 0, 0);
@@ -385,7 +423,17 @@ mod tests {
         let mut lagging = Host::new(4.0);
         lagging.step_with(0.1, 10, 0, None, Some(ms(8)));
         let lagged = lagging.step_with(0.1, 10, 0, None, Some(ms(8)));
-        assert_eq!(lagged.can_take, 0, "runtime lag alone refuses too");
+        assert_eq!(
+            lagged.can_take, 0,
+            "without frames to judge, runtime lag refuses"
+        );
+        let mut sending = Host::new(4.0);
+        sending.step_with(0.1, 10, 0, Some(ms(3)), Some(ms(8)));
+        let on_time = sending.step_with(0.1, 10, 0, Some(ms(3)), Some(ms(8)));
+        assert!(
+            on_time.within_budget,
+            "frames on time outweigh a lagging probe"
+        );
     }
 
     #[test]
