@@ -942,6 +942,27 @@ impl CallTask {
         self.apply(actions).await
     }
 
+    /// Answers a tool call with a result known at once, through the same queue as a run tool
+    /// (so that its output reaches the AI in order, and only the session that asked).
+    fn answer_tool(
+        &mut self,
+        response_id: String,
+        call_id: String,
+        name: String,
+        result: ToolResult,
+    ) {
+        let generation = self.ai.generation();
+        self.tool_runs.spawn(async move {
+            ToolRun {
+                response_id,
+                call_id,
+                name,
+                result,
+                generation,
+            }
+        });
+    }
+
     /// Runs a tool on its own task (the AI and the media go on meanwhile), for this call's caller.
     fn start_tool(
         &mut self,
@@ -962,16 +983,12 @@ impl CallTask {
                     reason: CallEnd::AiEnded,
                 });
             }
-            let generation = self.ai.generation();
-            self.tool_runs.spawn(async move {
-                ToolRun {
-                    response_id,
-                    call_id,
-                    name,
-                    result: ToolResult::ok_text(tools::END_CALL_OUTPUT),
-                    generation,
-                }
-            });
+            self.answer_tool(
+                response_id,
+                call_id,
+                name,
+                ToolResult::ok_text(tools::END_CALL_OUTPUT),
+            );
             return;
         }
         // `end_call` is never refused (the call must be able to end); every other tool call past
@@ -985,16 +1002,12 @@ impl CallTask {
                     "the call reached its tool call limit; further tool calls are refused"
                 );
             }
-            let generation = self.ai.generation();
-            self.tool_runs.spawn(async move {
-                ToolRun {
-                    response_id,
-                    call_id,
-                    name,
-                    result: tools::tool_calls_limit_reached(limit),
-                    generation,
-                }
-            });
+            self.answer_tool(
+                response_id,
+                call_id,
+                name,
+                tools::tool_calls_limit_reached(limit),
+            );
             return;
         }
         if name == tools::FORGET_ME {
@@ -1055,15 +1068,7 @@ impl CallTask {
             let ForgetStep::Answer(result) = step else {
                 unreachable!("a confirmation needs a caller");
             };
-            self.tool_runs.spawn(async move {
-                ToolRun {
-                    response_id,
-                    call_id,
-                    name,
-                    result,
-                    generation,
-                }
-            });
+            self.answer_tool(response_id, call_id, name, result);
             return;
         };
         if let Some(journal) = &self.journal {
