@@ -143,10 +143,7 @@ pub async fn forget_caller(
         return unauthorized();
     }
     let Some(phone) = PhoneNumber::parse(&number) else {
-        return error_response(
-            StatusCode::BAD_REQUEST,
-            "the number must be 6 to 15 digits, optionally after +",
-        );
+        return bad_number();
     };
     let store = state.calls.context().store.clone();
     match store.forget_caller(&phone).await {
