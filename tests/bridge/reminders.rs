@@ -85,6 +85,21 @@ async fn settled(store: &dyn Store, user: &PhoneNumber, wait: Duration) -> Remin
     }
 }
 
+/// Waits until the metrics hold `line`: the scheduler counts a reminder just after
+/// it has recorded the settlement, so the count can trail the stored status.
+async fn metric_line(stack: &LocalStack, line: &str) -> String {
+    let deadline = Instant::now() + WAIT;
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    loop {
+        tick.tick().await;
+        let metrics = stack.metrics.render();
+        if metrics.contains(line) {
+            return metrics;
+        }
+        assert!(Instant::now() < deadline, "no `{line}` in:\n{metrics}");
+    }
+}
+
 fn outcomes(reminder: &Reminder) -> Vec<String> {
     reminder
         .attempt_log
@@ -165,13 +180,11 @@ async fn a_reminder_set_during_a_call_is_delivered_by_a_call_the_user_hears() {
         .expect("store")
         .expect("call logged");
     assert_eq!(record.reminder_id.as_deref(), Some(reminder.id.as_str()));
-    let metrics = stack.metrics.render();
-    assert!(
-        metrics.contains(
-            "whatsapp_bridge_reminders_delivered_total{channel=\"call\",kind=\"reminder\"} 1"
-        ),
-        "{metrics}"
-    );
+    metric_line(
+        &stack,
+        "whatsapp_bridge_reminders_delivered_total{channel=\"call\",kind=\"reminder\"} 1",
+    )
+    .await;
     answered.call.hang_up().await.expect("hang up");
     assert!(stack.wait_idle(WAIT).await);
     stack.stop().await.expect("stop");
@@ -279,10 +292,11 @@ async fn after_the_window_a_reminder_fails_with_the_reason_or_goes_by_template()
     );
     assert_eq!(outcomes(&reminder)[0], "call not_answered");
     assert!(stack.graph.messages().iter().all(|m| m.status != 200));
-    let metrics = stack.metrics.render();
-    assert!(metrics.contains(
-        "whatsapp_bridge_reminders_failed_total{kind=\"reminder\",reason=\"no_message_channel\"} 1"
-    ));
+    metric_line(
+        &stack,
+        "whatsapp_bridge_reminders_failed_total{kind=\"reminder\",reason=\"no_message_channel\"} 1",
+    )
+    .await;
     stack.stop().await.expect("stop");
 
     // With an approved template the same reminder reaches the user outside the window.
@@ -345,9 +359,11 @@ async fn a_reminder_for_a_blocked_number_fails_and_nothing_reaches_it() {
         stack.graph.actions()
     );
     assert!(stack.graph.messages().is_empty());
-    assert!(stack.metrics.render().contains(
-        "whatsapp_bridge_reminders_failed_total{kind=\"reminder\",reason=\"blocked\"} 1"
-    ));
+    metric_line(
+        &stack,
+        "whatsapp_bridge_reminders_failed_total{kind=\"reminder\",reason=\"blocked\"} 1",
+    )
+    .await;
     stack.stop().await.expect("stop");
 }
 
