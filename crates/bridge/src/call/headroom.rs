@@ -51,6 +51,8 @@ struct Inner {
     room: tokio::sync::Notify,
     /// Whether the latest estimate was within the latency budget (to log its changes once).
     within_budget: AtomicBool,
+    /// The latest estimate's knee (`usize::MAX`: none), to log when it is learnt or lowered.
+    knee: AtomicUsize,
     metrics: Metrics,
 }
 
@@ -68,6 +70,7 @@ impl Headroom {
                 latest: Mutex::new(None),
                 room: tokio::sync::Notify::new(),
                 within_budget: AtomicBool::new(true),
+                knee: AtomicUsize::new(usize::MAX),
                 metrics,
             }),
         }
@@ -180,6 +183,16 @@ impl Headroom {
                 }
             );
         }
+        let knee = estimate.knee.unwrap_or(usize::MAX);
+        if knee < self.inner.knee.swap(knee, Ordering::AcqRel) {
+            info!(
+                knee,
+                live,
+                cpu_used = estimate.cpu_used.unwrap_or(-1.0),
+                "headroom: the latency budget broke at {live} calls; at most {knee} from now on, \
+                 rising again while the budget holds"
+            );
+        }
         if (before == 0) != (estimate.can_take == 0) && live > 0 {
             info!(
                 can_take = estimate.can_take,
@@ -218,6 +231,7 @@ impl Headroom {
             cpu_target: settings.cpu_target,
             call_cost: latest.map_or(DEFAULT_CALL_COST, |e| e.call_cost),
             calls_it_can_take: can_take,
+            knee_calls: latest.and_then(|e| e.knee),
             setting_up: self.setting_up(),
             send_delay_p99_ms: latest.and_then(|e| millis(e.send_delay_p99)),
             runtime_lag_p99_ms: latest.and_then(|e| millis(e.lag_p99)),
@@ -246,6 +260,9 @@ pub struct HeadroomStatus {
     pub call_cost: f64,
     /// More calls this host can take now (never more than `MAX_CONCURRENT_CALLS` leaves).
     pub calls_it_can_take: usize,
+    /// The most calls this host carries within the latency budget, as learnt when it last
+    /// broke (it rises again while the budget holds); `None`: it never broke under load.
+    pub knee_calls: Option<usize>,
     pub setting_up: usize,
     pub send_delay_p99_ms: Option<f64>,
     pub runtime_lag_p99_ms: Option<f64>,

@@ -884,6 +884,7 @@ mod tests {
             send_delay_p99: None,
             lag_p99: None,
             within_budget: true,
+            knee: None,
             can_take: 0,
         }
     }

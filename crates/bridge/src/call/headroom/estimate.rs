@@ -28,6 +28,18 @@ const CALM_SHARE: f64 = 0.8;
 const CALM_SAMPLES: u32 = 3;
 /// No more calls are ever counted than this (an absurdly cheap estimate stays finite).
 const MAX_ROOM: usize = 100_000;
+/// When the live calls broke the latency budget, this share of them is kept as the most calls
+/// this host carries (its knee): CPU alone does not say where the frames begin to slip, which
+/// moves with the host and its neighbours.
+const KNEE_SHARE: f64 = 0.9;
+/// Frames late while the calls use less than this share of the CPU target are the host's doing
+/// (a stalled virtual CPU, a noisy neighbour), not the calls': no knee is learnt from them.
+const KNEE_MIN_LOAD: f64 = 0.5;
+/// Within the budget with the calls at the knee, the knee rises by one call this often (the
+/// host may have become steadier) ...
+const KNEE_PROBE: Duration = Duration::from_secs(10);
+/// ... and with fewer calls, where nothing tests it, this often: an old knee is forgotten slowly.
+const KNEE_FORGET: Duration = Duration::from_secs(60);
 
 /// What the monitor saw at one sample.
 #[derive(Clone, Copy, Debug)]
@@ -60,9 +72,20 @@ pub struct Estimate {
     pub lag_p99: Option<Duration>,
     /// False while the recent delays are over the budget (or not yet calm again).
     pub within_budget: bool,
+    /// The most calls this host was found to carry within the latency budget; `None` until
+    /// the budget broke with calls running.
+    pub knee: Option<usize>,
     /// More calls this host can take now: those the CPU target leaves room for, less the
-    /// ones still being set up; 0 while over the latency budget.
+    /// ones still being set up, and no more than the knee leaves; 0 while over the latency
+    /// budget.
     pub can_take: usize,
+}
+
+/// The most calls found to be carried within the latency budget, and when it last moved.
+#[derive(Clone, Copy, Debug)]
+struct Knee {
+    calls: usize,
+    moved_at: Instant,
 }
 
 /// Turns samples into estimates; keeps the smoothed per-call cost and the hysteresis.
@@ -87,6 +110,7 @@ pub struct Estimator {
     over_budget: bool,
     over_samples: u32,
     calm_samples: u32,
+    knee: Option<Knee>,
 }
 
 impl Estimator {
@@ -104,6 +128,7 @@ impl Estimator {
             over_budget: false,
             over_samples: 0,
             calm_samples: 0,
+            knee: None,
         }
     }
 
@@ -142,7 +167,10 @@ impl Estimator {
                 }
             }
         }
-        self.judge_latency(sample);
+        let late = self.judge_latency(sample);
+        let loaded = cpu_used
+            .is_some_and(|used| used >= KNEE_MIN_LOAD * self.settings.cpu_target * self.cpus);
+        self.follow_knee(sample, late && loaded, setup_free);
         // The CPU the live calls use: what was measured, but never less than they are known to
         // cost. The window trails a burst: calls that began running in it have hardly shown yet
         // (a 200-call burst read 0.2 of a core with 81 calls running, and 48 more were let in).
@@ -156,10 +184,13 @@ impl Estimator {
         } else {
             ((budget / self.call_cost).floor() as usize).min(MAX_ROOM)
         };
+        let knee_room = self
+            .knee
+            .map_or(usize::MAX, |knee| knee.calls.saturating_sub(sample.calls));
         let can_take = if self.over_budget {
             0
         } else {
-            cpu_room.saturating_sub(sample.setting_up)
+            cpu_room.saturating_sub(sample.setting_up).min(knee_room)
         };
         Estimate {
             cpus: self.cpus,
@@ -169,6 +200,7 @@ impl Estimator {
             send_delay_p99: sample.send_delay_p99,
             lag_p99: sample.lag_p99,
             within_budget: !self.over_budget,
+            knee: self.knee.map(|knee| knee.calls),
             can_take,
         }
     }
@@ -197,9 +229,37 @@ impl Estimator {
         Some(((cpu_seconds - first_cpu) / span.as_secs_f64()).max(0.0))
     }
 
+    /// Learns the knee while the budget is broken, this sample late under load, with calls
+    /// running and no set-up in the window (a burst's set-up work says nothing of what the
+    /// running calls cost); lets it rise again while the budget holds.
+    fn follow_knee(&mut self, sample: &Sample, late_under_load: bool, setup_free: bool) {
+        if self.over_budget {
+            if late_under_load && setup_free && sample.calls > 0 {
+                let carried = ((sample.calls as f64 * KNEE_SHARE).floor() as usize).max(1);
+                let calls = self.knee.map_or(carried, |knee| knee.calls.min(carried));
+                self.knee = Some(Knee {
+                    calls,
+                    moved_at: sample.at,
+                });
+            }
+            return;
+        }
+        if let Some(knee) = &mut self.knee {
+            let every = if sample.calls >= knee.calls {
+                KNEE_PROBE
+            } else {
+                KNEE_FORGET
+            };
+            if sample.at.duration_since(knee.moved_at) >= every {
+                knee.calls = (knee.calls + 1).min(MAX_ROOM);
+                knee.moved_at = sample.at;
+            }
+        }
+    }
+
     /// Over the budget after [`OVER_SAMPLES`] samples over it; back within it only after
-    /// [`CALM_SAMPLES`] calm samples.
-    fn judge_latency(&mut self, sample: &Sample) {
+    /// [`CALM_SAMPLES`] calm samples. Whether this sample was over the budget.
+    fn judge_latency(&mut self, sample: &Sample) -> bool {
         let budget = self.settings.latency_budget;
         // What the callers hear is the frame send delay; the runtime's lag stands in for it
         // only while too few frames went out to say (a probe tick is a noisier witness: on a
@@ -211,7 +271,7 @@ impl Estimator {
             if self.over_samples >= OVER_SAMPLES {
                 self.over_budget = true;
             }
-            return;
+            return true;
         }
         self.over_samples = 0;
         if self.over_budget {
@@ -225,6 +285,7 @@ impl Estimator {
                 self.calm_samples = 0;
             }
         }
+        false
     }
 }
 
@@ -472,5 +533,70 @@ mod tests {
         });
         assert_eq!(estimate.cpu_used, None);
         assert_eq!(estimate.can_take, 75, "five calls at the default cost");
+    }
+
+    #[test]
+    fn the_calls_at_which_the_budget_broke_cap_admission_until_it_holds_again() {
+        // 0.5 % of a core per call: the CPU target alone would allow 160 calls.
+        let mut host = Host::new(1.0);
+        for _ in 0..30 {
+            host.step_with(0.005 * 100.0, 100, 0, Some(ms(2)), None);
+        }
+        let roomy = host.step_with(0.5, 100, 0, Some(ms(2)), None);
+        assert_eq!(roomy.knee, None);
+        assert!(roomy.can_take >= 55, "{}", roomy.can_take);
+        // The frames slip at 100 calls: no more calls, and 90 is the most from now on.
+        host.step_with(0.5, 100, 0, Some(ms(8)), None);
+        let broke = host.step_with(0.5, 100, 0, Some(ms(8)), None);
+        assert!(!broke.within_budget);
+        assert_eq!(broke.knee, Some(90));
+        assert_eq!(broke.can_take, 0);
+        // Twenty callers hang up and the delays calm down: room for ten, not for the CPU's 60.
+        let mut calm = host.step_with(0.4, 80, 0, Some(ms(2)), None);
+        for _ in 0..3 {
+            calm = host.step_with(0.4, 80, 0, Some(ms(2)), None);
+        }
+        assert!(calm.within_budget);
+        assert_eq!(calm.can_take, 10);
+        // Held at the knee within the budget, it rises by one call every 10 s.
+        for _ in 0..20 {
+            calm = host.step_with(0.45, 90, 0, Some(ms(2)), None);
+        }
+        assert_eq!(calm.knee, Some(91));
+        assert_eq!(calm.can_take, 1);
+        // With fewer calls nothing tests it: once a minute.
+        for _ in 0..120 {
+            calm = host.step_with(0.25, 50, 0, Some(ms(2)), None);
+        }
+        assert_eq!(calm.knee, Some(92));
+        // Broken again with fewer calls: the knee follows it down.
+        for _ in 0..3 {
+            host.step_with(0.45, 85, 0, Some(ms(2)), None);
+        }
+        host.step_with(0.45, 85, 0, Some(ms(10)), None);
+        let again = host.step_with(0.45, 85, 0, Some(ms(10)), None);
+        assert_eq!(again.knee, Some(76));
+    }
+
+    #[test]
+    fn late_frames_on_a_lightly_loaded_host_or_in_a_burst_teach_no_knee() {
+        // Five calls on a host that stalls: refused while it is late, but no ceiling learnt.
+        let mut host = Host::new(1.0);
+        for _ in 0..4 {
+            host.step_with(0.05, 5, 0, Some(ms(2)), None);
+        }
+        host.step_with(0.05, 5, 0, Some(ms(20)), None);
+        let stalled = host.step_with(0.05, 5, 0, Some(ms(20)), None);
+        assert_eq!(stalled.can_take, 0);
+        assert_eq!(stalled.knee, None, "a stalled host is not a full one");
+        // A burst setting up makes the running calls late: refused, but no knee either.
+        let mut busy = Host::new(1.0);
+        for _ in 0..4 {
+            busy.step_with(0.3, 40, 0, Some(ms(2)), None);
+        }
+        busy.step_with(0.7, 80, 40, Some(ms(9)), None);
+        let burst = busy.step_with(0.7, 80, 40, Some(ms(9)), None);
+        assert_eq!(burst.can_take, 0);
+        assert_eq!(burst.knee, None, "set-up work is not what the calls cost");
     }
 }
