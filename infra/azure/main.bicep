@@ -417,7 +417,7 @@ resource app 'Microsoft.App/containerApps@2024-03-01' = {
             }
             {
               name: 'ADMISSION_CPU_TARGET'
-              value: '0.8'
+              value: '0.7'
             }
             {
               name: 'DRAIN_TIMEOUT'

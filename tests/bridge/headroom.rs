@@ -75,7 +75,11 @@ async fn a_host_without_headroom_refuses_new_calls_at_capacity_and_health_shows_
     assert_eq!(headroom["admission"], "headroom", "{report}");
     assert_eq!(headroom["admitting"], false, "{report}");
     assert_eq!(headroom["cpus"], 2.0, "{report}");
-    assert_eq!(headroom["cpu_target"], 0.8, "{report}");
+    assert_eq!(headroom["cpu_target"], 0.7, "{report}");
+    assert!(
+        headroom["knee_calls"].is_null(),
+        "full by CPU, but the frames never slipped: {report}"
+    );
     assert_eq!(headroom["calls_it_can_take"], 0, "{report}");
     assert_eq!(headroom["latency_budget_ms"], 5.0, "{report}");
     assert!(headroom["call_cost"].as_f64().is_some_and(|c| c > 0.0));

@@ -850,7 +850,7 @@ fn read_http_limits(r: &mut Reader<'_>) -> HttpLimits {
 pub struct AdmissionSettings {
     pub mode: AdmissionMode,
     /// The share of the CPUs this process may use that live calls (and the one admitted) may
-    /// take, e.g. 0.8.
+    /// take, e.g. 0.7.
     pub cpu_target: f64,
     /// The recent frame send delay and runtime lag (p99) above which no call is admitted.
     pub latency_budget: Duration,
@@ -860,7 +860,7 @@ impl Default for AdmissionSettings {
     fn default() -> Self {
         Self {
             mode: AdmissionMode::Headroom,
-            cpu_target: 0.8,
+            cpu_target: 0.7,
             latency_budget: Duration::from_millis(5),
         }
     }
