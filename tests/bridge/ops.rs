@@ -371,51 +371,26 @@ async fn a_callers_full_number_never_reaches_the_logs() {
     );
 }
 
-/// A task, a reminder, a profile and a call with a turn, for `phone`.
-async fn seed_caller(stack: &LocalStack, phone: &bridge::ids::PhoneNumber, call: &str) {
-    use bridge::store::{CallLogDirection, CallRecord, NewTask, Role, TranscriptTurn};
-    let now = chrono::Utc::now();
-    let store = &stack.store;
-    let task = NewTask {
-        title: "Buy milk".into(),
-        notes: None,
-        due_at: None,
-    };
-    store.add_task(phone, task).await.expect("task");
-    store
-        .add_reminder(phone, "Dentist", now + chrono::Duration::days(1))
-        .await
-        .expect("reminder");
-    store
-        .set_caller_time_zone(phone, "Europe/London")
-        .await
-        .expect("zone");
-    let id = bridge::ids::CallId::new(call);
-    let record = CallRecord::started(
-        id.clone(),
-        Some(phone.clone()),
-        CallLogDirection::Inbound,
-        now,
-    );
-    store.start_call(&record).await.expect("call");
-    let turns: Vec<_> = (0..2)
-        .map(|seq| TranscriptTurn {
-            call_id: id.clone(),
-            seq,
-            role: Role::User,
-            text: format!("turn {seq}"),
-            at: now,
-        })
-        .collect();
-    store.append_turns(&turns).await.expect("turns");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_api_deletes_everything_of_one_caller_and_nothing_of_another() {
     let stack = stack_with(5, &[("ADMIN_TOKEN", ADMIN_TOKEN)]).await;
     let (ada, bob) = (user(31), user(32));
-    seed_caller(&stack, &ada, "wacid.ADMIN-ADA").await;
-    seed_caller(&stack, &bob, "wacid.ADMIN-BOB").await;
+    seed_caller(
+        &*stack.store,
+        &ada,
+        "wacid.ADMIN-ADA",
+        chrono::Utc::now(),
+        2,
+    )
+    .await;
+    seed_caller(
+        &*stack.store,
+        &bob,
+        "wacid.ADMIN-BOB",
+        chrono::Utc::now(),
+        2,
+    )
+    .await;
     let delete = |number: &str, token: Option<&str>| {
         let mut request = stack
             .http()

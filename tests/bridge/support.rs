@@ -167,3 +167,52 @@ impl Write for LogWriter {
         Ok(())
     }
 }
+
+/// A task, a reminder, a stated zone and a call started `at` with `turns` transcript turns, for
+/// `phone`: a caller with something of everything the store keeps about them.
+pub async fn seed_caller(
+    store: &dyn bridge::store::Store,
+    phone: &PhoneNumber,
+    call: &str,
+    at: chrono::DateTime<chrono::Utc>,
+    turns: u32,
+) -> CallId {
+    use bridge::store::{CallLogDirection, CallRecord, NewTask, Role, TranscriptTurn};
+    let task = NewTask {
+        title: "Buy milk".into(),
+        notes: None,
+        due_at: None,
+    };
+    store.add_task(phone, task).await.expect("task");
+    store
+        .add_reminder(
+            phone,
+            "Dentist",
+            chrono::Utc::now() + chrono::Duration::days(1),
+        )
+        .await
+        .expect("reminder");
+    store
+        .set_caller_time_zone(phone, "Europe/London")
+        .await
+        .expect("zone");
+    let id = CallId::new(call);
+    let record = CallRecord::started(
+        id.clone(),
+        Some(phone.clone()),
+        CallLogDirection::Inbound,
+        at,
+    );
+    store.start_call(&record).await.expect("call");
+    let turns: Vec<_> = (0..turns)
+        .map(|seq| TranscriptTurn {
+            call_id: id.clone(),
+            seq,
+            role: Role::User,
+            text: format!("turn {seq}"),
+            at,
+        })
+        .collect();
+    store.append_turns(&turns).await.expect("turns");
+    id
+}

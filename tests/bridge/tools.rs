@@ -447,43 +447,6 @@ async fn the_ai_ends_the_call_after_its_goodbye_has_played_out() {
     stack.stop().await.expect("stop");
 }
 
-/// A task, a reminder, a stated zone and an earlier call with one turn, for `phone`.
-async fn seed_caller(store: &dyn Store, phone: &PhoneNumber, call: &str) -> bridge::ids::CallId {
-    use bridge::store::{CallLogDirection, CallRecord, NewTask, TranscriptTurn};
-    let now = chrono::Utc::now();
-    let task = NewTask {
-        title: "Buy milk".into(),
-        notes: None,
-        due_at: None,
-    };
-    store.add_task(phone, task).await.expect("task");
-    store
-        .add_reminder(phone, "Dentist", now + chrono::Duration::days(1))
-        .await
-        .expect("reminder");
-    store
-        .set_caller_time_zone(phone, "Europe/London")
-        .await
-        .expect("zone");
-    let id = bridge::ids::CallId::new(call);
-    let record = CallRecord::started(
-        id.clone(),
-        Some(phone.clone()),
-        CallLogDirection::Inbound,
-        now - chrono::Duration::days(2),
-    );
-    store.start_call(&record).await.expect("call");
-    let turn = TranscriptTurn {
-        call_id: id.clone(),
-        seq: 0,
-        role: Role::User,
-        text: "an earlier call".into(),
-        at: now - chrono::Duration::days(2),
-    };
-    store.append_turns(&[turn]).await.expect("turn");
-    id
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_who_confirms_forget_me_leaves_nothing_behind_and_another_keeps_theirs() {
     let stack = tool_stack(
@@ -495,8 +458,10 @@ async fn a_caller_who_confirms_forget_me_leaves_nothing_behind_and_another_keeps
     )
     .await;
     let (ada, bob) = (user(1101), user(1102));
-    let adas_earlier = seed_caller(&*stack.store, &ada, "wacid.ADA-EARLIER").await;
-    let bobs_earlier = seed_caller(&*stack.store, &bob, "wacid.BOB-EARLIER").await;
+    let adas_earlier =
+        seed_caller(&*stack.store, &ada, "wacid.ADA-EARLIER", two_days_ago(), 1).await;
+    let bobs_earlier =
+        seed_caller(&*stack.store, &bob, "wacid.BOB-EARLIER", two_days_ago(), 1).await;
     let call = dial(&stack, "forget", &ada, "Ada Forget").await;
 
     // Asked: the AI is told what would go and to confirm with the caller; nothing is deleted.
@@ -573,7 +538,7 @@ async fn a_forget_me_confirmation_without_the_request_on_the_call_is_refused() {
     )
     .await;
     let ada = user(1103);
-    let earlier = seed_caller(&*stack.store, &ada, "wacid.ADA-KEPT").await;
+    let earlier = seed_caller(&*stack.store, &ada, "wacid.ADA-KEPT", two_days_ago(), 1).await;
     let call = dial(&stack, "forget-refused", &ada, "Ada Refused").await;
     turn_until_outputs(&stack, &call, "Ada Refused", 1).await;
     let refused = session_of(&stack, "Ada Refused").function_outputs[0]
@@ -603,4 +568,8 @@ async fn a_forget_me_confirmation_without_the_request_on_the_call_is_refused() {
         "{metrics}"
     );
     stack.stop().await.expect("stop");
+}
+
+fn two_days_ago() -> chrono::DateTime<chrono::Utc> {
+    chrono::Utc::now() - chrono::Duration::days(2)
 }
