@@ -25,7 +25,7 @@ use super::journal::Journal;
 use super::registry::Admission;
 use super::tool_calls::{Send as ToolSend, ToolCalls};
 use super::{CallCommand, CallDirection, CallEnd};
-use crate::ids::{CallId, PhoneNumber};
+use crate::ids::{CallId, LogSafe, PhoneNumber};
 use crate::local_time;
 use crate::media::codec::{EncoderSettings, SAMPLES_PER_FRAME, StreamEncoder};
 use crate::media::downlink::{Downlink, OutgoingFrame};
@@ -37,7 +37,7 @@ use crate::media::ports::PortLease;
 use crate::media::uplink::UplinkDecoder;
 use crate::memory::{self, MemorySettings};
 use crate::metrics::Metrics;
-use crate::realtime::client::{RealtimeConfig, RealtimeError};
+use crate::realtime::client::{AI_TEXT_CHARS, RealtimeConfig, RealtimeError};
 use crate::realtime::events::{self, ServerEvent, Speaker};
 use crate::store::{CallLogDirection, CallOutcome, CallRecord, Role, Store};
 use crate::tools::{self, ForgetMe, ForgetStep, ToolLimits, ToolOutcome, ToolResult};
@@ -838,7 +838,11 @@ impl CallTask {
             }
             ServerEvent::Error { code, message, .. } => {
                 let code = code.unwrap_or_else(|| "unknown".to_owned());
-                warn!(code = %code, message = %message, "AI error event");
+                warn!(
+                    code = %LogSafe::new(&code),
+                    message = %LogSafe::truncated(&message, AI_TEXT_CHARS),
+                    "AI error event"
+                );
                 self.context
                     .metrics
                     .ai_errors

@@ -25,6 +25,7 @@ use tracing::{debug, info, trace, warn};
 use url::Url;
 
 use super::events::{self, ServerEvent, SessionSettings};
+use crate::ids::LogSafe;
 
 /// OpenAI's GA endpoint; `?model=` is added from the configuration.
 pub const DEFAULT_OPENAI_URL: &str = "wss://api.openai.com/v1/realtime";
@@ -160,12 +161,17 @@ impl RealtimeConfig {
     }
 }
 
-/// Why a session could not be opened or went away.
+/// Characters of the AI provider's own text (an error page, a close reason, an `error` event's
+/// message) kept when it is shown: it reaches logs and `/health`, escaped ([`LogSafe`]).
+pub const AI_TEXT_CHARS: usize = 300;
+
+/// Why a session could not be opened or went away. The provider's text in it is displayed
+/// escaped and cut short.
 #[derive(Debug, thiserror::Error)]
 pub enum RealtimeError {
     /// The upgrade was refused (`status` is the HTTP status) or could not be attempted (bad URL,
     /// bad key characters, TLS failure).
-    #[error("realtime handshake failed{}: {message}", status.map(|s| format!(" with HTTP {s}")).unwrap_or_default())]
+    #[error("realtime handshake failed{}: {}", status.map(|s| format!(" with HTTP {s}")).unwrap_or_default(), LogSafe::truncated(message, AI_TEXT_CHARS))]
     Handshake {
         status: Option<u16>,
         message: String,
@@ -177,10 +183,10 @@ pub enum RealtimeError {
     Timeout(&'static str),
     /// The WebSocket closed. `code` 1006 means it ended without a close frame, 1005 that the
     /// close frame had no status.
-    #[error("realtime session closed{}: {reason}", code.map(|c| format!(" with code {c}")).unwrap_or_default())]
+    #[error("realtime session closed{}: {}", code.map(|c| format!(" with code {c}")).unwrap_or_default(), LogSafe::truncated(reason, AI_TEXT_CHARS))]
     Closed { code: Option<u16>, reason: String },
     /// The server answered the configuration with an `error` event.
-    #[error("realtime server error {}: {message}", code.as_deref().unwrap_or("(no code)"))]
+    #[error("realtime server error {}: {}", LogSafe::new(code.as_deref().unwrap_or("(no code)")), LogSafe::truncated(message, AI_TEXT_CHARS))]
     Server {
         code: Option<String>,
         message: String,
@@ -357,8 +363,8 @@ impl RealtimeSession {
                 }
                 Some(Ok(ServerEvent::Error { code, message, .. })) => {
                     warn!(
-                        code = code.as_deref().unwrap_or_default(),
-                        error_message = %message,
+                        code = %LogSafe::new(code.as_deref().unwrap_or_default()),
+                        error_message = %LogSafe::truncated(&message, AI_TEXT_CHARS),
                         "realtime error before session.created"
                     );
                     early_error = Some(message);

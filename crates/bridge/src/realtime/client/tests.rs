@@ -827,3 +827,32 @@ fn client_event_types_are_read_for_logs() {
     );
     assert_eq!(client_event_type("{}"), "?");
 }
+
+#[test]
+fn the_providers_text_is_shown_escaped_and_cut_short() {
+    let page = format!("bad gateway\nERROR forged line{}", "x".repeat(100_000));
+    let shown = RealtimeError::Handshake {
+        status: Some(502),
+        message: page,
+        retry_after: None,
+    }
+    .to_string();
+    assert!(shown.starts_with("realtime handshake failed with HTTP 502: bad gateway\\nERROR"));
+    assert!(!shown.contains('\n'), "{shown}");
+    assert!(shown.len() < AI_TEXT_CHARS + 100, "{} chars", shown.len());
+    let closed = RealtimeError::Closed {
+        code: Some(1011),
+        reason: "down\r\nWARN x".into(),
+    }
+    .to_string();
+    assert_eq!(
+        closed,
+        "realtime session closed with code 1011: down\\r\\nWARN x"
+    );
+    let server = RealtimeError::Server {
+        code: Some("bad\ncode".into()),
+        message: "no".into(),
+    }
+    .to_string();
+    assert_eq!(server, "realtime server error bad\\ncode: no");
+}
