@@ -418,21 +418,11 @@ async fn a_caller_refused_at_capacity_gets_the_busy_message_and_a_callback_once_
             .wait_until(WAIT, |r| tone_span(&r.received, OPENING_TONE).is_some())
             .await
     );
-    let deadline = Instant::now() + WAIT;
-    let mut tick = tokio::time::interval(Duration::from_millis(50));
-    let callback = loop {
-        tick.tick().await;
-        let metrics = stack.metrics.render();
-        if metrics.contains(
-            "whatsapp_bridge_reminders_delivered_total{channel=\"call\",kind=\"callback\"} 1",
-        ) {
-            break metrics;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "callback not delivered: {metrics}"
-        );
-    };
+    let callback = metric_line(
+        &stack,
+        "whatsapp_bridge_reminders_delivered_total{channel=\"call\",kind=\"callback\"} 1",
+    )
+    .await;
     assert!(callback.contains("whatsapp_bridge_callbacks_queued_total 1"));
     let busy_messages = stack
         .graph
