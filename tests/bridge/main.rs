@@ -7,6 +7,7 @@ mod connections;
 mod drain;
 mod fleet;
 mod headroom;
+mod keypad;
 mod limits;
 mod ops;
 mod recovery;

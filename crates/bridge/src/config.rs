@@ -12,6 +12,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 
 use crate::media::codec::{Bandwidth, EncoderSettings};
+use crate::media::keypad::keypad_instructions;
 use crate::realtime::client::Provider;
 
 pub const PORT: &str = "PORT";
@@ -40,6 +41,7 @@ pub const AZURE_OPENAI_DEPLOYMENT: &str = "AZURE_OPENAI_DEPLOYMENT";
 pub const ASSISTANT_INSTRUCTIONS: &str = "ASSISTANT_INSTRUCTIONS";
 pub const ASSISTANT_INSTRUCTIONS_FILE: &str = "ASSISTANT_INSTRUCTIONS_FILE";
 pub const ASSISTANT_GREETING: &str = "ASSISTANT_GREETING";
+pub const KEYPAD_INSTRUCTIONS: &str = "KEYPAD_INSTRUCTIONS";
 pub const WEBRTC_PUBLIC_IP: &str = "WEBRTC_PUBLIC_IP";
 pub const WEBRTC_UDP_PORTS: &str = "WEBRTC_UDP_PORTS";
 pub const WEBRTC_LOOPBACK: &str = "WEBRTC_LOOPBACK";
@@ -114,6 +116,7 @@ pub const ALL_KEYS: &[&str] = &[
     ASSISTANT_INSTRUCTIONS,
     ASSISTANT_INSTRUCTIONS_FILE,
     ASSISTANT_GREETING,
+    KEYPAD_INSTRUCTIONS,
     WEBRTC_PUBLIC_IP,
     WEBRTC_UDP_PORTS,
     WEBRTC_LOOPBACK,
@@ -588,6 +591,12 @@ impl Config {
                 }),
             (None, None) => DEFAULT_INSTRUCTIONS.to_owned(),
         };
+        // What the business says the keys mean, after its instructions.
+        let instructions = match r.raw(KEYPAD_INSTRUCTIONS) {
+            Some(meaning) if instructions.is_empty() => keypad_instructions(&meaning),
+            Some(meaning) => format!("{instructions}\n\n{}", keypad_instructions(&meaning)),
+            None => instructions,
+        };
 
         let greeting = match r.raw(ASSISTANT_GREETING) {
             None => Some(DEFAULT_GREETING.to_owned()),
@@ -1056,6 +1065,20 @@ mod tests {
             }
             Provider::Azure { .. } => panic!("expected OpenAI"),
         }
+    }
+
+    #[test]
+    fn what_the_keys_mean_follows_the_assistant_instructions() {
+        let config = Config::from_env(&minimal()).expect("valid");
+        assert_eq!(config.instructions, DEFAULT_INSTRUCTIONS);
+        let mut keyed = minimal();
+        keyed.extend(env(&[
+            (ASSISTANT_INSTRUCTIONS, "You answer for ACME."),
+            (KEYPAD_INSTRUCTIONS, " 1 for sales, 2 for support "),
+        ]));
+        let instructions = Config::from_env(&keyed).expect("valid").instructions;
+        assert!(instructions.starts_with("You answer for ACME.\n\n"));
+        assert!(instructions.ends_with("What the keys mean: 1 for sales, 2 for support"));
     }
 
     #[test]

@@ -42,8 +42,13 @@ pub struct Metrics {
     pub barge_ins: IntCounter,
     /// 20 ms audio frames by direction (`in`: caller → AI, `out`: AI → caller).
     pub audio_frames: IntCounterVec,
-    /// Caller frames filled by loss concealment (PLC or FEC).
+    /// Caller frames filled by packet loss concealment (PLC): lost packets not rebuilt from
+    /// FEC, and undecodable ones.
     pub concealed_frames: IntCounter,
+    /// Lost caller frames rebuilt from the next packet's in-band FEC.
+    pub fec_recovered_frames: IntCounter,
+    /// The caller's keypresses (RFC 4733), by key.
+    pub keypresses: IntCounterVec,
     /// Pacer polls that came a whole frame or more late.
     pub late_pacer_ticks: IntCounter,
     /// How long after its 20 ms slot each outgoing frame is sent (the call task's wake-up
@@ -268,7 +273,20 @@ impl Metrics {
         .expect("valid metric");
         let concealed_frames = IntCounter::new(
             "whatsapp_bridge_concealed_frames_total",
-            "Caller audio frames filled by packet loss concealment",
+            "Caller audio frames filled by packet loss concealment (not rebuilt from FEC)",
+        )
+        .expect("valid metric");
+        let fec_recovered_frames = IntCounter::new(
+            "whatsapp_bridge_fec_recovered_frames_total",
+            "Lost caller audio frames rebuilt from the next packet's in-band FEC",
+        )
+        .expect("valid metric");
+        let keypresses = IntCounterVec::new(
+            Opts::new(
+                "whatsapp_bridge_keypresses_total",
+                "Keys the callers pressed (RFC 4733 telephone events), by key",
+            ),
+            &["key"],
         )
         .expect("valid metric");
         let late_pacer_ticks = IntCounter::new(
@@ -581,6 +599,8 @@ impl Metrics {
             Box::new(barge_ins.clone()),
             Box::new(audio_frames.clone()),
             Box::new(concealed_frames.clone()),
+            Box::new(fec_recovered_frames.clone()),
+            Box::new(keypresses.clone()),
             Box::new(late_pacer_ticks.clone()),
             Box::new(frame_send_delay_seconds.clone()),
             Box::new(ai_errors.clone()),
@@ -647,6 +667,8 @@ impl Metrics {
             barge_ins,
             audio_frames,
             concealed_frames,
+            fec_recovered_frames,
+            keypresses,
             late_pacer_ticks,
             frame_send_delay_seconds,
             ai_errors,

@@ -101,6 +101,7 @@ pub struct Recording {
 
 enum PhoneCommand {
     Say(Vec<i16>),
+    Press(Vec<u8>),
     Close(oneshot::Sender<()>),
 }
 
@@ -275,6 +276,7 @@ impl PhoneCall {
             recording: self.recording.clone(),
             changed: self.changed.clone(),
             outgoing: VecDeque::new(),
+            keys: KeySender::default(),
             speaking_until: self.speaking_until.clone(),
         };
         self.commands = Some(tx);
@@ -291,6 +293,21 @@ impl PhoneCall {
         }
         if let Some(commands) = &self.commands {
             let _ = commands.send(PhoneCommand::Say(pcm)).await;
+        }
+    }
+
+    /// Presses keys of the keypad (`0`–`9`, `*`, `#`, `A`–`D`; others are ignored), one after
+    /// another, as RFC 4733 telephone events sent instead of audio, as a phone sends them: a
+    /// first packet with the marker bit, one every 20 ms as the press lasts (100 ms), then its
+    /// end packet three times over.
+    pub async fn press(&self, keys: &str) {
+        let codes = keys
+            .chars()
+            .filter_map(|key| "0123456789*#ABCD".find(key))
+            .map(|code| code as u8)
+            .collect();
+        if let Some(commands) = &self.commands {
+            let _ = commands.send(PhoneCommand::Press(codes)).await;
         }
     }
 
@@ -397,6 +414,64 @@ struct PhoneMedia {
     changed: Arc<Notify>,
     outgoing: VecDeque<i16>,
     speaking_until: Arc<Mutex<Instant>>,
+    keys: KeySender,
+}
+
+/// Packets of a press while it lasts (20 ms apart), then its three end packets.
+const PRESS_PACKETS: u16 = 5;
+const PRESS_END_COPIES: usize = 3;
+/// Telephone-event durations count 8 kHz units: 20 ms is 160.
+const EVENT_UNITS_PER_FRAME: u16 = 160;
+/// Audio frames sent between two presses.
+const FRAMES_BETWEEN_PRESSES: u16 = 2;
+
+/// What a phone sends in one 20 ms slot of a press: the event's RTP timestamp and its
+/// packets (marker bit, payload).
+struct PressPackets {
+    timestamp: u32,
+    packets: Vec<(bool, [u8; 4])>,
+}
+
+/// The keys still to press, and how far the current press is.
+#[derive(Default)]
+struct KeySender {
+    queued: VecDeque<u8>,
+    /// The key being pressed, the RTP timestamp it started at, and its frames so far.
+    current: Option<(u8, u32, u16)>,
+    /// Audio frames still to send before the next press.
+    pause: u16,
+}
+
+impl KeySender {
+    /// The telephone-event packets to send instead of this frame's audio; `None`: send audio.
+    fn frame(&mut self, timestamp: u32) -> Option<PressPackets> {
+        if self.current.is_none() {
+            if self.pause > 0 {
+                self.pause -= 1;
+                return None;
+            }
+            self.current = Some((self.queued.pop_front()?, timestamp, 0));
+        }
+        let (code, start, frames) = self.current.as_mut()?;
+        *frames += 1;
+        let duration = (*frames).min(PRESS_PACKETS) * EVENT_UNITS_PER_FRAME;
+        let [high, low] = duration.to_be_bytes();
+        const VOLUME: u8 = 10;
+        let (code, start, frames) = (*code, *start, *frames);
+        if frames <= PRESS_PACKETS {
+            return Some(PressPackets {
+                timestamp: start,
+                packets: vec![(frames == 1, [code, VOLUME, high, low])],
+            });
+        }
+        self.current = None;
+        self.pause = FRAMES_BETWEEN_PRESSES;
+        let end = [code, 0x80 | VOLUME, high, low];
+        Some(PressPackets {
+            timestamp: start,
+            packets: vec![(false, end); PRESS_END_COPIES],
+        })
+    }
 }
 
 impl PhoneMedia {
@@ -413,6 +488,7 @@ impl PhoneMedia {
             tokio::select! {
                 command = commands.recv() => match command {
                     Some(PhoneCommand::Say(pcm)) => self.outgoing.extend(pcm),
+                    Some(PhoneCommand::Press(codes)) => self.keys.queued.extend(codes),
                     Some(PhoneCommand::Close(done)) => {
                         self.peer.close().await;
                         self.recording.lock().disconnected_at.get_or_insert(Instant::now());
@@ -447,6 +523,22 @@ impl PhoneMedia {
                 },
                 _ = ticker.tick() => {
                     if !connected {
+                        continue;
+                    }
+                    if let Some(press) = self.keys.frame(timestamp) {
+                        let start = press.timestamp;
+                        for (marker, payload) in press.packets {
+                            let payload = bytes::Bytes::copy_from_slice(&payload);
+                            let sent = self
+                                .peer
+                                .write_telephone_event(sequence_number, start, marker, payload)
+                                .await;
+                            if sent.is_ok() {
+                                self.recording.lock().packets_sent += 1;
+                            }
+                            sequence_number = sequence_number.wrapping_add(1);
+                        }
+                        timestamp = timestamp.wrapping_add(RTP_TIMESTAMP_STEP);
                         continue;
                     }
                     for slot in frame.iter_mut() {

@@ -419,6 +419,11 @@ impl AiLink {
         self.history.push(Speaker::System, text);
     }
 
+    /// Notes something the caller did other than speak (a keypress), for later sessions too.
+    pub(super) fn caller_pressed(&mut self, text: &str) {
+        self.history.push(Speaker::User, text);
+    }
+
     /// When the rollover should start: a fifth of the session's life before its end (at most
     /// five minutes before), and when it must happen even without a pause.
     fn rollover_times(&self) -> (Instant, Instant) {

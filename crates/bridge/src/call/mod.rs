@@ -2,11 +2,12 @@
 //! starts each on its own task; [`registry`] holds the live calls (capacity, one call per
 //! caller, tombstones); [`flow`] is the sans-IO call flow of whatsapp-calling §7; [`task`] owns
 //! one call's PeerConnection, AI session, media and timers, helped by its [`journal`] (call log
-//! and transcript) and [`tool_calls`] (when tool results go back to the AI); `ai_link` keeps
-//! the call's AI session going across drops and the provider's session limit, and
-//! [`ai_breaker`] stops answering calls while the AI cannot be reached; [`headroom`] measures
-//! whether the host can carry one more call; [`caller_limits`] holds the per-caller quotas of
-//! inbound calls and [`block_list`] the numbers never answered or called.
+//! and transcript), [`tool_calls`] (when tool results go back to the AI) and [`keypresses`]
+//! (when the caller's keys are answered); `ai_link` keeps the call's AI session going across
+//! drops and the provider's session limit, and [`ai_breaker`] stops answering calls while the
+//! AI cannot be reached; [`headroom`] measures whether the host can carry one more call;
+//! [`caller_limits`] holds the per-caller quotas of inbound calls and [`block_list`] the
+//! numbers never answered or called.
 
 pub mod ai_breaker;
 mod ai_link;
@@ -16,6 +17,7 @@ pub mod calls;
 pub mod flow;
 pub mod headroom;
 pub mod journal;
+pub mod keypresses;
 pub mod registry;
 pub mod task;
 pub mod tool_calls;

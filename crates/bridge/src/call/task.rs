@@ -22,6 +22,7 @@ use super::caller_limits::CallerLimits;
 use super::flow::{Action, CallFlow};
 use super::headroom::Headroom;
 use super::journal::Journal;
+use super::keypresses::KeyEntry;
 use super::registry::Admission;
 use super::tool_calls::{Send as ToolSend, ToolCalls};
 use super::{CallCommand, CallDirection, CallEnd};
@@ -29,8 +30,10 @@ use crate::ids::{CallId, LogSafe, PhoneNumber};
 use crate::local_time;
 use crate::media::codec::{EncoderSettings, SAMPLES_PER_FRAME, StreamEncoder};
 use crate::media::downlink::{Downlink, OutgoingFrame};
+use crate::media::keypad::{KeypadDecoder, pressed_text};
 use crate::media::peer::{
     MediaPeer, OPUS_PAYLOAD_TYPE, PeerEvent, PeerProfile, PeerSettings, RtpPacket,
+    TELEPHONE_EVENT_PAYLOAD_TYPE,
 };
 use crate::media::phases::FramePhases;
 use crate::media::ports::PortLease;
@@ -189,6 +192,10 @@ pub(super) struct CallTask {
     greeting: Option<String>,
     greeted: bool,
     concealed_seen: u64,
+    fec_recovered_seen: u64,
+    /// The caller's keypresses, and when the AI answers them.
+    keypad: KeypadDecoder,
+    keys: KeyEntry,
     /// When the AI's VAD last said the caller stopped speaking, until its answer's first audio.
     speech_stopped_at: Option<Instant>,
     /// The call log and transcript writer; taken at the end.
@@ -297,6 +304,9 @@ impl CallTask {
             greeting,
             greeted: false,
             concealed_seen: 0,
+            fec_recovered_seen: 0,
+            keypad: KeypadDecoder::default(),
+            keys: KeyEntry::default(),
             speech_stopped_at: None,
             journal: None,
             tool_calls: ToolCalls::new(),
@@ -485,7 +495,8 @@ impl CallTask {
         let flow = self.flow.next_deadline();
         let ending = self.ending.as_ref().map(|ending| ending.deadline);
         let rollover = self.ai.rollover_deadline();
-        [frame, flow, self.response_retry_at, ending, rollover]
+        let keys = self.keys.deadline();
+        [frame, flow, self.response_retry_at, ending, rollover, keys]
             .into_iter()
             .flatten()
             .min()
@@ -505,6 +516,13 @@ impl CallTask {
                 .then(|| self.greeting.clone())
                 .flatten();
             if let Some(end) = self.ask_ai(opening.as_deref()).await {
+                return Some(end);
+            }
+        }
+        let ready = self.ai.is_live() && !self.ai.responding() && self.tool_runs.is_empty();
+        if self.keys.take_due(now, ready) {
+            debug!("the caller stopped pressing keys; the AI answers them");
+            if let Some(end) = self.ask_ai(None).await {
                 return Some(end);
             }
         }
@@ -757,10 +775,14 @@ impl CallTask {
         }
     }
 
-    /// One RTP packet from the caller: Opus is decoded (losses concealed) and sent to the AI.
+    /// One RTP packet from the caller: Opus is decoded (losses concealed) and sent to the AI;
+    /// a keypress is passed on as one.
     async fn on_caller_packet(&mut self, packet: RtpPacket) -> Option<CallEnd> {
+        if packet.payload_type == TELEPHONE_EVENT_PAYLOAD_TYPE {
+            return self.on_keypad_packet(&packet).await;
+        }
         if packet.payload_type != OPUS_PAYLOAD_TYPE {
-            // DTMF (PT 126) or anything unexpected: not audio for the AI.
+            // Anything unexpected: not audio for the AI.
             return None;
         }
         self.uplink_pcm.clear();
@@ -772,12 +794,18 @@ impl CallTask {
         let frames = (self.uplink_pcm.len() / SAMPLES_PER_FRAME) as u64;
         self.frames_in.inc_by(frames);
         let metrics = &self.context.metrics;
-        let concealed = self.uplink.stats().concealed + self.uplink.stats().fec_recovered;
-        if concealed > self.concealed_seen {
+        let stats = self.uplink.stats();
+        if stats.concealed > self.concealed_seen {
             metrics
                 .concealed_frames
-                .inc_by(concealed - self.concealed_seen);
-            self.concealed_seen = concealed;
+                .inc_by(stats.concealed - self.concealed_seen);
+            self.concealed_seen = stats.concealed;
+        }
+        if stats.fec_recovered > self.fec_recovered_seen {
+            metrics
+                .fec_recovered_frames
+                .inc_by(stats.fec_recovered - self.fec_recovered_seen);
+            self.fec_recovered_seen = stats.fec_recovered;
         }
         // The AI hears the caller only once the call is answered.
         if self.downlink.is_started()
@@ -785,6 +813,70 @@ impl CallTask {
             && let Err(err) = self.ai.send_audio(&self.uplink_pcm).await
         {
             return self.ai_lost(err).await;
+        }
+        None
+    }
+
+    /// One RFC 4733 telephone-event packet. A new keypress reaches the AI at once as a
+    /// conversation item, and stops the AI talking as speech would; the AI is asked to answer
+    /// once the caller stops pressing ([`KeyEntry`]).
+    async fn on_keypad_packet(&mut self, packet: &RtpPacket) -> Option<CallEnd> {
+        // The event took sequence numbers of the audio stream: they are not lost audio.
+        self.uplink.skip(packet.sequence_number);
+        let key = self.keypad.push(packet.timestamp, &packet.payload)?;
+        // Like audio, keys reach the AI only once the call is answered.
+        if !self.downlink.is_started() {
+            debug!("a key pressed before the call was answered is not passed on");
+            return None;
+        }
+        self.context
+            .metrics
+            .keypresses
+            .with_label_values(&[key.as_str()])
+            .inc();
+        // Which key is not logged: it may be a digit of a PIN.
+        debug!("the caller pressed a key");
+        let now = Instant::now();
+        self.idle.last_speech = now;
+        self.idle.prompted = false;
+        if let Some(end) = self.cut_playback().await {
+            return Some(end);
+        }
+        if self.ai.responding()
+            && let Err(err) = self.ai.send_text(events::response_cancel()).await
+        {
+            return self.ai_lost(err).await;
+        }
+        let text = pressed_text(key);
+        if let Some(journal) = &self.journal {
+            journal.push(Role::User, &text);
+        }
+        self.ai.caller_pressed(&text);
+        let item = events::conversation_message(Speaker::User, &text);
+        if let Err(err) = self.ai.send_text(item).await {
+            return self.ai_lost(err).await;
+        }
+        self.keys.pressed(key, now);
+        None
+    }
+
+    /// The caller interrupts the AI: its queued audio is dropped, and the AI is told how much
+    /// of each item was heard.
+    async fn cut_playback(&mut self) -> Option<CallEnd> {
+        let truncations = self.downlink.barge_in();
+        if !truncations.is_empty() {
+            self.context.metrics.barge_ins.inc();
+            debug!(count = truncations.len(), "barge-in: playback dropped");
+        }
+        for truncation in truncations {
+            let event = events::truncate(
+                &truncation.item_id,
+                truncation.content_index,
+                truncation.audio_end_ms,
+            );
+            if let Err(err) = self.ai.send_text(event).await {
+                return self.ai_lost(err).await;
+            }
         }
         None
     }
@@ -818,23 +910,10 @@ impl CallTask {
                     prompted: false,
                     caller_speaking: true,
                 };
-                // The caller speaks again: the AI answers that, not a retry.
+                // The caller speaks again: the AI answers that, not a retry or the keys.
                 self.response_retry_at = None;
-                let truncations = self.downlink.barge_in();
-                if !truncations.is_empty() {
-                    self.context.metrics.barge_ins.inc();
-                    debug!(count = truncations.len(), "barge-in: playback dropped");
-                }
-                for truncation in truncations {
-                    let event = events::truncate(
-                        &truncation.item_id,
-                        truncation.content_index,
-                        truncation.audio_end_ms,
-                    );
-                    if let Err(err) = self.ai.send_text(event).await {
-                        return self.ai_lost(err).await;
-                    }
-                }
+                self.keys.cancel();
+                return self.cut_playback().await;
             }
             ServerEvent::Error { code, message, .. } => {
                 let code = code.unwrap_or_else(|| "unknown".to_owned());

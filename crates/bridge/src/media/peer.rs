@@ -218,19 +218,7 @@ impl MediaPeer {
 
         let mut media_engine = MediaEngine::default();
         media_engine.register_codec(opus_codec(profile), RtpCodecKind::Audio)?;
-        media_engine.register_codec(
-            RTCRtpCodecParameters {
-                rtp_codec: RTCRtpCodec {
-                    mime_type: MIME_TYPE_TELEPHONE_EVENT.to_owned(),
-                    clock_rate: 8000,
-                    channels: 1,
-                    sdp_fmtp_line: String::new(),
-                    rtcp_feedback: vec![],
-                },
-                payload_type: TELEPHONE_EVENT_PAYLOAD_TYPE,
-            },
-            RtpCodecKind::Audio,
-        )?;
+        media_engine.register_codec(telephone_event_codec(), RtpCodecKind::Audio)?;
         let registry = configure_rtcp_reports(Registry::new());
 
         let mut setting_engine = SettingEngineBuilder::new()
@@ -301,6 +289,16 @@ impl MediaPeer {
         if let Err(err) = pc.add_track(track.clone() as Arc<dyn TrackLocal>).await {
             let _ = pc.close().await;
             return Err(err.into());
+        }
+        // The track's transceiver would take its one encoding's codec (Opus) as its only one,
+        // and neither offer nor answer would carry telephone-event: keys would never be sent
+        // (§8.5: answer with PT 126 so DTMF is negotiated; §8.6: offer it).
+        let codecs = vec![opus_codec(profile), telephone_event_codec()];
+        for transceiver in pc.get_transceivers().await {
+            if let Err(err) = transceiver.set_codec_preferences(codecs.clone()).await {
+                let _ = pc.close().await;
+                return Err(err.into());
+            }
         }
 
         Ok(Self {
@@ -414,10 +412,48 @@ impl MediaPeer {
         timestamp: u32,
         payload: bytes::Bytes,
     ) -> Result<(), PeerError> {
+        self.write_rtp(
+            OPUS_PAYLOAD_TYPE,
+            false,
+            sequence_number,
+            timestamp,
+            payload,
+        )
+        .await
+    }
+
+    /// Sends one RFC 4733 telephone-event packet (a keypress) on the outgoing track, in the
+    /// audio's sequence and timestamp space; `marker` on the first packet of an event.
+    pub async fn write_telephone_event(
+        &self,
+        sequence_number: u16,
+        timestamp: u32,
+        marker: bool,
+        payload: bytes::Bytes,
+    ) -> Result<(), PeerError> {
+        self.write_rtp(
+            TELEPHONE_EVENT_PAYLOAD_TYPE,
+            marker,
+            sequence_number,
+            timestamp,
+            payload,
+        )
+        .await
+    }
+
+    async fn write_rtp(
+        &self,
+        payload_type: u8,
+        marker: bool,
+        sequence_number: u16,
+        timestamp: u32,
+        payload: bytes::Bytes,
+    ) -> Result<(), PeerError> {
         let packet = rtc::rtp::Packet {
             header: rtc::rtp::Header {
                 version: 2,
-                payload_type: OPUS_PAYLOAD_TYPE,
+                payload_type,
+                marker,
                 sequence_number,
                 timestamp,
                 ssrc: self.ssrc,
@@ -443,6 +479,20 @@ async fn next_track_event(track: &Option<Arc<dyn TrackRemote>>) -> Option<TrackR
     match track {
         Some(track) => track.poll().await,
         None => std::future::pending().await,
+    }
+}
+
+/// RFC 4733 events (keypresses) at 8 kHz on PT 126, as Meta offers them (§8.2).
+fn telephone_event_codec() -> RTCRtpCodecParameters {
+    RTCRtpCodecParameters {
+        rtp_codec: RTCRtpCodec {
+            mime_type: MIME_TYPE_TELEPHONE_EVENT.to_owned(),
+            clock_rate: 8000,
+            channels: 0,
+            sdp_fmtp_line: String::new(),
+            rtcp_feedback: vec![],
+        },
+        payload_type: TELEPHONE_EVENT_PAYLOAD_TYPE,
     }
 }
 
@@ -484,6 +534,34 @@ mod tests {
             .find(|line| line.starts_with("a=fingerprint:"))
             .expect("a fingerprint")
             .to_owned()
+    }
+
+    #[tokio::test]
+    async fn keypresses_are_negotiated_in_the_answer_to_meta_and_in_our_offer() {
+        let settings = PeerSettings {
+            loopback: true,
+            ..Default::default()
+        };
+        let mut bridge = MediaPeer::new(&settings, PeerProfile::Bridge, None)
+            .await
+            .expect("bridge peer");
+        let answer = bridge
+            .answer(&testkit::fixtures::meta_offer())
+            .await
+            .expect("answer");
+        bridge.close().await;
+        let mut outbound = MediaPeer::new(&settings, PeerProfile::Bridge, None)
+            .await
+            .expect("bridge peer");
+        let offer = outbound.offer().await.expect("offer");
+        outbound.close().await;
+        for sdp in [answer, offer] {
+            assert!(sdp.contains(" UDP/TLS/RTP/SAVPF 111 126\r\n"), "{sdp}");
+            assert!(
+                sdp.contains("a=rtpmap:126 telephone-event/8000\r\n"),
+                "{sdp}"
+            );
+        }
     }
 
     #[tokio::test]

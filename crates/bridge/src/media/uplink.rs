@@ -111,6 +111,18 @@ impl UplinkDecoder {
         self.decode(payload, pcm_out);
     }
 
+    /// A packet at `sequence_number` that carried no audio (a keypress: RFC 4733 events share
+    /// the audio's sequence numbers, and a sender sends them instead of audio). The next audio
+    /// packet does not count it as lost; an older number changes nothing.
+    pub fn skip(&mut self, sequence_number: u16) {
+        let ahead = self
+            .last_sequence
+            .map_or(1, |last| sequence_number.wrapping_sub(last));
+        if ahead != 0 && ahead <= u16::MAX / 2 {
+            self.last_sequence = Some(sequence_number);
+        }
+    }
+
     pub fn stats(&self) -> UplinkStats {
         self.stats
     }
@@ -404,6 +416,32 @@ mod tests {
         uplink.push(65_534, &packets[4], &mut out);
         assert!(out.is_empty());
         assert_eq!(uplink.stats().late_or_duplicate, 1);
+    }
+
+    #[test]
+    fn packets_that_carried_no_audio_are_not_losses() {
+        let packets = tone_packets(6);
+        let mut uplink = UplinkDecoder::new(true).unwrap();
+        let mut pcm = Vec::new();
+        uplink.push(100, &packets[0], &mut pcm);
+        uplink.push(101, &packets[1], &mut pcm);
+        // A keypress took 102..=105 (and a late one of its packets comes after them).
+        for sequence_number in [102, 103, 105, 104] {
+            uplink.skip(sequence_number);
+        }
+        uplink.push(106, &packets[2], &mut pcm);
+        assert_eq!(
+            pcm.len(),
+            3 * SAMPLES_PER_FRAME,
+            "no frame made up for the keypress"
+        );
+        assert_eq!(
+            uplink.stats(),
+            UplinkStats {
+                decoded: 3,
+                ..UplinkStats::default()
+            }
+        );
     }
 
     #[test]
