@@ -17,6 +17,7 @@ pub mod demo;
 pub mod fleet;
 pub mod graph_double;
 pub mod loadtest;
+pub mod loss;
 pub mod phone;
 pub mod postgrest_double;
 pub mod realtime_ai;
