@@ -1,9 +1,11 @@
 //! Media: the PeerConnection, the Opus codec, and the two directions of a call's audio: the
 //! [`uplink`] (caller to AI) and the [`downlink`] (AI to caller: playback queue, pacer and its
-//! phase in the 20 ms period, stream encoder).
+//! phase in the 20 ms period, stream encoder) and its [`loss_protection`] (in-band FEC while the
+//! caller reports loss).
 
 pub mod codec;
 pub mod downlink;
+pub mod loss_protection;
 pub mod pacer;
 pub mod peer;
 pub mod phases;
