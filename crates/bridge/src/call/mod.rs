@@ -2,7 +2,8 @@
 //! starts each on its own task; [`registry`] holds the live calls (capacity, one call per
 //! caller, tombstones); [`flow`] is the sans-IO call flow of whatsapp-calling §7; [`task`] owns
 //! one call's PeerConnection, AI session, media and timers, helped by its [`journal`] (call log
-//! and transcript) and [`tool_calls`] (when tool results go back to the AI); `ai_link` keeps
+//! and transcript) and [`tool_calls`] (when tool results go back to the AI), `fec` (in-band FEC
+//! toward the caller while the caller reports loss); `ai_link` keeps
 //! the call's AI session going across drops and the provider's session limit, and
 //! [`ai_breaker`] stops answering calls while the AI cannot be reached; [`headroom`] measures
 //! whether the host can carry one more call; [`caller_limits`] holds the per-caller quotas of
@@ -13,6 +14,7 @@ mod ai_link;
 pub mod block_list;
 pub mod caller_limits;
 pub mod calls;
+mod fec;
 pub mod flow;
 pub mod headroom;
 pub mod journal;
