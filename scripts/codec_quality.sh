@@ -2,7 +2,8 @@
 # Chooses the Opus settings by measurement: real speech from espeak-ng, encoded the way the
 # bridge encodes the AI's voice with each candidate setting and decoded the way a phone does
 # (examples/codec_sweep.rs), then scored with wideband PESQ. Prints the trade-off table that
-# docs/BENCHMARKS.md keeps. Usage: bash scripts/codec_quality.sh [out-dir]
+# docs/BENCHMARKS.md keeps. Usage: bash scripts/codec_quality.sh [out-dir] [--speech-only]
+# (--speech-only: make <out-dir>/speech.wav and stop; scripts/loss_quality.sh uses the same speech)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-target/codec-quality}"
@@ -30,5 +31,6 @@ for i in "${!sentences[@]}"; do
   espeak-ng -v "${voices[$i]}" -s 155 -w "$out/s$i.wav" "${sentences[$i]}"
 done
 sox "$out"/s*.wav -r 24000 -c 1 -b 16 "$out/speech.wav"
+[ "${2:-}" = "--speech-only" ] && exit 0
 cargo run --release --locked --quiet -p bridge --example codec_sweep -- "$out/speech.wav" "$out/decoded" > "$out/sweep.csv"
 python3 scripts/codec_quality.py "$out/decoded" "$out/sweep.csv"

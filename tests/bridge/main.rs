@@ -5,6 +5,7 @@ mod cleanup;
 mod cli;
 mod connections;
 mod drain;
+mod fec;
 mod fleet;
 mod headroom;
 mod keypad;

@@ -51,6 +51,10 @@ pub struct Metrics {
     pub keypresses: IntCounterVec,
     /// Pacer polls that came a whole frame or more late.
     pub late_pacer_ticks: IntCounter,
+    /// Calls sending in-band FEC toward the caller now (their caller reports loss).
+    pub calls_sending_fec: IntGauge,
+    /// Times a call started sending in-band FEC toward the caller.
+    pub fec_switch_ons: IntCounter,
     /// How long after its 20 ms slot each outgoing frame is sent (the call task's wake-up
     /// delay): the bridge's share of the jitter the caller hears.
     pub frame_send_delay_seconds: Histogram,
@@ -556,6 +560,16 @@ impl Metrics {
             "1 while the measured headroom would admit a new call",
         )
         .expect("valid metric");
+        let calls_sending_fec = IntGauge::new(
+            "whatsapp_bridge_calls_sending_fec",
+            "Calls sending in-band FEC toward the caller now, because the caller reports loss",
+        )
+        .expect("valid metric");
+        let fec_switch_ons = IntCounter::new(
+            "whatsapp_bridge_fec_switch_ons_total",
+            "Times a call started sending in-band FEC toward the caller",
+        )
+        .expect("valid metric");
         let headroom_cpus = Gauge::new(
             "whatsapp_bridge_headroom_cpus",
             "CPUs this process may use (affinity and cgroup quota)",
@@ -602,6 +616,8 @@ impl Metrics {
             Box::new(fec_recovered_frames.clone()),
             Box::new(keypresses.clone()),
             Box::new(late_pacer_ticks.clone()),
+            Box::new(calls_sending_fec.clone()),
+            Box::new(fec_switch_ons.clone()),
             Box::new(frame_send_delay_seconds.clone()),
             Box::new(ai_errors.clone()),
             Box::new(tool_calls.clone()),
@@ -670,6 +686,8 @@ impl Metrics {
             fec_recovered_frames,
             keypresses,
             late_pacer_ticks,
+            calls_sending_fec,
+            fec_switch_ons,
             frame_send_delay_seconds,
             ai_errors,
             tool_calls,

@@ -18,9 +18,9 @@ use crate::webhooks::{self, BusinessLine};
 use bridge::ids::{CallId, PhoneNumber};
 use bridge::media::codec::{
     EncoderSettings, MAX_OPUS_PACKET, OpusDecoder, OpusEncoder, RTP_TIMESTAMP_STEP,
-    SAMPLES_PER_FRAME,
+    SAMPLES_PER_FRAME, carries_fec,
 };
-use bridge::media::peer::{MediaPeer, PeerEvent, PeerProfile, PeerSettings};
+use bridge::media::peer::{LossReport, MediaPeer, PeerEvent, PeerProfile, PeerSettings};
 use bridge::whatsapp::signature;
 
 /// How long the phone waits for the bridge's `pre_accept`.
@@ -91,6 +91,12 @@ pub struct Recording {
     /// Arrival time of each received packet and the sample offset where its audio starts.
     pub arrivals: Vec<(Instant, usize)>,
     pub packets_received: u64,
+    /// Received packets that carry in-band FEC for the frame before them.
+    pub fec_packets_received: u64,
+    /// The payload of every packet received, in arrival order (Opus, or whatever came).
+    pub payloads: Vec<bytes::Bytes>,
+    /// Receiver reports the phone sent with [`PhoneCall::report_loss`].
+    pub loss_reports_sent: u64,
     pub packets_sent: u64,
     pub first_rtp_at: Option<Instant>,
     /// Set when the connection reported connected.
@@ -102,6 +108,8 @@ pub struct Recording {
 enum PhoneCommand {
     Say(Vec<i16>),
     Press(Vec<u8>),
+    /// Send a receiver report about the bridge's stream stating this fraction lost.
+    ReportLoss(u8),
     Close(oneshot::Sender<()>),
 }
 
@@ -311,6 +319,15 @@ impl PhoneCall {
         }
     }
 
+    /// Sends the bridge an RTCP receiver report about its stream that states `fraction_lost`
+    /// (in 256ths) since the last one, as a phone losing packets would; the phone's own
+    /// reports (its WebRTC stack's, about what really arrived) go on as well.
+    pub async fn report_loss(&self, fraction_lost: u8) {
+        if let Some(commands) = &self.commands {
+            let _ = commands.send(PhoneCommand::ReportLoss(fraction_lost)).await;
+        }
+    }
+
     /// When everything queued with [`PhoneCall::say`] will have been sent.
     pub fn speaking_until(&self) -> Instant {
         *self.speaking_until.lock()
@@ -484,11 +501,33 @@ impl PhoneMedia {
         let mut frame = vec![0i16; SAMPLES_PER_FRAME];
         let mut packet = vec![0u8; MAX_OPUS_PACKET];
         let mut decoded = vec![0i16; SAMPLES_PER_FRAME * 6];
+        // The bridge's stream as the phone's reports name it: its SSRC and the highest
+        // sequence number received, extended with its wraps (RFC 3550 §6.4.1).
+        let mut bridge_ssrc = None;
+        let mut highest_sequence: Option<u32> = None;
+        let mut cumulative_lost = 0u32;
         loop {
             tokio::select! {
                 command = commands.recv() => match command {
                     Some(PhoneCommand::Say(pcm)) => self.outgoing.extend(pcm),
                     Some(PhoneCommand::Press(codes)) => self.keys.queued.extend(codes),
+                    Some(PhoneCommand::ReportLoss(fraction_lost)) => {
+                        let (Some(ssrc), Some(highest)) = (bridge_ssrc, highest_sequence) else {
+                            continue;
+                        };
+                        cumulative_lost += u32::from(fraction_lost);
+                        let report = LossReport {
+                            ssrc,
+                            fraction_lost,
+                            cumulative_lost,
+                            highest_sequence: highest,
+                            jitter: 0,
+                            last_sender_report: 0,
+                        };
+                        if self.peer.write_loss_report(&report).await.is_ok() {
+                            self.recording.lock().loss_reports_sent += 1;
+                        }
+                    }
                     Some(PhoneCommand::Close(done)) => {
                         self.peer.close().await;
                         self.recording.lock().disconnected_at.get_or_insert(Instant::now());
@@ -510,12 +549,17 @@ impl PhoneMedia {
                         connected = false;
                         self.recording.lock().disconnected_at.get_or_insert(Instant::now());
                     }
+                    Some(PeerEvent::LossReport(_)) => {}
                     Some(PeerEvent::Rtp(rtp)) => {
                         let now = Instant::now();
+                        bridge_ssrc = Some(rtp.ssrc);
+                        highest_sequence = Some(extend_sequence(highest_sequence, rtp.sequence_number));
                         let samples = self.decoder.decode(&rtp.payload, &mut decoded).unwrap_or(0);
                         let mut recording = self.recording.lock();
                         recording.first_rtp_at.get_or_insert(now);
                         recording.packets_received += 1;
+                        recording.fec_packets_received += u64::from(carries_fec(&rtp.payload));
+                        recording.payloads.push(rtp.payload.clone());
                         let offset = recording.received.len();
                         recording.arrivals.push((now, offset));
                         recording.received.extend_from_slice(&decoded[..samples]);
@@ -564,9 +608,31 @@ impl PhoneMedia {
     }
 }
 
+/// `sequence` extended with the wraps counted so far into the highest extended sequence
+/// number received (a late, older packet leaves it as it was).
+fn extend_sequence(highest: Option<u32>, sequence: u16) -> u32 {
+    let Some(highest) = highest else {
+        return u32::from(sequence);
+    };
+    let delta = sequence.wrapping_sub(highest as u16) as i16;
+    if delta > 0 {
+        highest.wrapping_add(delta as u32)
+    } else {
+        highest
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::rename_mid;
+    use super::{extend_sequence, rename_mid};
+
+    #[test]
+    fn the_highest_sequence_number_counts_its_wraps_and_ignores_late_packets() {
+        assert_eq!(extend_sequence(None, 65_535), 65_535);
+        assert_eq!(extend_sequence(Some(65_535), 2), 65_538);
+        assert_eq!(extend_sequence(Some(65_538), 65_534), 65_538);
+        assert_eq!(extend_sequence(Some(65_538), 3), 65_539);
+    }
 
     #[test]
     fn the_mid_is_renamed_in_the_section_and_the_bundle() {

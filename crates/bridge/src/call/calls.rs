@@ -245,7 +245,14 @@ impl Calls {
                             if prepared.direction_added {
                                 debug!("the offer has no direction: answered as sendrecv");
                             }
-                            let media = match CallMedia::new(&context, port, offer.opus_fec).await {
+                            let media = match CallMedia::new(
+                                &context,
+                                port,
+                                offer.opus_fec,
+                                offer.opus_max_average_bitrate,
+                            )
+                            .await
+                            {
                                 Ok(media) => media,
                                 Err(err) => {
                                     warn!(%err, "media set-up failed");
@@ -404,8 +411,9 @@ impl Calls {
             }
         };
         let context = self.inner.context.clone();
-        // Our offer asks for in-band FEC, so the callee's audio may carry it.
-        let mut media = CallMedia::new(&context, port, true)
+        // Our offer asks for in-band FEC, so the callee's audio may carry it. Its answer comes
+        // after the encoder is made: the usual cap is assumed.
+        let mut media = CallMedia::new(&context, port, true, None)
             .await
             .map_err(PlaceError::Setup)?;
         let offer = match media.peer.offer().await {

@@ -2,18 +2,20 @@
 //! starts each on its own task; [`registry`] holds the live calls (capacity, one call per
 //! caller, tombstones); [`flow`] is the sans-IO call flow of whatsapp-calling §7; [`task`] owns
 //! one call's PeerConnection, AI session, media and timers, helped by its [`journal`] (call log
-//! and transcript), [`tool_calls`] (when tool results go back to the AI) and [`keypresses`]
-//! (when the caller's keys are answered); `ai_link` keeps the call's AI session going across
-//! drops and the provider's session limit, and [`ai_breaker`] stops answering calls while the
-//! AI cannot be reached; [`headroom`] measures whether the host can carry one more call;
-//! [`caller_limits`] holds the per-caller quotas of inbound calls and [`block_list`] the
-//! numbers never answered or called.
+//! and transcript), [`tool_calls`] (when tool results go back to the AI), [`keypresses`]
+//! (when the caller's keys are answered) and `fec` (in-band FEC toward the caller while the
+//! caller reports loss); `ai_link` keeps the call's AI session going across drops and the
+//! provider's session limit, and [`ai_breaker`] stops answering calls while the AI cannot be
+//! reached; [`headroom`] measures whether the host can carry one more call; [`caller_limits`]
+//! holds the per-caller quotas of inbound calls and [`block_list`] the numbers never answered
+//! or called.
 
 pub mod ai_breaker;
 mod ai_link;
 pub mod block_list;
 pub mod caller_limits;
 pub mod calls;
+mod fec;
 pub mod flow;
 pub mod headroom;
 pub mod journal;

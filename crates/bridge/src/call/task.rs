@@ -19,6 +19,7 @@ use super::ai_breaker::AiBreaker;
 use super::ai_link::{AiLink, LinkEvent};
 use super::block_list::BlockList;
 use super::caller_limits::CallerLimits;
+use super::fec::DownlinkFec;
 use super::flow::{Action, CallFlow};
 use super::headroom::Headroom;
 use super::journal::Journal;
@@ -31,6 +32,7 @@ use crate::local_time;
 use crate::media::codec::{EncoderSettings, SAMPLES_PER_FRAME, StreamEncoder};
 use crate::media::downlink::{Downlink, OutgoingFrame};
 use crate::media::keypad::{KeypadDecoder, pressed_text};
+use crate::media::loss_protection::{DEFAULT_OFF_AFTER, LossProtection, LossProtectionSettings};
 use crate::media::peer::{
     MediaPeer, OPUS_PAYLOAD_TYPE, PeerEvent, PeerProfile, PeerSettings, RtpPacket,
     TELEPHONE_EVENT_PAYLOAD_TYPE,
@@ -188,6 +190,8 @@ pub(super) struct CallTask {
     downlink: Downlink,
     /// The frames due at one poll of the downlink (reused).
     outgoing: Vec<OutgoingFrame>,
+    /// In-band FEC toward the caller while the caller reports loss.
+    fec: DownlinkFec,
     /// What the AI is asked to say first once media flows (`None`: it waits for the caller).
     greeting: Option<String>,
     greeted: bool,
@@ -230,23 +234,44 @@ pub(super) struct CallMedia {
     pub(super) peer: MediaPeer,
     uplink: UplinkDecoder,
     encoder: StreamEncoder,
+    loss_protection: LossProtection,
 }
 
+/// The most the phone takes when its SDP does not say (Meta offers 20 kbit/s, §8.1).
+const PHONE_MAX_BITRATE: u32 = 20_000;
+
 impl CallMedia {
+    /// `caller_max_bitrate`: the caller's `maxaveragebitrate`, when its SDP states one.
     pub(super) async fn new(
         context: &CallContext,
         port: Option<PortLease>,
         caller_sends_fec: bool,
+        caller_max_bitrate: Option<u32>,
     ) -> Result<Self, String> {
         let uplink = UplinkDecoder::new(caller_sends_fec).map_err(|e| e.to_string())?;
         let encoder = StreamEncoder::new(context.encoder).map_err(|e| e.to_string())?;
         let peer = MediaPeer::new(&context.peer, PeerProfile::Bridge, port)
             .await
             .map_err(|e| e.to_string())?;
+        let max_bitrate = caller_max_bitrate.unwrap_or(PHONE_MAX_BITRATE);
+        let loss_protection = LossProtection::new(
+            LossProtectionSettings {
+                plain: context.encoder,
+                max_bitrate_bps: i32::try_from(max_bitrate).unwrap_or(i32::MAX),
+                off_after: DEFAULT_OFF_AFTER,
+            },
+            peer.ssrc(),
+        );
+        // The stream starts unprotected: nothing has been reported lost yet.
+        let mut encoder = encoder;
+        encoder
+            .set_fec(loss_protection.current())
+            .map_err(|e| e.to_string())?;
         Ok(Self {
             peer,
             uplink,
             encoder,
+            loss_protection,
         })
     }
 }
@@ -282,6 +307,7 @@ impl CallTask {
         let journal = Journal::start(context.store.clone(), record, context.metrics.clone());
         let frames_in = context.metrics.audio_frames.with_label_values(&["in"]);
         let frames_out = context.metrics.audio_frames.with_label_values(&["out"]);
+        let fec = DownlinkFec::new(media.loss_protection, &context.metrics);
         let ai = AiLink::new(
             context.realtime.clone(),
             context.ai_breaker.clone(),
@@ -301,6 +327,7 @@ impl CallTask {
             uplink_pcm: Vec::with_capacity(SAMPLES_PER_FRAME * 8),
             downlink: Downlink::new(media.encoder, rand::random(), rand::random()),
             outgoing: Vec::with_capacity(4),
+            fec,
             greeting,
             greeted: false,
             concealed_seen: 0,
@@ -767,6 +794,11 @@ impl CallTask {
     async fn on_peer_event(&mut self, event: Option<PeerEvent>) -> Option<CallEnd> {
         match event {
             Some(PeerEvent::Rtp(packet)) => self.on_caller_packet(packet).await,
+            Some(PeerEvent::LossReport(report)) => {
+                self.fec
+                    .on_report(Instant::now(), &report, &mut self.downlink);
+                None
+            }
             Some(PeerEvent::Connected) => {
                 let actions = self.flow.media_connected(Instant::now());
                 self.apply(actions).await

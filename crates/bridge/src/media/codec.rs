@@ -100,6 +100,8 @@ pub struct EncoderSettings {
     /// Measured with libopus 1.6.1.
     pub inband_fec: bool,
     /// Expected packet loss (0..=100); libopus spends FEC bits in proportion (see `inband_fec`).
+    /// A call's stream starts without FEC whatever these two say, and turns it on while the
+    /// caller reports loss (`media::loss_protection`); these stay the settings of any other use.
     pub expected_loss_percent: i32,
 }
 
@@ -111,6 +113,29 @@ impl Default for EncoderSettings {
             max_bandwidth: Bandwidth::Wideband,
             inband_fec: true,
             expected_loss_percent: 5,
+        }
+    }
+}
+
+/// The encoder settings that protect the stream against loss, changed mid-stream as the far end
+/// reports loss (`media::loss_protection`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FecSettings {
+    /// Send a low-rate copy of each frame in the next packet (SILK LBRR).
+    pub inband_fec: bool,
+    /// The loss libopus plans for (0..=100); it decides how many bits the copy gets.
+    pub expected_loss_percent: i32,
+    /// Target bitrate in bit/s.
+    pub bitrate_bps: i32,
+}
+
+impl FecSettings {
+    /// What `settings` themselves ask for.
+    pub fn of(settings: EncoderSettings) -> Self {
+        Self {
+            inband_fec: settings.inband_fec,
+            expected_loss_percent: settings.expected_loss_percent,
+            bitrate_bps: settings.bitrate_bps,
         }
     }
 }
@@ -190,6 +215,20 @@ impl OpusEncoder {
             .map_err(opus_error("set complexity"))
     }
 
+    /// Changes in-band FEC, the expected loss and the bitrate between frames (the stream goes on
+    /// seamlessly; libopus applies them from the next frame).
+    pub fn set_fec(&mut self, fec: FecSettings) -> Result<(), CodecError> {
+        self.inner
+            .set_bitrate(opus::Bitrate::Bits(fec.bitrate_bps))
+            .map_err(opus_error("set bitrate"))?;
+        self.inner
+            .set_inband_fec(fec.inband_fec)
+            .map_err(opus_error("set inband fec"))?;
+        self.inner
+            .set_packet_loss_perc(fec.expected_loss_percent)
+            .map_err(opus_error("set packet loss"))
+    }
+
     /// `pcm` must be exactly [`SAMPLES_PER_FRAME`] samples; writes into `out`, returns the packet
     /// length. An `out` of [`MAX_OPUS_PACKET`] bytes always suffices.
     pub fn encode(&mut self, pcm: &[i16], out: &mut [u8]) -> Result<usize, CodecError> {
@@ -251,6 +290,13 @@ impl StreamEncoder {
             silent_frames: SILENCE_SETTLE_FRAMES + 1,
             pause: PausePackets::default(),
         })
+    }
+
+    /// Changes the loss protection from the next frame on. A replayed pause cycle is dropped:
+    /// its packets were made with the old settings, and libopus's own would now differ.
+    pub fn set_fec(&mut self, fec: FecSettings) -> Result<(), CodecError> {
+        self.pause.clear();
+        self.inner.set_fec(fec)
     }
 
     /// Whether the pause has lasted long enough for the encoder to run at pause complexity.
@@ -424,6 +470,89 @@ impl OpusDecoder {
     }
 }
 
+/// Whether an Opus packet carries in-band FEC for the frame before it: the LBRR flag of its
+/// first SILK frame is set (RFC 6716 §4.2.3: after the VAD flags, one bit per channel at the
+/// very start of the range-coded data, each with probability ½, so readable as plain bits).
+/// CELT-only packets and anything unparsable carry none.
+pub fn carries_fec(packet: &[u8]) -> bool {
+    let Some((&toc, rest)) = packet.split_first() else {
+        return false;
+    };
+    let config = toc >> 3;
+    // SILK-only: configurations 0..=11 (10, 20, 40, 60 ms); hybrid: 12..=15 (10, 20 ms).
+    let silk_frames = match config {
+        0..=11 => match config % 4 {
+            0 | 1 => 1,
+            2 => 2,
+            _ => 3,
+        },
+        12..=15 => 1,
+        _ => return false,
+    };
+    let channels = if toc & 0x04 != 0 { 2 } else { 1 };
+    let Some(first_frame) = first_frame(toc & 0x03, rest) else {
+        return false;
+    };
+    let Some(&flags) = first_frame.first() else {
+        return false;
+    };
+    // Per channel: one VAD flag per SILK frame, then the LBRR flag.
+    (1..=channels).any(|channel| flags & (0x80 >> (channel * (silk_frames + 1) - 1)) != 0)
+}
+
+/// The first frame's data in the bytes after the TOC (RFC 6716 §3.2), or `None` if malformed.
+fn first_frame(code: u8, rest: &[u8]) -> Option<&[u8]> {
+    match code {
+        // One frame, or two of equal size: the first starts right away.
+        0 | 1 => Some(rest),
+        // Two frames, the first's length in one or two bytes.
+        2 => {
+            let (length, skip) = frame_length(rest)?;
+            rest.get(skip..skip + length)
+        }
+        // A frame count byte, optional padding length bytes, then (VBR) all lengths but the last.
+        _ => {
+            let (&count_byte, mut rest) = rest.split_first()?;
+            if count_byte & 0x40 != 0 {
+                loop {
+                    let (&byte, after) = rest.split_first()?;
+                    rest = after;
+                    if byte != 255 {
+                        break;
+                    }
+                }
+            }
+            let frames = usize::from(count_byte & 0x3f);
+            if frames == 0 {
+                return None;
+            }
+            if count_byte & 0x80 == 0 {
+                return Some(rest);
+            }
+            let mut offset = 0;
+            let mut first = None;
+            for _ in 1..frames {
+                let (length, skip) = frame_length(rest.get(offset..)?)?;
+                first.get_or_insert(length);
+                offset += skip;
+            }
+            let data = rest.get(offset..)?;
+            match first {
+                Some(length) => data.get(..length),
+                None => Some(data),
+            }
+        }
+    }
+}
+
+/// A frame length coded in one or two bytes (RFC 6716 §3.2.1): the length and the bytes used.
+fn frame_length(bytes: &[u8]) -> Option<(usize, usize)> {
+    match *bytes.first()? {
+        small @ 0..=251 => Some((usize::from(small), 1)),
+        large => Some((usize::from(large) + 4 * usize::from(*bytes.get(1)?), 2)),
+    }
+}
+
 fn check_packet(packet: &[u8]) -> Result<(), CodecError> {
     match packet.len() {
         0 => Err(CodecError::EmptyPacket),
@@ -576,6 +705,159 @@ mod tests {
             fec_error < plc_error / 2.0,
             "fec error {fec_error:.3e} vs plc error {plc_error:.3e}"
         );
+    }
+
+    /// Drops every 5th packet from the fifth on and rebuilds it both ways; returns the squared
+    /// error of FEC and of concealment against the loss-free decode.
+    fn fec_and_plc_errors(packets: &[Vec<u8>]) -> (f64, f64) {
+        let reference = decode_all(packets);
+        let (mut plc, mut fec) = (OpusDecoder::new().unwrap(), OpusDecoder::new().unwrap());
+        let (mut a, mut b) = ([0i16; SAMPLES_PER_FRAME], [0i16; SAMPLES_PER_FRAME]);
+        let (mut plc_error, mut fec_error) = (0.0, 0.0);
+        for (i, packet) in packets.iter().enumerate() {
+            let want = &reference[i * SAMPLES_PER_FRAME..(i + 1) * SAMPLES_PER_FRAME];
+            if i % 5 == 4 && i + 1 < packets.len() {
+                plc.conceal(&mut a).unwrap();
+                fec.recover_fec(&packets[i + 1], &mut b).unwrap();
+                plc_error += error_energy(&a, want);
+                fec_error += error_energy(&b, want);
+            } else {
+                plc.decode(packet, &mut a).unwrap();
+                fec.decode(packet, &mut b).unwrap();
+            }
+        }
+        (fec_error, plc_error)
+    }
+
+    #[test]
+    fn loss_protection_switched_on_mid_stream_makes_lost_frames_rebuildable_and_off_sends_none() {
+        let input = testkit::audio::speech_like(
+            &[220.0, 330.0, 180.0, 290.0, 400.0, 250.0, 310.0, 200.0],
+            60,
+            0,
+            PCM_SAMPLE_RATE,
+        );
+        let frames: Vec<&[i16]> = input.chunks_exact(SAMPLES_PER_FRAME).collect();
+        let off = FecSettings {
+            inband_fec: false,
+            expected_loss_percent: 0,
+            bitrate_bps: 20_000,
+        };
+        let on = FecSettings {
+            inband_fec: true,
+            expected_loss_percent: 10,
+            ..off
+        };
+        let mut stream = StreamEncoder::new(EncoderSettings::default()).unwrap();
+        let mut buf = [0u8; MAX_OPUS_PACKET];
+        let mut encode = |stream: &mut StreamEncoder, frames: &[&[i16]]| -> Vec<Vec<u8>> {
+            frames
+                .iter()
+                .map(|frame| {
+                    let n = stream.encode(frame, false, &mut buf).unwrap();
+                    buf[..n].to_vec()
+                })
+                .collect()
+        };
+        stream.set_fec(off).unwrap();
+        let unprotected = encode(&mut stream, &frames);
+        assert!(!unprotected.iter().any(|p| carries_fec(p)), "FEC while off");
+        stream.set_fec(on).unwrap();
+        let protected = encode(&mut stream, &frames);
+        let with_fec = protected.iter().filter(|p| carries_fec(p)).count();
+        assert!(
+            with_fec * 3 >= protected.len() * 2,
+            "{with_fec} of {} packets carry FEC",
+            protected.len()
+        );
+        // Protected, a lost frame comes back from the next packet far better than concealed;
+        // unprotected, "FEC" is only concealment.
+        let (fec_error, plc_error) = fec_and_plc_errors(&protected);
+        assert!(
+            fec_error < plc_error / 2.0,
+            "fec error {fec_error:.3e} vs plc error {plc_error:.3e}"
+        );
+        let (fec_error, plc_error) = fec_and_plc_errors(&unprotected);
+        assert!(
+            fec_error > plc_error * 0.8,
+            "without FEC: {fec_error:.3e} vs plc {plc_error:.3e}"
+        );
+        // Off again: no more FEC.
+        stream.set_fec(off).unwrap();
+        let after = encode(&mut stream, &frames);
+        assert!(
+            !after.iter().any(|p| carries_fec(p)),
+            "FEC after switching off"
+        );
+    }
+
+    #[test]
+    fn new_loss_protection_ends_a_replayed_pause_and_libopus_makes_the_pause_again() {
+        let settings = EncoderSettings::default();
+        let silence = vec![0i16; SAMPLES_PER_FRAME];
+        let mut stream = StreamEncoder::new(settings).unwrap();
+        let mut buf = [0u8; MAX_OPUS_PACKET];
+        for _ in 0..30 {
+            stream.encode(&silence, true, &mut buf).unwrap();
+        }
+        assert!(stream.replaying());
+        stream
+            .set_fec(FecSettings {
+                inband_fec: true,
+                expected_loss_percent: 10,
+                bitrate_bps: 20_000,
+            })
+            .unwrap();
+        assert!(!stream.replaying(), "the old cycle is dropped");
+        // The pause goes on, encoded (and then replayed) with the new settings.
+        for _ in 0..30 {
+            stream.encode(&silence, true, &mut buf).unwrap();
+        }
+        assert!(stream.replaying());
+    }
+
+    #[test]
+    fn the_fec_flag_is_read_from_silk_and_hybrid_packets_of_every_framing() {
+        // TOC 0x08: SILK narrowband 20 ms, mono, one frame; the flag is bit 6 of the next byte.
+        assert!(carries_fec(&[0x08, 0b0100_0000, 0x12]));
+        assert!(!carries_fec(&[0x08, 0b1000_0000, 0x12]));
+        // Stereo (TOC bit 2): the side channel's flag counts too (bit 4).
+        assert!(carries_fec(&[0x0c, 0b0001_0000]));
+        // 40 ms SILK (config 2): two VAD flags, then the LBRR flag (bit 5).
+        assert!(carries_fec(&[0x10, 0b0010_0000]));
+        assert!(!carries_fec(&[0x10, 0b0100_0000]));
+        // Code 1 (two equal frames), code 2 (first frame's length), code 3 (count, padding,
+        // VBR lengths): the first frame is found in each.
+        assert!(carries_fec(&[0x09, 0x40, 0x00, 0x00, 0x00]));
+        assert!(carries_fec(&[0x0a, 2, 0x40, 0x00, 0x00]));
+        assert!(!carries_fec(&[0x0a, 2, 0x00, 0x00, 0x40]));
+        assert!(carries_fec(&[
+            0x0b,
+            0b1100_0010,
+            1,
+            2,
+            0x40,
+            0x00,
+            0x00,
+            0x00
+        ]));
+        assert!(carries_fec(&[0x0b, 0b0000_0010, 0x40, 0x00]));
+        // Hybrid (config 12..=15) carries SILK first; CELT-only (16..) never has FEC.
+        assert!(carries_fec(&[0x68, 0x40]));
+        assert!(!carries_fec(&[0x80, 0xff, 0xff]));
+        // Malformed or empty: no FEC, no panic.
+        for packet in [
+            &[][..],
+            &[0x08],
+            &[0x0a, 252],
+            &[0x0a, 200, 0x40],
+            &[0x0b],
+            &[0x0b, 0x40, 255, 255],
+            &[0x0b, 0x80],
+            &[0x0b, 0x83, 255],
+        ] {
+            assert!(!carries_fec(packet), "{packet:?}");
+        }
     }
 
     #[test]

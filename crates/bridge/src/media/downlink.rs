@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::codec::{MAX_OPUS_PACKET, RTP_TIMESTAMP_STEP, SAMPLES_PER_FRAME, StreamEncoder};
+use super::codec::{
+    CodecError, FecSettings, MAX_OPUS_PACKET, RTP_TIMESTAMP_STEP, SAMPLES_PER_FRAME, StreamEncoder,
+};
 use super::pacer::{Due, Pacer};
 use super::phases::PhaseSlot;
 use super::playback::{PlaybackBuffer, Truncation};
@@ -111,6 +113,12 @@ impl Downlink {
     /// must be told about the items cut (empty when nothing was queued).
     pub fn barge_in(&mut self) -> Vec<Truncation> {
         self.playback.barge_in()
+    }
+
+    /// Changes the encoder's loss protection from the next frame on (the stream goes on: same
+    /// numbering, no gap).
+    pub fn set_fec(&mut self, fec: FecSettings) -> Result<(), CodecError> {
+        self.encoder.set_fec(fec)
     }
 
     /// Puts the frames due at `now` into `out` (cleared first): encoded, numbered and

@@ -3,7 +3,9 @@
 //! Audio only: Opus on PT 111 and telephone-event on PT 126, one outgoing SSRC for the whole
 //! call, DTLS client when answering (`a=setup:active`), no mDNS, a short ICE check interval,
 //! RTCP sender/receiver reports on. Events from the connection (state changes, the caller's
-//! track) are forwarded into a bounded channel read by the call task that owns this peer.
+//! track) are forwarded into a bounded channel read by the call task that owns this peer. The
+//! far end's reception reports (how much of what we send it loses) are handed to the call too:
+//! an interceptor lets them past the end of the chain, where inbound RTCP otherwise stops.
 //!
 //! This is the one file that names the WebRTC crate's types: everything else speaks in
 //! [`PeerEvent`] and [`RtpPacket`].
@@ -15,7 +17,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use rtc::crypto::SignatureScheme;
 use rtc::ice::mdns::MulticastDnsMode;
-use rtc::interceptor::Registry;
+use rtc::interceptor::{Attribute, Interceptor, Packet, Registry, Slot, StreamInfo, TaggedPacket};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::certificate::{CertificateParams, RTCCertificate};
 use rtc::peer_connection::configuration::interceptor_registry::configure_rtcp_reports;
@@ -23,13 +25,16 @@ use rtc::peer_connection::configuration::media_engine::{
     MIME_TYPE_OPUS, MIME_TYPE_TELEPHONE_EVENT, MediaEngine,
 };
 use rtc::peer_connection::transport::{RTCDtlsRole, RTCIceCandidateType};
+use rtc::rtcp::receiver_report::ReceiverReport;
+use rtc::rtcp::reception_report::ReceptionReport;
+use rtc::rtcp::sender_report::SenderReport;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
     RtpCodecKind,
 };
 use tokio::sync::mpsc;
-use webrtc::media_stream::track_local::TrackLocal;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
     PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
@@ -59,6 +64,9 @@ const ICE_KEEPALIVE: Duration = Duration::from_secs(1);
 /// 500 ms a pair may take to answer.
 const ICE_CHECK_INTERVAL: Duration = Duration::from_millis(10);
 const ICE_MAX_BINDING_REQUESTS: u16 = 50;
+/// Where the reception-report forwarder sits: after every interceptor of the chain (the report
+/// interceptors at 10 000 and 11 000), just before the terminus that ends inbound RTCP.
+const REPORT_FORWARDER_SLOT: usize = 14_000;
 /// How long candidate gathering may take before the SDP is sent without waiting further.
 const GATHERING_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long the bridge uses one DTLS certificate before making a new one.
@@ -144,11 +152,126 @@ pub enum PeerEvent {
     Gone,
     /// One RTP packet from the far end.
     Rtp(RtpPacket),
+    /// One reception report block from the far end's RTCP (receiver or sender report): how a
+    /// stream it receives fares. Ours carries our [`MediaPeer::ssrc`].
+    LossReport(LossReport),
+}
+
+/// What one RTCP reception report block says (RFC 3550 §6.4.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LossReport {
+    /// The stream reported on.
+    pub ssrc: u32,
+    /// Packets lost since the previous report, in 256ths of those expected.
+    pub fraction_lost: u8,
+    /// Packets lost since the stream began (24 bits).
+    pub cumulative_lost: u32,
+    /// The highest sequence number received, with its wrap count in the top 16 bits: a newer
+    /// report carries a larger one.
+    pub highest_sequence: u32,
+    /// Interarrival jitter, in RTP timestamp units (48 kHz for Opus).
+    pub jitter: u32,
+    /// The middle of the NTP time of our last sender report the far end received; 0 before any.
+    pub last_sender_report: u32,
+}
+
+impl From<&ReceptionReport> for LossReport {
+    fn from(block: &ReceptionReport) -> Self {
+        Self {
+            ssrc: block.ssrc,
+            fraction_lost: block.fraction_lost,
+            cumulative_lost: block.total_lost,
+            highest_sequence: block.last_sequence_number,
+            jitter: block.jitter,
+            last_sender_report: block.last_sender_report,
+        }
+    }
+}
+
+impl From<&LossReport> for ReceptionReport {
+    fn from(report: &LossReport) -> Self {
+        Self {
+            ssrc: report.ssrc,
+            fraction_lost: report.fraction_lost,
+            total_lost: report.cumulative_lost,
+            last_sequence_number: report.highest_sequence,
+            jitter: report.jitter,
+            last_sender_report: report.last_sender_report,
+            delay: 0,
+        }
+    }
+}
+
+/// The reception report blocks of a receiver or sender report (none for other packets).
+fn report_blocks(packet: &dyn rtc::rtcp::Packet) -> &[ReceptionReport] {
+    let any = packet.as_any();
+    if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
+        &rr.reports
+    } else if let Some(sr) = any.downcast_ref::<SenderReport>() {
+        &sr.reports
+    } else {
+        &[]
+    }
+}
+
+/// Lets the far end's reception reports reach the application. Inbound RTCP ends at the end of
+/// the chain (the report interceptors before this one have used it) unless an interceptor marks
+/// it [`Attribute::DeliverToApplication`]; this one marks the receiver and sender reports that
+/// carry report blocks, and keeps only those of the packet. The stack routes an RTCP packet by
+/// the first SSRC it is about, so a packet that now starts with a block about our stream goes
+/// to our outgoing track's events even when the far end put something else first.
+#[derive(Default)]
+struct ReportForwarder {
+    reads: std::collections::VecDeque<TaggedPacket>,
+    writes: std::collections::VecDeque<TaggedPacket>,
+}
+
+impl rtc::sansio::Protocol<TaggedPacket, TaggedPacket, ()> for ReportForwarder {
+    type Rout = TaggedPacket;
+    type Wout = TaggedPacket;
+    type Eout = ();
+    type Error = rtc::shared::error::Error;
+    type Time = Instant;
+
+    fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
+        if let Packet::Rtcp(packets) = &mut msg.message.packet
+            && packets
+                .iter()
+                .any(|packet| !report_blocks(packet.as_ref()).is_empty())
+        {
+            packets.retain(|packet| !report_blocks(packet.as_ref()).is_empty());
+            msg.message.add(Attribute::DeliverToApplication);
+        }
+        self.reads.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_read(&mut self) -> Option<Self::Rout> {
+        self.reads.pop_front()
+    }
+
+    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        self.writes.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_write(&mut self) -> Option<Self::Wout> {
+        self.writes.pop_front()
+    }
+}
+
+impl Interceptor for ReportForwarder {
+    fn bind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
 }
 
 /// One received RTP packet: what the bridge reads of it.
 #[derive(Debug)]
 pub struct RtpPacket {
+    /// The sender's stream.
+    pub ssrc: u32,
     pub payload_type: u8,
     pub sequence_number: u16,
     pub timestamp: u32,
@@ -197,6 +320,11 @@ pub struct MediaPeer {
     gathering_complete: bool,
     /// The far end's audio track, once it has arrived and until it ends.
     remote: Option<Arc<dyn TrackRemote>>,
+    /// Reception report blocks received and not yet returned by [`MediaPeer::next_event`].
+    reports: std::collections::VecDeque<LossReport>,
+    /// The outgoing track's feedback (RTCP about what we send) can still arrive: bound from
+    /// `add_track` on, until the connection closes.
+    feedback_open: bool,
     /// Released when the peer is dropped, after the connection is closed.
     _port: Option<PortLease>,
 }
@@ -219,7 +347,10 @@ impl MediaPeer {
         let mut media_engine = MediaEngine::default();
         media_engine.register_codec(opus_codec(profile), RtpCodecKind::Audio)?;
         media_engine.register_codec(telephone_event_codec(), RtpCodecKind::Audio)?;
-        let registry = configure_rtcp_reports(Registry::new());
+        let registry = configure_rtcp_reports(Registry::new()).with(
+            Slot::from(REPORT_FORWARDER_SLOT),
+            ReportForwarder::default(),
+        );
 
         let mut setting_engine = SettingEngineBuilder::new()
             .with_multicast_dns_mode(MulticastDnsMode::Disabled)
@@ -309,8 +440,15 @@ impl MediaPeer {
             pending: Default::default(),
             gathering_complete: false,
             remote: None,
+            reports: Default::default(),
+            feedback_open: true,
             _port: port,
         })
+    }
+
+    /// The SSRC of everything this peer sends (one for the whole call, §8.2 rule 4).
+    pub fn ssrc(&self) -> u32 {
+        self.ssrc
     }
 
     /// Applies the caller's offer and returns our complete answer (all candidates gathered).
@@ -363,6 +501,9 @@ impl MediaPeer {
     /// (cancellation-safe). `None` once the connection's driver is gone.
     pub async fn next_event(&mut self) -> Option<PeerEvent> {
         loop {
+            if let Some(report) = self.reports.pop_front() {
+                return Some(PeerEvent::LossReport(report));
+            }
             let event = match self.pending.pop_front() {
                 Some(event) => event,
                 None => tokio::select! {
@@ -370,11 +511,18 @@ impl MediaPeer {
                     event = next_track_event(&self.remote) => match event {
                         Some(TrackRemoteEvent::OnRtpPacket(packet)) => {
                             return Some(PeerEvent::Rtp(RtpPacket {
+                                ssrc: packet.header.ssrc,
                                 payload_type: packet.header.payload_type,
                                 sequence_number: packet.header.sequence_number,
                                 timestamp: packet.header.timestamp,
                                 payload: packet.payload,
                             }));
+                        }
+                        // Reports routed by the far end's own SSRC (a block about its stream
+                        // first); any block about ours is still ours.
+                        Some(TrackRemoteEvent::OnRtcpPacket(packets)) => {
+                            self.queue_reports(&packets);
+                            continue;
                         }
                         Some(TrackRemoteEvent::OnEnded) | None => {
                             tracing::debug!("the far end's track ended");
@@ -382,6 +530,17 @@ impl MediaPeer {
                             continue;
                         }
                         Some(_) => continue,
+                    },
+                    event = self.track.poll(), if self.feedback_open => match event {
+                        Some(TrackLocalEvent::OnRtcpPacket(packets)) => {
+                            self.queue_reports(&packets);
+                            continue;
+                        }
+                        Some(_) => continue,
+                        None => {
+                            self.feedback_open = false;
+                            continue;
+                        }
                     },
                 },
             };
@@ -403,6 +562,27 @@ impl MediaPeer {
                 }
             }
         }
+    }
+
+    fn queue_reports(&mut self, packets: &[Box<dyn rtc::rtcp::Packet>]) {
+        for packet in packets {
+            self.reports
+                .extend(report_blocks(packet.as_ref()).iter().map(LossReport::from));
+        }
+    }
+
+    /// Sends an RTCP receiver report with one block, as the far end's receiver would (the
+    /// simulated phone states loss with it).
+    pub async fn write_loss_report(&self, report: &LossReport) -> Result<(), PeerError> {
+        let receiver_report = ReceiverReport {
+            ssrc: self.ssrc,
+            reports: vec![ReceptionReport::from(report)],
+            profile_extensions: bytes::Bytes::new(),
+        };
+        self.track
+            .write_rtcp(vec![Box::new(receiver_report)])
+            .await?;
+        Ok(())
     }
 
     /// Sends one Opus frame on the outgoing track.
@@ -586,6 +766,83 @@ mod tests {
         assert_eq!(fingerprints[0], fingerprints[1]);
         assert_ne!(fingerprints[0], fingerprints[2]);
         assert_ne!(fingerprints[2], fingerprints[3]);
+    }
+
+    /// A phone and a bridge peer, connected on loopback.
+    async fn connected_pair() -> (MediaPeer, MediaPeer) {
+        let settings = PeerSettings {
+            loopback: true,
+            ..Default::default()
+        };
+        let mut phone = MediaPeer::new(&settings, PeerProfile::SimulatedPhone, None)
+            .await
+            .expect("phone peer");
+        let mut bridge = MediaPeer::new(&settings, PeerProfile::Bridge, None)
+            .await
+            .expect("bridge peer");
+        let offer = phone.offer().await.expect("offer");
+        let answer = bridge.answer(&offer).await.expect("answer");
+        phone.apply_answer(&answer).await.expect("apply answer");
+        tokio::join!(wait_connected(&mut phone), wait_connected(&mut bridge));
+        (phone, bridge)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reception_reports_about_what_each_side_sends_reach_it_while_rtcp_keeps_flowing() {
+        let (mut phone, mut bridge) = connected_pair().await;
+        let (phone_ssrc, bridge_ssrc) = (phone.ssrc(), bridge.ssrc());
+        let crafted = LossReport {
+            ssrc: bridge_ssrc,
+            fraction_lost: 26,
+            cumulative_lost: 7,
+            highest_sequence: 70_000,
+            jitter: 48,
+            last_sender_report: 0,
+        };
+        // The stack's own reports carry the middle of the NTP time of the last sender report
+        // received: non-zero proves the other side's sender reports arrive and are read.
+        let (mut bridge_heard_rr, mut phone_heard_rr, mut crafted_sent) = (false, false, false);
+        let mut crafted_heard = false;
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut sequence = 0u16;
+        while !(bridge_heard_rr && phone_heard_rr && crafted_heard) {
+            assert!(
+                Instant::now() < deadline,
+                "bridge heard rr {bridge_heard_rr}, phone heard rr {phone_heard_rr}, crafted {crafted_heard}"
+            );
+            tokio::select! {
+                _ = tick.tick() => {
+                    let payload = bytes::Bytes::from_static(&[0xf8, 0xff, 0xfe]);
+                    let timestamp = u32::from(sequence) * 960;
+                    bridge.write_opus(sequence, timestamp, payload.clone()).await.expect("write");
+                    phone.write_opus(sequence, timestamp, payload).await.expect("write");
+                    sequence = sequence.wrapping_add(1);
+                }
+                Some(event) = bridge.next_event() => if let PeerEvent::LossReport(report) = event {
+                    assert_eq!(report.ssrc, bridge_ssrc, "{report:?}");
+                    if report == crafted {
+                        crafted_heard = true;
+                    } else {
+                        assert_eq!(report.fraction_lost, 0, "loopback loses nothing");
+                        bridge_heard_rr |= report.last_sender_report != 0;
+                    }
+                },
+                Some(event) = phone.next_event() => if let PeerEvent::LossReport(report) = event {
+                    assert_eq!(report.ssrc, phone_ssrc, "{report:?}");
+                    phone_heard_rr |= report.last_sender_report != 0;
+                },
+            }
+            if bridge_heard_rr && !crafted_sent {
+                phone
+                    .write_loss_report(&crafted)
+                    .await
+                    .expect("rtcp written");
+                crafted_sent = true;
+            }
+        }
+        phone.close().await;
+        bridge.close().await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

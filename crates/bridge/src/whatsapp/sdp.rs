@@ -18,6 +18,9 @@ pub struct OfferInfo {
     pub opus_payload_type: u8,
     /// `useinbandfec=1` in the Opus fmtp: the peer's packets carry FEC for the previous frame.
     pub opus_fec: bool,
+    /// `maxaveragebitrate` in the Opus fmtp (bit/s): the most the peer wants to receive.
+    /// `None` when absent or outside what RFC 7587 allows.
+    pub opus_max_average_bitrate: Option<u32>,
     /// Payload type of `telephone-event/8000` (RFC 4733 DTMF), if offered at 8 kHz.
     pub telephone_event_payload_type: Option<u8>,
     /// Number of `a=candidate` lines.
@@ -58,6 +61,8 @@ const OPUS_PT: u8 = 111;
 const TELEPHONE_EVENT_PT: u8 = 126;
 /// Static G.711 payload types (PCMU, PCMA): allowed only when Meta offered them.
 const G711_PTS: [u8; 2] = [0, 8];
+/// The `maxaveragebitrate` values RFC 7587 §7 allows.
+const OPUS_BITRATES: std::ops::RangeInclusive<u32> = 6_000..=510_000;
 /// Only 20 ms packets (spec §8.2 rule 3).
 const PTIME_MS: &str = "20";
 /// The only fingerprint hash Meta accepts, written the way it expects.
@@ -257,16 +262,23 @@ pub fn inspect(sdp: &str) -> Result<OfferInfo, SdpError> {
         .find(|(pt, name, _)| name.eq_ignore_ascii_case("opus") && audio.offered(*pt))
         .map(|(pt, _, _)| pt)
         .ok_or(SdpError::NoOpus)?;
-    let opus_fec = audio.lines.iter().any(|line| {
-        attr(line, "fmtp")
-            .and_then(|value| value.split_once(' '))
-            .is_some_and(|(pt, params)| {
-                pt.parse() == Ok(opus_payload_type)
-                    && params
-                        .split(';')
-                        .any(|param| param.trim().eq_ignore_ascii_case("useinbandfec=1"))
-            })
-    });
+    // The Opus fmtp's parameters, `name=value` (RFC 7587 §7).
+    let opus_params: Vec<&str> = audio
+        .lines
+        .iter()
+        .filter_map(|line| attr(line, "fmtp")?.split_once(' '))
+        .filter(|(pt, _)| pt.parse() == Ok(opus_payload_type))
+        .flat_map(|(_, params)| params.split(';').map(str::trim))
+        .collect();
+    let opus_fec = opus_params
+        .iter()
+        .any(|param| param.eq_ignore_ascii_case("useinbandfec=1"));
+    let opus_max_average_bitrate = opus_params
+        .iter()
+        .filter_map(|param| param.split_once('='))
+        .find(|(name, _)| name.trim().eq_ignore_ascii_case("maxaveragebitrate"))
+        .and_then(|(_, value)| value.trim().parse().ok())
+        .filter(|bitrate| OPUS_BITRATES.contains(bitrate));
     let telephone_event_payload_type = audio
         .rtpmaps()
         .find(|(pt, name, clock)| is_telephone_event_8k(name, *clock) && audio.offered(*pt))
@@ -298,6 +310,7 @@ pub fn inspect(sdp: &str) -> Result<OfferInfo, SdpError> {
         mid: mid.to_owned(),
         opus_payload_type,
         opus_fec,
+        opus_max_average_bitrate,
         telephone_event_payload_type,
         candidates: parsed
             .all_lines()
@@ -753,6 +766,7 @@ mod tests {
                 mid: "audio".to_owned(),
                 opus_payload_type: 111,
                 opus_fec: true,
+                opus_max_average_bitrate: Some(20_000),
                 telephone_event_payload_type: Some(126),
                 candidates: 2,
                 setup: Some("actpass".to_owned()),
@@ -1057,6 +1071,20 @@ mod tests {
         let info = inspect(&offer).unwrap();
         assert!(!info.opus_fec);
         assert_eq!(info.telephone_event_payload_type, None);
+    }
+
+    #[test]
+    fn the_opus_bitrate_cap_is_read_only_when_it_is_a_bitrate_opus_allows() {
+        let with = |cap: &str| {
+            let offer = offer().replace("maxaveragebitrate=20000", cap);
+            inspect(&offer).unwrap().opus_max_average_bitrate
+        };
+        assert_eq!(with("maxaveragebitrate=16000"), Some(16_000));
+        assert_eq!(with(" MaxAverageBitrate = 12000 "), Some(12_000));
+        assert_eq!(with("maxaveragebitrate=5999"), None);
+        assert_eq!(with("maxaveragebitrate=9999999999"), None);
+        assert_eq!(with("maxaveragebitrate=lots"), None);
+        assert_eq!(with("maxplaybackrate=16000"), None);
     }
 
     /// Found by fuzzing (`fuzz::sdp`): these were accepted, and the call opened an AI session

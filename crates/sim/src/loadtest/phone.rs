@@ -322,6 +322,8 @@ async fn run_media(
             event = peer.next_event() => match event {
                 Some(PeerEvent::Connected) => connected = true,
                 Some(PeerEvent::Gone) | None => break,
+                // The bridge's reports about the caller's stream: nothing to measure here.
+                Some(PeerEvent::LossReport(_)) => {}
                 Some(PeerEvent::Rtp(rtp)) => {
                     let now = Instant::now();
                     let onset = decoder
