@@ -33,7 +33,7 @@
 //!
 //! What it does not model: a delayed or withheld `session.updated`, duplicate or out-of-order
 //! transcription events, a standalone `server_error` `error` event, the two halves of the session
-//! cap separately, scripted speech, the beta protocol beyond rejecting its handshake.
+//! cap separately, words that follow what was said (speech is one fixed recording), the beta protocol beyond rejecting its handshake.
 
 mod pcm;
 mod session;
@@ -86,6 +86,10 @@ pub enum AiMode {
     Echo,
     /// After each user turn, speak a sine tone of `hz` for `duration`.
     Tone { hz: f32, duration: Duration },
+    /// Every response (the greeting a `response.create` asks for, the answer to each user turn)
+    /// speaks this recording (PCM16 24 kHz mono, e.g. espeak-ng speech), so what a receiver
+    /// plays of the first response can be compared with the same words later in the call.
+    Speech(Arc<[i16]>),
     /// Never respond: no response events at all, even for `response.create`.
     Silent,
 }

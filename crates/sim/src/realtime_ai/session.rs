@@ -139,6 +139,8 @@ enum Source {
         hz: f32,
         samples: usize,
     },
+    /// A recording ([`AiMode::Speech`]), spoken from its start.
+    Speech(Arc<[i16]>),
 }
 
 impl Source {
@@ -146,6 +148,7 @@ impl Source {
         match self {
             Self::Echo(range) => range.len(),
             Self::Tone { samples, .. } => *samples,
+            Self::Speech(pcm) => pcm.len(),
         }
     }
 }

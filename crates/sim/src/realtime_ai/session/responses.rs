@@ -1,5 +1,5 @@
 //! Responses: `response.create` and `response.cancel`, what a response says (echo, tone,
-//! scripted function calls, tool answers), its paced audio and its end.
+//! speech, scripted function calls, tool answers), its paced audio and its end.
 
 use super::*;
 use std::sync::atomic::Ordering::SeqCst;
@@ -268,6 +268,7 @@ impl Session {
                 None => (tone(FALLBACK_TONE_HZ, FALLBACK_TONE), "(tone)"),
             },
             AiMode::Tone { hz, duration } => (tone(*hz, *duration), "(tone)"),
+            AiMode::Speech(pcm) => (Source::Speech(pcm.clone()), "(speech)"),
         };
         // After tool results, the answer "speaks" them: a short tone whose transcript carries
         // the outputs verbatim.
@@ -425,6 +426,13 @@ impl Session {
                 response.format.encode(&samples, &mut bytes);
                 if let Some(probe) = probe {
                     probe.audio_out(&self.id, now, &samples);
+                }
+            }
+            Source::Speech(pcm) => {
+                let samples = pcm.get(start..end).unwrap_or(&[]);
+                response.format.encode(samples, &mut bytes);
+                if let Some(probe) = probe {
+                    probe.audio_out(&self.id, now, samples);
                 }
             }
         }

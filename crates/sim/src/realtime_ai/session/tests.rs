@@ -557,3 +557,36 @@ fn an_out_of_band_response_runs_beside_the_default_one() {
         2
     );
 }
+
+#[test]
+fn speech_mode_speaks_its_recording_whole_in_every_response() {
+    let t0 = Instant::now();
+    let clip: Arc<[i16]> = (0..7_200).map(|i| (i % 300) as i16 * 50).collect();
+    let (mut session, mut out) = manual_session(AiMode::Speech(clip.clone()), t0);
+    for round in 0..2u64 {
+        let at = t0 + Duration::from_secs(10 * round);
+        send(
+            &mut session,
+            at,
+            json!({"type": "response.create"}),
+            &mut out,
+        );
+        session.tick(at + Duration::from_secs(5), &mut out);
+        let sent = events(&mut out);
+        let audio: Vec<i16> = sent
+            .iter()
+            .filter(|e| e["type"] == "response.output_audio.delta")
+            .flat_map(|e| {
+                let bytes = BASE64
+                    .decode(e["delta"].as_str().unwrap_or(""))
+                    .unwrap_or_default();
+                bytes
+                    .chunks_exact(2)
+                    .map(|b| i16::from_le_bytes([b[0], b[1]]))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        assert_eq!(audio, &clip[..], "response {round}");
+        assert_eq!(kinds(&sent).last(), Some(&"rate_limits.updated"));
+    }
+}
