@@ -160,6 +160,44 @@ async fn a_caller_talking_over_the_ai_stops_its_audio_and_truncates_what_was_not
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_greeting_waits_for_the_lead_of_steady_silence_then_plays_whole() {
+    let tone_hz = 440.0;
+    let stack = stack(
+        5,
+        AiMode::Tone {
+            hz: tone_hz,
+            duration: Duration::from_millis(600),
+        },
+        Some("Say hello."),
+    )
+    .await;
+    let call = answered_call(&stack, "lead", 25).await;
+    let heard = call
+        .wait_until(WAIT, |r| {
+            tone_span(&r.received, tone_hz).is_some_and(|(start, end)| end - start >= 14_000)
+        })
+        .await;
+    assert!(heard, "the whole greeting reached the phone");
+    let received = call.recording().lock().received.clone();
+    let (start, _) = tone_span(&received, tone_hz).expect("tone");
+    // The phone's recording starts at the bridge's first packet, one 20 ms frame per packet.
+    let lead = bridge::config::DEFAULT_GREETING_LEAD;
+    let per_ms = SAMPLE_RATE as usize / 1000;
+    assert!(
+        start + 20 * per_ms >= lead.as_millis() as usize * per_ms,
+        "the greeting began {} ms after the first packet",
+        start / per_ms
+    );
+    assert!(
+        audio::rms(&received[..start.saturating_sub(per_ms * 20)]) < 50.0,
+        "silence before it"
+    );
+    call.hang_up().await.expect("hang up");
+    assert!(stack.wait_idle(WAIT).await);
+    stack.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bridge_places_a_call_and_the_ai_opens_it_once_the_user_picks_up() {
     let stack = stack(
         5,

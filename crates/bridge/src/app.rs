@@ -184,6 +184,7 @@ impl App {
             answer_deadline: config.answer_deadline,
             max_call_duration: config.max_call_duration,
             greeting: config.greeting.clone(),
+            greeting_lead: config.greeting_lead,
             store: store.clone(),
             memory: MemorySettings {
                 turns: config.memory_turns,

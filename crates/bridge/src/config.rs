@@ -42,6 +42,7 @@ pub const ASSISTANT_INSTRUCTIONS: &str = "ASSISTANT_INSTRUCTIONS";
 pub const ASSISTANT_INSTRUCTIONS_FILE: &str = "ASSISTANT_INSTRUCTIONS_FILE";
 pub const ASSISTANT_GREETING: &str = "ASSISTANT_GREETING";
 pub const KEYPAD_INSTRUCTIONS: &str = "KEYPAD_INSTRUCTIONS";
+pub const GREETING_LEAD: &str = "GREETING_LEAD";
 pub const WEBRTC_PUBLIC_IP: &str = "WEBRTC_PUBLIC_IP";
 pub const WEBRTC_UDP_PORTS: &str = "WEBRTC_UDP_PORTS";
 pub const WEBRTC_LOOPBACK: &str = "WEBRTC_LOOPBACK";
@@ -117,6 +118,7 @@ pub const ALL_KEYS: &[&str] = &[
     ASSISTANT_INSTRUCTIONS_FILE,
     ASSISTANT_GREETING,
     KEYPAD_INSTRUCTIONS,
+    GREETING_LEAD,
     WEBRTC_PUBLIC_IP,
     WEBRTC_UDP_PORTS,
     WEBRTC_LOOPBACK,
@@ -281,6 +283,10 @@ impl Default for HttpLimits {
 /// otherwise.
 pub const DEFAULT_TRANSCRIBE_MODEL: &str = "gpt-4o-mini-transcribe";
 
+/// Steady packets the caller's phone receives before the AI's first words (`GREETING_LEAD`):
+/// a receiver's adaptive jitter buffer settles on them instead of stretching the greeting.
+pub const DEFAULT_GREETING_LEAD: Duration = Duration::from_millis(500);
+
 /// The instructions for the AI's first words once a call is answered.
 pub const DEFAULT_GREETING: &str =
     "Greet the caller in one short sentence and ask how you can help.";
@@ -363,6 +369,8 @@ pub struct Config {
     pub instructions: String,
     /// What the AI is asked to say first; `None` (`ASSISTANT_GREETING=off`): it waits for the caller.
     pub greeting: Option<String>,
+    /// How long the AI's audio is held after media starts, the bridge's silence going out.
+    pub greeting_lead: Duration,
     pub public_ip: Option<IpAddr>,
     pub udp_ports: Option<RangeInclusive<u16>>,
     pub loopback: bool,
@@ -598,6 +606,7 @@ impl Config {
             None => instructions,
         };
 
+        let greeting_lead = r.duration(GREETING_LEAD, DEFAULT_GREETING_LEAD);
         let greeting = match r.raw(ASSISTANT_GREETING) {
             None => Some(DEFAULT_GREETING.to_owned()),
             Some(text) if text.eq_ignore_ascii_case("off") => None,
@@ -741,6 +750,7 @@ impl Config {
             transcription_model,
             instructions,
             greeting,
+            greeting_lead,
             public_ip,
             udp_ports,
             loopback,

@@ -83,6 +83,8 @@ pub struct CallContext {
     pub max_call_duration: Duration,
     /// Instructions for the AI's first words once the call is answered; `None`: wait for the caller.
     pub greeting: Option<String>,
+    /// The AI's first audio is held this long after media starts (`GREETING_LEAD`).
+    pub greeting_lead: Duration,
     /// Tasks, reminders, call log and transcripts.
     pub store: Arc<dyn Store>,
     pub memory: MemorySettings,
@@ -1302,8 +1304,13 @@ impl CallTask {
                 Action::StartMedia => {
                     // RTP starts at once (§7.1 step 7): the first frame is due now; the rest
                     // keep to the call's own millisecond of the 20 ms period.
+                    // The AI's audio waits for the lead, the bridge's silence going out
+                    // meanwhile, so the phone's jitter buffer has settled by the first word.
                     let slot = self.context.frame_phases.take();
-                    self.downlink.start(Instant::now(), slot);
+                    let now = Instant::now();
+                    self.downlink.start(now, slot);
+                    self.downlink
+                        .hold_audio_until(now + self.context.greeting_lead);
                     if let Some(end) = self.maybe_greet().await {
                         return Some(end);
                     }

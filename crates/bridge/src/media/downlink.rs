@@ -54,6 +54,9 @@ pub struct Downlink {
     packet: Vec<u8>,
     sequence_number: u16,
     timestamp: u32,
+    /// The AI's audio waits in the queue (the bridge's silence goes out) until then: the far
+    /// end's jitter buffer settles on steady packets before the first words.
+    audio_from: Option<Instant>,
 }
 
 impl Downlink {
@@ -68,6 +71,7 @@ impl Downlink {
             packet: vec![0; MAX_OPUS_PACKET],
             sequence_number,
             timestamp,
+            audio_from: None,
         }
     }
 
@@ -79,6 +83,12 @@ impl Downlink {
         }
         self.pacer = Some(Pacer::in_phase(now, &slot));
         self.slot = Some(slot);
+    }
+
+    /// Holds the AI's audio back until `at`: frames due before then carry the bridge's silence,
+    /// and nothing queued is lost or cut.
+    pub fn hold_audio_until(&mut self, at: Instant) {
+        self.audio_from = Some(at);
     }
 
     /// Whether AI audio is still waiting to be played to the caller.
@@ -137,8 +147,14 @@ impl Downlink {
         self.timestamp = self
             .timestamp
             .wrapping_add(RTP_TIMESTAMP_STEP.wrapping_mul(skipped));
+        let held = self.audio_from.is_some_and(|at| now < at);
         for _ in 0..frames {
-            let ai_samples = self.playback.pop_frame(&mut self.frame);
+            let ai_samples = if held {
+                self.frame.fill(0);
+                0
+            } else {
+                self.playback.pop_frame(&mut self.frame)
+            };
             let encoded = self
                 .encoder
                 .encode(&self.frame, ai_samples == 0, &mut self.packet);
@@ -254,6 +270,35 @@ mod tests {
         // Polled early: nothing.
         assert_eq!(downlink.poll(due + 50 * MS, &mut out).frames, 0);
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn held_audio_waits_for_its_instant_and_then_plays_in_full() {
+        let now = Instant::now();
+        let mut downlink = downlink();
+        downlink.start(now, FramePhases::new(now).take());
+        downlink.hold_audio_until(now + 100 * MS);
+        downlink.push_audio("resp_1", "item_1", 0, &delta(440.0, 100));
+        let mut sent = Vec::new();
+        run(&mut downlink, 12, &mut sent);
+        let audio: Vec<bool> = sent.iter().map(|f| f.audio).collect();
+        // Frames due at 0..=80 ms are the bridge's silence; the 100 ms of audio follows whole.
+        let expected: Vec<bool> = [false; 5]
+            .into_iter()
+            .chain([true; 5])
+            .chain([false; 2])
+            .collect();
+        assert_eq!(audio, expected);
+        let decoded = decode(&sent);
+        let tone = &decoded[5 * SAMPLES_PER_FRAME..10 * SAMPLES_PER_FRAME];
+        assert_eq!(
+            dominant_frequency(tone, PCM_SAMPLE_RATE, &[440.0, 660.0]),
+            Some(440.0)
+        );
+        assert!(
+            rms(&decoded[..4 * SAMPLES_PER_FRAME]) < 50.0,
+            "silence first"
+        );
     }
 
     #[test]
