@@ -764,6 +764,7 @@ impl CallTask {
                     return None;
                 }
                 self.answer_applied = true;
+                let answer = sdp::opus_fmtp_for_stack(&answer);
                 if let Err(err) = self.peer.apply_answer(&answer).await {
                     warn!(%err, "Meta's answer could not be applied");
                     return Some(self.end(CallEnd::SetupFailed).await);
@@ -1302,8 +1303,8 @@ impl CallTask {
                     }));
                 }
                 Action::StartMedia => {
-                    // RTP starts at once (§7.1 step 7): the first frame is due now; the rest
-                    // keep to the call's own millisecond of the 20 ms period.
+                    // RTP starts at once (§7.1 step 7): the first frame goes at the call's own
+                    // millisecond of the 20 ms period (within 20 ms), the rest every 20 ms.
                     // The AI's audio waits for the lead, the bridge's silence going out
                     // meanwhile, so the phone's jitter buffer has settled by the first word.
                     let slot = self.context.frame_phases.take();

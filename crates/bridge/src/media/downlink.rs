@@ -75,8 +75,8 @@ impl Downlink {
         }
     }
 
-    /// Media starts: the first frame is due at `now` (§7.1: RTP at once), the rest keep to
-    /// `slot`. Starting again changes nothing.
+    /// Media starts: the first frame is due at `slot`'s next instant (within 20 ms: §7.1, RTP
+    /// at once), the rest every 20 ms after it. Starting again changes nothing.
     pub fn start(&mut self, now: Instant, slot: PhaseSlot) {
         if self.pacer.is_some() {
             return;
@@ -251,10 +251,12 @@ mod tests {
         let _others: Vec<_> = (0..5).map(|_| phases.take()).collect();
         let mut downlink = downlink();
         let mut out = Vec::new();
-        // Media starts 1 003 ms in; slot 5's next instant at least 10 ms on is 1 025 ms.
+        // Media starts 1 003 ms in; slot 5's next instant is 1 005 ms: the first frame then.
         let start = epoch + 1_003 * MS;
         downlink.start(start, phases.take());
-        downlink.poll(start, &mut out);
+        assert_eq!(downlink.poll(start, &mut out).frames, 0);
+        assert_eq!(downlink.deadline(), Some(epoch + 1_005 * MS));
+        downlink.poll(epoch + 1_005 * MS, &mut out);
         assert_eq!(downlink.deadline(), Some(epoch + 1_025 * MS));
         for k in 0..10u32 {
             let due = epoch + (1_025 + 20 * k) * MS;

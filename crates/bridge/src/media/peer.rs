@@ -46,6 +46,8 @@ use super::ports::{PortLease, PortPool};
 
 /// Opus payload type, as Meta offers it.
 pub const OPUS_PAYLOAD_TYPE: u8 = 111;
+/// The Opus parameters the bridge declares: 20 ms packets, and FEC welcome in what it receives.
+pub const BRIDGE_OPUS_FMTP: &str = "minptime=20;useinbandfec=1";
 /// RFC 4733 telephone-event payload type at 8 kHz, as Meta offers it.
 pub const TELEPHONE_EVENT_PAYLOAD_TYPE: u8 = 126;
 /// Events queued from the connection's driver to the call task. Few and small (state changes
@@ -678,7 +680,7 @@ fn telephone_event_codec() -> RTCRtpCodecParameters {
 
 fn opus_codec(profile: PeerProfile) -> RTCRtpCodecParameters {
     let fmtp = match profile {
-        PeerProfile::Bridge => "minptime=20;useinbandfec=1",
+        PeerProfile::Bridge => BRIDGE_OPUS_FMTP,
         PeerProfile::SimulatedPhone => {
             "maxaveragebitrate=20000;maxplaybackrate=16000;minptime=20;sprop-maxcapturerate=16000;useinbandfec=1"
         }

@@ -8,6 +8,8 @@
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
+use crate::media::peer::BRIDGE_OPUS_FMTP;
+
 /// Facts about one SDP (offer or answer) that the call flow needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OfferInfo {
@@ -345,7 +347,9 @@ pub struct PreparedOffer {
 ///   which the stack does not apply (it leaves the section out of its answer), so `a=sendrecv`
 ///   is added to the audio section;
 /// - `a=candidate` lines the bridge cannot use (port 0, a transport other than UDP, unparsable)
-///   are dropped rather than left to fail in the ICE agent.
+///   are dropped rather than left to fail in the ICE agent;
+/// - the Opus parameters the stack would compare with its own state the bridge's values (see
+///   [`opus_fmtp_for_stack`]).
 ///
 /// Line endings become CRLF.
 pub fn prepare_offer(offer: &str) -> PreparedOffer {
@@ -374,10 +378,53 @@ pub fn prepare_offer(offer: &str) -> PreparedOffer {
     let mut sdp = out.join("\r\n");
     sdp.push_str("\r\n");
     PreparedOffer {
-        sdp,
+        sdp: opus_fmtp_for_stack(&sdp),
         dropped_candidates,
         direction_added,
     }
+}
+
+/// `sdp` (CRLF) with every Opus `a=fmtp` line stating the bridge's own values of the
+/// parameters it declares ([`BRIDGE_OPUS_FMTP`]: `minptime=20;useinbandfec=1`), the caller's
+/// other parameters kept. The WebRTC stack finds no common Opus where a value differs, so
+/// the answer had none: Meta's older offers and browsers say `minptime=10`, which is no reason
+/// to refuse a call. The stack's answer repeats the offer's line, so it now says what the
+/// bridge wants to receive: 20 ms packets, with FEC. What the caller itself said is read from
+/// the original SDP ([`inspect`]). For an offer before the stack answers it, and for Meta's
+/// answer to ours before the stack applies it.
+pub fn opus_fmtp_for_stack(sdp: &str) -> String {
+    let opus: Vec<u8> = sdp
+        .lines()
+        .filter_map(|line| rtpmap(line.trim_end()))
+        .filter(|(_, name, _)| name.eq_ignore_ascii_case("opus"))
+        .map(|(pt, _, _)| pt)
+        .collect();
+    let ours: Vec<&str> = BRIDGE_OPUS_FMTP.split(';').collect();
+    let key = |parameter: &str| parameter.split('=').next().unwrap_or("").trim().to_owned();
+    let mut out = String::with_capacity(sdp.len() + ours.len() * 16);
+    for line in sdp.lines().map(str::trim_end) {
+        let opus_parameters = attr(line, "fmtp")
+            .and_then(|value| value.split_once(' '))
+            .filter(|(pt, _)| pt.parse().is_ok_and(|pt: u8| opus.contains(&pt)));
+        let Some((pt, parameters)) = opus_parameters else {
+            out.push_str(line);
+            out.push_str("\r\n");
+            continue;
+        };
+        let mut kept: Vec<&str> = parameters
+            .split(';')
+            .map(str::trim)
+            .filter(|parameter| !parameter.is_empty())
+            .filter(|parameter| {
+                !ours
+                    .iter()
+                    .any(|own| key(own).eq_ignore_ascii_case(&key(parameter)))
+            })
+            .collect();
+        kept.extend(&ours);
+        out.push_str(&format!("a=fmtp:{pt} {}\r\n", kept.join(";")));
+    }
+    out
 }
 
 /// An `a=candidate` value the bridge can use: `<foundation> <component> udp <priority>
@@ -1122,6 +1169,34 @@ mod tests {
     /// The spec offer with `edit` applied to its text.
     fn spec_offer_with(edit: impl FnOnce(String) -> String) -> String {
         edit(testkit::fixtures::meta_offer())
+    }
+
+    #[test]
+    fn opus_parameters_the_stack_compares_state_the_bridges_values_and_others_are_kept() {
+        let offer = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111 126 0\r\na=rtpmap:111 opus/48000/2\r\n\
+                     a=fmtp:111 minptime=10; useinbandfec=0;maxaveragebitrate=20000\r\n\
+                     a=rtpmap:126 telephone-event/8000\r\na=fmtp:126 0-15\r\n\
+                     a=fmtp:0 minptime=10\r\n";
+        let prepared = opus_fmtp_for_stack(offer);
+        assert!(
+            prepared.contains("a=fmtp:111 maxaveragebitrate=20000;minptime=20;useinbandfec=1\r\n"),
+            "{prepared}"
+        );
+        assert!(
+            prepared.contains("a=fmtp:126 0-15\r\n"),
+            "other codecs untouched"
+        );
+        assert!(
+            prepared.contains("a=fmtp:0 minptime=10\r\n"),
+            "not Opus: untouched"
+        );
+        assert_eq!(opus_fmtp_for_stack(&prepared), prepared, "idempotent");
+        // What the caller said is still read from its own offer.
+        let no_fec = offer.replace("useinbandfec=0", "USEINBANDFEC=0");
+        assert!(
+            opus_fmtp_for_stack(&no_fec)
+                .contains("a=fmtp:111 maxaveragebitrate=20000;minptime=20;useinbandfec=1\r\n")
+        );
     }
 
     #[test]
