@@ -23,6 +23,9 @@ pub struct Row {
     pub packets_lost: i64,
     pub accelerated: u64,
     pub decelerated: u64,
+    /// Concealed samples while each rendition played.
+    pub concealed_greeting: Option<u64>,
+    pub concealed_later: Option<u64>,
     /// Accelerated + decelerated samples while each rendition played.
     pub stretched_greeting: Option<u64>,
     pub stretched_later: Option<u64>,
@@ -63,6 +66,7 @@ impl Row {
             )
             .map(|s| s.max(0.0) as u64)
         };
+        let concealed = |w| delta(w, "concealedSamples").map(|s| s.max(0.0) as u64);
         let buffer_ms = |w| {
             let emitted = delta(w, "jitterBufferEmittedCount")?;
             (emitted > 0.0).then(|| delta(w, "jitterBufferDelay").unwrap_or(0.0) / emitted * 1000.0)
@@ -85,6 +89,8 @@ impl Row {
             packets_lost: int(&last, "packetsLost") as i64,
             accelerated: int(&last, "removedSamplesForAcceleration") as u64,
             decelerated: int(&last, "insertedSamplesForDeceleration") as u64,
+            concealed_greeting: concealed(greeting),
+            concealed_later: concealed(later),
             stretched_greeting: stretched(greeting),
             stretched_later: stretched(later),
             buffer_greeting_ms: buffer_ms(greeting),
@@ -102,17 +108,19 @@ fn opt(value: Option<f64>, decimals: usize) -> String {
 /// The table, in Markdown.
 pub fn table(rows: &[Row]) -> String {
     let mut out = String::from(
-        "| call | greeting PESQ-WB | later PESQ-WB | concealed samples (events) | packets lost | accelerated / decelerated samples | stretched in greeting / later | jitter buffer ms in greeting / later | connected → greeting ms | setup ms |\n\
-         | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+        "| call | greeting PESQ-WB | later PESQ-WB | concealed samples (events) | concealed in greeting / later | packets lost | accelerated / decelerated samples | stretched in greeting / later | jitter buffer ms in greeting / later | connected → greeting ms | setup ms |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
     );
     for row in rows {
         out.push_str(&format!(
-            "| {} | {} | {} | {} ({}) | {} | {} / {} | {} / {} | {} / {} | {} | {:.0} |\n",
+            "| {} | {} | {} | {} ({}) | {} / {} | {} | {} / {} | {} / {} | {} / {} | {} | {:.0} |\n",
             row.key,
             opt(row.greeting_pesq, 2),
             opt(row.later_pesq, 2),
             row.concealed_samples,
             row.concealment_events,
+            opt(row.concealed_greeting.map(|s| s as f64), 0),
+            opt(row.concealed_later.map(|s| s as f64), 0),
             row.packets_lost,
             row.accelerated,
             row.decelerated,
@@ -153,4 +161,59 @@ pub fn summary(rows: &[Row], placed: usize) -> String {
         ),
         rows.len(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::browser::page::PageResult;
+    use serde_json::json;
+    use std::time::Duration;
+
+    /// Stats every 100 ms (4,800 frames) from frame 0: 100 samples stretched and 10 concealed
+    /// per row, and a jitter-buffer delay of 40 ms for every sample emitted.
+    fn record() -> CallRecord {
+        let stats = (0..100u64)
+            .map(|i| {
+                json!({"frame": i * 4_800, "concealedSamples": i * 10, "concealmentEvents": 1,
+                       "packetsLost": 0, "insertedSamplesForDeceleration": i * 60,
+                       "removedSamplesForAcceleration": i * 40,
+                       "jitterBufferDelay": i as f64 * 4_800.0 * 0.040,
+                       "jitterBufferEmittedCount": i * 4_800})
+            })
+            .collect();
+        CallRecord {
+            key: 3,
+            page: PageResult {
+                rate: 48_000,
+                pcm: String::new(),
+                record_start_frame: Some(9_600.0),
+                connected_frame: Some(4_800.0),
+                stats,
+            },
+            onsets: [0, 0],
+            setup: Duration::from_millis(20),
+        }
+    }
+
+    #[test]
+    fn a_rendition_s_figures_are_the_stats_over_the_rows_around_it() {
+        // The greeting starts 100 ms into the recording (frame 14,400) and lasts 1 s: rows 3 to 13.
+        let greeting = Rendition {
+            start: Some(4_800),
+            correlation: Some(0.8),
+            pesq: Some(3.1),
+        };
+        let row = Row::of(&record(), &[greeting], 1.0);
+        assert_eq!(row.greeting_pesq, Some(3.1));
+        assert_eq!(row.later_pesq, None);
+        assert_eq!(row.stretched_greeting, Some(1_000));
+        assert_eq!(row.concealed_greeting, Some(100));
+        assert!((row.buffer_greeting_ms.unwrap() - 40.0).abs() < 1e-9);
+        assert!((row.connected_to_greeting_ms.unwrap() - 200.0).abs() < 1e-9);
+        assert_eq!(row.concealed_samples, 990);
+        assert_eq!(row.accelerated, 3_960);
+        assert_eq!(row.decelerated, 5_940);
+        assert!(summary(&[row], 2).starts_with("0 of 2 greetings"));
+    }
 }
