@@ -32,7 +32,7 @@ use bridge::media::codec::EncoderSettings;
 use testkit::audio;
 
 use call::{CallRecord, Line};
-use report::Row;
+pub use report::Row;
 
 /// The AI double's audio rate.
 const AI_RATE: u32 = 24_000;
@@ -64,6 +64,20 @@ pub struct BrowserCallsOptions {
     /// A setting for the bridge process, as `KEY=VALUE` (repeatable).
     #[arg(long = "bridge-setting", value_parser = parse_setting)]
     pub bridge_settings: Vec<(String, String)>,
+    /// The bridge binary to measure (its `serve`); default: this one. Lets one harness compare
+    /// two builds.
+    #[arg(long)]
+    pub bridge_exe: Option<PathBuf>,
+}
+
+/// What a run measured.
+pub struct Measured {
+    /// One row per call that completed, by call number.
+    pub rows: Vec<Row>,
+    /// Calls that failed (each printed as it failed).
+    pub failures: usize,
+    /// Chromium's product and version.
+    pub chromium: String,
 }
 
 pub async fn run(options: BrowserCallsOptions) -> ExitCode {
@@ -77,6 +91,31 @@ pub async fn run(options: BrowserCallsOptions) -> ExitCode {
 }
 
 async fn run_inner(options: BrowserCallsOptions) -> anyhow::Result<ExitCode> {
+    let measured = measure(&options).await?;
+    let table = report::table(&measured.rows);
+    let summary = report::summary(&measured.rows, options.calls);
+    println!();
+    print!("{table}");
+    println!();
+    println!("{summary}");
+    std::fs::write(
+        options.out.join("browser-calls.md"),
+        format!("{}\n\n{table}\n{summary}\n", measured.chromium),
+    )?;
+    println!(
+        "Recordings, stats and the table are in {}.",
+        options.out.display()
+    );
+    Ok(if measured.failures == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Starts the doubles, the bridge and Chromium, places the calls and scores them; prints a line
+/// per call as it ends.
+pub async fn measure(options: &BrowserCallsOptions) -> anyhow::Result<Measured> {
     anyhow::ensure!(options.calls > 0 && options.at_once > 0, "nothing to run");
     std::fs::create_dir_all(&options.out)?;
     let (rate, clip) = audio::read_wav(&options.clip)
@@ -110,7 +149,7 @@ async fn run_inner(options: BrowserCallsOptions) -> anyhow::Result<ExitCode> {
         encoder: EncoderSettings::default(),
         log: &options.out.join("bridge.log"),
         cpus: None,
-        exe: None,
+        exe: options.bridge_exe.as_deref(),
         settings,
     })
     .await?;
@@ -155,7 +194,7 @@ async fn run_inner(options: BrowserCallsOptions) -> anyhow::Result<ExitCode> {
     let mut failures = 0;
     while let Some(placed) = calls.next().await {
         let scored = match placed {
-            Ok(record) => score_call(&options, &reference, &record, clip_seconds).await,
+            Ok(record) => score_call(options, &reference, &record, clip_seconds).await,
             Err(err) => Err(err),
         };
         match scored {
@@ -183,30 +222,16 @@ async fn run_inner(options: BrowserCallsOptions) -> anyhow::Result<ExitCode> {
     }
     drop(calls);
     rows.sort_by_key(|row| row.key);
-    let table = report::table(&rows);
-    let summary = report::summary(&rows, options.calls);
-    println!();
-    print!("{table}");
-    println!();
-    println!("{summary}");
-    std::fs::write(
-        options.out.join("browser-calls.md"),
-        format!("{}\n\n{table}\n{summary}\n", chromium.product),
-    )?;
-    println!(
-        "Recordings, stats and the table are in {}.",
-        options.out.display()
-    );
-
+    let chromium_product = chromium.product.clone();
     drop(pages);
     chromium.stop().await;
     bridge.stop().await;
     ai.shutdown();
     graph.shutdown();
-    Ok(if failures == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
+    Ok(Measured {
+        rows,
+        failures,
+        chromium: chromium_product,
     })
 }
 
