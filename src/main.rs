@@ -1,5 +1,6 @@
 //! The `whatsapp-voice-bridge` binary: `serve` (the default) and `healthcheck`; with the `sim`
-//! feature (the default; the container image leaves it out) also `demo` and `loadtest`.
+//! feature (the default; the container image leaves it out) also `demo`, `loadtest` and
+//! `browser-calls`.
 
 use std::collections::HashMap;
 use std::io::IsTerminal as _;
@@ -8,6 +9,8 @@ use std::process::ExitCode;
 use bridge::app::App;
 use bridge::config::{self, Config, LogFormat, ProcessEnv};
 use clap::{Parser, Subcommand};
+#[cfg(feature = "sim")]
+use sim::browser::{self, BrowserCallsOptions};
 #[cfg(feature = "sim")]
 use sim::demo::{self, DemoOptions};
 #[cfg(feature = "sim")]
@@ -51,6 +54,10 @@ enum Command {
     /// reports setup time, latency, loss, CPU and memory per call (table, CSV, plots).
     #[cfg(feature = "sim")]
     Loadtest(Box<LoadtestOptions>),
+    /// Call the bridge from headless Chromium on loopback and score what Chromium plays of the
+    /// AI's greeting and of the same words later in the call (PESQ-WB, jitter-buffer stats).
+    #[cfg(feature = "sim")]
+    BrowserCalls(BrowserCallsOptions),
     /// Exit 0 when the local bridge's /health answers 200 (for container health checks).
     Healthcheck {
         /// Port of the bridge (default: PORT from the environment, else 8080).
@@ -116,6 +123,11 @@ fn main() -> ExitCode {
         Command::Loadtest(options) => {
             init_tracing_for_demo();
             runtime.block_on(loadtest::run(*options))
+        }
+        #[cfg(feature = "sim")]
+        Command::BrowserCalls(options) => {
+            init_tracing_for_demo();
+            runtime.block_on(browser::run(options))
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Integration tests: the real bridge on loopback with its doubles (simulated Meta and AI).
 
+mod browser;
 mod calls;
 mod cleanup;
 mod cli;

@@ -9,9 +9,11 @@
 //! - [`stack`]: a whole local set-up in one process: both doubles and a bridge wired to them;
 //!   [`bridge_process`]: a bridge as a process of its own (the harness's, the fleet's);
 //!   [`fleet`]: several bridge processes sharing one Redis behind a round-robin ingress.
-//! - [`demo`]: the `demo` command; [`loadtest`]: the load harness that measures a bridge process.
+//! - [`demo`]: the `demo` command; [`loadtest`]: the load harness that measures a bridge process;
+//!   [`browser`]: calls from headless Chromium, scoring what it plays of the AI's greeting.
 
 pub mod bridge_process;
+pub mod browser;
 pub mod callee;
 pub mod demo;
 pub mod fleet;

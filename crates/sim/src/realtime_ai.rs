@@ -33,7 +33,8 @@
 //!
 //! What it does not model: a delayed or withheld `session.updated`, duplicate or out-of-order
 //! transcription events, a standalone `server_error` `error` event, the two halves of the session
-//! cap separately, words that follow what was said (speech is one fixed recording), the beta protocol beyond rejecting its handshake.
+//! cap separately, words that follow what was said (`AiMode::Speech` is one fixed recording), the
+//! beta protocol beyond rejecting its handshake.
 
 mod pcm;
 mod session;

@@ -164,7 +164,7 @@ pub struct LoadtestOptions {
     pub soak_seed: Option<u64>,
 }
 
-fn parse_setting(text: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_setting(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         Some((key, value)) if config::ALL_KEYS.contains(&key) => {
             Ok((key.to_owned(), value.to_owned()))
@@ -174,7 +174,7 @@ fn parse_setting(text: &str) -> Result<(String, String), String> {
     }
 }
 
-fn parse_duration_arg(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration_arg(text: &str) -> Result<Duration, String> {
     parse_duration(text).ok_or_else(|| format!("{text:?} is not a duration like 500ms, 5s or 2m"))
 }
 

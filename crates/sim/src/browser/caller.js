@@ -1,0 +1,195 @@
+// The caller's side of one call, run in a headless Chromium page and driven over the DevTools
+// protocol by crates/sim/src/browser/page.rs. One RTCPeerConnection with one audio transceiver;
+// the "microphone" is a Web Audio oscillator, silent until `speak`; what Chromium plays out of
+// the remote track is recorded at 48 kHz by an AudioWorklet; `getStats()` is read every 100 ms.
+(() => {
+  const RATE = 48000;
+  // Received audio louder than this (RMS of 10 ms, full scale 1.0) is speech.
+  const SPEECH_RMS = 0.01;
+  const WINDOW = RATE / 100;
+  const STATS_EVERY_MS = 100;
+  // Meta's Opus parameters (spec §8.1), set in the offer as a libwebrtc client sets them (SDP
+  // munged before setLocalDescription). Chromium's own (minptime=10;useinbandfec=1) are refused
+  // by the bridge: its Opus has minptime=20 and the WebRTC stack matches fmtp parameters.
+  const META_OPUS_FMTP = 'maxaveragebitrate=20000;maxplaybackrate=16000;minptime=20;sprop-maxcapturerate=16000;useinbandfec=1';
+  const RECORDER = `
+    class Recorder extends AudioWorkletProcessor {
+      constructor() { super(); this.chunk = new Float32Array(4096); this.fill = 0; this.start = 0; }
+      process(inputs) {
+        const input = inputs[0];
+        const channel = input && input[0];
+        for (let i = 0; i < 128; i++) {
+          if (this.fill === 0) this.start = currentFrame + i;
+          this.chunk[this.fill++] = channel ? channel[i] : 0;
+          if (this.fill === this.chunk.length) {
+            this.port.postMessage({ start: this.start, samples: this.chunk }, [this.chunk.buffer]);
+            this.chunk = new Float32Array(4096);
+            this.fill = 0;
+          }
+        }
+        return true;
+      }
+    }
+    registerProcessor('recorder', Recorder);`;
+
+  const INBOUND_FIELDS = [
+    'packetsReceived', 'packetsLost', 'packetsDiscarded', 'jitter', 'concealedSamples',
+    'silentConcealedSamples', 'concealmentEvents', 'insertedSamplesForDeceleration',
+    'removedSamplesForAcceleration', 'jitterBufferDelay', 'jitterBufferTargetDelay',
+    'jitterBufferMinimumDelay', 'jitterBufferEmittedCount', 'totalSamplesReceived',
+    'totalSamplesDuration', 'totalAudioEnergy', 'fecPacketsReceived', 'fecPacketsDiscarded',
+  ];
+
+  const call = {
+    ctx: null, pc: null, gain: null, audio: null,
+    chunks: [], recordStart: null, recorded: 0,
+    // Context frame of each event: the first recorded frame, media connected (DTLS up).
+    connectedFrame: null, connectedAt: null,
+    stats: [], timer: null,
+    windows: [], waiters: [],
+  };
+  const frameNow = () => Math.round(call.ctx.currentTime * RATE);
+
+  function onChunk({ start, samples }) {
+    if (call.recordStart === null) call.recordStart = start;
+    call.chunks.push(samples);
+    call.recorded += samples.length;
+    for (let i = 0; i + WINDOW <= samples.length; i += WINDOW) {
+      let sum = 0;
+      for (let j = i; j < i + WINDOW; j++) sum += samples[j] * samples[j];
+      call.windows.push(Math.sqrt(sum / WINDOW) >= SPEECH_RMS);
+    }
+    call.waiters = call.waiters.filter((check) => !check());
+  }
+
+  async function readStats() {
+    if (!call.pc) return null;
+    const report = await call.pc.getStats();
+    let inbound = null;
+    report.forEach((s) => { if (s.type === 'inbound-rtp' && s.kind === 'audio') inbound = s; });
+    if (!inbound) return null;
+    const row = { t: performance.now(), frame: frameNow() };
+    for (const field of INBOUND_FIELDS) row[field] = inbound[field] ?? null;
+    return row;
+  }
+
+  // Resolves with the onset (a frame of the recording, from 0) of the first received speech at
+  // or after frame `after`, once `seconds` after that onset are recorded.
+  function speech(after, seconds) {
+    return new Promise((resolve) => {
+      const check = () => {
+        const first = Math.ceil(after / WINDOW);
+        const onset = call.windows.findIndex((loud, w) => loud && w >= first);
+        if (onset < 0) return false;
+        const onsetFrame = onset * WINDOW;
+        if (call.recorded < onsetFrame + seconds * RATE) return false;
+        resolve(onsetFrame);
+        return true;
+      };
+      if (!check()) call.waiters.push(check);
+    });
+  }
+
+  window.caller = {
+    // Builds the connection and returns Chromium's offer once ICE gathering is complete
+    // (Meta's offers carry every candidate: no trickle).
+    async offer() {
+      call.ctx = new AudioContext({ sampleRate: RATE, latencyHint: 'interactive' });
+      const url = URL.createObjectURL(new Blob([RECORDER], { type: 'text/javascript' }));
+      await call.ctx.audioWorklet.addModule(url);
+      await call.ctx.resume();
+      const osc = call.ctx.createOscillator();
+      osc.frequency.value = 220;
+      call.gain = call.ctx.createGain();
+      call.gain.gain.value = 0;
+      const mic = call.ctx.createMediaStreamDestination();
+      osc.connect(call.gain).connect(mic);
+      osc.start();
+
+      const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle', rtcpMuxPolicy: 'require' });
+      call.pc = pc;
+      const track = mic.stream.getAudioTracks()[0];
+      const transceiver = pc.addTransceiver(track, { direction: 'sendrecv', streams: [mic.stream] });
+      // Like Meta's offer (spec §8.1): Opus and 8 kHz telephone-event only.
+      const codecs = RTCRtpReceiver.getCapabilities('audio').codecs.filter((c) =>
+        c.mimeType.toLowerCase() === 'audio/opus' ||
+        (c.mimeType.toLowerCase() === 'audio/telephone-event' && c.clockRate === 8000));
+      transceiver.setCodecPreferences(codecs);
+      pc.ontrack = (event) => {
+        const stream = event.streams[0] || new MediaStream([event.track]);
+        // Chromium pulls remote WebRTC audio through a media element; the recorder taps it.
+        call.audio = new Audio();
+        call.audio.srcObject = stream;
+        call.audio.play().catch(() => {});
+        const source = call.ctx.createMediaStreamSource(stream);
+        const recorder = new AudioWorkletNode(call.ctx, 'recorder', { numberOfOutputs: 1, outputChannelCount: [1] });
+        recorder.port.onmessage = (m) => onChunk(m.data);
+        source.connect(recorder).connect(call.ctx.destination);
+      };
+      pc.onconnectionstatechange = () => {
+        if (pc.connectionState === 'connected' && call.connectedFrame === null) {
+          call.connectedFrame = frameNow();
+          call.connectedAt = performance.now();
+        }
+      };
+      call.timer = setInterval(async () => {
+        const row = await readStats();
+        if (row) call.stats.push(row);
+      }, STATS_EVERY_MS);
+      const gathered = new Promise((resolve) => {
+        pc.onicegatheringstatechange = () => { if (pc.iceGatheringState === 'complete') resolve(); };
+      });
+      const offer = await pc.createOffer();
+      const opus = /^a=rtpmap:(\d+) opus\/48000\/2$/im.exec(offer.sdp)[1];
+      offer.sdp = offer.sdp.replace(new RegExp(`^a=fmtp:${opus} .*$`, 'm'), `a=fmtp:${opus} ${META_OPUS_FMTP}`);
+      await pc.setLocalDescription(offer);
+      if (pc.iceGatheringState !== 'complete') await gathered;
+      return pc.localDescription.sdp;
+    },
+
+    async answer(sdp) {
+      await call.pc.setRemoteDescription({ type: 'answer', sdp });
+      return true;
+    },
+
+    speech,
+
+    // The caller says something: the oscillator at a speaking level for `ms`.
+    async speak(ms) {
+      const now = call.ctx.currentTime;
+      call.gain.gain.setValueAtTime(0.3, now);
+      call.gain.gain.setValueAtTime(0, now + ms / 1000);
+      await new Promise((resolve) => setTimeout(resolve, ms));
+      return true;
+    },
+
+    // Ends the call: the last stats, the recording (PCM16 48 kHz, base64) and the timeline.
+    async finish() {
+      clearInterval(call.timer);
+      const last = await readStats();
+      if (last) call.stats.push(last);
+      call.pc.close();
+      const pcm = new Int16Array(call.recorded);
+      let at = 0;
+      for (const chunk of call.chunks) {
+        for (let i = 0; i < chunk.length; i++) {
+          const v = Math.max(-1, Math.min(1, chunk[i]));
+          pcm[at++] = v < 0 ? v * 32768 : v * 32767;
+        }
+      }
+      const bytes = new Uint8Array(pcm.buffer);
+      let binary = '';
+      for (let i = 0; i < bytes.length; i += 0x8000) {
+        binary += String.fromCharCode.apply(null, bytes.subarray(i, i + 0x8000));
+      }
+      await call.ctx.close();
+      return {
+        rate: RATE,
+        pcm: btoa(binary),
+        recordStartFrame: call.recordStart,
+        connectedFrame: call.connectedFrame,
+        stats: call.stats,
+      };
+    },
+  };
+})();
