@@ -10,6 +10,7 @@ mod fleet;
 mod headroom;
 mod keypad;
 mod limits;
+mod loss;
 mod ops;
 mod recovery;
 mod reminders;

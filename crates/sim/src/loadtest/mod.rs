@@ -28,6 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::graph_double::{GraphDouble, GraphDoubleConfig};
+use crate::loss::{CallLoss, LossProfile};
 use crate::realtime_ai::{AiDoubleConfig, AiMode, RealtimeAiDouble};
 use crate::stack::APP_SECRET;
 use crate::webhooks::BusinessLine;
@@ -162,6 +163,32 @@ pub struct LoadtestOptions {
     /// The seed of the soak's mix (printed by every run); random when not given.
     #[arg(long)]
     pub soak_seed: Option<u64>,
+    /// Percent of the RTP packets each phone sends that its wire loses (before the bridge sees
+    /// them: the bridge's FEC recovery and concealment count them). With loss, `--strict` fails.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_percent)]
+    pub uplink_loss: f64,
+    /// Percent of the RTP packets the bridge sends each phone that its wire loses (before the
+    /// phone's WebRTC stack sees them: its receiver reports state the loss to the bridge).
+    #[arg(long, default_value_t = 0.0, value_parser = parse_percent)]
+    pub downlink_loss: f64,
+    /// Mean number of packets lost in a row, both directions (1: random loss; more: bursts,
+    /// by a two-state Gilbert model with the same long-run loss).
+    #[arg(long, default_value_t = 1.0, value_parser = parse_burst)]
+    pub loss_burst: f64,
+}
+
+fn parse_percent(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(percent) if (0.0..=90.0).contains(&percent) => Ok(percent),
+        _ => Err(format!("{text:?} is not a percentage from 0 to 90")),
+    }
+}
+
+fn parse_burst(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(burst) if (1.0..=50.0).contains(&burst) => Ok(burst),
+        _ => Err(format!("{text:?} is not a mean burst from 1 to 50 packets")),
+    }
 }
 
 fn parse_setting(text: &str) -> Result<(String, String), String> {
@@ -183,6 +210,18 @@ fn parse_bandwidth(text: &str) -> Result<Bandwidth, String> {
 }
 
 impl LoadtestOptions {
+    /// What each phone's wire loses.
+    fn call_loss(&self) -> CallLoss {
+        let profile = |percent: f64| LossProfile {
+            rate: percent / 100.0,
+            mean_burst: self.loss_burst,
+        };
+        CallLoss {
+            uplink: profile(self.uplink_loss),
+            downlink: profile(self.downlink_loss),
+        }
+    }
+
     fn encoder(&self) -> EncoderSettings {
         EncoderSettings {
             bitrate_bps: self.opus_bitrate,
@@ -212,6 +251,7 @@ impl Harness {
                 graph: graph_watch::GraphWatch::start(doubles.graph.clone()),
                 http: reqwest::Client::new(),
                 clip: Clip::encode(EncoderSettings::default())?,
+                loss: options.call_loss(),
             },
             probe: doubles.probe.clone(),
             peer: PeerSettings {
