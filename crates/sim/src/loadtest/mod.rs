@@ -11,6 +11,7 @@ mod faults;
 mod graph_watch;
 mod host;
 mod level;
+mod loss_quality;
 mod markers;
 mod overflow;
 mod phone;
@@ -175,6 +176,20 @@ pub struct LoadtestOptions {
     /// by a two-state Gilbert model with the same long-run loss).
     #[arg(long, default_value_t = 1.0, value_parser = parse_burst)]
     pub loss_burst: f64,
+    /// Instead of the levels: speech quality under loss. Calls through a bridge in this
+    /// process, one after another, `--loss-calls` at each of 0, 2, 5 and 10 % random loss and
+    /// 5 % in bursts of 3 (both directions); the AI double says `--clip` as its greeting and its
+    /// answer, the phone says it in between. Writes <out>/loss-calls/: each call's uplink as the
+    /// AI heard it, greeting and answer as the phone played them, and calls.csv with the loss
+    /// and the bridge's FEC figures, for scripts/loss_calls.sh to score with PESQ-WB.
+    #[arg(long, requires = "clip")]
+    pub loss_quality: bool,
+    /// The speech of `--loss-quality` (a WAV file, 16-bit PCM, any rate).
+    #[arg(long)]
+    pub clip: Option<PathBuf>,
+    /// Calls at each loss of `--loss-quality`.
+    #[arg(long, default_value_t = 3)]
+    pub loss_calls: usize,
 }
 
 fn parse_percent(text: &str) -> Result<f64, String> {
@@ -289,6 +304,9 @@ async fn run_inner(options: LoadtestOptions) -> anyhow::Result<ExitCode> {
     }
     if options.soak > 0 {
         return soak::run(&options, options.soak).await;
+    }
+    if let (true, Some(clip)) = (options.loss_quality, &options.clip) {
+        return loss_quality::run(clip, options.loss_calls.max(1), &options.out).await;
     }
     let levels: Vec<usize> = options.levels.iter().copied().filter(|n| *n > 0).collect();
     anyhow::ensure!(!levels.is_empty(), "no level to run");
