@@ -946,7 +946,7 @@ mod tests {
         let mut asked = 0u32;
         Box::new(move || {
             asked += 1;
-            let drop = asked % n == 0;
+            let drop = asked.is_multiple_of(n);
             if drop {
                 lost.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
