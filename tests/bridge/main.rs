@@ -11,6 +11,7 @@ mod fleet;
 mod headroom;
 mod keypad;
 mod limits;
+mod loss;
 mod offers;
 mod ops;
 mod recovery;

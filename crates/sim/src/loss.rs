@@ -5,6 +5,12 @@
 //! with `r`, so bursts last `1 / r` packets on average and the long-run loss is `p / (p + r)`.
 //! A mean burst of one packet is plain random (Bernoulli) loss.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bridge::media::peer::{
+    DropDecision, MediaPeer, PeerError, PeerProfile, PeerSettings, WireLoss,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -34,6 +40,83 @@ impl LossProfile {
 
     pub fn is_lossless(&self) -> bool {
         self.rate <= 0.0
+    }
+}
+
+/// How a phone's call loses packets, each direction on its own.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CallLoss {
+    /// What the phone sends toward the bridge.
+    pub uplink: LossProfile,
+    /// What the bridge sends toward the phone.
+    pub downlink: LossProfile,
+}
+
+impl Default for CallLoss {
+    fn default() -> Self {
+        Self::NONE
+    }
+}
+
+impl CallLoss {
+    pub const NONE: Self = Self {
+        uplink: LossProfile::NONE,
+        downlink: LossProfile::NONE,
+    };
+
+    pub fn is_lossless(&self) -> bool {
+        self.uplink.is_lossless() && self.downlink.is_lossless()
+    }
+
+    /// The wire loss of one phone's peer: the downlink's drops are of arriving packets, the
+    /// uplink's of sent ones, each its own process seeded from `seed`, both counted in `counts`.
+    pub fn wire_loss(&self, seed: u64, counts: &Arc<WireLossCounts>) -> WireLoss {
+        let decide = |profile, seed, lost: fn(&WireLossCounts) -> &AtomicU64| -> DropDecision {
+            let mut loss = PacketLoss::new(profile, seed);
+            let counts = counts.clone();
+            Box::new(move || {
+                let gone = loss.lose_next();
+                if gone {
+                    lost(&counts).fetch_add(1, Ordering::Relaxed);
+                }
+                gone
+            })
+        };
+        WireLoss {
+            inbound: decide(self.downlink, seed, |c| &c.downlink),
+            outbound: decide(self.uplink, seed ^ 0x9e37_79b9_7f4a_7c15, |c| &c.uplink),
+        }
+    }
+}
+
+/// A simulated phone's peer that loses packets as `loss` says (a fresh seed each call),
+/// counting them in `counts`; a plain phone peer when nothing is to be lost.
+pub async fn phone_peer(
+    settings: &PeerSettings,
+    loss: CallLoss,
+    counts: &Arc<WireLossCounts>,
+) -> Result<MediaPeer, PeerError> {
+    if loss.is_lossless() {
+        MediaPeer::new(settings, PeerProfile::SimulatedPhone, None).await
+    } else {
+        MediaPeer::with_wire_loss(settings, loss.wire_loss(rand::random(), counts)).await
+    }
+}
+
+/// RTP packets a phone's wire lost so far, per direction.
+#[derive(Debug, Default)]
+pub struct WireLossCounts {
+    pub uplink: AtomicU64,
+    pub downlink: AtomicU64,
+}
+
+impl WireLossCounts {
+    /// (uplink, downlink) packets lost.
+    pub fn get(&self) -> (u64, u64) {
+        (
+            self.uplink.load(Ordering::Relaxed),
+            self.downlink.load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -115,6 +198,21 @@ mod tests {
         let (rate, burst) = measure(profile, 400_000);
         assert!((rate - 0.10).abs() < 0.006, "rate {rate}");
         assert!((burst - 3.0).abs() < 0.2, "mean burst {burst}");
+    }
+
+    #[test]
+    fn a_call_loses_each_direction_as_its_own_profile_says_and_counts_it() {
+        let loss = CallLoss {
+            uplink: LossProfile::random(10.0),
+            downlink: LossProfile::NONE,
+        };
+        let counts = Arc::new(WireLossCounts::default());
+        let mut wire = loss.wire_loss(5, &counts);
+        let sent = (0..10_000).filter(|_| (wire.outbound)()).count() as u64;
+        let received = (0..10_000).filter(|_| (wire.inbound)()).count() as u64;
+        assert!((900..1_100).contains(&sent), "{sent} of 10000 lost");
+        assert_eq!(received, 0);
+        assert_eq!(counts.get(), (sent, 0));
     }
 
     #[test]

@@ -14,13 +14,15 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::graph_double::GraphDouble;
+use crate::loss::{self, CallLoss, WireLossCounts};
 use crate::webhooks::{self, BusinessLine};
 use bridge::ids::{CallId, PhoneNumber};
 use bridge::media::codec::{
-    EncoderSettings, MAX_OPUS_PACKET, OpusDecoder, OpusEncoder, RTP_TIMESTAMP_STEP,
-    SAMPLES_PER_FRAME, carries_fec,
+    EncoderSettings, MAX_OPUS_PACKET, OpusEncoder, RTP_TIMESTAMP_STEP, SAMPLES_PER_FRAME,
+    carries_fec,
 };
-use bridge::media::peer::{LossReport, MediaPeer, PeerEvent, PeerProfile, PeerSettings};
+use bridge::media::peer::{LossReport, MediaPeer, OPUS_PAYLOAD_TYPE, PeerEvent, PeerSettings};
+use bridge::media::uplink::UplinkDecoder;
 use bridge::whatsapp::signature;
 
 /// How long the phone waits for the bridge's `pre_accept`.
@@ -36,6 +38,8 @@ pub struct PhoneSettings {
     pub graph: GraphDouble,
     pub peer: PeerSettings,
     pub http: reqwest::Client,
+    /// Packets the phone's wire loses, each direction (none by default).
+    pub loss: CallLoss,
 }
 
 impl PhoneSettings {
@@ -57,6 +61,7 @@ impl PhoneSettings {
                 ..PeerSettings::default()
             },
             http,
+            loss: CallLoss::NONE,
         }
     }
 }
@@ -86,8 +91,12 @@ impl WebhookReply {
 /// What the phone heard and sent, shared with its media task.
 #[derive(Debug, Default)]
 pub struct Recording {
-    /// Everything received, decoded to 24 kHz, in arrival order.
+    /// Everything received, decoded to 24 kHz as a phone plays it: a lost packet becomes a
+    /// frame rebuilt from the next one's FEC or concealed, so the audio keeps time.
     pub received: Vec<i16>,
+    /// Frames of `received` concealed (PLC) and rebuilt from FEC in place of lost packets.
+    pub concealed_frames: u64,
+    pub fec_recovered_frames: u64,
     /// Arrival time of each received packet and the sample offset where its audio starts.
     pub arrivals: Vec<(Instant, usize)>,
     pub packets_received: u64,
@@ -131,6 +140,8 @@ pub struct PhoneCall {
     peer: Option<MediaPeer>,
     /// When the phone's speech queue runs dry.
     speaking_until: Arc<Mutex<Instant>>,
+    /// Packets its wire lost (see [`PhoneSettings::loss`]).
+    wire_losses: Arc<WireLossCounts>,
 }
 
 /// Unix seconds now, as Meta stamps events.
@@ -170,7 +181,8 @@ impl PhoneCall {
         user: PhoneNumber,
         user_name: &str,
     ) -> anyhow::Result<PhoneCall> {
-        let mut peer = MediaPeer::new(&settings.peer, PeerProfile::SimulatedPhone, None).await?;
+        let wire_losses = Arc::new(WireLossCounts::default());
+        let mut peer = loss::phone_peer(&settings.peer, settings.loss, &wire_losses).await?;
         let local_offer = peer.offer().await?;
         let wire_offer = rename_mid(&local_offer, "0", "audio");
         settings.graph.register_offer(&call_id, &wire_offer);
@@ -201,6 +213,7 @@ impl PhoneCall {
             media: None,
             peer: Some(peer),
             speaking_until: Arc::new(Mutex::new(Instant::now())),
+            wire_losses,
         };
         if call.reply.status != 200 || call.reply.refusal().is_some() {
             return Ok(call);
@@ -230,7 +243,8 @@ impl PhoneCall {
         user: PhoneNumber,
         offer_sdp: &str,
     ) -> anyhow::Result<PhoneCall> {
-        let mut peer = MediaPeer::new(&settings.peer, PeerProfile::SimulatedPhone, None).await?;
+        let wire_losses = Arc::new(WireLossCounts::default());
+        let mut peer = loss::phone_peer(&settings.peer, settings.loss, &wire_losses).await?;
         let answer = peer.answer(offer_sdp).await?;
         let post = |body: String| {
             post_webhook(
@@ -270,6 +284,7 @@ impl PhoneCall {
             media: None,
             peer: None,
             speaking_until: Arc::new(Mutex::new(Instant::now())),
+            wire_losses,
         };
         call.start_media(peer)?;
         Ok(call)
@@ -280,7 +295,7 @@ impl PhoneCall {
         let media = PhoneMedia {
             peer,
             encoder: OpusEncoder::new(EncoderSettings::default())?,
-            decoder: OpusDecoder::new()?,
+            decoder: UplinkDecoder::new(true)?,
             recording: self.recording.clone(),
             changed: self.changed.clone(),
             outgoing: VecDeque::new(),
@@ -331,6 +346,11 @@ impl PhoneCall {
     /// When everything queued with [`PhoneCall::say`] will have been sent.
     pub fn speaking_until(&self) -> Instant {
         *self.speaking_until.lock()
+    }
+
+    /// RTP packets the phone's wire lost so far: (uplink, downlink).
+    pub fn wire_losses(&self) -> (u64, u64) {
+        self.wire_losses.get()
     }
 
     pub fn recording(&self) -> Arc<Mutex<Recording>> {
@@ -426,7 +446,8 @@ pub(crate) fn rename_mid(sdp: &str, from: &str, to: &str) -> String {
 struct PhoneMedia {
     peer: MediaPeer,
     encoder: OpusEncoder,
-    decoder: OpusDecoder,
+    /// The bridge's own receive path (FEC from the next packet, else PLC), as a phone's.
+    decoder: UplinkDecoder,
     recording: Arc<Mutex<Recording>>,
     changed: Arc<Notify>,
     outgoing: VecDeque<i16>,
@@ -500,7 +521,7 @@ impl PhoneMedia {
         let mut timestamp: u32 = rand::random();
         let mut frame = vec![0i16; SAMPLES_PER_FRAME];
         let mut packet = vec![0u8; MAX_OPUS_PACKET];
-        let mut decoded = vec![0i16; SAMPLES_PER_FRAME * 6];
+        let mut decoded = Vec::with_capacity(SAMPLES_PER_FRAME * 8);
         // The bridge's stream as the phone's reports name it: its SSRC and the highest
         // sequence number received, extended with its wraps (RFC 3550 §6.4.1).
         let mut bridge_ssrc = None;
@@ -554,7 +575,13 @@ impl PhoneMedia {
                         let now = Instant::now();
                         bridge_ssrc = Some(rtp.ssrc);
                         highest_sequence = Some(extend_sequence(highest_sequence, rtp.sequence_number));
-                        let samples = self.decoder.decode(&rtp.payload, &mut decoded).unwrap_or(0);
+                        decoded.clear();
+                        if rtp.payload_type == OPUS_PAYLOAD_TYPE {
+                            self.decoder.push(rtp.sequence_number, &rtp.payload, &mut decoded);
+                        } else {
+                            self.decoder.skip(rtp.sequence_number);
+                        }
+                        let stats = self.decoder.stats();
                         let mut recording = self.recording.lock();
                         recording.first_rtp_at.get_or_insert(now);
                         recording.packets_received += 1;
@@ -562,7 +589,9 @@ impl PhoneMedia {
                         recording.payloads.push(rtp.payload.clone());
                         let offset = recording.received.len();
                         recording.arrivals.push((now, offset));
-                        recording.received.extend_from_slice(&decoded[..samples]);
+                        recording.received.extend_from_slice(&decoded);
+                        recording.concealed_frames = stats.concealed;
+                        recording.fec_recovered_frames = stats.fec_recovered;
                     }
                 },
                 _ = ticker.tick() => {

@@ -6,6 +6,7 @@
 //! track) are forwarded into a bounded channel read by the call task that owns this peer. The
 //! far end's reception reports (how much of what we send it loses) are handed to the call too:
 //! an interceptor lets them past the end of the chain, where inbound RTCP otherwise stops.
+//! Test doubles (the simulated phones) can also lose RTP on the wire ([`WireLoss`]).
 //!
 //! This is the one file that names the WebRTC crate's types: everything else speaks in
 //! [`PeerEvent`] and [`RtpPacket`].
@@ -69,6 +70,10 @@ const ICE_MAX_BINDING_REQUESTS: u16 = 50;
 /// Where the reception-report forwarder sits: after every interceptor of the chain (the report
 /// interceptors at 10 000 and 11 000), just before the terminus that ends inbound RTCP.
 const REPORT_FORWARDER_SLOT: usize = 14_000;
+/// Where a test double's packet dropper sits: before every interceptor of the chain on the
+/// way in (so the receiver reports at 10 000 count its drops as loss) and after every one on the
+/// way out (so the sender reports count the dropped packets as sent): the wire.
+const WIRE_LOSS_SLOT: usize = 500;
 /// How long candidate gathering may take before the SDP is sent without waiting further.
 const GATHERING_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long the bridge uses one DTLS certificate before making a new one.
@@ -269,6 +274,75 @@ impl Interceptor for ReportForwarder {
     fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
 }
 
+/// Decides, packet by packet, whether the wire loses it (`true`: lost).
+pub type DropDecision = Box<dyn FnMut() -> bool + Send>;
+
+/// The packets a test double's connection loses on the wire, each direction decided apart.
+/// Only RTP is lost; RTCP always passes, so the reports about the loss get through.
+pub struct WireLoss {
+    /// Asked for every RTP packet arriving from the far end.
+    pub inbound: DropDecision,
+    /// Asked for every RTP packet this peer sends.
+    pub outbound: DropDecision,
+}
+
+/// Drops RTP packets as its [`WireLoss`] says, at [`WIRE_LOSS_SLOT`].
+struct WireDropper {
+    /// Behind a lock only so the interceptor is `Sync`; reached through `&mut self`, never locked.
+    loss: Mutex<WireLoss>,
+    reads: std::collections::VecDeque<TaggedPacket>,
+    writes: std::collections::VecDeque<TaggedPacket>,
+}
+
+impl WireDropper {
+    fn new(loss: WireLoss) -> Self {
+        Self {
+            loss: Mutex::new(loss),
+            reads: Default::default(),
+            writes: Default::default(),
+        }
+    }
+}
+
+impl rtc::sansio::Protocol<TaggedPacket, TaggedPacket, ()> for WireDropper {
+    type Rout = TaggedPacket;
+    type Wout = TaggedPacket;
+    type Eout = ();
+    type Error = rtc::shared::error::Error;
+    type Time = Instant;
+
+    fn handle_read(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        let lost = matches!(msg.message.packet, Packet::Rtp(_)) && (self.loss.get_mut().inbound)();
+        if !lost {
+            self.reads.push_back(msg);
+        }
+        Ok(())
+    }
+
+    fn poll_read(&mut self) -> Option<Self::Rout> {
+        self.reads.pop_front()
+    }
+
+    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        let lost = matches!(msg.message.packet, Packet::Rtp(_)) && (self.loss.get_mut().outbound)();
+        if !lost {
+            self.writes.push_back(msg);
+        }
+        Ok(())
+    }
+
+    fn poll_write(&mut self) -> Option<Self::Wout> {
+        self.writes.pop_front()
+    }
+}
+
+impl Interceptor for WireDropper {
+    fn bind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
+}
+
 /// One received RTP packet: what the bridge reads of it.
 #[derive(Debug)]
 pub struct RtpPacket {
@@ -339,6 +413,25 @@ impl MediaPeer {
         profile: PeerProfile,
         port: Option<PortLease>,
     ) -> Result<Self, PeerError> {
+        Self::build(settings, profile, port, None).await
+    }
+
+    /// A simulated phone's connection whose RTP is lost on the wire as `loss` decides: its
+    /// own receiver reports count the inbound drops as loss, and the far end sees the outbound
+    /// drops as gaps. For test doubles only; the bridge's peers never lose packets on purpose.
+    pub async fn with_wire_loss(
+        settings: &PeerSettings,
+        loss: WireLoss,
+    ) -> Result<Self, PeerError> {
+        Self::build(settings, PeerProfile::SimulatedPhone, None, Some(loss)).await
+    }
+
+    async fn build(
+        settings: &PeerSettings,
+        profile: PeerProfile,
+        port: Option<PortLease>,
+        wire_loss: Option<WireLoss>,
+    ) -> Result<Self, PeerError> {
         let port_number = port.as_ref().map_or(0, PortLease::port);
         let bind_ip = if settings.loopback {
             IpAddr::V4(Ipv4Addr::LOCALHOST)
@@ -349,10 +442,13 @@ impl MediaPeer {
         let mut media_engine = MediaEngine::default();
         media_engine.register_codec(opus_codec(profile), RtpCodecKind::Audio)?;
         media_engine.register_codec(telephone_event_codec(), RtpCodecKind::Audio)?;
-        let registry = configure_rtcp_reports(Registry::new()).with(
+        let mut registry = configure_rtcp_reports(Registry::new()).with(
             Slot::from(REPORT_FORWARDER_SLOT),
             ReportForwarder::default(),
         );
+        if let Some(loss) = wire_loss {
+            registry = registry.with(Slot::from(WIRE_LOSS_SLOT), WireDropper::new(loss));
+        }
 
         let mut setting_engine = SettingEngineBuilder::new()
             .with_multicast_dns_mode(MulticastDnsMode::Disabled)
@@ -843,6 +939,105 @@ mod tests {
                 crafted_sent = true;
             }
         }
+        phone.close().await;
+        bridge.close().await;
+    }
+
+    /// A decision that loses every `n`th packet it is asked about, counting them in `lost`.
+    fn every_nth(n: u32, lost: Arc<std::sync::atomic::AtomicU32>) -> DropDecision {
+        let mut asked = 0u32;
+        Box::new(move || {
+            asked += 1;
+            let drop = asked.is_multiple_of(n);
+            if drop {
+                lost.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            drop
+        })
+    }
+
+    /// Sequence numbers missing between the first and the last of `received`, and that span.
+    fn gaps(received: &[u16]) -> (usize, usize) {
+        let span = usize::from(received[received.len() - 1].wrapping_sub(received[0])) + 1;
+        (span - received.len(), span)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_phone_losing_packets_on_the_wire_reports_the_loss_and_the_bridge_sees_the_gaps() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let settings = PeerSettings {
+            loopback: true,
+            ..Default::default()
+        };
+        let (lost_in, lost_out) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
+        let loss = WireLoss {
+            inbound: every_nth(5, lost_in.clone()),
+            outbound: every_nth(4, lost_out.clone()),
+        };
+        let mut phone = MediaPeer::with_wire_loss(&settings, loss)
+            .await
+            .expect("phone peer");
+        let mut bridge = MediaPeer::new(&settings, PeerProfile::Bridge, None)
+            .await
+            .expect("bridge peer");
+        let offer = phone.offer().await.expect("offer");
+        let answer = bridge.answer(&offer).await.expect("answer");
+        phone.apply_answer(&answer).await.expect("apply answer");
+        tokio::join!(wait_connected(&mut phone), wait_connected(&mut bridge));
+
+        let bridge_ssrc = bridge.ssrc();
+        let (mut at_phone, mut at_bridge) = (Vec::new(), Vec::new());
+        let mut lossy_report = None;
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut sequence = 0u16;
+        while lossy_report.is_none() || at_phone.len() < 60 || at_bridge.len() < 60 {
+            assert!(
+                Instant::now() < deadline,
+                "phone got {}, bridge got {}, lossy report {lossy_report:?}",
+                at_phone.len(),
+                at_bridge.len()
+            );
+            tokio::select! {
+                _ = tick.tick() => {
+                    let payload = bytes::Bytes::from_static(&[0xf8, 0xff, 0xfe]);
+                    let timestamp = u32::from(sequence) * 960;
+                    bridge.write_opus(sequence, timestamp, payload.clone()).await.expect("write");
+                    phone.write_opus(sequence, timestamp, payload).await.expect("write");
+                    sequence = sequence.wrapping_add(1);
+                }
+                Some(event) = phone.next_event() => if let PeerEvent::Rtp(packet) = event {
+                    at_phone.push(packet.sequence_number);
+                },
+                Some(event) = bridge.next_event() => match event {
+                    PeerEvent::Rtp(packet) => at_bridge.push(packet.sequence_number),
+                    // The phone's own receiver reports, about the bridge's stream.
+                    PeerEvent::LossReport(report) if report.fraction_lost > 0 => {
+                        assert_eq!(report.ssrc, bridge_ssrc);
+                        lossy_report = Some(report);
+                    }
+                    _ => {}
+                },
+            }
+        }
+        // Every 5th packet in is lost, every 4th out: the receivers see those gaps.
+        let (missing, span) = gaps(&at_phone);
+        assert!(
+            missing.abs_diff(span / 5) <= 1,
+            "{missing} of {span} missing at the phone"
+        );
+        let (missing, span) = gaps(&at_bridge);
+        assert!(
+            missing.abs_diff(span / 4) <= 1,
+            "{missing} of {span} missing at the bridge"
+        );
+        assert!(lost_in.load(Ordering::Relaxed) > 0 && lost_out.load(Ordering::Relaxed) > 0);
+        // The phone's stack counted its inbound drops as loss: 20 % is 51 in 256ths.
+        let report = lossy_report.expect("a lossy report");
+        assert!(
+            (40..=64).contains(&report.fraction_lost) && report.cumulative_lost > 0,
+            "{report:?}"
+        );
         phone.close().await;
         bridge.close().await;
     }

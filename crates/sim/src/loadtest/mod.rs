@@ -11,6 +11,7 @@ mod faults;
 mod graph_watch;
 mod host;
 mod level;
+mod loss_quality;
 mod markers;
 mod overflow;
 mod phone;
@@ -28,6 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::graph_double::{GraphDouble, GraphDoubleConfig};
+use crate::loss::{CallLoss, LossProfile};
 use crate::realtime_ai::{AiDoubleConfig, AiMode, RealtimeAiDouble};
 use crate::stack::APP_SECRET;
 use crate::webhooks::BusinessLine;
@@ -162,6 +164,46 @@ pub struct LoadtestOptions {
     /// The seed of the soak's mix (printed by every run); random when not given.
     #[arg(long)]
     pub soak_seed: Option<u64>,
+    /// Percent of the RTP packets each phone sends that its wire loses (before the bridge sees
+    /// them: the bridge's FEC recovery and concealment count them). With loss, `--strict` fails.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_percent)]
+    pub uplink_loss: f64,
+    /// Percent of the RTP packets the bridge sends each phone that its wire loses (before the
+    /// phone's WebRTC stack sees them: its receiver reports state the loss to the bridge).
+    #[arg(long, default_value_t = 0.0, value_parser = parse_percent)]
+    pub downlink_loss: f64,
+    /// Mean number of packets lost in a row, both directions (1: random loss; more: bursts,
+    /// by a two-state Gilbert model with the same long-run loss).
+    #[arg(long, default_value_t = 1.0, value_parser = parse_burst)]
+    pub loss_burst: f64,
+    /// Instead of the levels: speech quality under loss. Calls through a bridge in this
+    /// process, one after another, `--loss-calls` at each of 0, 2, 5 and 10 % random loss and
+    /// 5 % in bursts of 3 (both directions); the AI double says `--clip` as its greeting and its
+    /// answer, the phone says it in between. Writes <out>/loss-calls/: each call's uplink as the
+    /// AI heard it, greeting and answer as the phone played them, and calls.csv with the loss
+    /// and the bridge's FEC figures, for scripts/loss_calls.sh to score with PESQ-WB.
+    #[arg(long, requires = "clip")]
+    pub loss_quality: bool,
+    /// The speech of `--loss-quality` (a WAV file, 16-bit PCM, any rate).
+    #[arg(long)]
+    pub clip: Option<PathBuf>,
+    /// Calls at each loss of `--loss-quality`.
+    #[arg(long, default_value_t = 3)]
+    pub loss_calls: usize,
+}
+
+fn parse_percent(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(percent) if (0.0..=90.0).contains(&percent) => Ok(percent),
+        _ => Err(format!("{text:?} is not a percentage from 0 to 90")),
+    }
+}
+
+fn parse_burst(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(burst) if (1.0..=50.0).contains(&burst) => Ok(burst),
+        _ => Err(format!("{text:?} is not a mean burst from 1 to 50 packets")),
+    }
 }
 
 pub(crate) fn parse_setting(text: &str) -> Result<(String, String), String> {
@@ -183,6 +225,18 @@ fn parse_bandwidth(text: &str) -> Result<Bandwidth, String> {
 }
 
 impl LoadtestOptions {
+    /// What each phone's wire loses.
+    fn call_loss(&self) -> CallLoss {
+        let profile = |percent: f64| LossProfile {
+            rate: percent / 100.0,
+            mean_burst: self.loss_burst,
+        };
+        CallLoss {
+            uplink: profile(self.uplink_loss),
+            downlink: profile(self.downlink_loss),
+        }
+    }
+
     fn encoder(&self) -> EncoderSettings {
         EncoderSettings {
             bitrate_bps: self.opus_bitrate,
@@ -212,6 +266,7 @@ impl Harness {
                 graph: graph_watch::GraphWatch::start(doubles.graph.clone()),
                 http: reqwest::Client::new(),
                 clip: Clip::encode(EncoderSettings::default())?,
+                loss: options.call_loss(),
             },
             probe: doubles.probe.clone(),
             peer: PeerSettings {
@@ -249,6 +304,9 @@ async fn run_inner(options: LoadtestOptions) -> anyhow::Result<ExitCode> {
     }
     if options.soak > 0 {
         return soak::run(&options, options.soak).await;
+    }
+    if let (true, Some(clip)) = (options.loss_quality, &options.clip) {
+        return loss_quality::run(clip, options.loss_calls.max(1), &options.out).await;
     }
     let levels: Vec<usize> = options.levels.iter().copied().filter(|n| *n > 0).collect();
     anyhow::ensure!(!levels.is_empty(), "no level to run");

@@ -11,11 +11,12 @@ use tokio::task::JoinHandle;
 
 use super::graph_watch::GraphWatch;
 use super::markers::{CALLER_NAME_PREFIX, Clip, OnsetDetector};
+use crate::loss::{self, CallLoss, WireLossCounts};
 use crate::phone::{WebhookReply, post_webhook, rename_mid, unix_now};
 use crate::webhooks::{self, BusinessLine};
 use bridge::ids::{CallId, PhoneNumber};
 use bridge::media::codec::{FRAME_MS, MAX_PACKET_SAMPLES, OpusDecoder, RTP_TIMESTAMP_STEP};
-use bridge::media::peer::{MediaPeer, PeerEvent, PeerProfile, PeerSettings};
+use bridge::media::peer::{MediaPeer, PeerEvent, PeerSettings};
 
 /// How long a phone waits for the bridge's `pre_accept` and `accept`.
 const ANSWER_WAIT: Duration = Duration::from_secs(15);
@@ -36,6 +37,8 @@ pub struct Caller {
     pub graph: GraphWatch,
     pub http: reqwest::Client,
     pub clip: Arc<Clip>,
+    /// Packets each phone's wire loses, each direction (`--uplink-loss`, `--downlink-loss`).
+    pub loss: CallLoss,
 }
 
 impl Caller {
@@ -112,7 +115,10 @@ impl Prepared {
     pub async fn new(caller: &Caller, peer: &PeerSettings, key: u64) -> anyhow::Result<Self> {
         let call_id = CallId::new(format!("wacid.LOAD{key}-{:08x}", rand::random::<u32>()));
         let user = PhoneNumber::new(format!("4477{:08}", key));
-        let mut peer = MediaPeer::new(peer, PeerProfile::SimulatedPhone, None).await?;
+        // The phone's own counters show what its wire loses (downlink gaps; the bridge's
+        // concealed frames for the uplink), so the drops are not counted twice.
+        let wire_losses = Arc::new(WireLossCounts::default());
+        let mut peer = loss::phone_peer(peer, caller.loss, &wire_losses).await?;
         let offer = rename_mid(&peer.offer().await?, "0", "audio");
         caller.graph.double().register_offer(&call_id, &offer);
         let body = webhooks::connect_offer(
