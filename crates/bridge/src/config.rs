@@ -285,7 +285,7 @@ pub const DEFAULT_TRANSCRIBE_MODEL: &str = "gpt-4o-mini-transcribe";
 
 /// Steady packets the caller's phone receives before the AI's first words (`GREETING_LEAD`):
 /// a receiver's adaptive jitter buffer settles on them instead of stretching the greeting.
-pub const DEFAULT_GREETING_LEAD: Duration = Duration::from_millis(500);
+pub const DEFAULT_GREETING_LEAD: Duration = Duration::from_millis(1000);
 
 /// The instructions for the AI's first words once a call is answered.
 pub const DEFAULT_GREETING: &str =

@@ -2,14 +2,20 @@
 //!
 //! The Realtime API wants continuous audio (its VAD and timestamps count samples), so each lost
 //! packet in a short gap is replaced by a frame of the same length: PLC for all but the last, and
-//! the last rebuilt from the in-band FEC copy that the next packet carries. A gap too long to
-//! conceal resets the decoder instead: PLC has faded to silence by then, and stale prediction state
-//! would only colour the first packets after it.
+//! the last rebuilt from the in-band FEC copy that the next packet carries, when it carries one.
+//! A longer gap (a burst of loss) is concealed for its first frames and filled with silence for
+//! the rest, PLC having faded to silence by then, and the decoder is reset: stale prediction
+//! state would only colour the first packets after it. A gap longer than a second is taken for
+//! a jump in the sender's numbering, not for lost audio, and only resets.
 
-use crate::media::codec::{CodecError, MAX_PACKET_SAMPLES, OpusDecoder, SAMPLES_PER_FRAME};
+use crate::media::codec::{
+    CodecError, MAX_PACKET_SAMPLES, OpusDecoder, SAMPLES_PER_FRAME, carries_fec,
+};
 
-/// A gap longer than this is not concealed frame by frame (it resets).
+/// A gap longer than this is not concealed frame by frame: the rest is silence, then a reset.
 pub const MAX_CONCEALED_FRAMES: u16 = 5;
+/// A gap longer than this (a second) is not filled at all, only reset after.
+pub const MAX_FILLED_FRAMES: u16 = 50;
 
 /// After this many packets in a row that all look older than the last decoded one, the sender is
 /// taken to have restarted its sequence numbers and the stream is followed from there. Reordering
@@ -24,9 +30,10 @@ const RESYNC_AFTER_LATE_PACKETS: u32 = 10;
 pub struct UplinkStats {
     /// Packets decoded normally.
     pub decoded: u64,
-    /// Frames synthesised by PLC: for lost packets, and in place of undecodable ones.
+    /// Frames synthesised by PLC (or, deep in a burst of loss, silence): for lost packets that
+    /// no FEC rebuilt, and in place of undecodable ones.
     pub concealed: u64,
-    /// Lost frames rebuilt from the next packet's in-band FEC data.
+    /// Lost frames rebuilt from the in-band FEC data the next packet carried.
     pub fec_recovered: u64,
     /// Packets dropped because one at or after their position was already played out.
     pub late_or_duplicate: u64,
@@ -97,6 +104,14 @@ impl UplinkDecoder {
                 sequence_number,
                 "long gap in caller audio; decoder reset"
             );
+            if lost <= MAX_FILLED_FRAMES {
+                for _ in 0..MAX_CONCEALED_FRAMES {
+                    self.conceal(pcm_out);
+                }
+                let silent = usize::from(lost - MAX_CONCEALED_FRAMES) * SAMPLES_PER_FRAME;
+                pcm_out.resize(pcm_out.len() + silent, 0);
+                self.stats.concealed += u64::from(lost - MAX_CONCEALED_FRAMES);
+            }
             self.start_over(sequence_number, payload, pcm_out);
             return;
         }
@@ -155,9 +170,10 @@ impl UplinkDecoder {
         }
     }
 
-    /// The lost frame just before `next_payload`: from its FEC data when that can exist, else PLC.
+    /// The lost frame just before `next_payload`: from its FEC data when it carries some, else
+    /// PLC.
     fn recover_last_lost(&mut self, next_payload: &[u8], pcm_out: &mut Vec<i16>) {
-        if !(self.fec && may_carry_fec(next_payload)) {
+        if !(self.fec && carries_fec(next_payload)) {
             self.conceal(pcm_out);
             return;
         }
@@ -185,14 +201,6 @@ impl UplinkDecoder {
         }
         self.stats.concealed += 1;
     }
-}
-
-/// In-band FEC (LBRR) exists only in SILK and hybrid frames: TOC configurations 0–15
-/// (RFC 6716 §3.1). A CELT-only packet cannot help, so the lost frame is concealed directly.
-/// (Whether a SILK packet actually carries LBRR data is not visible through the `opus` crate;
-/// when it does not, libopus conceals inside `recover_fec`, and the frame still counts as FEC.)
-fn may_carry_fec(packet: &[u8]) -> bool {
-    packet.first().is_some_and(|toc| toc >> 3 < 16)
 }
 
 #[cfg(test)]
@@ -373,24 +381,66 @@ mod tests {
     }
 
     #[test]
-    fn six_lost_packets_reset_instead_of_concealing() {
+    fn a_burst_of_six_is_concealed_then_silent_and_keeps_time() {
         let packets = tone_packets(30);
         let mut uplink = UplinkDecoder::new(true).unwrap();
         let (frames, pcm) = run(&mut uplink, &packets, 7, &[10, 11, 12, 13, 14, 15]);
-        assert!(frames.iter().all(|&f| f == 1));
-        assert_eq!(pcm.len(), 24 * SAMPLES_PER_FRAME);
+        assert_eq!(
+            frames.iter().sum::<usize>(),
+            30,
+            "every lost frame is filled"
+        );
+        assert_eq!(pcm.len(), 30 * SAMPLES_PER_FRAME);
         assert_eq!(
             uplink.stats(),
             UplinkStats {
                 decoded: 24,
+                concealed: 6,
                 ..Default::default()
             }
         );
-        // The audio after the reset is the tone again.
-        let after = &pcm[12 * SAMPLES_PER_FRAME..];
+        // Five frames of concealment, one of silence, then the tone again after the reset.
+        assert_eq!(
+            rms(&pcm[15 * SAMPLES_PER_FRAME..16 * SAMPLES_PER_FRAME]),
+            0.0
+        );
+        let after = &pcm[16 * SAMPLES_PER_FRAME..];
         assert_eq!(
             dominant_frequency(after, PCM_SAMPLE_RATE, &CANDIDATES),
             Some(700.0)
+        );
+    }
+
+    #[test]
+    fn a_jump_of_more_than_a_second_only_resets() {
+        let packets = tone_packets(4);
+        let mut uplink = UplinkDecoder::new(true).unwrap();
+        let mut pcm = Vec::new();
+        uplink.push(100, &packets[0], &mut pcm);
+        uplink.push(100 + MAX_FILLED_FRAMES + 2, &packets[1], &mut pcm);
+        assert_eq!(pcm.len(), 2 * SAMPLES_PER_FRAME);
+        assert_eq!(uplink.stats().concealed, 0);
+    }
+
+    #[test]
+    fn a_lost_packet_is_concealed_not_counted_as_fec_when_the_next_carries_none() {
+        // At 20 kbit/s and the default expected loss libopus sends no FEC.
+        let pcm = tone(700.0, 20 * 6, PCM_SAMPLE_RATE, 8000);
+        let mut encoder = OpusEncoder::new(EncoderSettings::default()).unwrap();
+        let mut buf = [0u8; MAX_OPUS_PACKET];
+        let packets: Vec<Vec<u8>> = pcm
+            .chunks_exact(SAMPLES_PER_FRAME)
+            .map(|frame| {
+                let length = encoder.encode(frame, &mut buf).unwrap();
+                buf[..length].to_vec()
+            })
+            .collect();
+        assert!(!packets.iter().any(|p| carries_fec(p)));
+        let mut uplink = UplinkDecoder::new(true).unwrap();
+        run(&mut uplink, &packets, 0, &[3]);
+        assert_eq!(
+            (uplink.stats().concealed, uplink.stats().fec_recovered),
+            (1, 0)
         );
     }
 
