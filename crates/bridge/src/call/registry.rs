@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime};
 use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::flow::Phase;
 use super::headroom::Headroom;
@@ -366,9 +366,19 @@ impl Registry {
     }
 
     /// Keeps a command for a call id that is not registered yet; false if the id already ended.
+    /// A call registered since the caller looked for it (a placed call's `connect` response
+    /// racing Meta's webhook, whose delivery to a fleet waits on Redis meanwhile) gets the
+    /// command at once: checked under the lock that registration takes the held commands in,
+    /// so a command is never kept for a call that will not look again.
     pub fn hold_for_unknown(&self, call_id: &CallId, command: CallCommand) -> bool {
         let now = Instant::now();
         let mut live = self.inner.live.lock();
+        if let Some(handle) = live.calls.get(call_id) {
+            if handle.commands.try_send(command).is_err() {
+                warn!(%call_id, "call command queue full; command dropped");
+            }
+            return true;
+        }
         if live.tombstones.contains(call_id) {
             return false;
         }
@@ -863,6 +873,22 @@ mod tests {
         drop(admission);
         assert_eq!(registry.active_calls(), 0);
         assert!(!registry.hold_for_unknown(&id, CallCommand::RemoteAccepted));
+    }
+
+    #[test]
+    fn a_command_held_after_its_call_registered_reaches_the_call() {
+        // The deliverer looked the call up before it registered, and holds the command after.
+        let registry = registry(5);
+        let reservation = registry
+            .reserve(&PhoneNumber::new("4470020"))
+            .expect("reserved");
+        let id = CallId::new("wacid.raced");
+        let (_admission, mut commands) = reservation.register(&id);
+        assert!(registry.hold_for_unknown(&id, CallCommand::RemoteAnswer("v=0".into())));
+        assert!(matches!(
+            commands.try_recv(),
+            Ok(CallCommand::RemoteAnswer(_))
+        ));
     }
 
     #[test]
