@@ -1,7 +1,7 @@
 //! The HTTP surface: signature, body limit, verification handshake, tolerant parsing,
 //! idempotency and capacity.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bridge::ids::CallId;
 use bridge::whatsapp::signature;
@@ -296,6 +296,14 @@ async fn a_full_udp_port_range_refuses_calls_like_capacity_and_ports_come_back()
 
     first.hang_up().await.expect("hang up");
     assert!(stack.wait_idle(WAIT).await);
+    // The lease comes back when the call ends; the connection's socket is closed by its
+    // driver task a moment later (after `close()` returns, on a loaded host). With a range of
+    // one port, the next call needs that too: wait until the host has the port free.
+    let deadline = Instant::now() + WAIT;
+    while std::net::UdpSocket::bind(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "port {port} never came free");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let third = answered_call(&stack, "port3", 302).await;
     third.hang_up().await.expect("hang up");
     assert!(stack.wait_idle(WAIT).await);
