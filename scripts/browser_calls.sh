@@ -8,17 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="target/browser-calls"
-missing=()
-command -v chromium >/dev/null 2>&1 || missing+=(chromium)
-command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
-command -v sox >/dev/null 2>&1 || missing+=(sox)
-if [ ${#missing[@]} -gt 0 ]; then
-  SUDO=""
-  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
-python3 -c "import pesq, numpy, scipy" 2>/dev/null || python3 -m pip install -q pesq numpy scipy
+bash scripts/quality_tools.sh chromium
 mkdir -p "$out"
 # The greeting: one voice and sentence of scripts/codec_quality.sh, 24 kHz mono, the silence
 # before and after the words trimmed so the clip starts and ends with speech.

@@ -7,16 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-target/codec-quality}"
-missing=()
-command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
-command -v sox >/dev/null 2>&1 || missing+=(sox)
-if [ ${#missing[@]} -gt 0 ]; then
-  SUDO=""
-  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
-python3 -c "import pesq, numpy, scipy" 2>/dev/null || python3 -m pip install -q pesq numpy scipy
+bash scripts/quality_tools.sh
 rm -rf "$out" && mkdir -p "$out/decoded"
 sentences=(
   "Hello, thanks for calling. How can I help you today?"

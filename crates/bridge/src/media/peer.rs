@@ -221,19 +221,68 @@ fn report_blocks(packet: &dyn rtc::rtcp::Packet) -> &[ReceptionReport] {
     }
 }
 
-/// Lets the far end's reception reports reach the application. Inbound RTCP ends at the end of
-/// the chain (the report interceptors before this one have used it) unless an interceptor marks
-/// it [`Attribute::DeliverToApplication`]; this one marks the receiver and sender reports that
-/// carry report blocks, and keeps only those of the packet. The stack routes an RTCP packet by
-/// the first SSRC it is about, so a packet that now starts with a block about our stream goes
-/// to our outgoing track's events even when the far end put something else first.
-#[derive(Default)]
-struct ReportForwarder {
+/// What a [`PacketFilter`] does with one packet in one direction: it may change it, and says
+/// whether to pass it on (`false`: dropped).
+type PacketStep = Box<dyn FnMut(&mut TaggedPacket) -> bool + Send>;
+
+/// An interceptor that passes every packet on through its step for the direction: the two
+/// interceptors the bridge adds differ only in what they do to a packet.
+struct PacketFilter {
+    /// Behind locks only so the interceptor is `Sync`; reached through `&mut self`, never
+    /// contended.
+    on_read: Mutex<PacketStep>,
+    on_write: Mutex<PacketStep>,
     reads: std::collections::VecDeque<TaggedPacket>,
     writes: std::collections::VecDeque<TaggedPacket>,
 }
 
-impl rtc::sansio::Protocol<TaggedPacket, TaggedPacket, ()> for ReportForwarder {
+impl PacketFilter {
+    fn new(on_read: PacketStep, on_write: PacketStep) -> Self {
+        Self {
+            on_read: Mutex::new(on_read),
+            on_write: Mutex::new(on_write),
+            reads: Default::default(),
+            writes: Default::default(),
+        }
+    }
+
+    /// Lets the far end's reception reports reach the application. Inbound RTCP ends at the
+    /// end of the chain (the report interceptors before this one have used it) unless an
+    /// interceptor marks it [`Attribute::DeliverToApplication`]; this marks the receiver and
+    /// sender reports that carry report blocks, and keeps only those of the packet. The stack
+    /// routes an RTCP packet by the first SSRC it is about, so a packet that now starts with a
+    /// block about our stream goes to our outgoing track's events even when the far end put
+    /// something else first.
+    fn report_forwarder() -> Self {
+        let forward = |msg: &mut TaggedPacket| {
+            if let Packet::Rtcp(packets) = &mut msg.message.packet
+                && packets
+                    .iter()
+                    .any(|packet| !report_blocks(packet.as_ref()).is_empty())
+            {
+                packets.retain(|packet| !report_blocks(packet.as_ref()).is_empty());
+                msg.message.add(Attribute::DeliverToApplication);
+            }
+            true
+        };
+        Self::new(Box::new(forward), Box::new(|_| true))
+    }
+
+    /// Drops RTP packets as `loss` says, at [`WIRE_LOSS_SLOT`]; RTCP always passes.
+    fn wire_dropper(loss: WireLoss) -> Self {
+        let WireLoss {
+            mut inbound,
+            mut outbound,
+        } = loss;
+        let rtp = |msg: &TaggedPacket| matches!(msg.message.packet, Packet::Rtp(_));
+        Self::new(
+            Box::new(move |msg| !(rtp(msg) && inbound())),
+            Box::new(move |msg| !(rtp(msg) && outbound())),
+        )
+    }
+}
+
+impl rtc::sansio::Protocol<TaggedPacket, TaggedPacket, ()> for PacketFilter {
     type Rout = TaggedPacket;
     type Wout = TaggedPacket;
     type Eout = ();
@@ -241,15 +290,9 @@ impl rtc::sansio::Protocol<TaggedPacket, TaggedPacket, ()> for ReportForwarder {
     type Time = Instant;
 
     fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
-        if let Packet::Rtcp(packets) = &mut msg.message.packet
-            && packets
-                .iter()
-                .any(|packet| !report_blocks(packet.as_ref()).is_empty())
-        {
-            packets.retain(|packet| !report_blocks(packet.as_ref()).is_empty());
-            msg.message.add(Attribute::DeliverToApplication);
+        if (self.on_read.get_mut())(&mut msg) {
+            self.reads.push_back(msg);
         }
-        self.reads.push_back(msg);
         Ok(())
     }
 
@@ -257,8 +300,10 @@ impl rtc::sansio::Protocol<TaggedPacket, TaggedPacket, ()> for ReportForwarder {
         self.reads.pop_front()
     }
 
-    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
-        self.writes.push_back(msg);
+    fn handle_write(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
+        if (self.on_write.get_mut())(&mut msg) {
+            self.writes.push_back(msg);
+        }
         Ok(())
     }
 
@@ -267,7 +312,7 @@ impl rtc::sansio::Protocol<TaggedPacket, TaggedPacket, ()> for ReportForwarder {
     }
 }
 
-impl Interceptor for ReportForwarder {
+impl Interceptor for PacketFilter {
     fn bind_local_stream(&mut self, _info: &StreamInfo) {}
     fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
     fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
@@ -284,63 +329,6 @@ pub struct WireLoss {
     pub inbound: DropDecision,
     /// Asked for every RTP packet this peer sends.
     pub outbound: DropDecision,
-}
-
-/// Drops RTP packets as its [`WireLoss`] says, at [`WIRE_LOSS_SLOT`].
-struct WireDropper {
-    /// Behind a lock only so the interceptor is `Sync`; reached through `&mut self`, never locked.
-    loss: Mutex<WireLoss>,
-    reads: std::collections::VecDeque<TaggedPacket>,
-    writes: std::collections::VecDeque<TaggedPacket>,
-}
-
-impl WireDropper {
-    fn new(loss: WireLoss) -> Self {
-        Self {
-            loss: Mutex::new(loss),
-            reads: Default::default(),
-            writes: Default::default(),
-        }
-    }
-}
-
-impl rtc::sansio::Protocol<TaggedPacket, TaggedPacket, ()> for WireDropper {
-    type Rout = TaggedPacket;
-    type Wout = TaggedPacket;
-    type Eout = ();
-    type Error = rtc::shared::error::Error;
-    type Time = Instant;
-
-    fn handle_read(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
-        let lost = matches!(msg.message.packet, Packet::Rtp(_)) && (self.loss.get_mut().inbound)();
-        if !lost {
-            self.reads.push_back(msg);
-        }
-        Ok(())
-    }
-
-    fn poll_read(&mut self) -> Option<Self::Rout> {
-        self.reads.pop_front()
-    }
-
-    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
-        let lost = matches!(msg.message.packet, Packet::Rtp(_)) && (self.loss.get_mut().outbound)();
-        if !lost {
-            self.writes.push_back(msg);
-        }
-        Ok(())
-    }
-
-    fn poll_write(&mut self) -> Option<Self::Wout> {
-        self.writes.pop_front()
-    }
-}
-
-impl Interceptor for WireDropper {
-    fn bind_local_stream(&mut self, _info: &StreamInfo) {}
-    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
-    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
-    fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
 }
 
 /// One received RTP packet: what the bridge reads of it.
@@ -444,10 +432,10 @@ impl MediaPeer {
         media_engine.register_codec(telephone_event_codec(), RtpCodecKind::Audio)?;
         let mut registry = configure_rtcp_reports(Registry::new()).with(
             Slot::from(REPORT_FORWARDER_SLOT),
-            ReportForwarder::default(),
+            PacketFilter::report_forwarder(),
         );
         if let Some(loss) = wire_loss {
-            registry = registry.with(Slot::from(WIRE_LOSS_SLOT), WireDropper::new(loss));
+            registry = registry.with(Slot::from(WIRE_LOSS_SLOT), PacketFilter::wire_dropper(loss));
         }
 
         let mut setting_engine = SettingEngineBuilder::new()
