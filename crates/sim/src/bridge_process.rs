@@ -354,6 +354,16 @@ impl Metrics {
         sums
     }
 
+    /// Frames the bridge has sent more than 10 ms after their slot: all the send-delay
+    /// histogram's frames less those in its 10 ms bucket.
+    pub fn frames_sent_late(&self) -> f64 {
+        self.value("whatsapp_bridge_frame_send_delay_seconds_count", &[])
+            - self.value(
+                "whatsapp_bridge_frame_send_delay_seconds_bucket",
+                &[("le", "0.01")],
+            )
+    }
+
     /// The sum of `name`'s series whose labels include every `(label, value)`.
     pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         self.0

@@ -182,11 +182,17 @@ pub async fn measure(options: &BrowserCallsOptions) -> anyhow::Result<Measured> 
     };
     let mut calls = futures_util::stream::iter(1..=options.calls as u64)
         .map(|key| {
-            let line = &line;
+            let (line, bridge) = (&line, &bridge);
             async move {
-                call::place(line, key)
+                let before = bridge.metrics().await.ok();
+                let mut record = call::place(line, key)
                     .await
-                    .with_context(|| format!("call {key}"))
+                    .with_context(|| format!("call {key}"))?;
+                let after = bridge.metrics().await.ok();
+                record.bridge_sent_late = before.zip(after).map(|(before, after)| {
+                    (after.frames_sent_late() - before.frames_sent_late()).max(0.0) as u64
+                });
+                anyhow::Ok(record)
             }
         })
         .buffer_unordered(options.at_once);
@@ -200,7 +206,7 @@ pub async fn measure(options: &BrowserCallsOptions) -> anyhow::Result<Measured> 
         match scored {
             Ok(row) => {
                 println!(
-                    "call {}: greeting PESQ-WB {} (correlation {}), later {} ({}); concealed {} samples, accelerated {}, decelerated {}; connected → greeting {} ms.",
+                    "call {}: greeting PESQ-WB {} (correlation {}), later {} ({}); concealed {} samples, accelerated {}, decelerated {}; max jitter {} ms; connected → greeting {} ms.",
                     row.key,
                     fmt(row.greeting_pesq),
                     fmt(row.correlation[0]),
@@ -209,6 +215,7 @@ pub async fn measure(options: &BrowserCallsOptions) -> anyhow::Result<Measured> 
                     row.concealed_samples,
                     row.accelerated,
                     row.decelerated,
+                    fmt(row.max_jitter_ms),
                     row.connected_to_greeting_ms
                         .map_or("–".into(), |ms| format!("{ms:.0}")),
                 );

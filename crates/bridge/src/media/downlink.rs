@@ -76,7 +76,8 @@ impl Downlink {
     }
 
     /// Media starts: the first frame is due at `slot`'s next instant (within 20 ms: §7.1, RTP
-    /// at once), the rest every 20 ms after it. Starting again changes nothing.
+    /// at once) and goes with the second (the pacer's head start), the rest every 20 ms after
+    /// them. Starting again changes nothing.
     pub fn start(&mut self, now: Instant, slot: PhaseSlot) {
         if self.pacer.is_some() {
             return;
@@ -143,6 +144,7 @@ impl Downlink {
             frames,
             skipped,
             delay,
+            ahead,
         } = pacer.poll(now);
         self.timestamp = self
             .timestamp
@@ -175,7 +177,7 @@ impl Downlink {
         Polled {
             frames: out.len() as u32,
             delay,
-            late: skipped > 0 || frames > 1,
+            late: skipped > 0 || frames > 1 + ahead,
         }
     }
 }
@@ -226,7 +228,7 @@ mod tests {
     }
 
     #[test]
-    fn nothing_is_sent_before_media_starts_and_the_first_frame_goes_at_once() {
+    fn nothing_is_sent_before_media_starts_and_the_first_frames_go_at_once() {
         let mut downlink = downlink();
         let mut out = Vec::new();
         let now = Instant::now();
@@ -237,11 +239,18 @@ mod tests {
         downlink.start(now, FramePhases::new(now).take());
         assert!(downlink.is_started());
         assert_eq!(downlink.deadline(), Some(now));
+        // The first frame and, as the head start, the second: not a late poll.
         let polled = downlink.poll(now, &mut out);
-        assert_eq!((polled.frames, polled.late), (1, false));
+        assert_eq!((polled.frames, polled.late), (2, false));
         assert_eq!(out[0].sequence_number, 65_534);
         assert_eq!(out[0].timestamp, u32::MAX - 960);
-        assert!(!out[0].audio, "silence before the AI speaks");
+        assert_eq!(out[1].sequence_number, 65_535);
+        assert_eq!(out[1].timestamp, u32::MAX - 960 + 960);
+        assert!(
+            !out[0].audio && !out[1].audio,
+            "silence before the AI speaks"
+        );
+        assert_eq!(downlink.deadline(), Some(now + 20 * MS));
     }
 
     #[test]
@@ -284,15 +293,16 @@ mod tests {
         let mut sent = Vec::new();
         run(&mut downlink, 12, &mut sent);
         let audio: Vec<bool> = sent.iter().map(|f| f.audio).collect();
-        // Frames due at 0..=80 ms are the bridge's silence; the 100 ms of audio follows whole.
-        let expected: Vec<bool> = [false; 5]
+        // Frames sent at 0..=80 ms (the first poll's two with them) are the bridge's silence;
+        // the 100 ms of audio follows whole.
+        let expected: Vec<bool> = [false; 6]
             .into_iter()
             .chain([true; 5])
             .chain([false; 2])
             .collect();
         assert_eq!(audio, expected);
         let decoded = decode(&sent);
-        let tone = &decoded[5 * SAMPLES_PER_FRAME..10 * SAMPLES_PER_FRAME];
+        let tone = &decoded[6 * SAMPLES_PER_FRAME..11 * SAMPLES_PER_FRAME];
         assert_eq!(
             dominant_frequency(tone, PCM_SAMPLE_RATE, &[440.0, 660.0]),
             Some(440.0)
@@ -314,9 +324,10 @@ mod tests {
         downlink.push_audio("resp_2", "item_2", 0, &delta(660.0, 60));
         run(&mut downlink, 6, &mut sent);
         let audio: Vec<bool> = sent.iter().map(|f| f.audio).collect();
+        // The first poll sends two frames (the head start): 11 frames in the first 10 polls.
         let expected: Vec<bool> = [true; 5]
             .into_iter()
-            .chain([false; 5])
+            .chain([false; 6])
             .chain([true; 3])
             .chain([false; 3])
             .collect();
@@ -329,7 +340,7 @@ mod tests {
             assert_eq!(pair[1].timestamp, pair[0].timestamp.wrapping_add(960));
         }
         // Both counters wrapped on the way, as RFC 3550 wants.
-        assert_eq!(sent.last().map(|f| f.sequence_number), Some(13));
+        assert_eq!(sent.last().map(|f| f.sequence_number), Some(14));
 
         // Polled 200 ms late: three frames go out, the eight slots given up still count in
         // time, and no sequence number is skipped.
@@ -351,8 +362,9 @@ mod tests {
         downlink.push_audio("resp_1", "item_1", 0, &delta(440.0, 1_000));
         let mut sent = Vec::new();
         run(&mut downlink, 13, &mut sent);
+        assert_eq!(sent.len(), 14, "the first poll sends two frames");
         assert!(sent.iter().all(|f| f.audio));
-        assert_eq!(downlink.playback.queued_ms(), 740);
+        assert_eq!(downlink.playback.queued_ms(), 720);
 
         let truncations = downlink.barge_in();
         assert_eq!(
@@ -360,7 +372,7 @@ mod tests {
             vec![Truncation {
                 item_id: "item_1".into(),
                 content_index: 0,
-                audio_end_ms: 260,
+                audio_end_ms: 280,
             }]
         );
         assert_eq!(downlink.playback.queued_ms(), 0);
@@ -376,7 +388,7 @@ mod tests {
             Some(440.0)
         );
         // Two frames after the cut the decoder's fade is over: silence.
-        let tail = &heard[15 * SAMPLES_PER_FRAME..];
+        let tail = &heard[16 * SAMPLES_PER_FRAME..];
         assert!(rms(tail) < 50.0, "rms {}", rms(tail));
     }
 

@@ -44,6 +44,9 @@ pub struct CallRecord {
     pub onsets: [u64; 2],
     /// `connect` webhook sent → `accept` answered by the Graph double.
     pub setup: Duration,
+    /// Frames the bridge sent more than 10 ms after their slot while the call ran (any call's,
+    /// with several at once); `None` when its metrics could not be read.
+    pub bridge_sent_late: Option<u64>,
 }
 
 pub async fn place(line: &Line<'_>, key: u64) -> anyhow::Result<CallRecord> {
@@ -119,6 +122,7 @@ async fn converse(
         page: result,
         onsets: [greeting, later],
         setup,
+        bridge_sent_late: None,
     })
 }
 

@@ -32,6 +32,11 @@ pub struct Row {
     /// Mean jitter-buffer delay of the samples played during each rendition (ms).
     pub buffer_greeting_ms: Option<f64>,
     pub buffer_later_ms: Option<f64>,
+    /// The highest interarrival jitter Chromium reported during the call (RFC 3550, ms): the
+    /// pacer's send-time jitter as the phone sees it.
+    pub max_jitter_ms: Option<f64>,
+    /// Frames the bridge itself sent more than 10 ms after their slot during the call.
+    pub bridge_sent_late: Option<u64>,
     /// Connection `connected` (ICE + DTLS) → the greeting's first sample played (ms).
     pub connected_to_greeting_ms: Option<f64>,
     /// `connect` webhook → `accept` answered (ms).
@@ -95,6 +100,12 @@ impl Row {
             stretched_later: stretched(later),
             buffer_greeting_ms: buffer_ms(greeting),
             buffer_later_ms: buffer_ms(later),
+            max_jitter_ms: stats
+                .iter()
+                .filter_map(|row| row["jitter"].as_f64())
+                .reduce(f64::max)
+                .map(|seconds| seconds * 1000.0),
+            bridge_sent_late: record.bridge_sent_late,
             connected_to_greeting_ms,
             setup_ms: record.setup.as_secs_f64() * 1000.0,
         }
@@ -108,12 +119,12 @@ fn opt(value: Option<f64>, decimals: usize) -> String {
 /// The table, in Markdown.
 pub fn table(rows: &[Row]) -> String {
     let mut out = String::from(
-        "| call | greeting PESQ-WB | later PESQ-WB | concealed samples (events) | concealed in greeting / later | packets lost | accelerated / decelerated samples | stretched in greeting / later | jitter buffer ms in greeting / later | connected → greeting ms | setup ms |\n\
-         | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+        "| call | greeting PESQ-WB | later PESQ-WB | concealed samples (events) | concealed in greeting / later | packets lost | accelerated / decelerated samples | stretched in greeting / later | jitter buffer ms in greeting / later | max jitter ms | frames the bridge sent > 10 ms late | connected → greeting ms | setup ms |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
     );
     for row in rows {
         out.push_str(&format!(
-            "| {} | {} | {} | {} ({}) | {} / {} | {} | {} / {} | {} / {} | {} / {} | {} | {:.0} |\n",
+            "| {} | {} | {} | {} ({}) | {} / {} | {} | {} / {} | {} / {} | {} / {} | {} | {} | {} | {:.0} |\n",
             row.key,
             opt(row.greeting_pesq, 2),
             opt(row.later_pesq, 2),
@@ -128,6 +139,8 @@ pub fn table(rows: &[Row]) -> String {
             opt(row.stretched_later.map(|s| s as f64), 0),
             opt(row.buffer_greeting_ms, 0),
             opt(row.buffer_later_ms, 0),
+            opt(row.max_jitter_ms, 1),
+            opt(row.bridge_sent_late.map(|n| n as f64), 0),
             opt(row.connected_to_greeting_ms, 0),
             row.setup_ms,
         ));
@@ -179,6 +192,7 @@ mod tests {
                        "packetsLost": 0, "insertedSamplesForDeceleration": i * 60,
                        "removedSamplesForAcceleration": i * 40,
                        "jitterBufferDelay": i as f64 * 4_800.0 * 0.040,
+                       "jitter": if i == 50 { 0.004 } else { 0.001 },
                        "jitterBufferEmittedCount": i * 4_800})
             })
             .collect();
@@ -193,6 +207,7 @@ mod tests {
             },
             onsets: [0, 0],
             setup: Duration::from_millis(20),
+            bridge_sent_late: Some(2),
         }
     }
 
@@ -214,6 +229,9 @@ mod tests {
         assert_eq!(row.concealed_samples, 990);
         assert_eq!(row.accelerated, 3_960);
         assert_eq!(row.decelerated, 5_940);
+        assert!((row.max_jitter_ms.unwrap() - 4.0).abs() < 1e-9);
+        assert_eq!(row.bridge_sent_late, Some(2));
+        assert!(table(std::slice::from_ref(&row)).contains("| 4.0 | 2 |"));
         assert!(summary(&[row], 2).starts_with("0 of 2 greetings"));
     }
 }

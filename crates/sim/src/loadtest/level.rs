@@ -174,15 +174,8 @@ fn count_bridge_side(
     };
     result.uplink_concealed = grown("whatsapp_bridge_concealed_frames_total", before);
     result.late_pacer_ticks = grown("whatsapp_bridge_late_pacer_ticks_total", at_hold);
-    // Frames sent over 10 ms late: all the histogram's frames less those in its 10 ms bucket.
-    let sent_late = |metrics: &Metrics| {
-        metrics.value("whatsapp_bridge_frame_send_delay_seconds_count", &[])
-            - metrics.value(
-                "whatsapp_bridge_frame_send_delay_seconds_bucket",
-                &[("le", "0.01")],
-            )
-    };
-    result.frames_sent_late = (sent_late(after) - sent_late(at_hold)).max(0.0) as u64;
+    result.frames_sent_late =
+        (after.frames_sent_late() - at_hold.frames_sent_late()).max(0.0) as u64;
     let send_delay = "whatsapp_bridge_frame_send_delay_seconds";
     result.send_delay_p99_ms = quantile(
         &at_hold.buckets(send_delay),
