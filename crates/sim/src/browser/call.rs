@@ -99,9 +99,12 @@ async fn converse(
     let greeting = within(page.speech(0, listen))
         .await
         .context("no greeting")?;
-    page.speak(CALLER_TURN_MS).await?;
-    let after = greeting + (line.clip_seconds * 48_000.0) as u64;
-    let later = within(page.speech(after, listen))
+    // The answer is looked for from where the caller began to speak: the greeting's onset plus
+    // the clip's length can fall inside the greeting's tail (the onset is found where the audio
+    // got loud, and the jitter buffer may have stretched it), which was then taken for the
+    // answer's onset.
+    let spoke_at = page.speak(CALLER_TURN_MS).await?;
+    let later = within(page.speech(spoke_at, listen))
         .await
         .context("no answer to the caller's turn")?;
     let result = page.finish().await?;

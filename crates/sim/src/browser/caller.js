@@ -49,7 +49,9 @@
   // output clock to the AudioContext's through a FIFO that now and then inserted or dropped
   // 10 ms the jitter buffer never did, and damaged the score of 1 greeting in 10.)
   async function record(track) {
-    const reader = new MediaStreamTrackProcessor({ track }).readable.getReader();
+    // Room for 10 s of frames: a page starved of CPU reads late but loses nothing.
+    const processor = new MediaStreamTrackProcessor({ track, maxBufferSize: 1000 });
+    const reader = processor.readable.getReader();
     for (;;) {
       const { value: data, done } = await reader.read();
       if (done) return;
@@ -158,13 +160,15 @@
 
     speech,
 
-    // The caller says something: the oscillator at a speaking level for `ms`.
+    // The caller says something: the oscillator at a speaking level for `ms`. Returns how much
+    // was recorded when the caller began (the AI's answer can only start after that).
     async speak(ms) {
+      const began = call.recorded;
       const now = call.ctx.currentTime;
       call.gain.gain.setValueAtTime(0.3, now);
       call.gain.gain.setValueAtTime(0, now + ms / 1000);
       await new Promise((resolve) => setTimeout(resolve, ms));
-      return true;
+      return began;
     },
 
     // Ends the call: the last stats, the recording (PCM16 48 kHz, base64) and the timeline.

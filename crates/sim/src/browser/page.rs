@@ -160,10 +160,11 @@ impl CallerPage {
         onset.as_u64().context("no onset")
     }
 
-    /// The caller talks for `ms` (a tone at speaking level).
-    pub async fn speak(&self, ms: u64) -> anyhow::Result<()> {
-        self.tab.evaluate(&format!("caller.speak({ms})")).await?;
-        Ok(())
+    /// The caller talks for `ms` (a tone at speaking level); returns the recording's length
+    /// (frames) when the caller began.
+    pub async fn speak(&self, ms: u64) -> anyhow::Result<u64> {
+        let began = self.tab.evaluate(&format!("caller.speak({ms})")).await?;
+        began.as_u64().context("speak returned no frame")
     }
 
     /// Hangs up the page's side and takes the recording and the stats.
