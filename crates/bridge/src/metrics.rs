@@ -762,6 +762,37 @@ impl Default for Metrics {
     }
 }
 
+/// Error codes of the Realtime API (openai-realtime.md) that `ai_errors_total` counts under their
+/// own label; any other code a provider sends is counted as `other`, so a provider cannot grow
+/// the metric's series without bound.
+const KNOWN_AI_ERROR_CODES: &[&str] = &[
+    "beta_api_shape_disabled",
+    "conversation_already_has_active_response",
+    "input_audio_buffer_commit_empty",
+    "insufficient_quota",
+    "invalid_api_key",
+    "invalid_value",
+    "missing_required_parameter",
+    "rate_limit_exceeded",
+    "response_cancel_not_active",
+    "server_error",
+    "session_expired",
+    "unknown_parameter",
+];
+
+/// The `code` label of `ai_errors_total` for an error event's code: the code when it is a known
+/// one, `unknown` when the event had none, `other` otherwise.
+pub fn ai_error_code_label(code: Option<&str>) -> &'static str {
+    match code {
+        None => "unknown",
+        Some(code) => KNOWN_AI_ERROR_CODES
+            .iter()
+            .find(|known| **known == code)
+            .copied()
+            .unwrap_or("other"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -776,6 +807,27 @@ mod tests {
                 family.name()
             );
         }
+    }
+
+    #[test]
+    fn ai_error_codes_are_labelled_from_a_fixed_set() {
+        assert_eq!(
+            ai_error_code_label(Some("session_expired")),
+            "session_expired"
+        );
+        assert_eq!(ai_error_code_label(None), "unknown");
+        assert_eq!(ai_error_code_label(Some("made_up_code_1")), "other");
+        let metrics = Metrics::new();
+        for n in 0..100 {
+            let code = format!("made_up_code_{n}");
+            metrics
+                .ai_errors
+                .with_label_values(&[ai_error_code_label(Some(&code))])
+                .inc();
+        }
+        let text = metrics.render();
+        assert!(text.contains("whatsapp_bridge_ai_errors_total{code=\"other\"} 100"));
+        assert!(!text.contains("made_up_code"));
     }
 
     #[test]

@@ -41,7 +41,7 @@ use crate::media::phases::FramePhases;
 use crate::media::ports::PortLease;
 use crate::media::uplink::UplinkDecoder;
 use crate::memory::{self, MemorySettings};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ai_error_code_label};
 use crate::realtime::client::{AI_TEXT_CHARS, RealtimeConfig, RealtimeError};
 use crate::realtime::events::{self, ServerEvent, Speaker};
 use crate::store::{CallLogDirection, CallOutcome, CallRecord, Role, Store};
@@ -951,16 +951,15 @@ impl CallTask {
                 return self.cut_playback().await;
             }
             ServerEvent::Error { code, message, .. } => {
-                let code = code.unwrap_or_else(|| "unknown".to_owned());
                 warn!(
-                    code = %LogSafe::new(&code),
+                    code = %LogSafe::new(code.as_deref().unwrap_or("unknown")),
                     message = %LogSafe::truncated(&message, AI_TEXT_CHARS),
                     "AI error event"
                 );
                 self.context
                     .metrics
                     .ai_errors
-                    .with_label_values(&[code.as_str()])
+                    .with_label_values(&[ai_error_code_label(code.as_deref())])
                     .inc();
             }
             ServerEvent::ResponseCreated { response_id } => {
