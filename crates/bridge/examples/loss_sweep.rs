@@ -41,10 +41,7 @@ fn main() -> anyhow::Result<()> {
     };
     let out = PathBuf::from(out);
     std::fs::create_dir_all(&out)?;
-    let (rate, samples) = audio::read_wav(input.as_ref())?;
-    let mut pcm = audio::resample(&samples, rate, PCM_SAMPLE_RATE);
-    pcm.truncate(pcm.len() / SAMPLES_PER_FRAME * SAMPLES_PER_FRAME);
-    audio::write_wav(&out.join("reference.wav"), PCM_SAMPLE_RATE, &pcm)?;
+    let pcm = audio::reference_speech(input.as_ref(), PCM_SAMPLE_RATE, SAMPLES_PER_FRAME, &out)?;
 
     let plain = EncoderSettings::default();
     println!("name,loss_percent,inband_fec,expected_loss,bitrate,kbps,fec_packets,recovered");

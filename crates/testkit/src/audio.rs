@@ -340,6 +340,21 @@ pub fn write_wav(path: &Path, sample_rate: u32, samples: &[i16]) -> io::Result<(
     std::fs::write(path, bytes)
 }
 
+/// Speech for an offline codec measurement: the WAV at `input` resampled to `rate`, cut to whole
+/// frames of `frame` samples, and written to `out_dir/reference.wav` for the scorer.
+pub fn reference_speech(
+    input: &Path,
+    rate: u32,
+    frame: usize,
+    out_dir: &Path,
+) -> io::Result<Vec<i16>> {
+    let (input_rate, samples) = read_wav(input)?;
+    let mut pcm = resample(&samples, input_rate, rate);
+    pcm.truncate(pcm.len() / frame * frame);
+    write_wav(&out_dir.join("reference.wav"), rate, &pcm)?;
+    Ok(pcm)
+}
+
 /// Linear-interpolation resampler, for test input only (never on the bridge path): it does not
 /// filter, so downsampling folds content above the new Nyquist frequency back into the band.
 pub fn resample(samples: &[i16], from_rate: u32, to_rate: u32) -> Vec<i16> {
