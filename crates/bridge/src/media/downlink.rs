@@ -144,7 +144,7 @@ impl Downlink {
             frames,
             skipped,
             delay,
-            ahead,
+            late,
         } = pacer.poll(now);
         self.timestamp = self
             .timestamp
@@ -177,7 +177,7 @@ impl Downlink {
         Polled {
             frames: out.len() as u32,
             delay,
-            late: skipped > 0 || frames > 1 + ahead,
+            late,
         }
     }
 }

@@ -16,8 +16,9 @@ pub struct Due {
     pub skipped: u32,
     /// How long after its due instant the first of these frames is sent.
     pub delay: Duration,
-    /// Of `frames`, those sent ahead of their slot: the head start of the first poll.
-    pub ahead: u32,
+    /// The poll came a whole period or more after its deadline (frames go out at once or slots
+    /// are given up); the head start of the first poll is not lateness.
+    pub late: bool,
 }
 
 /// The 20 ms clock of the outgoing audio. It keeps a fixed schedule from its start, so timing
@@ -82,17 +83,17 @@ impl Pacer {
         }
         let behind = now.duration_since(self.next_due);
         let slots = 1 + (behind.as_micros() / Self::PERIOD.as_micros()) as u32;
-        if slots > 1 {
+        let late = slots > 1;
+        if late {
             self.late_polls += 1;
         }
         let frames = slots.min(Self::MAX_BURST);
         self.next_due += Self::PERIOD * slots;
-        let ahead = std::mem::take(&mut self.head_start);
         Due {
-            frames: frames + ahead,
+            frames: frames + std::mem::take(&mut self.head_start),
             skipped: slots - frames,
             delay: behind,
-            ahead,
+            late,
         }
     }
 }
@@ -128,7 +129,7 @@ mod tests {
                 frames: 3,
                 skipped: 0,
                 delay: Duration::from_millis(41),
-                ahead: 0,
+                late: true,
             }
         );
         assert_eq!(pacer.deadline(), start + Duration::from_millis(80));
@@ -139,7 +140,7 @@ mod tests {
                 frames: 3,
                 skipped: 4,
                 delay: Duration::from_millis(120),
-                ahead: 0,
+                late: true,
             }
         );
         assert_eq!(pacer.deadline(), start + Duration::from_millis(220));
@@ -162,7 +163,7 @@ mod tests {
         assert_eq!(pacer.deadline(), epoch + ms(1_007));
         assert_eq!(pacer.poll(start).frames, 0, "not before the slot");
         let first = pacer.poll(epoch + ms(1_007));
-        assert_eq!((first.frames, first.ahead, first.skipped), (2, 1, 0));
+        assert_eq!((first.frames, first.late, first.skipped), (2, false, 0));
         assert_eq!(pacer.deadline(), epoch + ms(1_027));
         assert_eq!(
             pacer.poll(epoch + ms(1_027)),

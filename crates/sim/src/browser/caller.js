@@ -30,6 +30,11 @@
   };
   const frameNow = () => Math.round(call.ctx.currentTime * RATE);
 
+  // Lets every waiting `speech` check what has been recorded (or the recorder's error).
+  function wakeWaiters() {
+    call.waiters = call.waiters.filter((check) => !check());
+  }
+
   function onChunk(samples) {
     call.chunks.push(samples);
     call.recorded += samples.length;
@@ -41,7 +46,7 @@
         call.windowFill = 0;
       }
     }
-    call.waiters = call.waiters.filter((check) => !check());
+    wakeWaiters();
   }
 
   // Records the remote track as the jitter buffer (NetEq) hands out each 10 ms for playout.
@@ -58,7 +63,7 @@
       if (data.sampleRate !== RATE) {
         call.recordError = `the track gives ${data.sampleRate} Hz, not ${RATE}`;
         data.close();
-        call.waiters = call.waiters.filter((check) => !check());
+        wakeWaiters();
         return;
       }
       if (call.recordStart === null) call.recordStart = frameNow();
