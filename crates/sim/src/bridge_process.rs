@@ -53,7 +53,7 @@ impl ProcSample {
 
 /// Clock ticks per second of `/proc/<pid>/stat` (USER_HZ; 100 on every Linux we run on),
 /// asked of `getconf` once.
-fn clock_ticks() -> f64 {
+pub(crate) fn clock_ticks() -> f64 {
     static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
     *TICKS.get_or_init(|| {
         std::process::Command::new("getconf")

@@ -1,8 +1,9 @@
 //! How steadily this machine runs a thread that waits for a timer, measured before the ramp.
 //!
-//! A virtual machine's CPU can be taken away by the host for milliseconds at a time without any
-//! steal time being reported. The bridge's frames are then late by as much, whatever the bridge
-//! does, so the report shows this figure beside its late-frame counts.
+//! A virtual machine's CPU can be taken away by the host for milliseconds at a time, reported as
+//! steal time or not at all. The bridge's frames are then late by as much, whatever the bridge
+//! does, so the report shows these figures beside its late-frame counts: the probe's before the
+//! ramp, and each level's [`Steal`] during its hold.
 
 use std::time::{Duration, Instant};
 
@@ -65,9 +66,60 @@ impl HostSteadiness {
     }
 }
 
+/// The steal time of each CPU so far (`/proc/stat`), in ms: time the hypervisor ran something
+/// else while this machine's CPU was ready to run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Steal(Vec<f64>);
+
+impl Steal {
+    /// `None` where `/proc/stat` is missing or reports no steal column.
+    pub fn read() -> Option<Self> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        Self::parse(&stat, crate::bridge_process::clock_ticks())
+    }
+
+    fn parse(stat: &str, ticks_per_second: f64) -> Option<Self> {
+        let per_cpu: Vec<f64> = stat
+            .lines()
+            .filter(|line| {
+                line.strip_prefix("cpu")
+                    .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
+            })
+            // cpuN user nice system idle iowait irq softirq steal ...
+            .map(|line| line.split_whitespace().nth(8)?.parse::<f64>().ok())
+            .collect::<Option<_>>()?;
+        (!per_cpu.is_empty())
+            .then(|| Self(per_cpu.iter().map(|t| t * 1e3 / ticks_per_second).collect()))
+    }
+
+    /// The most steal any one CPU had since `earlier`, in ms.
+    pub fn max_since(&self, earlier: &Steal) -> f64 {
+        self.0
+            .iter()
+            .zip(&earlier.0)
+            .map(|(now, then)| (now - then).max(0.0))
+            .fold(0.0, f64::max)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn steal_is_read_per_cpu_and_compared_per_cpu() {
+        let stat = |steal0: u64, steal1: u64| {
+            format!(
+                "cpu  10 0 5 100 1 0 2 {} 0 0\ncpu0 5 0 2 50 0 0 1 {steal0} 0 0\ncpu1 5 0 3 50 1 0 1 {steal1} 0 0\nintr 1 2 3\n",
+                steal0 + steal1
+            )
+        };
+        let before = Steal::parse(&stat(28, 25), 100.0).expect("parsed");
+        assert_eq!(before, Steal(vec![280.0, 250.0]));
+        let after = Steal::parse(&stat(31, 25), 100.0).expect("parsed");
+        assert_eq!(after.max_since(&before), 30.0);
+        assert_eq!(Steal::parse("cpu0 1 2 3\n", 100.0), None);
+    }
 
     #[test]
     fn stalls_are_the_sleeps_that_woke_five_ms_or_more_late() {

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
 
+use super::host::Steal;
 use super::markers::pair_delays;
 use super::phone::{self, Caller, Dialled, LiveCall, PhoneStats, Prepared};
 use super::report::{self, LevelResult};
@@ -28,6 +29,8 @@ const ROUND_TRIP_WINDOW: Duration = Duration::from_millis(1_900);
 const HARNESS_STALL: Duration = Duration::from_millis(10);
 /// How often the harness checks its own timeliness during a hold.
 const HARNESS_LAG_TICK: Duration = Duration::from_millis(2);
+/// How often the CPUs' steal time is read during a hold (the kernel counts it in 10 ms ticks).
+const STEAL_WINDOW: Duration = Duration::from_millis(100);
 
 /// A call's phone after the hang-up: its key, counters and what went wrong.
 type Ended = (u64, PhoneStats, Option<String>);
@@ -144,6 +147,8 @@ async fn hold_calls(
     let lag = progress_hold(hold, calls).await;
     result.harness_stalls = lag.stalls;
     result.harness_max_lag_ms = lag.max_ms;
+    result.steal_ms = lag.steal_ms;
+    result.steal_peak_ms = lag.steal_peak_ms;
     let (bridge_end, self_end) = (bridge.sample()?, bridge_process::sample(None)?);
     result.bridge_cores = bridge_end.cores_since(&bridge_start);
     result.harness_cores = self_end.cores_since(&self_start);
@@ -258,12 +263,16 @@ fn within(times: &[Instant], start: Instant, end: Instant, room: Duration) -> Ve
         .collect()
 }
 
-/// How late the harness's own runtime ran its timers during a hold.
+/// How late the harness's own runtime ran its timers during a hold, and how much CPU time the
+/// hypervisor took from the machine meanwhile.
 #[derive(Debug, Default)]
 struct HarnessLag {
     /// Ticks that ran `HARNESS_STALL` or more late.
     stalls: u64,
     max_ms: f64,
+    /// The most steal time one CPU had over the hold, and within one `STEAL_WINDOW`.
+    steal_ms: f64,
+    steal_peak_ms: f64,
 }
 
 /// Waits out the hold, printing progress, and measures how late the harness's runtime (the
@@ -274,13 +283,26 @@ async fn progress_hold(hold: Duration, calls: usize) -> HarnessLag {
     progress.tick().await;
     let mut lag_ticker = tokio::time::interval(HARNESS_LAG_TICK);
     lag_ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut steal_ticker = tokio::time::interval(STEAL_WINDOW);
+    let first_steal = Steal::read();
+    let mut last_steal = first_steal.clone();
     let mut lag = HarnessLag::default();
     loop {
         let left = hold.saturating_sub(start.elapsed());
         if left.is_zero() {
+            if let (Some(first), Some(now)) = (&first_steal, Steal::read()) {
+                lag.steal_ms = now.max_since(first);
+            }
             return lag;
         }
         tokio::select! {
+            _ = steal_ticker.tick() => {
+                let now = Steal::read();
+                if let (Some(last), Some(now)) = (&last_steal, &now) {
+                    lag.steal_peak_ms = lag.steal_peak_ms.max(now.max_since(last));
+                }
+                last_steal = now;
+            }
             due = lag_ticker.tick() => {
                 let late = Instant::now().saturating_duration_since(due.into_std());
                 lag.max_ms = lag.max_ms.max(late.as_secs_f64() * 1e3);
@@ -293,7 +315,7 @@ async fn progress_hold(hold: Duration, calls: usize) -> HarnessLag {
                 start.elapsed().as_secs_f64(),
                 hold.as_secs_f64()
             ),
-            _ = tokio::time::sleep(left) => return lag,
+            _ = tokio::time::sleep(left) => continue,
         }
     }
 }

@@ -53,6 +53,10 @@ pub struct LevelResult {
     /// latest it ran one: the phones time arrivals on that runtime.
     pub harness_stalls: u64,
     pub harness_max_lag_ms: f64,
+    /// The most steal time one CPU had during the hold, and within one 100 ms window, in ms:
+    /// the hypervisor ran something else while this machine was ready to run.
+    pub steal_ms: f64,
+    pub steal_peak_ms: f64,
     /// Audio the AI double received and sent over the level's calls, in samples: what share of
     /// the time the bridge had AI audio to encode.
     pub ai_samples_in: u64,
@@ -297,7 +301,7 @@ uplink_markers,uplink_p50_ms,uplink_p99_ms,downlink_markers,downlink_p50_ms,down
 downlink_markers_lost,round_trips_missing,packets_sent,packets_received,downlink_lost,\
 uplink_concealed,late,bunched,max_gap_ms,jitter_ms,late_pacer_ticks,frames_sent_over_10ms_late,bridge_cpu_percent,\
 bridge_cpu_percent_per_call,rss_mib,rss_after_mib,harness_cpu_percent,harness_stalls,harness_max_lag_ms,ai_audio_share,\
-forwarded,forward_p50_ms,forward_p99_ms,redis_commands,redis_cpu_ms,frame_send_delay_p99_ms";
+forwarded,forward_p50_ms,forward_p99_ms,redis_commands,redis_cpu_ms,frame_send_delay_p99_ms,steal_ms,steal_peak_100ms_ms";
 
 pub fn csv(levels: &[LevelResult]) -> String {
     let mut out = String::from(CSV_HEADER);
@@ -306,7 +310,7 @@ pub fn csv(levels: &[LevelResult]) -> String {
         let per_call = l.cpu_percent_per_call().unwrap_or(0.0);
         let _ = writeln!(
             out,
-            "{},{},{},{},{:.2},{:.2},{:.2},{},{:.2},{:.2},{},{:.2},{:.2},{},{},{},{},{},{},{},{},{},{:.1},{:.2},{},{},{:.2},{:.4},{:.1},{:.1},{:.2},{},{:.1},{:.3},{},{:.3},{:.3},{},{:.1},{:.2}",
+            "{},{},{},{},{:.2},{:.2},{:.2},{},{:.2},{:.2},{},{:.2},{:.2},{},{},{},{},{},{},{},{},{},{:.1},{:.2},{},{},{:.2},{:.4},{:.1},{:.1},{:.2},{},{:.1},{:.3},{},{:.3},{:.3},{},{:.1},{:.2},{:.0},{:.0}",
             l.calls,
             l.admitted,
             l.refused,
@@ -347,6 +351,8 @@ pub fn csv(levels: &[LevelResult]) -> String {
             l.redis_commands,
             l.redis_cpu_ms,
             l.send_delay_p99_ms.unwrap_or(f64::NAN),
+            l.steal_ms,
+            l.steal_peak_ms,
         );
     }
     out

@@ -207,13 +207,15 @@ fn latency_lines(level: &LevelResult) -> [String; 2] {
             &format!("no late frames at the phone, at {} calls", level.admitted),
             level.late == 0,
             format!(
-                "{} late, {} bunched of {} packets; the bridge sent {} frames more than 10 ms after their slot; the harness's own timer ran 10 ms or more late {} times (at most {:.1} ms)",
+                "{} late, {} bunched of {} packets; the bridge sent {} frames more than 10 ms after their slot; the harness's own timer ran 10 ms or more late {} times (at most {:.1} ms); steal time on one CPU {:.0} ms over the hold, at most {:.0} ms within 100 ms",
                 level.late,
                 level.bunched,
                 level.packets_received,
                 level.frames_sent_late,
                 level.harness_stalls,
-                level.harness_max_lag_ms
+                level.harness_max_lag_ms,
+                level.steal_ms,
+                level.steal_peak_ms
             ),
         ),
     ]
