@@ -7,7 +7,7 @@ use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
 use bridge::app::App;
-use bridge::config::{self, Config, LogFormat, ProcessEnv};
+use bridge::config::{self, Config, ConfigError, LogFormat, ProcessEnv};
 use clap::{Parser, Subcommand};
 #[cfg(feature = "sim")]
 use sim::browser::{self, BrowserCallsOptions};
@@ -66,6 +66,19 @@ enum Command {
     },
 }
 
+/// `serve`'s settings: the environment, under `--set` and `--port`.
+fn serve_config(port: Option<u16>, set: &[(String, String)]) -> Result<Config, ConfigError> {
+    let mut overrides: HashMap<String, String> = set.iter().cloned().collect();
+    if let Some(port) = port {
+        overrides.insert(config::PORT.to_owned(), port.to_string());
+    }
+    let env = config::Layered {
+        overrides: &overrides,
+        base: &ProcessEnv,
+    };
+    Config::from_env(&env)
+}
+
 fn parse_key_value(text: &str) -> Result<(String, String), String> {
     let (key, value) = text
         .split_once('=')
@@ -78,33 +91,34 @@ fn parse_key_value(text: &str) -> Result<(String, String), String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match build_runtime() {
+    let command = cli.command.unwrap_or(Command::Serve {
+        port: None,
+        set: Vec::new(),
+    });
+    // `serve` reads its settings first: the runtime's threads take its SCHED_FIFO_PRIORITY.
+    let config = match &command {
+        Command::Serve { port, set } => match serve_config(*port, set) {
+            Ok(config) => Some(config),
+            Err(err) => {
+                eprintln!("{err}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
+        _ => None,
+    };
+    let priority = config
+        .as_ref()
+        .map_or(0, |config| config.sched_fifo_priority);
+    let runtime = match build_runtime(priority) {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("cannot start the async runtime: {err}");
             return ExitCode::FAILURE;
         }
     };
-    match cli.command.unwrap_or(Command::Serve {
-        port: None,
-        set: Vec::new(),
-    }) {
-        Command::Serve { port, set } => {
-            let mut overrides: HashMap<String, String> = set.into_iter().collect();
-            if let Some(port) = port {
-                overrides.insert(config::PORT.to_owned(), port.to_string());
-            }
-            let env = config::Layered {
-                overrides: &overrides,
-                base: &ProcessEnv,
-            };
-            let config = match Config::from_env(&env) {
-                Ok(config) => config,
-                Err(err) => {
-                    eprintln!("{err}");
-                    return ExitCode::from(EXIT_CONFIG);
-                }
-            };
+    match command {
+        Command::Serve { .. } => {
+            let config = config.expect("read above");
             init_tracing(config.log_format);
             runtime.block_on(serve(config))
         }
@@ -135,14 +149,21 @@ fn main() -> ExitCode {
 /// The async runtime: one thread when the process has one CPU (a `current_thread` scheduler
 /// wakes tasks without the cross-thread machinery a one-worker multi-thread scheduler still
 /// runs), a worker per CPU otherwise. A parking thread hands its allocator cache back when the
-/// last call has ended (`allocator`).
-fn build_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+/// last call has ended (`allocator`). With a `SCHED_FIFO` priority, each worker raises itself
+/// to it as it starts (the thread that runs `block_on` is raised by `App`, which reports it).
+fn build_runtime(sched_fifo_priority: u8) -> std::io::Result<tokio::runtime::Runtime> {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut builder = if cpus == 1 {
         tokio::runtime::Builder::new_current_thread()
     } else {
         tokio::runtime::Builder::new_multi_thread()
     };
+    if sched_fifo_priority > 0 {
+        builder.on_thread_start(move || {
+            // A refusal shows in `App`'s own attempt, on the thread that runs `block_on`.
+            let _ = bridge::scheduling::raise_current_thread(sched_fifo_priority);
+        });
+    }
     builder
         .enable_all()
         .on_thread_park(bridge::allocator::on_thread_park)

@@ -16,6 +16,7 @@ mod offers;
 mod ops;
 mod recovery;
 mod reminders;
+mod scheduling;
 mod schema;
 mod script;
 mod support;

@@ -33,6 +33,7 @@ use crate::outreach::scheduler::Scheduler;
 use crate::realtime::client::RealtimeConfig;
 use crate::realtime::events::SessionSettings;
 use crate::retention::{FIRST_RUN_DELAY, PurgeBounds, RetentionPurge};
+use crate::scheduling;
 use crate::store::Store;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::supabase::{SupabaseConfig, SupabaseStore};
@@ -116,6 +117,7 @@ impl App {
             None => open_store(&config.store)?,
         };
         let metrics = Metrics::new();
+        raise_scheduling(config.sched_fifo_priority, &metrics);
         let root = CancellationToken::new();
         let fleet_settings = config.fleet.as_ref().map(|fleet| FleetSettings {
             url: fleet.url.clone(),
@@ -420,6 +422,26 @@ impl App {
             warn!("the fleet's last writes did not finish; the claims expire with their lease");
         }
         Ok(())
+    }
+}
+
+/// Runs the runtime's threads `SCHED_FIFO` when `SCHED_FIFO_PRIORITY` asks for it (from the
+/// thread that runs the runtime: `App` is built there). Refused, the bridge runs on, scheduled
+/// normally, and says so.
+fn raise_scheduling(priority: u8, metrics: &Metrics) {
+    if priority == 0 {
+        return;
+    }
+    match scheduling::raise_current_thread(priority) {
+        Ok(()) => {
+            metrics.sched_fifo_priority.set(i64::from(priority));
+            info!(priority, "the runtime's threads run SCHED_FIFO");
+        }
+        Err(err) => warn!(
+            priority,
+            %err,
+            "SCHED_FIFO_PRIORITY could not be applied (needs CAP_SYS_NICE); scheduled normally"
+        ),
     }
 }
 

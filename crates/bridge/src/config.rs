@@ -14,6 +14,7 @@ use secrecy::SecretString;
 use crate::media::codec::{Bandwidth, EncoderSettings};
 use crate::media::keypad::keypad_instructions;
 use crate::realtime::client::Provider;
+use crate::scheduling;
 
 pub const PORT: &str = "PORT";
 pub const BIND_ADDR: &str = "BIND_ADDR";
@@ -27,6 +28,7 @@ pub const GRAPH_TIMEOUT: &str = "GRAPH_TIMEOUT";
 pub const MAX_CONCURRENT_CALLS: &str = "MAX_CONCURRENT_CALLS";
 pub const ADMISSION: &str = "ADMISSION";
 pub const ADMISSION_CPU_TARGET: &str = "ADMISSION_CPU_TARGET";
+pub const SCHED_FIFO_PRIORITY: &str = "SCHED_FIFO_PRIORITY";
 pub const ADMISSION_LATENCY_BUDGET: &str = "ADMISSION_LATENCY_BUDGET";
 pub const MAX_CALL_DURATION: &str = "MAX_CALL_DURATION";
 pub const ANSWER_DEADLINE: &str = "ANSWER_DEADLINE";
@@ -104,6 +106,7 @@ pub const ALL_KEYS: &[&str] = &[
     ADMISSION,
     ADMISSION_CPU_TARGET,
     ADMISSION_LATENCY_BUDGET,
+    SCHED_FIFO_PRIORITY,
     MAX_CALL_DURATION,
     ANSWER_DEADLINE,
     OPENAI_API_KEY,
@@ -359,6 +362,8 @@ pub struct Config {
     /// How a new call is judged besides `max_concurrent_calls`: by the host's measured headroom
     /// or by the count alone.
     pub admission: AdmissionSettings,
+    /// `SCHED_FIFO` priority of the runtime's threads (`scheduling`); 0: scheduled normally.
+    pub sched_fifo_priority: u8,
     pub max_call_duration: Duration,
     pub answer_deadline: Duration,
     pub ai_provider: Provider,
@@ -569,6 +574,12 @@ impl Config {
                 .push(format!("{MAX_CONCURRENT_CALLS} must be at least 1"));
         }
         let admission = read_admission(&mut r);
+        let sched_fifo_priority = r.parsed(SCHED_FIFO_PRIORITY, 0u8, "a priority from 0 to 99");
+        if sched_fifo_priority > scheduling::MAX_PRIORITY {
+            r.problems.push(format!(
+                "{SCHED_FIFO_PRIORITY}={sched_fifo_priority} is not a priority from 0 to 99"
+            ));
+        }
         let max_call_duration = r.duration(MAX_CALL_DURATION, Duration::from_secs(3600));
         let answer_deadline = r.duration(ANSWER_DEADLINE, Duration::from_secs(20));
 
@@ -743,6 +754,7 @@ impl Config {
             graph_timeout,
             max_concurrent_calls,
             admission,
+            sched_fifo_priority,
             max_call_duration,
             answer_deadline,
             ai_provider,
@@ -1277,6 +1289,28 @@ mod tests {
             vars.insert(TRANSCRIPT_RETENTION.into(), value.into());
             let text = Config::from_env(&vars).expect_err(value).to_string();
             assert!(text.contains(TRANSCRIPT_RETENTION), "{value}: {text}");
+        }
+    }
+
+    #[test]
+    fn sched_fifo_priority_is_off_by_default_and_bounded() {
+        assert_eq!(
+            Config::from_env(&minimal())
+                .expect("valid")
+                .sched_fifo_priority,
+            0
+        );
+        let mut vars = minimal();
+        vars.insert(SCHED_FIFO_PRIORITY.into(), "10".into());
+        assert_eq!(
+            Config::from_env(&vars).expect("valid").sched_fifo_priority,
+            10
+        );
+        for value in ["100", "-1", "high"] {
+            vars.insert(SCHED_FIFO_PRIORITY.into(), value.into());
+            let problems = Config::from_env(&vars).expect_err(value).0;
+            assert_eq!(problems.len(), 1, "{value}: {problems:?}");
+            assert!(problems[0].contains(SCHED_FIFO_PRIORITY), "{problems:?}");
         }
     }
 

@@ -42,6 +42,7 @@ pub mod open_files;
 pub mod outreach;
 pub mod realtime;
 pub mod retention;
+pub mod scheduling;
 pub mod store;
 pub mod tools;
 pub mod whatsapp;

@@ -12,6 +12,8 @@ pub struct Metrics {
     registry: Registry,
     pub active_calls: IntGauge,
     pub max_calls: IntGauge,
+    /// The `SCHED_FIFO` priority the runtime's threads run at (0: scheduled normally).
+    pub sched_fifo_priority: IntGauge,
     /// 1 while the process drains (refusing new calls), else 0.
     pub draining: IntGauge,
     /// Ended calls by direction and `CallEnd` outcome.
@@ -170,6 +172,11 @@ impl Metrics {
         let max_calls = IntGauge::new(
             "whatsapp_bridge_max_calls",
             "Maximum concurrent calls (MAX_CONCURRENT_CALLS)",
+        )
+        .expect("valid metric");
+        let sched_fifo_priority = IntGauge::new(
+            "whatsapp_bridge_sched_fifo_priority",
+            "SCHED_FIFO priority of the runtime's threads (0: scheduled normally; SCHED_FIFO_PRIORITY)",
         )
         .expect("valid metric");
         let draining = IntGauge::new(
@@ -598,6 +605,7 @@ impl Metrics {
         for collector in [
             Box::new(active_calls.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(max_calls.clone()),
+            Box::new(sched_fifo_priority.clone()),
             Box::new(draining.clone()),
             Box::new(calls.clone()),
             Box::new(rejections.clone()),
@@ -668,6 +676,7 @@ impl Metrics {
             registry,
             active_calls,
             max_calls,
+            sched_fifo_priority,
             draining,
             calls,
             rejections,

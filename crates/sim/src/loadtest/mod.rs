@@ -36,6 +36,7 @@ use crate::webhooks::BusinessLine;
 use bridge::config::{self, parse_duration};
 use bridge::media::codec::{Bandwidth, EncoderSettings};
 use bridge::media::peer::PeerSettings;
+use bridge::scheduling;
 
 use crate::bridge_process::{Bridge, Launch, ProcSample};
 use codec_cost::{ai_audio_share, codec_parts};
@@ -149,6 +150,11 @@ pub struct LoadtestOptions {
     /// `--bridge-setting ADMISSION=count` to compare admission by count with the headroom.
     #[arg(long = "bridge-setting", value_parser = parse_setting)]
     pub bridge_settings: Vec<(String, String)>,
+    /// Levels: run the harness's runtime thread, and the bridge started here (its
+    /// SCHED_FIFO_PRIORITY), `SCHED_FIFO` at this priority (1-99; needs CAP_SYS_NICE), so that
+    /// the host's other processes cannot hold either back; 0: both scheduled normally.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=99))]
+    pub sched_fifo_priority: u8,
     /// Instead of the levels: this many calls in randomised cycles (connect/terminate storms,
     /// duplicate connects, terminates before connects, connects whose media never connects,
     /// callers vanishing mid-call, short WebRTC calls), then the idle bridge against its
@@ -314,6 +320,9 @@ async fn run_inner(options: LoadtestOptions) -> anyhow::Result<ExitCode> {
     let doubles = Doubles::start(&options).await?;
     let max_calls = levels.iter().copied().max().unwrap_or(1);
     let bridge = start_target(&options, &doubles, max_calls).await?;
+    // Raised only now: the bridge started above would otherwise inherit the policy in every
+    // thread, where its own setting raises only its runtime's.
+    raise_harness(options.sched_fifo_priority)?;
     println!(
         "Bridge {}, encoder {} bit/s, complexity {}, {}; levels {:?}, hold {:?}.",
         bridge.describe(),
@@ -412,6 +421,22 @@ impl Doubles {
     }
 }
 
+/// Runs the harness's runtime thread `SCHED_FIFO` at `priority` (0: leaves it as it is).
+fn raise_harness(priority: u8) -> anyhow::Result<()> {
+    if priority == 0 {
+        return Ok(());
+    }
+    scheduling::raise_current_thread(priority).map_err(|err| {
+        anyhow::anyhow!(
+            "running the harness SCHED_FIFO at priority {priority}: {err} (needs CAP_SYS_NICE)"
+        )
+    })?;
+    println!(
+        "The harness's runtime thread and the bridge's run SCHED_FIFO at priority {priority}."
+    );
+    Ok(())
+}
+
 /// The bridge under test: attached to (`--bridge-url`), or started here with room for
 /// `max_calls`, as one process or as `--replicas` sharing a Redis.
 async fn start_target(
@@ -422,6 +447,12 @@ async fn start_target(
     let encoder = options.encoder();
     let prefix = format!("wvb-loadtest-{}", uuid::Uuid::new_v4().simple());
     let launch = |n: usize, mut settings: Vec<(String, String)>| {
+        if options.sched_fifo_priority > 0 {
+            settings.push((
+                config::SCHED_FIFO_PRIORITY.to_owned(),
+                options.sched_fifo_priority.to_string(),
+            ));
+        }
         settings.extend(options.bridge_settings.iter().cloned());
         let log = options.out.join(match options.replicas {
             1 => "bridge.log".to_owned(),
