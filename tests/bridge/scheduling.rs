@@ -3,11 +3,11 @@
 
 use bridge::config::SCHED_FIFO_PRIORITY;
 use bridge::media::codec::EncoderSettings;
-use bridge::scheduling::{SCHED_FIFO, thread_policy};
 use sim::bridge_process::{Bridge, Launch};
 use sim::graph_double::{GraphDouble, GraphDoubleConfig};
 use sim::phone::{PhoneCall, PhoneSettings};
 use sim::realtime_ai::{AiDoubleConfig, RealtimeAiDouble};
+use testkit::scheduling::{SCHED_FIFO, thread_policy};
 
 use crate::support::*;
 

@@ -322,7 +322,7 @@ async fn run_inner(options: LoadtestOptions) -> anyhow::Result<ExitCode> {
     let bridge = start_target(&options, &doubles, max_calls).await?;
     // Raised only now: the bridge started above would otherwise inherit the policy in every
     // thread, where its own setting raises only its runtime's.
-    raise_harness(options.sched_fifo_priority)?;
+    raise_harness(options.sched_fifo_priority, &bridge).await?;
     println!(
         "Bridge {}, encoder {} bit/s, complexity {}, {}; levels {:?}, hold {:?}.",
         bridge.describe(),
@@ -421,8 +421,9 @@ impl Doubles {
     }
 }
 
-/// Runs the harness's runtime thread `SCHED_FIFO` at `priority` (0: leaves it as it is).
-fn raise_harness(priority: u8) -> anyhow::Result<()> {
+/// Runs the harness's runtime thread `SCHED_FIFO` at `priority` (0: leaves it as it is), and
+/// says what the bridge applied of its own setting.
+async fn raise_harness(priority: u8, bridge: &Target) -> anyhow::Result<()> {
     if priority == 0 {
         return Ok(());
     }
@@ -431,8 +432,15 @@ fn raise_harness(priority: u8) -> anyhow::Result<()> {
             "running the harness SCHED_FIFO at priority {priority}: {err} (needs CAP_SYS_NICE)"
         )
     })?;
+    // A fleet's replicas each report their own: the mean is shown.
+    let replicas = bridge.urls().len() as f64;
+    let bridge_priority = bridge
+        .metrics()
+        .await?
+        .value("whatsapp_bridge_sched_fifo_priority", &[]);
     println!(
-        "The harness's runtime thread and the bridge's run SCHED_FIFO at priority {priority}."
+        "SCHED_FIFO priority: harness {priority}, bridge {} (0: scheduled normally).",
+        bridge_priority / replicas
     );
     Ok(())
 }
